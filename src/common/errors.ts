@@ -1,0 +1,96 @@
+/**
+ * Typed errors with stable codes. Every failure a user can meet has one class and one code;
+ * the message says what is wrong and what to do about it, on one line.
+ */
+export type VireoErrorCode =
+  | 'VIREO_ERR_NO_KVM'
+  | 'VIREO_ERR_KVM_PERMISSION'
+  | 'VIREO_ERR_KVM_API_VERSION'
+  | 'VIREO_ERR_KVM_CAPABILITY'
+  | 'VIREO_ERR_IOCTL'
+  | 'VIREO_ERR_SYSCALL'
+  | 'VIREO_ERR_MEMORY_LAYOUT'
+  | 'VIREO_ERR_GUEST_MEMORY_ACCESS'
+  | 'VIREO_ERR_BUS_CONFLICT'
+  | 'VIREO_ERR_BAD_IMAGE'
+  | 'VIREO_ERR_CONFIG'
+  | 'VIREO_ERR_VCPU'
+  | 'VIREO_ERR_STATE';
+
+export class VireoError extends Error {
+  readonly code: VireoErrorCode;
+  constructor(code: VireoErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'VireoError';
+  }
+}
+
+/** The KVM device or one of its features is unusable on this host. */
+export class KvmUnavailableError extends VireoError {
+  override name = 'KvmUnavailableError';
+}
+
+/** A system call failed; carries errno and the call's name. */
+export class SyscallError extends VireoError {
+  override name = 'SyscallError';
+  readonly errno: number;
+  readonly call: string;
+  constructor(call: string, errno: number, detail?: string) {
+    super(
+      call.startsWith('ioctl') ? 'VIREO_ERR_IOCTL' : 'VIREO_ERR_SYSCALL',
+      `${call} failed: ${errnoName(errno)} (errno ${errno})${detail ? `: ${detail}` : ''}`,
+    );
+    this.errno = errno;
+    this.call = call;
+  }
+}
+
+/** A guest-physical access fell outside every memory region. */
+export class GuestMemoryError extends VireoError {
+  override name = 'GuestMemoryError';
+  constructor(message: string) {
+    super('VIREO_ERR_GUEST_MEMORY_ACCESS', message);
+  }
+}
+
+/** A kernel or guest image could not be loaded. */
+export class ImageError extends VireoError {
+  override name = 'ImageError';
+  constructor(message: string) {
+    super('VIREO_ERR_BAD_IMAGE', message);
+  }
+}
+
+/** User configuration is invalid. */
+export class ConfigError extends VireoError {
+  override name = 'ConfigError';
+  constructor(message: string) {
+    super('VIREO_ERR_CONFIG', message);
+  }
+}
+
+const ERRNO_NAMES: Record<number, string> = {
+  1: 'EPERM',
+  2: 'ENOENT',
+  4: 'EINTR',
+  5: 'EIO',
+  9: 'EBADF',
+  11: 'EAGAIN',
+  12: 'ENOMEM',
+  13: 'EACCES',
+  14: 'EFAULT',
+  16: 'EBUSY',
+  17: 'EEXIST',
+  19: 'ENODEV',
+  22: 'EINVAL',
+  24: 'EMFILE',
+  25: 'ENOTTY',
+  28: 'ENOSPC',
+  38: 'ENOSYS',
+  95: 'EOPNOTSUPP',
+};
+
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno${errno}`;
+}

@@ -1,0 +1,66 @@
+/**
+ * State shared between threads: a SharedArrayBuffer with named int32 slots and a lock.
+ * Device state lives here so that any vCPU thread can run the device's logic without waiting
+ * on another thread, and so a snapshot is a copy of the buffer.
+ */
+
+export class SharedState<K extends string> {
+  readonly i32: Int32Array;
+  readonly u8: Uint8Array;
+  private readonly index: Record<K, number>;
+
+  /** `fields` name int32 slots 1..n (slot 0 is the lock); `extraBytes` follow them. */
+  constructor(
+    fields: readonly K[],
+    extraBytes = 0,
+    readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(SharedState.byteLength(fields.length, extraBytes)),
+  ) {
+    this.i32 = new Int32Array(buffer, 0, fields.length + 1);
+    this.u8 = new Uint8Array(buffer);
+    this.index = Object.fromEntries(fields.map((f, i) => [f, i + 1])) as Record<K, number>;
+  }
+
+  static byteLength(nFields: number, extraBytes: number): number {
+    return SharedState.bytesOffset(nFields) + extraBytes;
+  }
+
+  /** Where the extra bytes start. */
+  static bytesOffset(nFields: number): number {
+    return Math.ceil(((nFields + 1) * 4) / 64) * 64;
+  }
+
+  get(k: K): number {
+    return Atomics.load(this.i32, this.index[k]);
+  }
+
+  set(k: K, v: number): void {
+    Atomics.store(this.i32, this.index[k], v);
+  }
+
+  add(k: K, v: number): number {
+    return Atomics.add(this.i32, this.index[k], v);
+  }
+
+  /** Run fn holding the lock. Contention is rare (vCPUs touching one device at once), so spin. */
+  locked<T>(fn: () => T): T {
+    const i32 = this.i32;
+    let spins = 0;
+    while (Atomics.compareExchange(i32, 0, 0, 1) !== 0) {
+      if (++spins > 1000) {
+        Atomics.wait(i32, 0, 1, 1);
+        spins = 0;
+      }
+    }
+    try {
+      return fn();
+    } finally {
+      Atomics.store(i32, 0, 0);
+      Atomics.notify(i32, 0, 1);
+    }
+  }
+
+  /** A plain copy of every field and the extra bytes, for snapshots and tests. */
+  snapshot(): Uint8Array {
+    return new Uint8Array(this.buffer.slice(0));
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * libc through koffi: the only place in vireo that declares native functions.
+ * Every call that can fail is wrapped so that failure becomes a SyscallError with errno.
+ * Module state is per thread: each vCPU worker loads its own copy.
+ */
+import koffi from 'koffi';
+import { SyscallError } from '../common/errors.js';
+
+const libc = koffi.load('libc.so.6');
+
+const c_open = libc.func('open', 'int', ['str', 'int', 'int']);
+const c_close = libc.func('close', 'int', ['int']);
+const c_ioctlPtr = libc.func('ioctl', 'int', ['int', 'unsigned long', 'void *']);
+const c_ioctlInt = libc.func('ioctl', 'int', ['int', 'unsigned long', 'uintptr_t']);
+const c_mmap = libc.func('mmap', 'uintptr_t', ['uintptr_t', 'size_t', 'int', 'int', 'int', 'int64_t']);
+const c_munmap = libc.func('munmap', 'int', ['uintptr_t', 'size_t']);
+const c_madvise = libc.func('madvise', 'int', ['uintptr_t', 'size_t', 'int']);
+const c_eventfd = libc.func('eventfd', 'int', ['unsigned int', 'int']);
+const c_read = libc.func('read', 'intptr_t', ['int', 'void *', 'size_t']);
+const c_write = libc.func('write', 'intptr_t', ['int', 'void *', 'size_t']);
+const c_pthread_self = libc.func('pthread_self', 'uint64_t', []);
+const c_pthread_kill = libc.func('pthread_kill', 'int', ['uint64_t', 'int']);
+const c_sigaction = libc.func('sigaction', 'int', ['int', 'void *', 'void *']);
+const c_dlsym = libc.func('dlsym', 'uintptr_t', ['uintptr_t', 'str']);
+const c_fcntl = libc.func('fcntl', 'int', ['int', 'int', 'int']);
+
+export const O_RDONLY = 0;
+export const O_RDWR = 2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MADV_DONTFORK = 10;
+export const MADV_MERGEABLE = 12;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+export const EINTR = 4;
+export const EAGAIN = 11;
+const MAP_FAILED = 2 ** 64 - 1;
+
+export const errno = (): number => koffi.errno();
+
+export function open(path: string, flags: number): number {
+  const fd = c_open(path, flags | O_CLOEXEC, 0) as number;
+  if (fd < 0) throw new SyscallError(`open(${path})`, errno());
+  return fd;
+}
+
+export function close(fd: number): void {
+  c_close(fd);
+}
+
+/** ioctl with a pointer argument (a Buffer, or null). Returns the non-negative result. */
+export function ioctl(fd: number, request: number, arg: Buffer | null, name: string): number {
+  const r = c_ioctlPtr(fd, request, arg) as number;
+  if (r < 0) throw new SyscallError(`ioctl(${name})`, errno());
+  return r;
+}
+
+/** ioctl with an integer argument. */
+export function ioctlInt(fd: number, request: number, arg: number, name: string): number {
+  const r = c_ioctlInt(fd, request, arg) as number;
+  if (r < 0) throw new SyscallError(`ioctl(${name})`, errno());
+  return r;
+}
+
+/** ioctl returning -errno instead of throwing: for KVM_RUN, where EINTR is routine. */
+export function ioctlRaw(fd: number, request: number, arg: number): number {
+  const r = c_ioctlInt(fd, request, arg) as number;
+  return r < 0 ? -errno() : r;
+}
+
+/** Raw ioctl function for the vCPU hot loop (no wrapper, no allocation). */
+export const ioctlHot = c_ioctlInt as (fd: number, request: number, arg: number) => number;
+
+export function mmap(addr: number, length: number, prot: number, flags: number, fd: number, offset: number): number {
+  const p = c_mmap(addr, length, prot, flags, fd, offset) as number;
+  if (p === MAP_FAILED || p === -1) throw new SyscallError('mmap', errno(), `${length} bytes`);
+  return p;
+}
+
+export function munmap(addr: number, length: number): void {
+  if ((c_munmap(addr, length) as number) < 0) throw new SyscallError('munmap', errno());
+}
+
+export function madvise(addr: number, length: number, advice: number): void {
+  if ((c_madvise(addr, length, advice) as number) < 0) throw new SyscallError('madvise', errno());
+}
+
+export function eventfd(initval: number, flags: number): number {
+  const fd = c_eventfd(initval, flags | EFD_CLOEXEC) as number;
+  if (fd < 0) throw new SyscallError('eventfd', errno());
+  return fd;
+}
+
+const u64buf = Buffer.alloc(8);
+/** Read an eventfd counter; returns 0 when nothing was pending (non-blocking fd). */
+export function eventfdRead(fd: number): number {
+  const r = c_read(fd, u64buf, 8) as number;
+  if (r < 0) {
+    const e = errno();
+    if (e === EAGAIN) return 0;
+    throw new SyscallError('read(eventfd)', e);
+  }
+  return Number(u64buf.readBigUInt64LE(0));
+}
+
+export function eventfdWrite(fd: number, value = 1): void {
+  u64buf.writeBigUInt64LE(BigInt(value), 0);
+  if ((c_write(fd, u64buf, 8) as number) < 0) throw new SyscallError('write(eventfd)', errno());
+}
+
+export function setNonBlocking(fd: number): void {
+  const F_GETFL = 3;
+  const F_SETFL = 4;
+  const O_NONBLOCK = 0o4000;
+  const flags = c_fcntl(fd, F_GETFL, 0) as number;
+  if (flags < 0 || (c_fcntl(fd, F_SETFL, flags | O_NONBLOCK) as number) < 0) throw new SyscallError('fcntl', errno());
+}
+
+/** The calling thread's pthread_t, so another thread can signal it out of KVM_RUN. */
+export const pthreadSelf = (): bigint => BigInt(c_pthread_self() as number | bigint);
+
+export function pthreadKill(thread: bigint, sig: number): void {
+  const r = c_pthread_kill(thread, sig) as number;
+  // ESRCH: the thread is already gone, which is what the kicker wanted anyway.
+  if (r !== 0 && r !== 3) throw new SyscallError('pthread_kill', r);
+}
+
+/** The signal used to kick vCPU threads out of KVM_RUN (SIGRTMIN+6; Node reserves SIGUSR1). */
+export const KICK_SIGNAL = 40;
+let kickInstalled = false;
+
+/**
+ * Install a process-wide handler for the kick signal. The handler must be a native function
+ * that does nothing harmful when called with an int: libc's abs() is one. Its only job is to
+ * exist, so that the signal interrupts KVM_RUN with EINTR instead of being ignored or killing us.
+ */
+export function installKickSignal(): void {
+  if (kickInstalled) return;
+  const handler = c_dlsym(0, 'abs') as number;
+  if (!handler) throw new SyscallError('dlsym(abs)', 0);
+  const sa = Buffer.alloc(152); // struct sigaction (glibc, x86_64)
+  sa.writeBigUInt64LE(BigInt(handler), 0); // sa_handler
+  sa.writeInt32LE(0x10000000, 136); // sa_flags = SA_RESTART (the kick only needs KVM_RUN's EINTR)
+  if ((c_sigaction(KICK_SIGNAL, sa, null) as number) < 0) throw new SyscallError('sigaction', errno());
+  kickInstalled = true;
+}
+
+/** A zero-copy view of native memory at a raw address. Views are per thread. */
+export function view(addr: number, length: number): ArrayBuffer {
+  return koffi.view(BigInt(addr), length);
+}

@@ -1,0 +1,190 @@
+/**
+ * Guest physical memory: a set of host mappings, each bound to a guest-physical range.
+ * Every accessor checks that the whole access lies inside one region before touching it:
+ * a guest-supplied address can never reach host memory outside a mapping.
+ * The mappings are process-wide, so every thread (every vCPU worker) sees the same bytes;
+ * each thread builds its own views from the same `RegionDescriptor`s.
+ */
+import { GuestMemoryError, VireoError } from '../common/errors.js';
+import { hex } from '../common/address.js';
+import * as sys from '../kvm/sys.js';
+
+export interface RegionDescriptor {
+  /** Guest-physical start. */
+  gpa: number;
+  size: number;
+  /** Host virtual address of the mapping. */
+  hostAddr: number;
+}
+
+interface Region extends RegionDescriptor {
+  end: number;
+  bytes: Uint8Array;
+  dv: DataView;
+}
+
+export class GuestMemory {
+  private readonly regions: Region[];
+  private last: Region | undefined;
+
+  /** Views onto existing mappings; does not own them. */
+  constructor(descriptors: readonly RegionDescriptor[]) {
+    const sorted = [...descriptors].sort((a, b) => a.gpa - b.gpa);
+    for (let i = 1; i < sorted.length; i++) {
+      const prev = sorted[i - 1] as RegionDescriptor;
+      const cur = sorted[i] as RegionDescriptor;
+      if (prev.gpa + prev.size > cur.gpa)
+        throw new VireoError('VIREO_ERR_MEMORY_LAYOUT', `guest memory regions overlap at ${hex(cur.gpa)}`);
+    }
+    this.regions = sorted.map((d) => {
+      const buf = sys.view(d.hostAddr, d.size);
+      return { ...d, end: d.gpa + d.size, bytes: new Uint8Array(buf), dv: new DataView(buf) };
+    });
+  }
+
+  get descriptors(): RegionDescriptor[] {
+    return this.regions.map(({ gpa, size, hostAddr }) => ({ gpa, size, hostAddr }));
+  }
+
+  /** Total bytes of guest RAM. */
+  get size(): number {
+    return this.regions.reduce((s, r) => s + r.size, 0);
+  }
+
+  /** The highest guest-physical address of RAM, plus one. */
+  get end(): number {
+    return this.regions.reduce((m, r) => Math.max(m, r.end), 0);
+  }
+
+  /** The region holding [gpa, gpa+len), or undefined. len 0 is checked as len 1. */
+  private find(gpa: number, len: number): Region | undefined {
+    const l = this.last;
+    const end = gpa + (len > 0 ? len : 1);
+    if (l !== undefined && gpa >= l.gpa && end <= l.end) return l;
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len < 0) return undefined;
+    for (const r of this.regions) {
+      if (gpa >= r.gpa && end <= r.end) {
+        this.last = r;
+        return r;
+      }
+    }
+    return undefined;
+  }
+
+  private region(gpa: number, len: number): Region {
+    const r = this.find(gpa, len);
+    if (r === undefined)
+      throw new GuestMemoryError(`guest access of ${len} bytes at ${hex(gpa)} is outside guest memory`);
+    return r;
+  }
+
+  /** True when [gpa, gpa+len) lies wholly in guest RAM. */
+  isValid(gpa: number, len: number): boolean {
+    return this.find(gpa, len) !== undefined;
+  }
+
+  read8(gpa: number): number {
+    const r = this.region(gpa, 1);
+    return r.bytes[gpa - r.gpa] as number;
+  }
+  read16(gpa: number): number {
+    const r = this.region(gpa, 2);
+    return r.dv.getUint16(gpa - r.gpa, true);
+  }
+  read32(gpa: number): number {
+    const r = this.region(gpa, 4);
+    return r.dv.getUint32(gpa - r.gpa, true);
+  }
+  read64(gpa: number): bigint {
+    const r = this.region(gpa, 8);
+    return r.dv.getBigUint64(gpa - r.gpa, true);
+  }
+  write8(gpa: number, v: number): void {
+    const r = this.region(gpa, 1);
+    r.bytes[gpa - r.gpa] = v;
+  }
+  write16(gpa: number, v: number): void {
+    const r = this.region(gpa, 2);
+    r.dv.setUint16(gpa - r.gpa, v, true);
+  }
+  write32(gpa: number, v: number): void {
+    const r = this.region(gpa, 4);
+    r.dv.setUint32(gpa - r.gpa, v >>> 0, true);
+  }
+  write64(gpa: number, v: bigint): void {
+    const r = this.region(gpa, 8);
+    r.dv.setBigUint64(gpa - r.gpa, BigInt.asUintN(64, v), true);
+  }
+
+  /** A zero-copy view of [gpa, gpa+len), which must lie in one region. */
+  slice(gpa: number, len: number): Uint8Array {
+    const r = this.region(gpa, len);
+    const o = gpa - r.gpa;
+    return r.bytes.subarray(o, o + len);
+  }
+
+  /** Copy bytes out of guest memory. */
+  read(gpa: number, len: number): Buffer {
+    return Buffer.from(this.slice(gpa, len));
+  }
+
+  /** Copy bytes into guest memory. */
+  write(gpa: number, data: Uint8Array): void {
+    this.slice(gpa, data.length).set(data);
+  }
+
+  fill(gpa: number, len: number, value = 0): void {
+    this.slice(gpa, len).fill(value);
+  }
+
+  /** A NUL-terminated string of at most max bytes. */
+  readCString(gpa: number, max = 4096): string {
+    const out: number[] = [];
+    for (let i = 0; i < max; i++) {
+      const c = this.read8(gpa + i);
+      if (c === 0) break;
+      out.push(c);
+    }
+    return Buffer.from(out).toString('latin1');
+  }
+}
+
+/** Anonymous host mappings that back guest RAM; the owner of the memory, in the main thread. */
+export class GuestMemoryMapping {
+  readonly descriptors: RegionDescriptor[];
+  private released = false;
+
+  private constructor(descriptors: RegionDescriptor[]) {
+    this.descriptors = descriptors;
+  }
+
+  /** Map anonymous memory for each [gpa, size] range. Pages are committed lazily by the host. */
+  static allocate(ranges: readonly { gpa: number; size: number }[]): GuestMemoryMapping {
+    const out: RegionDescriptor[] = [];
+    try {
+      for (const { gpa, size } of ranges) {
+        if (size <= 0 || size % 4096 !== 0 || gpa % 4096 !== 0)
+          throw new VireoError('VIREO_ERR_MEMORY_LAYOUT', `memory region ${hex(gpa)}+${hex(size)} is not page aligned`);
+        const hostAddr = sys.mmap(
+          0,
+          size,
+          sys.PROT_READ | sys.PROT_WRITE,
+          sys.MAP_PRIVATE | sys.MAP_ANONYMOUS | sys.MAP_NORESERVE,
+          -1,
+          0,
+        );
+        out.push({ gpa, size, hostAddr });
+      }
+    } catch (e) {
+      for (const d of out) sys.munmap(d.hostAddr, d.size);
+      throw e;
+    }
+    return new GuestMemoryMapping(out);
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    for (const d of this.descriptors) sys.munmap(d.hostAddr, d.size);
+  }
+}

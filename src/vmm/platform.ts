@@ -1,0 +1,163 @@
+/**
+ * The legacy PC platform vireo presents, assembled the same way on every thread: the spec is plain
+ * data (shared buffers and fd numbers), so each vCPU worker builds its own buses over the same
+ * shared device state and runs device logic without a thread hop.
+ */
+import { writeSync } from 'node:fs';
+import { Bus, type IrqLine } from '../bus/bus.js';
+import { SharedState } from '../common/shared-state.js';
+import { EXIT } from '../kvm/abi.js';
+import { irqLineRaw } from '../kvm/kvm.js';
+import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
+import { I8042, I8042_BASE, I8042_LENGTH } from '../devices/legacy/i8042.js';
+import { createPostCodeState, POST_CODE_PORT, PostCode, type PostCodeField } from '../devices/legacy/post-code.js';
+import { COM1_IRQ, COM1_PORT, createSerialState, Serial16550, type SerialField, type ByteSink } from '../devices/legacy/serial.js';
+import type { VcpuStop } from '../vcpu/protocol.js';
+
+export const STAT_FIELDS = [
+  'exitsIo',
+  'exitsMmio',
+  'exitsHlt',
+  'exitsShutdown',
+  'exitsSystemEvent',
+  'exitsInternalError',
+  'exitsFailEntry',
+  'exitsOther',
+  'unclaimedPioReads',
+  'unclaimedPioWrites',
+  'unclaimedMmioReads',
+  'unclaimedMmioWrites',
+] as const;
+export type StatField = (typeof STAT_FIELDS)[number];
+
+/** Everything a thread needs to rebuild the platform: postable to a worker. */
+export interface PlatformSpec {
+  vmFd: number;
+  /** fd serial output is written to, or -1 to discard it. */
+  serialOutFd: number;
+  serial: SharedArrayBuffer;
+  postCode: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
+  /** Whether the in-kernel irqchip exists (device interrupts need it). */
+  irqchip: boolean;
+}
+
+export function createPlatformSpec(vmFd: number, serialOutFd: number, irqchip: boolean): PlatformSpec {
+  return {
+    vmFd,
+    serialOutFd,
+    serial: createSerialState().buffer,
+    postCode: createPostCodeState().buffer,
+    stats: new SharedState(STAT_FIELDS).buffer,
+    irqchip,
+  };
+}
+
+/** Writes every byte to an fd, retrying when a non-blocking pipe is full. */
+export class FdSink implements ByteSink {
+  private readonly one = Buffer.alloc(1);
+  constructor(private readonly fd: number) {}
+  write(byte: number): void {
+    if (this.fd < 0) return;
+    this.one[0] = byte;
+    for (;;) {
+      try {
+        writeSync(this.fd, this.one);
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return;
+      }
+    }
+  }
+}
+
+export interface Platform {
+  pio: Bus;
+  mmio: Bus;
+  serial: Serial16550;
+  postCode: PostCode;
+  stats: SharedState<StatField>;
+  serialState: SharedState<SerialField>;
+  postCodeState: SharedState<PostCodeField>;
+  /** A device's request to end the VM, if any (consumed by the run loop). */
+  takeStop(): VcpuStop | undefined;
+  countExit(reason: number): void;
+}
+
+export function buildPlatform(spec: PlatformSpec): Platform {
+  let stop: VcpuStop | undefined;
+  const pio = new Bus('pio');
+  const mmio = new Bus('mmio');
+  const stats = new SharedState(STAT_FIELDS, 0, spec.stats);
+  const irq = (line: number): IrqLine => ({
+    set: (level) => {
+      if (spec.irqchip) irqLineRaw(spec.vmFd, line, level);
+    },
+  });
+  const serialState = createSerialState(spec.serial);
+  const serial = new Serial16550(serialState, irq(COM1_IRQ), new FdSink(spec.serialOutFd));
+  const postCodeState = createPostCodeState(spec.postCode);
+  const postCode = new PostCode(postCodeState);
+  pio.insert(COM1_PORT, 8, 'serial-com1', serial);
+  pio.insert(POST_CODE_PORT, 1, 'post-code', postCode);
+  pio.insert(
+    DEBUG_EXIT_PORT,
+    4,
+    'debug-exit',
+    new DebugExit((status, value) => {
+      stop ??= { kind: 'debug-exit', status, value };
+    }),
+  );
+  pio.insert(
+    I8042_BASE,
+    I8042_LENGTH,
+    'i8042',
+    new I8042(() => {
+      stop ??= { kind: 'reset', source: 'i8042' };
+    }),
+  );
+  pio.onUnclaimed = (_a, w) => stats.add(w ? 'unclaimedPioWrites' : 'unclaimedPioReads', 1);
+  mmio.onUnclaimed = (_a, w) => stats.add(w ? 'unclaimedMmioWrites' : 'unclaimedMmioReads', 1);
+  const countExit = (reason: number): void => {
+    switch (reason) {
+      case EXIT.KVM_EXIT_IO:
+        stats.add('exitsIo', 1);
+        break;
+      case EXIT.KVM_EXIT_MMIO:
+        stats.add('exitsMmio', 1);
+        break;
+      case EXIT.KVM_EXIT_HLT:
+        stats.add('exitsHlt', 1);
+        break;
+      case EXIT.KVM_EXIT_SHUTDOWN:
+        stats.add('exitsShutdown', 1);
+        break;
+      case EXIT.KVM_EXIT_SYSTEM_EVENT:
+        stats.add('exitsSystemEvent', 1);
+        break;
+      case EXIT.KVM_EXIT_INTERNAL_ERROR:
+        stats.add('exitsInternalError', 1);
+        break;
+      case EXIT.KVM_EXIT_FAIL_ENTRY:
+        stats.add('exitsFailEntry', 1);
+        break;
+      default:
+        stats.add('exitsOther', 1);
+    }
+  };
+  return {
+    pio,
+    mmio,
+    serial,
+    postCode,
+    stats,
+    serialState,
+    postCodeState,
+    countExit,
+    takeStop: () => {
+      const s = stop;
+      stop = undefined;
+      return s;
+    },
+  };
+}

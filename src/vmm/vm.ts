@@ -1,0 +1,361 @@
+/**
+ * A running virtual machine: KVM objects, guest memory, the platform and one worker thread per
+ * vCPU. Every resource has one owner here and is released by stop(), also after a failed start.
+ */
+import { closeSync, openSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import { MiB } from '../common/address.js';
+import { TypedEmitter } from '../common/emitter.js';
+import { ConfigError, VireoError } from '../common/errors.js';
+import { Kvm, type Vcpu, type Vm as KvmVm } from '../kvm/kvm.js';
+import * as sys from '../kvm/sys.js';
+import { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js';
+import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
+import { ramRanges } from '../arch/x86_64/layout.js';
+import { CTRL_CMD, CTRL_SLOTS, Cmd, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
+import { PostCode } from '../devices/legacy/post-code.js';
+import { type BootResult, loadKernel } from './boot.js';
+import { buildPlatform, createPlatformSpec, type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
+
+export type SerialConfig = { kind: 'stdio' } | { kind: 'file'; path: string } | { kind: 'none' } | { kind: 'fd'; fd: number };
+
+export interface VmConfig {
+  kernel: string;
+  initrd?: string | undefined;
+  cmdline?: string | undefined;
+  memMiB?: number | undefined;
+  cpus?: number | undefined;
+  serial?: SerialConfig | undefined;
+  /** In-kernel irqchip and PIT (default true). */
+  irqchip?: boolean | undefined;
+  kvmPath?: string | undefined;
+}
+
+/** How the VM ended, and the process exit status that goes with it. */
+export interface VmExit {
+  reason: VcpuStop;
+  vcpu: number;
+  status: number;
+  message: string;
+}
+
+export type VmEvents = {
+  started: [];
+  paused: [];
+  resumed: [];
+  exited: [VmExit];
+  error: [VireoError];
+};
+
+export type VmState = 'created' | 'running' | 'paused' | 'stopping' | 'exited';
+
+interface VcpuThread {
+  vcpu: Vcpu;
+  worker: Worker;
+  control: Int32Array;
+  thread: bigint | undefined;
+  ready: Promise<void>;
+  exited: Promise<void>;
+  paused: boolean;
+}
+
+export function describeExit(reason: VcpuStop, vcpu: number): { status: number; message: string } {
+  const regs = (r: Record<string, string>) =>
+    `\n${Object.entries(r)
+      .map(([k, v]) => `  ${k.padEnd(7)} ${v}`)
+      .join('\n')}`;
+  switch (reason.kind) {
+    case 'debug-exit':
+      return { status: reason.status, message: `guest wrote 0x${reason.value.toString(16)} to the debug-exit port: exit status ${reason.status}` };
+    case 'shutdown':
+      return { status: 0, message: 'guest powered off' };
+    case 'reset':
+      return { status: 0, message: `guest requested a reset (${reason.source}); the VM ends` };
+    case 'stopped':
+      return { status: 0, message: 'VM stopped' };
+    case 'hlt':
+      return { status: 0, message: `vCPU ${vcpu} halted (HLT exit)${regs(reason.registers)}` };
+    case 'triple-fault':
+      return { status: 1, message: `vCPU ${vcpu}: triple fault (KVM_EXIT_SHUTDOWN)${regs(reason.registers)}` };
+    case 'fail-entry':
+      return { status: 1, message: `vCPU ${vcpu}: KVM could not enter the guest (hardware entry failure reason ${reason.hardwareEntryFailureReason})${regs(reason.registers)}` };
+    case 'internal-error':
+      return { status: 1, message: `vCPU ${vcpu}: KVM internal error, suberror ${reason.suberror} [${reason.data.join(' ')}]${regs(reason.registers)}` };
+    case 'crash':
+      return { status: 1, message: `guest crashed (system event) [${reason.data.join(' ')}]` };
+    case 'error':
+      return { status: 1, message: `vCPU ${vcpu}: ${reason.message}${reason.registers ? regs(reason.registers) : ''}` };
+  }
+}
+
+export class Vm extends TypedEmitter<VmEvents> {
+  private kvm: Kvm | undefined;
+  private vm: KvmVm | undefined;
+  private mapping: GuestMemoryMapping | undefined;
+  private serialFd = -1;
+  private ownsSerialFd = false;
+  private threads: VcpuThread[] = [];
+  private platformSpec: PlatformSpec | undefined;
+  private platformHere: Platform | undefined;
+  private exitInfo: VmExit | undefined;
+  private exitResolve!: (e: VmExit) => void;
+  private readonly exitPromise: Promise<VmExit>;
+  private stopping: Promise<void> | undefined;
+  private _state: VmState = 'created';
+  memory: GuestMemory | undefined;
+  boot: BootResult | undefined;
+  readonly config: Required<Omit<VmConfig, 'initrd'>> & { initrd: string | undefined };
+
+  private constructor(config: VmConfig) {
+    super();
+    this.exitPromise = new Promise((res) => {
+      this.exitResolve = res;
+    });
+    this.config = {
+      kernel: config.kernel,
+      initrd: config.initrd,
+      cmdline: config.cmdline ?? '',
+      memMiB: config.memMiB ?? 128,
+      cpus: config.cpus ?? 1,
+      serial: config.serial ?? { kind: 'stdio' },
+      irqchip: config.irqchip ?? true,
+      kvmPath: config.kvmPath ?? '/dev/kvm',
+    };
+    const { memMiB, cpus } = this.config;
+    if (!Number.isInteger(memMiB) || memMiB < 2 || memMiB > 1024 * 1024)
+      throw new ConfigError(`memory size ${memMiB} MiB is out of range: give 2 to 1048576 MiB`);
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 254)
+      throw new ConfigError(`vCPU count ${cpus} is out of range: give 1 to 254`);
+  }
+
+  get state(): VmState {
+    return this._state;
+  }
+
+  /** Build a VM from a config: KVM objects, memory, platform, kernel loaded, vCPU threads parked. */
+  static async create(config: VmConfig): Promise<Vm> {
+    const vm = new Vm(config);
+    try {
+      await vm.build();
+    } catch (e) {
+      await vm.release();
+      throw e;
+    }
+    return vm;
+  }
+
+  private async build(): Promise<void> {
+    const cfg = this.config;
+    const kvm = Kvm.open(cfg.kvmPath);
+    this.kvm = kvm;
+    kvm.requireCapabilities();
+    sys.installKickSignal();
+    const vm = kvm.createVm();
+    this.vm = vm;
+    vm.setTssAddr(0xfffbd000);
+    if (cfg.irqchip) {
+      vm.createIrqchip();
+      vm.createPit2();
+    }
+    this.mapping = GuestMemoryMapping.allocate(ramRanges(cfg.memMiB * MiB));
+    this.mapping.descriptors.forEach((d, slot) => {
+      vm.setUserMemoryRegion(slot, d.gpa, d.size, d.hostAddr);
+    });
+    this.memory = new GuestMemory(this.mapping.descriptors);
+
+    const serial = cfg.serial;
+    if (serial.kind === 'stdio') this.serialFd = 1;
+    else if (serial.kind === 'fd') this.serialFd = serial.fd;
+    else if (serial.kind === 'file') {
+      try {
+        this.serialFd = openSync(serial.path, 'w');
+      } catch (e) {
+        throw new ConfigError(`cannot open serial output file ${serial.path}: ${(e as NodeJS.ErrnoException).code}`);
+      }
+      this.ownsSerialFd = true;
+    }
+    this.platformSpec = createPlatformSpec(vm.fd, this.serialFd, cfg.irqchip);
+    this.platformHere = buildPlatform(this.platformSpec);
+
+    const supported = kvm.supportedCpuid();
+    const vcpus: Vcpu[] = [];
+    for (let id = 0; id < cfg.cpus; id++) {
+      const vcpu = vm.createVcpu(id);
+      vcpu.setCpuid(cpuidForVcpu(supported, id, cfg.cpus));
+      vcpus.push(vcpu);
+    }
+    this.boot = loadKernel(this.memory, vcpus[0] as Vcpu, {
+      kernel: cfg.kernel,
+      initrd: cfg.initrd,
+      cmdline: cfg.cmdline,
+    });
+    for (const vcpu of vcpus) this.threads.push(this.spawn(vcpu));
+    await Promise.all(this.threads.map((t) => t.ready));
+  }
+
+  private spawn(vcpu: Vcpu): VcpuThread {
+    const control = new Int32Array(new SharedArrayBuffer(CTRL_SLOTS * 4));
+    const init: VcpuWorkerInit<PlatformSpec> = {
+      vcpu: vcpu.descriptor,
+      vmFd: (this.vm as KvmVm).fd,
+      memory: (this.mapping as GuestMemoryMapping).descriptors,
+      control: control.buffer as SharedArrayBuffer,
+      platform: this.platformSpec as PlatformSpec,
+    };
+    const worker = new Worker(new URL('./vcpu-thread.js', import.meta.url), { workerData: init });
+    let readyResolve!: () => void;
+    let readyReject!: (e: Error) => void;
+    const ready = new Promise<void>((res, rej) => {
+      readyResolve = res;
+      readyReject = rej;
+    });
+    const t: VcpuThread = {
+      vcpu,
+      worker,
+      control,
+      thread: undefined,
+      ready,
+      exited: new Promise<void>((res) => worker.once('exit', () => res())),
+      paused: false,
+    };
+    worker.on('message', (m: VcpuMessage) => {
+      switch (m.type) {
+        case 'ready':
+          t.thread = m.thread;
+          readyResolve();
+          break;
+        case 'paused':
+          t.paused = true;
+          break;
+        case 'resumed':
+          t.paused = false;
+          break;
+        case 'stopped':
+          readyResolve();
+          this.onVcpuStopped(m.id, m.stop);
+          break;
+      }
+    });
+    worker.on('error', (e) => {
+      readyReject(e);
+      this.onVcpuStopped(vcpu.id, { kind: 'error', code: 'VIREO_ERR_VCPU', message: `vCPU thread failed: ${e.message}` });
+    });
+    return t;
+  }
+
+  private onVcpuStopped(id: number, stop: VcpuStop): void {
+    // The first reason other than our own stop request decides how the VM ended.
+    if (this.exitInfo === undefined && (stop.kind !== 'stopped' || this._state === 'stopping')) {
+      const d = describeExit(stop, id);
+      this.exitInfo = { reason: stop, vcpu: id, status: d.status, message: d.message };
+    }
+    if (this._state !== 'stopping' && this._state !== 'exited') void this.stop();
+  }
+
+  /** Let every vCPU run. */
+  start(): void {
+    if (this._state !== 'created') throw new VireoError('VIREO_ERR_STATE', `cannot start a VM that is ${this._state}`);
+    this._state = 'running';
+    for (const t of this.threads) this.command(t, Cmd.RUN);
+    this.emit('started');
+  }
+
+  private command(t: VcpuThread, cmd: number): void {
+    Atomics.store(t.control, CTRL_CMD, cmd);
+    Atomics.notify(t.control, CTRL_CMD);
+    this.kick(t);
+  }
+
+  /** Force a vCPU out of KVM_RUN: set immediate_exit, then signal its thread. */
+  private kick(t: VcpuThread): void {
+    t.vcpu.run.immediateExit = true;
+    if (t.thread !== undefined) sys.pthreadKill(t.thread, sys.KICK_SIGNAL);
+  }
+
+  /** Pause every vCPU; resolves once each has left KVM_RUN. */
+  async pause(): Promise<void> {
+    if (this._state !== 'running') throw new VireoError('VIREO_ERR_STATE', `cannot pause a VM that is ${this._state}`);
+    for (const t of this.threads) this.command(t, Cmd.PAUSE);
+    await this.waitFor(() => this.threads.every((t) => t.paused || this.exitInfo !== undefined));
+    if (this._state === 'running') {
+      this._state = 'paused';
+      this.emit('paused');
+    }
+  }
+
+  async resume(): Promise<void> {
+    if (this._state !== 'paused') throw new VireoError('VIREO_ERR_STATE', `cannot resume a VM that is ${this._state}`);
+    for (const t of this.threads) this.command(t, Cmd.RUN);
+    await this.waitFor(() => this.threads.every((t) => !t.paused || this.exitInfo !== undefined));
+    if (this._state === 'paused') {
+      this._state = 'running';
+      this.emit('resumed');
+    }
+  }
+
+  private async waitFor(cond: () => boolean): Promise<void> {
+    while (!cond()) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  /** Stop every vCPU and release everything. Never hangs: kicks repeat until each thread is out. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    if (this._state !== 'exited') this._state = 'stopping';
+    for (const t of this.threads) this.command(t, Cmd.STOP);
+    const all = Promise.all(this.threads.map((t) => t.exited));
+    let done = false;
+    void all.then(() => {
+      done = true;
+    });
+    const deadline = Date.now() + 5000;
+    while (!done && Date.now() < deadline) {
+      await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
+      for (const t of this.threads) this.kick(t);
+    }
+    if (!done) await Promise.all(this.threads.map((t) => t.worker.terminate()));
+    await this.release();
+    this._state = 'exited';
+    const info = this.exitInfo ?? { reason: { kind: 'stopped' as const }, vcpu: 0, status: 0, message: 'VM stopped' };
+    this.exitInfo = info;
+    this.exitResolve(info);
+    this.emit('exited', info);
+  }
+
+  private async release(): Promise<void> {
+    this.vm?.close();
+    this.vm = undefined;
+    this.mapping?.release();
+    this.mapping = undefined;
+    this.memory = undefined;
+    this.kvm?.close();
+    this.kvm = undefined;
+    if (this.ownsSerialFd && this.serialFd >= 0) closeSync(this.serialFd);
+    this.serialFd = -1;
+  }
+
+  /** Resolves when the VM has ended and every resource is released. */
+  waitForExit(): Promise<VmExit> {
+    return this.exitPromise;
+  }
+
+  /** Type bytes into the serial console (as from a terminal). */
+  sendSerialInput(bytes: Uint8Array): number {
+    return this.platformHere?.serial.enqueueInput(bytes) ?? 0;
+  }
+
+  /** Shared counters: exits by kind and unclaimed accesses. */
+  stats(): Record<StatField, number> {
+    const p = this.platformHere;
+    return Object.fromEntries(STAT_FIELDS.map((f) => [f, p ? p.stats.get(f) : 0])) as Record<StatField, number>;
+  }
+
+  /** POST codes written to port 0x80, oldest first. */
+  postCodes(): number[] {
+    const p = this.platformHere;
+    return p ? PostCode.history(p.postCodeState) : [];
+  }
+}

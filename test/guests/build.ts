@@ -1,0 +1,59 @@
+/**
+ * Builds the test guests from source (test/guests/*.S, *.c) with the host's gcc and ld, into a
+ * cache directory keyed by the sources' content. Tests call guestPath(name).
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildDir, guestSrcDir } from '../support/cc.js';
+
+export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'faults64';
+
+interface Recipe {
+  sources: string[];
+  /** 'elf64': linked for long-mode entry; 'mb32': 32-bit Multiboot ELF; 'raw32': flat binary. */
+  kind: 'elf64' | 'mb32' | 'raw32';
+}
+
+const RECIPES: Record<GuestName, Recipe> = {
+  hello64: { sources: ['hello64.S'], kind: 'elf64' },
+  storm64: { sources: ['storm64.S'], kind: 'elf64' },
+  user64: { sources: ['user64.S'], kind: 'elf64' },
+  faults64: { sources: ['faults64.S'], kind: 'elf64' },
+  multiboot: { sources: ['multiboot-entry.S', 'multiboot.c'], kind: 'mb32' },
+  'aout-kludge': { sources: ['aout-kludge.S'], kind: 'raw32' },
+};
+
+function sourceHash(recipe: Recipe): string {
+  const h = createHash('sha256');
+  for (const f of readdirSync(guestSrcDir).sort()) {
+    if (/\.(S|c|h|inc|ld)$/.test(f)) h.update(f).update(readFileSync(join(guestSrcDir, f)));
+  }
+  h.update(JSON.stringify(recipe));
+  return h.digest('hex').slice(0, 16);
+}
+
+export function guestPath(name: GuestName): string {
+  const recipe = RECIPES[name];
+  const out = join(buildDir, `guest-${name}-${sourceHash(recipe)}`);
+  if (existsSync(out)) return out;
+  mkdirSync(buildDir, { recursive: true });
+  const tmp = `${out}.tmp${process.pid}`;
+  const srcs = recipe.sources.map((s) => join(guestSrcDir, s));
+  const common = ['-nostdlib', '-ffreestanding', '-fno-pic', '-fno-stack-protector', '-fno-asynchronous-unwind-tables', `-I${guestSrcDir}`];
+  const run = (args: string[]) => execFileSync('gcc', args, { stdio: ['ignore', 'inherit', 'inherit'] });
+  switch (recipe.kind) {
+    case 'elf64':
+      run([...common, '-m64', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,-n', `-T${join(guestSrcDir, 'link64.ld')}`, '-o', tmp, ...srcs]);
+      break;
+    case 'mb32':
+      run([...common, '-m32', '-O2', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,-n', `-T${join(guestSrcDir, 'link32.ld')}`, '-o', tmp, ...srcs]);
+      break;
+    case 'raw32':
+      run([...common, '-m32', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--oformat=binary', '-Wl,-Ttext=0x100000', '-o', tmp, ...srcs]);
+      break;
+  }
+  renameSync(tmp, out);
+  return out;
+}
