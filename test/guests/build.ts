@@ -45,10 +45,10 @@ export function guestPath(name: GuestName): string {
   const run = (args: string[]) => execFileSync('gcc', args, { stdio: ['ignore', 'inherit', 'inherit'] });
   switch (recipe.kind) {
     case 'elf64':
-      run([...common, '-m64', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,-n', `-T${join(guestSrcDir, 'link64.ld')}`, '-o', tmp, ...srcs]);
+      run([...common, '-m64', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--no-warn-rwx-segments', '-Wl,-z,noexecstack', '-Wl,-n', `-T${join(guestSrcDir, 'link64.ld')}`, '-o', tmp, ...srcs]);
       break;
     case 'mb32':
-      run([...common, '-m32', '-O2', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,-n', `-T${join(guestSrcDir, 'link32.ld')}`, '-o', tmp, ...srcs]);
+      run([...common, '-m32', '-O2', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--no-warn-rwx-segments', '-Wl,-z,noexecstack', '-Wl,-n', `-T${join(guestSrcDir, 'link32.ld')}`, '-o', tmp, ...srcs]);
       break;
     case 'raw32':
       run([...common, '-m32', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--oformat=binary', '-Wl,-Ttext=0x100000', '-o', tmp, ...srcs]);
