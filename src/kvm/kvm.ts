@@ -107,7 +107,16 @@ export class Kvm {
       throw e;
     }
     const kvm = new Kvm(fd, path);
-    const version = sys.ioctlInt(fd, IOCTL.KVM_GET_API_VERSION, 0, 'KVM_GET_API_VERSION');
+    let version: number;
+    try {
+      version = sys.ioctlInt(fd, IOCTL.KVM_GET_API_VERSION, 0, 'KVM_GET_API_VERSION');
+    } catch (e) {
+      kvm.close();
+      throw new KvmUnavailableError(
+        'VIREO_ERR_NO_KVM',
+        `${path} is not a KVM device (KVM_GET_API_VERSION: ${e instanceof Error ? e.message : e}); point vireo at /dev/kvm`,
+      );
+    }
     if (version !== KVM_API_VERSION) {
       kvm.close();
       throw new KvmUnavailableError(

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'no
 import { join } from 'node:path';
 import { buildDir, guestSrcDir } from '../support/cc.js';
 
-export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'faults64';
+export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'modes64';
 
 interface Recipe {
   sources: string[];
@@ -20,7 +20,7 @@ const RECIPES: Record<GuestName, Recipe> = {
   hello64: { sources: ['hello64.S'], kind: 'elf64' },
   storm64: { sources: ['storm64.S'], kind: 'elf64' },
   user64: { sources: ['user64.S'], kind: 'elf64' },
-  faults64: { sources: ['faults64.S'], kind: 'elf64' },
+  modes64: { sources: ['modes64.S'], kind: 'elf64' },
   multiboot: { sources: ['multiboot-entry.S', 'multiboot.c'], kind: 'mb32' },
   'aout-kludge': { sources: ['aout-kludge.S'], kind: 'raw32' },
 };

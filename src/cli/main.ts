@@ -1,0 +1,127 @@
+/** The `vireo` command line. */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { ConfigError, VireoError } from '../common/errors.js';
+import { attachConsole } from '../vmm/console.js';
+import { type SerialConfig, Vm } from '../vmm/vm.js';
+import { hostReport, printHostReport } from './host.js';
+
+const VERSION = '0.1.0';
+
+/** The KVM device: /dev/kvm unless VIREO_KVM_DEVICE names another. */
+const kvmDevice = (): string => process.env.VIREO_KVM_DEVICE ?? '/dev/kvm';
+
+function positiveInt(what: string, max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > max)
+      throw new InvalidArgumentError(`${what} must be an integer from 1 to ${max}`);
+    return n;
+  };
+}
+
+export function parseSerial(v: string): SerialConfig {
+  if (v === 'stdio') return { kind: 'stdio' };
+  if (v === 'none') return { kind: 'none' };
+  if (v.startsWith('file:') && v.length > 5) return { kind: 'file', path: v.slice(5) };
+  throw new InvalidArgumentError('use stdio, none or file:PATH');
+}
+
+interface RunOptions {
+  kernel: string;
+  initrd?: string;
+  cmdline: string;
+  mem: number;
+  cpus: number;
+  serial: SerialConfig;
+  irqchip: boolean;
+}
+
+async function runCommand(opts: RunOptions): Promise<number> {
+  const vm = await Vm.create({
+    kernel: opts.kernel,
+    initrd: opts.initrd,
+    cmdline: opts.cmdline,
+    memMiB: opts.mem,
+    cpus: opts.cpus,
+    serial: opts.serial,
+    irqchip: opts.irqchip,
+    kvmPath: kvmDevice(),
+  });
+  let quit = false;
+  const console =
+    opts.serial.kind === 'stdio'
+      ? attachConsole(vm, process.stdin, () => {
+          quit = true;
+          void vm.stop();
+        })
+      : undefined;
+  const onSignal = (): void => {
+    quit = true;
+    void vm.stop();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  vm.start();
+  const exit = await vm.waitForExit();
+  console?.detach();
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
+  if (quit) return 0;
+  // A debug-exit status and a clean power-off speak for themselves; everything else is reported.
+  const quiet = exit.reason.kind === 'debug-exit' || exit.reason.kind === 'shutdown' || exit.reason.kind === 'stopped';
+  if (!quiet || process.env.VIREO_VERBOSE) process.stderr.write(`vireo: ${exit.message}\n`);
+  return exit.status;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = new Command();
+  let status = 0;
+  program
+    .name('vireo')
+    .description('A KVM hypervisor written in TypeScript')
+    .version(VERSION)
+    .showHelpAfterError('(run vireo help for usage)')
+    .exitOverride();
+
+  program
+    .command('run')
+    .description('boot a kernel in a new VM; the exit status is the guest\'s debug-exit status, 0 after a clean shutdown')
+    .requiredOption('--kernel <file>', 'kernel image: Multiboot (ELF32 or a.out kludge) or 64-bit ELF')
+    .option('--initrd <file>', 'initial ramdisk (Multiboot module 0)')
+    .option('--cmdline <string>', 'kernel command line', '')
+    .addOption(new Option('--mem <MiB>', 'guest memory in MiB').default(128).argParser(positiveInt('--mem', 1024 * 1024)))
+    .addOption(new Option('--cpus <n>', 'number of vCPUs').default(1).argParser(positiveInt('--cpus', 254)))
+    .addOption(new Option('--serial <where>', 'COM1: stdio, none or file:PATH').default({ kind: 'stdio' }, 'stdio').argParser(parseSerial))
+    .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')
+    .action(async (opts: RunOptions) => {
+      status = await runCommand(opts);
+    });
+
+  program
+    .command('host')
+    .description('report this host\'s KVM: flavour (VT-x, AMD-V or PVM), API version, capabilities')
+    .option('--json', 'machine-readable output')
+    .action((opts: { json?: boolean }) => {
+      const report = hostReport(kvmDevice());
+      if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+      else printHostReport(report);
+      status = report.usable ? 0 : 1;
+    });
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (e) {
+    const err = e as { code?: string; exitCode?: number; message?: string };
+    if (typeof err.code === 'string' && err.code.startsWith('commander.')) {
+      // Help and version exit 0; usage errors were printed by commander.
+      return err.exitCode ?? 2;
+    }
+    if (e instanceof VireoError) {
+      process.stderr.write(`vireo: ${e.message}\n`);
+      return e instanceof ConfigError ? 2 : 1;
+    }
+    process.stderr.write(`vireo: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    return 70;
+  }
+  return status;
+}
