@@ -58,10 +58,11 @@ export class GuestMemory {
 
   /** The region holding [gpa, gpa+len), or undefined. len 0 is checked as len 1. */
   private find(gpa: number, len: number): Region | undefined {
+    // Validate before the cached-region fast path: a fractional or negative gpa/len must never match it.
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len < 0) return undefined;
     const l = this.last;
     const end = gpa + (len > 0 ? len : 1);
     if (l !== undefined && gpa >= l.gpa && end <= l.end) return l;
-    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len < 0) return undefined;
     for (const r of this.regions) {
       if (gpa >= r.gpa && end <= r.end) {
         this.last = r;

@@ -162,6 +162,8 @@ export class Serial16550 implements BusDevice {
   /** Move host bytes into the receive FIFO while it has room. */
   private refillFifo(): void {
     const s = this.state;
+    // Loopback disconnects the serial input from the receiver: host bytes wait in the ring.
+    if (s.get('mcr') & MCR_LOOP) return;
     while (s.get('hostCount') > 0 && s.get('rxCount') < this.capacity()) {
       const head = s.get('hostHead');
       this.pushFifo(s.u8[HOST_OFFSET + head] as number);
@@ -176,6 +178,9 @@ export class Serial16550 implements BusDevice {
     if (count >= this.capacity()) {
       s.set('lsrErrors', s.get('lsrErrors') | LSR_OE);
       s.add('rxDropped', 1);
+      // 16450 mode: the new character overwrites the holding register. In FIFO mode the
+      // character in the shift register is the one lost and the FIFO is kept.
+      if (!this.fifoEnabled()) s.u8[RX_OFFSET + s.get('rxHead')] = b;
       return;
     }
     s.u8[RX_OFFSET + ((s.get('rxHead') + count) % FIFO_SIZE)] = b;

@@ -1,0 +1,505 @@
+/**
+ * vireo's benchmark suite (`npm run bench`). Three measurements, each against a peer:
+ *
+ * 1. PIO exit round trip: a guest does N `out`s to an unclaimed port; vireo against a minimal C
+ *    VMM (bench/pio-loop.c) running the same guest in the same entry state. Per-exit time is the
+ *    slope between two guest sizes, so start-up and tear-down cancel out.
+ * 2. Process start to the guest's first instruction: a Multiboot guest whose first instruction
+ *    writes to isa-debug-exit; wall time from spawn to exit of vireo (bench/first-insn-vm.ts) and of
+ *    QEMU booting the same image with -kernel.
+ * 3. VMM resident memory beyond guest RAM: a 1-vCPU 128 MiB guest that prints "ready" and halts;
+ *    the VMM process's VmRSS minus the guest RAM pages resident in it (from /proc/<pid>/pagemap).
+ *
+ * Prints a markdown table and writes bench/results/latest.json. A benchmark or peer that cannot
+ * run gives a row that says why; the suite itself does not fail for that.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, release } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { buildGuest, buildPioLoop, repoRoot } from './build.js';
+import {
+  anonMappings,
+  benchEvents,
+  type LiveChild,
+  median,
+  procStatusKb,
+  residentBytes,
+  runTimed,
+  startLive,
+  summarize,
+  tail,
+} from './util.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const NODE = process.execPath;
+const VM_RUNNER = join(here, 'vm-runner.js');
+const FIRST_INSN_VM = join(here, 'first-insn-vm.js');
+const MEM_MIB = 128;
+
+/**
+ * Guest sizes for the PIO slope (multiples of 64) and repetitions. Runs are short and interleaved
+ * (vireo N1, C N1, vireo N2, C N2, repeated) so that load from other processes on the host hits
+ * both sides alike; each side's figure is the median of its per-repetition slopes.
+ */
+const PIO_N1 = 6_400;
+const PIO_N2 = 64_000;
+const PIO_REPS = 9;
+/** Start-up runs (after warm-up runs that are not counted). */
+const START_RUNS = 20;
+const START_WARMUP = 2;
+/** QEMU -M pc goes through SeaBIOS, emulated on PVM hosts (seconds a run): fewer runs. */
+const START_RUNS_PC = 3;
+
+interface Row {
+  id: string;
+  benchmark: string;
+  unit: string;
+  vireo: number | null;
+  vireoNote?: string;
+  peer: number | null;
+  peerName: string;
+  peerNote?: string;
+  /** vireo / peer */
+  ratio: number | null;
+  goal: string;
+  goalMet?: boolean;
+  details: Record<string, unknown>;
+}
+
+function errText(e: unknown): string {
+  return e instanceof Error ? e.message.split('\n')[0] ?? e.message : String(e);
+}
+
+function log(msg: string): void {
+  process.stderr.write(`[bench] ${msg}\n`);
+}
+
+function findQemu(): { path: string; version: string } | undefined {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const p = join(dir || '.', 'qemu-system-x86_64');
+    if (!existsSync(p)) continue;
+    try {
+      const v = execFileSync(p, ['--version'], { encoding: 'utf8', timeout: 10_000 }).split('\n')[0] ?? '';
+      return { path: p, version: v.trim() };
+    } catch {
+      // not runnable: keep looking
+    }
+  }
+  return undefined;
+}
+
+const QEMU_MACHINES = {
+  microvm: { label: 'QEMU -M microvm', machine: 'microvm' },
+  pc: { label: 'QEMU -M pc (SeaBIOS)', machine: 'pc' },
+} as const;
+type QemuMachine = keyof typeof QEMU_MACHINES;
+
+function qemuArgs(machine: QemuMachine, kernel: string, serial: boolean): string[] {
+  return [
+    '-accel',
+    'kvm',
+    '-M',
+    QEMU_MACHINES[machine].machine,
+    '-m',
+    String(MEM_MIB),
+    '-smp',
+    '1',
+    '-kernel',
+    kernel,
+    '-display',
+    'none',
+    '-no-user-config',
+    '-nodefaults',
+    ...(serial ? ['-serial', 'stdio'] : []),
+    '-device',
+    'isa-debug-exit,iobase=0xf4,iosize=4',
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. PIO exit round trip
+
+function vireoPioRun(guest: string, n: number): number {
+  const r = runTimed(NODE, [VM_RUNNER, guest, '--mem', String(MEM_MIB), '--serial', 'none'], { timeoutMs: 120_000 });
+  const ev = benchEvents(r.stderr).find((e) => e.event === 'exited');
+  if (!ev) throw new Error(`vireo run failed (status ${r.status}, signal ${r.signal}): ${tail(r.stderr)}`);
+  if (ev.status !== 1) throw new Error(`vireo: guest ended with ${String(ev.message)}`);
+  const exits = (ev.stats as Record<string, number>).exitsIo;
+  if (exits !== n + 1) throw new Error(`vireo counted ${exits} port exits, expected ${n + 1}`);
+  return ev.startToExitNs as number;
+}
+
+function cPioRun(exe: string, guest: string, n: number): number {
+  const r = runTimed(exe, [guest, String(MEM_MIB)], { timeoutMs: 120_000 });
+  if (r.status !== 0) throw new Error(`pio-loop failed (status ${r.status}, signal ${r.signal}): ${tail(r.stderr)}`);
+  const j = JSON.parse(r.stdout.trim()) as { exits: number; ns: number; status: number };
+  if (j.exits !== n + 1 || j.status !== 1) throw new Error(`pio-loop: ${j.exits} exits, status ${j.status}; expected ${n + 1}, 1`);
+  return j.ns;
+}
+
+function benchPio(): Row {
+  const row: Row = {
+    id: 'pio-exit',
+    benchmark: 'PIO exit round trip, µs/exit — vs C ioctl loop (bench/pio-loop.c)',
+    unit: 'us',
+    vireo: null,
+    peer: null,
+    peerName: 'C ioctl loop',
+    ratio: null,
+    goal: 'ratio ≤ 1.05',
+    details: {},
+  };
+  const g1 = buildGuest({ name: 'pio64', n: PIO_N1 });
+  const g2 = buildGuest({ name: 'pio64', n: PIO_N2 });
+  let exe: string | undefined;
+  try {
+    exe = buildPioLoop();
+  } catch (e) {
+    row.peerNote = `cannot build pio-loop.c: ${errText(e)}`;
+  }
+  const v: Record<number, number[]> = { [PIO_N1]: [], [PIO_N2]: [] };
+  const c: Record<number, number[]> = { [PIO_N1]: [], [PIO_N2]: [] };
+  let vErr: string | undefined;
+  let cErr: string | undefined = row.peerNote;
+  // Interleaved, so drift in host load hits both sides alike.
+  for (let rep = 0; rep < PIO_REPS; rep++) {
+    for (const [n, g] of [
+      [PIO_N1, g1],
+      [PIO_N2, g2],
+    ] as const) {
+      if (vErr === undefined) {
+        try {
+          (v[n] as number[]).push(vireoPioRun(g, n));
+        } catch (e) {
+          vErr = errText(e);
+        }
+      }
+      if (cErr === undefined && exe !== undefined) {
+        try {
+          (c[n] as number[]).push(cPioRun(exe, g, n));
+        } catch (e) {
+          cErr = errText(e);
+        }
+      }
+    }
+  }
+  const slopes = (t: Record<number, number[]>) =>
+    (t[PIO_N2] as number[]).map((t2, i) => (t2 - ((t[PIO_N1] as number[])[i] as number)) / (PIO_N2 - PIO_N1) / 1000);
+  const whole = (t: Record<number, number[]>) => median(t[PIO_N2] as number[]) / (PIO_N2 + 1) / 1000;
+  if (vErr === undefined) {
+    const sv = slopes(v);
+    row.vireo = median(sv);
+    row.details.vireo = { usPerExitByRep: sv, wholeRunUsPerExit: whole(v), startToExitNs: v };
+  } else row.vireoNote = vErr;
+  if (cErr === undefined) {
+    const sc = slopes(c);
+    row.peer = median(sc);
+    row.details.peer = { usPerExitByRep: sc, wholeRunUsPerExit: whole(c), firstRunToExitNs: c };
+  } else row.peerNote = cErr;
+  if (vErr === undefined && cErr === undefined) {
+    const sv = slopes(v);
+    const sc = slopes(c);
+    row.details.ratioByRep = sv.map((x, i) => x / (sc[i] as number));
+  }
+  row.details.method = `median over ${PIO_REPS} interleaved repetitions of the slope between runs of N=${PIO_N1} and N=${PIO_N2} exits; guest at 64-bit CPL 0, loop unrolled 64x, port 0x510`;
+  if (row.vireo !== null && row.peer !== null) {
+    row.ratio = row.vireo / row.peer;
+    row.goalMet = row.ratio <= 1.05;
+  }
+  return row;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Process start to the guest's first instruction
+
+function startRows(qemu: { path: string; version: string } | undefined): Row[] {
+  const guest = buildGuest({ name: 'first-insn' });
+  const vireoWall: number[] = [];
+  const inProc: { moduleStartMs: number[]; createdMs: number[]; exitedMs: number[] } = {
+    moduleStartMs: [],
+    createdMs: [],
+    exitedMs: [],
+  };
+  let vErr: string | undefined;
+  const env = { ...process.env, VIREO_BENCH_TIMINGS: '1' };
+  for (let i = 0; i < START_WARMUP + START_RUNS && vErr === undefined; i++) {
+    const r = runTimed(NODE, [FIRST_INSN_VM, guest], { timeoutMs: 30_000, env });
+    if (r.status !== 5) {
+      vErr = `vireo exited with status ${r.status} (signal ${r.signal}), expected 5: ${tail(r.stderr)}`;
+      break;
+    }
+    if (i < START_WARMUP) continue;
+    vireoWall.push(r.wallNs / 1e6);
+    const ev = benchEvents(r.stderr)[0];
+    if (ev) {
+      inProc.moduleStartMs.push(ev.moduleStartMs as number);
+      inProc.createdMs.push(ev.createdMs as number);
+      inProc.exitedMs.push(ev.exitedMs as number);
+    }
+  }
+  // Context: what a Node process that does nothing costs here (start-up and exit).
+  const nodeBaseline: number[] = [];
+  for (let i = 0; i < 10 && vErr === undefined; i++) {
+    const r = runTimed(NODE, ['-e', '0'], { timeoutMs: 30_000 });
+    if (r.status === 0 && i >= START_WARMUP) nodeBaseline.push(r.wallNs / 1e6);
+  }
+  const vireo = vErr === undefined ? median(vireoWall) : null;
+  const vireoDetails = vErr === undefined
+    ? {
+        wallMs: summarize(vireoWall),
+        emptyNodeProcessMedianMs: median(nodeBaseline),
+        inProcessMedianMs: {
+          nodeStartAndModuleLoad: median(inProc.moduleStartMs),
+          vmCreateDone: median(inProc.createdMs),
+          guestExitedAndVmReleased: median(inProc.exitedMs),
+        },
+      }
+    : {};
+
+  const rows: Row[] = [];
+  for (const machine of ['microvm', 'pc'] as const) {
+    const label = QEMU_MACHINES[machine].label;
+    const row: Row = {
+      id: `start-${machine}`,
+      benchmark: `Process start → guest's first instruction → exit, median ms — vs ${label}`,
+      unit: 'ms',
+      vireo,
+      peer: null,
+      peerName: label,
+      ratio: null,
+      goal: 'vireo ≤ 50 ms',
+      details: { vireo: machine === 'microvm' ? vireoDetails : 'as in start-microvm' },
+    };
+    if (vErr !== undefined) row.vireoNote = vErr;
+    if (vireo !== null) row.goalMet = vireo <= 50;
+    if (!qemu) row.peerNote = 'qemu-system-x86_64 not found (apt-get install qemu-system-x86)';
+    else {
+      const runs = machine === 'pc' ? START_RUNS_PC : START_RUNS;
+      const warm = machine === 'pc' ? 0 : START_WARMUP;
+      const args = qemuArgs(machine, guest, false);
+      const wall: number[] = [];
+      for (let i = 0; i < warm + runs; i++) {
+        const r = runTimed(qemu.path, args, { timeoutMs: machine === 'pc' ? 60_000 : 30_000 });
+        if (r.status !== 5) {
+          row.peerNote =
+            r.signal === 'SIGKILL'
+              ? `${label} did not reach the guest within the time limit`
+              : `${label} exited with status ${r.status} (signal ${r.signal}), expected 5: ${tail(r.stderr)}`;
+          break;
+        }
+        if (i >= warm) wall.push(r.wallNs / 1e6);
+      }
+      if (row.peerNote === undefined) {
+        row.peer = median(wall);
+        row.details.peer = { wallMs: summarize(wall), warmup: warm, command: `qemu-system-x86_64 ${args.join(' ')}` };
+      }
+    }
+    if (row.vireo !== null && row.peer !== null) row.ratio = row.vireo / row.peer;
+    rows.push(row);
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. VMM resident memory beyond guest RAM
+
+interface RssSample {
+  vmRss: number;
+  rssAnon: number;
+  rssFile: number;
+  guestResident: number;
+  beyondGuest: number;
+}
+
+/** Wait for "ready" from the guest, let the VMM settle, then sample its memory a few times. */
+async function sampleRss(child: LiveChild, guestRam: () => { start: number; size: number }[], what: string): Promise<RssSample> {
+  try {
+    if (!(await child.waitFor('ready', 60_000))) {
+      const st = await Promise.race([child.exited, sleep(10).then(() => undefined)]);
+      throw new Error(
+        st
+          ? `${what} exited (status ${st.status}, signal ${st.signal}) before the guest was ready: ${tail(child.stderr())}`
+          : `${what}: the guest did not print "ready" within 60 s`,
+      );
+    }
+    await sleep(500);
+    const samples: RssSample[] = [];
+    for (let i = 0; i < 3; i++) {
+      const s = procStatusKb(child.pid, ['VmRSS', 'RssAnon', 'RssFile']);
+      let guestResident = 0;
+      for (const r of guestRam()) guestResident += residentBytes(child.pid, r.start, r.size);
+      const vmRss = s.VmRSS ?? 0;
+      samples.push({ vmRss, rssAnon: s.RssAnon ?? 0, rssFile: s.RssFile ?? 0, guestResident, beyondGuest: vmRss - guestResident });
+      await sleep(200);
+    }
+    const mid = median(samples.map((s) => s.beyondGuest));
+    return samples.find((s) => s.beyondGuest === mid) ?? (samples[samples.length - 1] as RssSample);
+  } finally {
+    await child.kill();
+  }
+}
+
+const MiB_ = 1024 * 1024;
+const mib = (b: number) => Math.round((b / MiB_) * 100) / 100;
+const sampleMiB = (s: RssSample) => ({
+  vmRssMiB: mib(s.vmRss),
+  rssAnonMiB: mib(s.rssAnon),
+  rssFileMiB: mib(s.rssFile),
+  guestResidentMiB: mib(s.guestResident),
+});
+
+async function rssRows(qemu: { path: string; version: string } | undefined): Promise<Row[]> {
+  const guest = buildGuest({ name: 'idle' });
+  let vireo: RssSample | undefined;
+  let vErr: string | undefined;
+  try {
+    const child = startLive(NODE, [VM_RUNNER, guest, '--mem', String(MEM_MIB), '--serial', 'stdio']);
+    vireo = await sampleRss(
+      child,
+      () => {
+        const ev = benchEvents(child.stderr()).find((e) => e.event === 'created');
+        const ram = (ev?.guestRam ?? []) as { hostAddr: number; size: number }[];
+        if (ram.length === 0) throw new Error('vm-runner did not report where guest RAM is mapped');
+        return ram.map((r) => ({ start: r.hostAddr, size: r.size }));
+      },
+      'vireo',
+    );
+  } catch (e) {
+    vErr = errText(e);
+  }
+
+  const rows: Row[] = [];
+  for (const machine of ['microvm', 'pc'] as const) {
+    const label = QEMU_MACHINES[machine].label;
+    const row: Row = {
+      id: `rss-${machine}`,
+      benchmark: `VMM RSS beyond guest RAM, MiB (1 vCPU, ${MEM_MIB} MiB guest) — vs ${label}`,
+      unit: 'MiB',
+      vireo: vireo ? mib(vireo.beyondGuest) : null,
+      peer: null,
+      peerName: label,
+      ratio: null,
+      goal: '—',
+      details: { vireo: vireo ? sampleMiB(vireo) : undefined },
+    };
+    if (vErr !== undefined) row.vireoNote = vErr;
+    if (!qemu) row.peerNote = 'qemu-system-x86_64 not found (apt-get install qemu-system-x86)';
+    else {
+      const args = qemuArgs(machine, guest, true);
+      try {
+        const child = startLive(qemu.path, args);
+        const s = await sampleRss(
+          child,
+          () => {
+            // QEMU maps guest RAM as one anonymous mapping of exactly the RAM size.
+            const maps = anonMappings(child.pid);
+            const exact = maps.find((m) => m.size === MEM_MIB * MiB_);
+            const ram = exact ?? maps.filter((m) => m.size >= MEM_MIB * MiB_).sort((a, b) => a.size - b.size)[0];
+            if (!ram) throw new Error(`no ${MEM_MIB} MiB guest RAM mapping found in QEMU`);
+            return [ram];
+          },
+          label,
+        );
+        row.peer = mib(s.beyondGuest);
+        row.details.peer = { ...sampleMiB(s), command: `qemu-system-x86_64 ${args.join(' ')}` };
+      } catch (e) {
+        row.peerNote = errText(e);
+      }
+    }
+    if (row.vireo !== null && row.peer !== null) row.ratio = row.vireo / row.peer;
+    rows.push(row);
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function fmt(x: number | null, unit: string, note: string | undefined): string {
+  if (x === null) return `n/a${note ? `: ${note.replace(/\|/g, '/')}` : ''}`;
+  const digits = unit === 'us' ? 2 : 1;
+  return x.toFixed(digits);
+}
+
+function table(rows: Row[]): string {
+  const lines = ['| benchmark | vireo | peer | ratio | goal |', '| --- | ---: | --- | ---: | --- |'];
+  for (const r of rows) {
+    const peer = fmt(r.peer, r.unit, r.peerNote);
+    const ratio = r.ratio !== null ? r.ratio.toFixed(2) : '—';
+    const goal = r.goalMet === undefined ? r.goal : `${r.goal} ${r.goalMet ? '✓' : '✗'}`;
+    lines.push(`| ${r.benchmark} | ${fmt(r.vireo, r.unit, r.vireoNote)} | ${peer} | ${ratio} | ${goal} |`);
+  }
+  return lines.join('\n');
+}
+
+/** JSON replacer: 4 significant decimals are plenty for timings. */
+function roundNumbers(_key: string, value: unknown): unknown {
+  return typeof value === 'number' && !Number.isInteger(value) ? Number(value.toFixed(4)) : value;
+}
+
+function failedRow(id: string, benchmark: string, e: unknown): Row {
+  const note = errText(e);
+  return { id, benchmark, unit: '', vireo: null, vireoNote: note, peer: null, peerName: 'peer', peerNote: note, ratio: null, goal: '—', details: {} };
+}
+
+async function main(): Promise<void> {
+  const t0 = Date.now();
+  const qemu = findQemu();
+  const rows: Row[] = [];
+  // VIREO_BENCH_ONLY=pio,start,rss runs a subset (results/latest.json then holds only those).
+  const only = process.env.VIREO_BENCH_ONLY?.split(',').map((x) => x.trim());
+  const want = (id: string) => only === undefined || only.includes(id);
+
+  const suites: { id: string; title: string; name: string; run: () => Row[] | Promise<Row[]> }[] = [
+    { id: 'pio', title: 'PIO exit round trip (vireo vs C ioctl loop)', name: 'PIO exit round trip (µs/exit)', run: () => [benchPio()] },
+    { id: 'start', title: 'process start to first guest instruction (vireo vs QEMU)', name: "Process start → guest's first instruction → exit (ms)", run: () => startRows(qemu) },
+    { id: 'rss', title: 'VMM resident memory beyond guest RAM (vireo vs QEMU)', name: 'VMM RSS beyond guest RAM (MiB)', run: () => rssRows(qemu) },
+  ];
+  for (const [i, suite] of suites.entries()) {
+    if (!want(suite.id)) continue;
+    log(`${i + 1}/${suites.length} ${suite.title}`);
+    try {
+      rows.push(...(await suite.run()));
+    } catch (e) {
+      rows.push(failedRow(suite.id, suite.name, e));
+    }
+  }
+
+  const host = {
+    kernel: release(),
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    kvmFlavour: existsSync('/sys/module/kvm_pvm') ? 'pvm' : 'hardware',
+    node: process.version,
+    qemu: qemu?.version ?? null,
+  };
+  const text = table(rows);
+  process.stdout.write(`\n${text}\n\n`);
+  const start = rows.find((r) => r.id === 'start-microvm')?.details.vireo as
+    | { inProcessMedianMs?: Record<string, number>; emptyNodeProcessMedianMs?: number }
+    | undefined;
+  if (start?.inProcessMedianMs) {
+    const m = start.inProcessMedianMs;
+    process.stdout.write(
+      `vireo start-up inside the process (median ms since process start): bench script starts at ${m.nodeStartAndModuleLoad?.toFixed(1)}, ` +
+        `Vm.create done at ${m.vmCreateDone?.toFixed(1)}, VM ended and released at ${m.guestExitedAndVmReleased?.toFixed(1)}; ` +
+        `an empty \`node -e 0\` takes ${start.emptyNodeProcessMedianMs?.toFixed(1)} ms from spawn to exit here\n`,
+    );
+  }
+  process.stdout.write(
+    `host: ${host.kernel}, ${host.cpus} CPUs, KVM ${host.kvmFlavour}, Node ${host.node}, ${host.qemu ?? 'no QEMU'}; suite took ${((Date.now() - t0) / 1000).toFixed(0)} s\n`,
+  );
+
+  const resultsDir = join(repoRoot, 'bench', 'results');
+  mkdirSync(resultsDir, { recursive: true });
+  const out = join(resultsDir, 'latest.json');
+  writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), host, rows }, roundNumbers, 2)}\n`);
+  process.stdout.write(`results: ${out}\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exit(1);
+});
