@@ -2,6 +2,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { attachConsole } from '../vmm/console.js';
+import { prewarmForArgs } from './prewarm.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
 
@@ -34,6 +35,7 @@ interface RunOptions {
   cpus: number;
   serial: SerialConfig;
   irqchip: boolean;
+  bootTimer?: boolean;
 }
 
 async function runCommand(opts: RunOptions): Promise<number> {
@@ -64,6 +66,8 @@ async function runCommand(opts: RunOptions): Promise<number> {
   vm.start();
   const exit = await vm.waitForExit();
   console?.detach();
+  if (opts.bootTimer && vm.firstExitAt !== undefined)
+    process.stderr.write(`vireo: boot timer: first guest exit ${(vm.firstExitAt - performance.timeOrigin).toFixed(1)} ms after process start\n`);
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   if (quit) return 0;
@@ -74,6 +78,7 @@ async function runCommand(opts: RunOptions): Promise<number> {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'run') prewarmForArgs(argv);
   const program = new Command();
   let status = 0;
   program
@@ -92,6 +97,7 @@ export async function main(argv: string[]): Promise<number> {
     .addOption(new Option('--mem <MiB>', 'guest memory in MiB').default(128).argParser(positiveInt('--mem', 1024 * 1024)))
     .addOption(new Option('--cpus <n>', 'number of vCPUs').default(1).argParser(positiveInt('--cpus', 254)))
     .addOption(new Option('--serial <where>', 'COM1: stdio, none or file:PATH').default({ kind: 'stdio' }, 'stdio').argParser(parseSerial))
+    .option('--boot-timer', 'print the time from process start to the guest\'s first exit')
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')
     .action(async (opts: RunOptions) => {
       status = await runCommand(opts);

@@ -41,7 +41,9 @@ export interface VcpuWorkerInit<P> {
 }
 
 export type VcpuMessage =
+  | { type: 'loaded' }
   | { type: 'ready'; id: number; thread: bigint }
+  | { type: 'first-exit'; id: number; at: number }
   | { type: 'paused'; id: number }
   | { type: 'resumed'; id: number }
   | { type: 'stopped'; id: number; stop: VcpuStop };

@@ -17,6 +17,8 @@ export interface RunLoopHooks {
   pendingStop: () => VcpuStop | undefined;
   /** Count an exit by kind (metrics). */
   countExit?: (reason: number) => void;
+  /** Called once, after the first exit (boot timing: a guest whose first instruction exits). */
+  onFirstExit?: () => void;
   onPaused?: () => void;
   onResumed?: () => void;
 }
@@ -49,6 +51,10 @@ export function runLoop(vcpu: Vcpu, pio: Bus, mmio: Bus, control: Int32Array, ho
   const ioctl = sys.ioctlHot;
   const KVM_RUN = IOCTL.KVM_RUN;
   const countExit = hooks.countExit;
+  let firstExit = true;
+  let ioOff = -1;
+  let ioSize = 0;
+  let ioData = bytes.subarray(0, 0);
   Atomics.store(control, CTRL_STATE, State.RUNNING);
 
   for (;;) {
@@ -81,23 +87,33 @@ export function runLoop(vcpu: Vcpu, pio: Bus, mmio: Bus, control: Int32Array, ho
 
     const reason = dv.getUint32(R.exit_reason, true);
     countExit?.(reason);
+    if (firstExit) {
+      firstExit = false;
+      hooks.onFirstExit?.();
+    }
     try {
       if (reason === EXIT.KVM_EXIT_IO) {
         const size = bytes[R.io_size] as number;
         const port = dv.getUint16(R.io_port, true);
         const count = dv.getUint32(R.io_count, true);
-        let off = Number(dv.getBigUint64(R.io_data_offset, true));
+        // data_offset is a u64 but always within the kvm_run mapping: read it without a BigInt.
+        let off = dv.getUint32(R.io_data_offset, true) + dv.getUint32(R.io_data_offset + 4, true) * 0x1_0000_0000;
         if (off + size * count > bytes.length) {
           return { kind: 'error', code: 'VIREO_ERR_VCPU', message: 'KVM reported port I/O data outside kvm_run' };
         }
         const out = bytes[R.io_direction] === KVM_EXIT_IO_OUT;
         for (let i = 0; i < count; i++, off += size) {
-          const data = bytes.subarray(off, off + size);
-          if (out) pio.write(port, data);
-          else pio.read(port, data);
+          // The data window is almost always the same: reuse its view instead of allocating one per exit.
+          if (off !== ioOff || size !== ioSize) {
+            ioOff = off;
+            ioSize = size;
+            ioData = bytes.subarray(off, off + size);
+          }
+          if (out) pio.write(port, ioData);
+          else pio.read(port, ioData);
         }
       } else if (reason === EXIT.KVM_EXIT_MMIO) {
-        const addr = Number(dv.getBigUint64(R.mmio_phys_addr, true));
+        const addr = dv.getUint32(R.mmio_phys_addr, true) + dv.getUint32(R.mmio_phys_addr + 4, true) * 0x1_0000_0000;
         const len = Math.min(dv.getUint32(R.mmio_len, true), 8);
         const data = bytes.subarray(R.mmio_data, R.mmio_data + len);
         if (bytes[R.mmio_is_write]) mmio.write(addr, data);

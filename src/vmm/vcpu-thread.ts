@@ -1,38 +1,49 @@
-/** Worker entry: one vCPU's thread. Builds its view of memory and the platform, then runs. */
-import { parentPort, workerData } from 'node:worker_threads';
+/**
+ * Worker entry: one vCPU's thread. It loads its modules as soon as it is spawned (vireo spawns it
+ * early, while the main thread is still building the VM), then waits for its init message, builds
+ * its view of memory and the platform, and runs the vCPU until told to stop.
+ */
+import { type MessagePort, parentPort } from 'node:worker_threads';
 import { Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
-import { type VcpuMessage, type VcpuStop, type VcpuWorkerInit, CTRL_STATE, State } from '../vcpu/protocol.js';
+import { CTRL_STATE, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
 import { runLoop } from '../vcpu/run-loop.js';
 import { buildPlatform, type PlatformSpec } from './platform.js';
 
-const init = workerData as VcpuWorkerInit<PlatformSpec>;
-const port = parentPort;
-if (!port) throw new Error('vcpu-thread must run as a worker');
-const control = new Int32Array(init.control);
+if (!parentPort) throw new Error('vcpu-thread must run as a worker');
+const port: MessagePort = parentPort;
 const post = (m: VcpuMessage): void => port.postMessage(m);
 
-let stop: VcpuStop;
-try {
-  // The memory views are built so devices that touch guest memory can; they also prove the
-  // mappings are visible from this thread.
-  new GuestMemory(init.memory);
-  const vcpu = Vcpu.attach(init.vcpu);
-  const platform = buildPlatform(init.platform);
-  post({ type: 'ready', id: init.vcpu.id, thread: sys.pthreadSelf() });
-  stop = runLoop(vcpu, platform.pio, platform.mmio, control, {
-    pendingStop: platform.takeStop,
-    countExit: platform.countExit,
-    onPaused: () => post({ type: 'paused', id: init.vcpu.id }),
-    onResumed: () => post({ type: 'resumed', id: init.vcpu.id }),
-  });
-} catch (e) {
-  stop = {
-    kind: 'error',
-    code: (e as { code?: string }).code ?? 'VIREO_ERR_VCPU',
-    message: e instanceof Error ? e.message : String(e),
-  };
+function run(init: VcpuWorkerInit<PlatformSpec>): void {
+  const control = new Int32Array(init.control);
+  const id = init.vcpu.id;
+  let stop: VcpuStop;
+  try {
+    // Views onto guest memory: devices that touch guest memory use them; building them also
+    // proves the mappings are visible from this thread.
+    new GuestMemory(init.memory);
+    const vcpu = Vcpu.attach(init.vcpu);
+    const platform = buildPlatform(init.platform);
+    post({ type: 'ready', id, thread: sys.pthreadSelf() });
+    stop = runLoop(vcpu, platform.pio, platform.mmio, control, {
+      pendingStop: platform.takeStop,
+      countExit: platform.countExit,
+      onFirstExit: () => post({ type: 'first-exit', id, at: performance.timeOrigin + performance.now() }),
+      onPaused: () => post({ type: 'paused', id }),
+      onResumed: () => post({ type: 'resumed', id }),
+    });
+  } catch (e) {
+    stop = {
+      kind: 'error',
+      code: (e as { code?: string }).code ?? 'VIREO_ERR_VCPU',
+      message: e instanceof Error ? e.message : String(e),
+    };
+  }
+  Atomics.store(control, CTRL_STATE, State.EXITED);
+  post({ type: 'stopped', id, stop });
+  port.close();
 }
-Atomics.store(control, CTRL_STATE, State.EXITED);
-post({ type: 'stopped', id: init.vcpu.id, stop });
+
+port.once('message', (init: VcpuWorkerInit<PlatformSpec>) => run(init));
+post({ type: 'loaded' });

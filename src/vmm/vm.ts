@@ -12,8 +12,11 @@ import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
 import { ramRanges } from '../arch/x86_64/layout.js';
-import { CTRL_CMD, CTRL_SLOTS, Cmd, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
+import { CTRL_CMD, CTRL_SLOTS, CTRL_STATE, Cmd, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
 import { PostCode } from '../devices/legacy/post-code.js';
+import { takeVcpuThread } from './vcpu-threads.js';
+
+export { prewarmVcpuThreads } from './vcpu-threads.js';
 import { type BootResult, loadKernel } from './boot.js';
 import { buildPlatform, createPlatformSpec, type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
 
@@ -57,6 +60,8 @@ interface VcpuThread {
   ready: Promise<void>;
   exited: Promise<void>;
   paused: boolean;
+  /** The OS thread has ended (and been joined): its pthread_t must not be signalled any more. */
+  gone: boolean;
 }
 
 export function describeExit(reason: VcpuStop, vcpu: number): { status: number; message: string } {
@@ -138,7 +143,8 @@ export class Vm extends TypedEmitter<VmEvents> {
     try {
       await vm.build();
     } catch (e) {
-      await vm.release();
+      // Threads may already be attached to the vCPUs and memory: stop them before unmapping.
+      await vm.stop();
       throw e;
     }
     return vm;
@@ -177,21 +183,22 @@ export class Vm extends TypedEmitter<VmEvents> {
     this.platformSpec = createPlatformSpec(vm.fd, this.serialFd, cfg.irqchip);
     this.platformHere = buildPlatform(this.platformSpec);
 
-    const supported = kvm.supportedCpuid();
     const vcpus: Vcpu[] = [];
-    for (let id = 0; id < cfg.cpus; id++) {
-      const vcpu = vm.createVcpu(id);
-      vcpu.setCpuid(cpuidForVcpu(supported, id, cfg.cpus));
-      vcpus.push(vcpu);
-    }
+    for (let id = 0; id < cfg.cpus; id++) vcpus.push(vm.createVcpu(id));
+    // The threads attach while the kernel loads; none runs the guest before start().
+    for (const vcpu of vcpus) this.threads.push(this.spawn(vcpu));
+    const supported = kvm.supportedCpuid();
+    for (const vcpu of vcpus) vcpu.setCpuid(cpuidForVcpu(supported, vcpu.id, cfg.cpus));
     this.boot = loadKernel(this.memory, vcpus[0] as Vcpu, {
       kernel: cfg.kernel,
       initrd: cfg.initrd,
       cmdline: cfg.cmdline,
     });
-    for (const vcpu of vcpus) this.threads.push(this.spawn(vcpu));
     await Promise.all(this.threads.map((t) => t.ready));
   }
+
+  /** When the first vCPU exit happened (epoch ms, sub-ms precision): boot timing. */
+  firstExitAt: number | undefined;
 
   private spawn(vcpu: Vcpu): VcpuThread {
     const control = new Int32Array(new SharedArrayBuffer(CTRL_SLOTS * 4));
@@ -202,7 +209,8 @@ export class Vm extends TypedEmitter<VmEvents> {
       control: control.buffer as SharedArrayBuffer,
       platform: this.platformSpec as PlatformSpec,
     };
-    const worker = new Worker(new URL('./vcpu-thread.js', import.meta.url), { workerData: init });
+    const worker = takeVcpuThread();
+    worker.postMessage(init);
     let readyResolve!: () => void;
     let readyReject!: (e: Error) => void;
     const ready = new Promise<void>((res, rej) => {
@@ -215,14 +223,25 @@ export class Vm extends TypedEmitter<VmEvents> {
       control,
       thread: undefined,
       ready,
-      exited: new Promise<void>((res) => worker.once('exit', () => res())),
+      exited: new Promise<void>((res) =>
+        worker.once('exit', () => {
+          t.gone = true;
+          res();
+        }),
+      ),
       paused: false,
+      gone: false,
     };
     worker.on('message', (m: VcpuMessage) => {
       switch (m.type) {
+        case 'loaded':
+          break;
         case 'ready':
           t.thread = m.thread;
           readyResolve();
+          break;
+        case 'first-exit':
+          this.firstExitAt ??= m.at;
           break;
         case 'paused':
           t.paused = true;
@@ -268,6 +287,8 @@ export class Vm extends TypedEmitter<VmEvents> {
 
   /** Force a vCPU out of KVM_RUN: set immediate_exit, then signal its thread. */
   private kick(t: VcpuThread): void {
+    // Signalling a joined thread's pthread_t is undefined behaviour (glibc may fault): never do it.
+    if (t.gone || Atomics.load(t.control, CTRL_STATE) === State.EXITED) return;
     t.vcpu.run.immediateExit = true;
     if (t.thread !== undefined) sys.pthreadKill(t.thread, sys.KICK_SIGNAL);
   }

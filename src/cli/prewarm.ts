@@ -1,0 +1,9 @@
+/** Start the vCPU threads a `vireo run` command line will need, before loading anything else. */
+import { prewarmVcpuThreads } from '../vmm/vcpu-threads.js';
+
+export function prewarmForArgs(argv: readonly string[]): void {
+  const i = argv.indexOf('--cpus');
+  const n = i >= 0 ? Number(argv[i + 1]) : 1;
+  // Threads beyond a few are cheap to start on demand; parked ones that go unused are released.
+  prewarmVcpuThreads(Number.isInteger(n) && n >= 1 ? Math.min(n, 4) : 1);
+}
