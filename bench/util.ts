@@ -1,5 +1,5 @@
 /** Small helpers shared by the benchmarks: process runs, statistics, /proc readings. */
-import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { type SpawnSyncReturns, spawn, spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 
 export interface RunResult {
@@ -24,7 +24,13 @@ export function runTimed(cmd: string, args: string[], opts: { timeoutMs: number;
   });
   const t1 = process.hrtime.bigint();
   if (r.error && (r.error as NodeJS.ErrnoException).code !== 'ETIMEDOUT') throw r.error;
-  return { status: r.status, signal: r.signal, stdout: r.stdout ?? '', stderr: r.stderr ?? '', wallNs: Number(t1 - t0) };
+  return {
+    status: r.status,
+    signal: r.signal,
+    stdout: r.stdout ?? '',
+    stderr: r.stderr ?? '',
+    wallNs: Number(t1 - t0),
+  };
 }
 
 /** The JSON objects a vireo bench script wrote to stderr as "@bench {...}" lines. */

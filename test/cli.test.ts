@@ -20,7 +20,17 @@ describe('vireo run', { skip }, () => {
   test('Multiboot guest sees its command line, module (--initrd), memory sizes and memory map', () => {
     const mod = join(tmp, 'module.txt');
     writeFileSync(mod, 'the module payload');
-    const r = runVireo(['run', '--kernel', guestPath('multiboot'), '--initrd', mod, '--cmdline', 'hello=world x y', '--mem', '64']);
+    const r = runVireo([
+      'run',
+      '--kernel',
+      guestPath('multiboot'),
+      '--initrd',
+      mod,
+      '--cmdline',
+      'hello=world x y',
+      '--mem',
+      '64',
+    ]);
     assert.equal(r.status, 0x55, r.stderr);
     const lines = r.stdout.split('\n');
     assert.ok(lines.includes('multiboot ok'));
@@ -93,8 +103,16 @@ describe('vireo run', { skip }, () => {
 
 describe('vireo run: bad input gets one clear line and a non-zero status', () => {
   const cases: [string, string[], RegExp][] = [
-    ['missing kernel file', ['run', '--kernel', '/nonexistent/kernel'], /^vireo: kernel \/nonexistent\/kernel does not exist\n$/],
-    ['not a kernel', ['run', '--kernel', '/etc/hostname'], /^vireo: \/etc\/hostname is not a kernel vireo can boot: expected a Multiboot image or a 64-bit ELF\n$/],
+    [
+      'missing kernel file',
+      ['run', '--kernel', '/nonexistent/kernel'],
+      /^vireo: kernel \/nonexistent\/kernel does not exist\n$/,
+    ],
+    [
+      'not a kernel',
+      ['run', '--kernel', '/etc/hostname'],
+      /^vireo: \/etc\/hostname is not a kernel vireo can boot: expected a Multiboot image or a 64-bit ELF\n$/,
+    ],
     ['empty kernel', ['run', '--kernel', '/dev/null'], /^vireo: kernel \/dev\/null is empty\n$/],
     ['no --kernel', ['run'], /required option '--kernel <file>' not specified/],
     ['bad --mem', ['run', '--kernel', 'k', '--mem', 'lots'], /--mem must be an integer from 1 to 1048576/],
@@ -127,7 +145,8 @@ describe('vireo host', () => {
     assert.equal(rep.apiVersion, 12);
     assert.ok(['vmx', 'svm', 'pvm'].includes(rep.flavour));
     const caps = new Map(rep.capabilities.map((c: { name: string; value: number }) => [c.name, c.value]));
-    for (const c of ['KVM_CAP_IRQCHIP', 'KVM_CAP_PIT2', 'KVM_CAP_IMMEDIATE_EXIT', 'KVM_CAP_USER_MEMORY']) assert.ok((caps.get(c) as number) > 0, c);
+    for (const c of ['KVM_CAP_IRQCHIP', 'KVM_CAP_PIT2', 'KVM_CAP_IMMEDIATE_EXIT', 'KVM_CAP_USER_MEMORY'])
+      assert.ok((caps.get(c) as number) > 0, c);
     const text = runVireo(['host']);
     assert.match(text.stdout, /^flavour\s+(Intel VT-x|AMD-V|PVM)/m);
   });
@@ -148,7 +167,9 @@ describe('vireo host', () => {
     assert.match(rep.error.message, /\/dev\/null is not a KVM device/);
   });
 
-  test('no permission: says to join the kvm group or run as root', { skip: skip || process.getuid?.() !== 0 ? (skip ?? 'needs root to switch to an unprivileged user') : false }, () => {
+  test('no permission: says to join the kvm group or run as root', {
+    skip: skip || process.getuid?.() !== 0 ? (skip ?? 'needs root to switch to an unprivileged user') : false,
+  }, () => {
     const r = runVireo(['host', '--json'], { uid: 65534, gid: 65534 });
     const rep = JSON.parse(r.stdout);
     assert.equal(rep.error.code, 'VIREO_ERR_KVM_PERMISSION');
@@ -161,7 +182,22 @@ describe('the terminal', { skip }, () => {
     const { spawnSync } = await import('node:child_process');
     const { repoRoot } = await import('./support/cc.js');
     const script = JSON.stringify([{ expect: 'echo ready' }, { send: 'abc' }, { expect: 'ABC' }, { send: '\u0001x' }]);
-    const r = spawnSync('python3', [join(repoRoot, 'test', 'support', 'terminal.py'), script, '--', process.execPath, join(repoRoot, 'bin', 'vireo.js'), 'run', '--kernel', guestPath('modes64'), '--cmdline', 'e'], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(
+      'python3',
+      [
+        join(repoRoot, 'test', 'support', 'terminal.py'),
+        script,
+        '--',
+        process.execPath,
+        join(repoRoot, 'bin', 'vireo.js'),
+        'run',
+        '--kernel',
+        guestPath('modes64'),
+        '--cmdline',
+        'e',
+      ],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
     const res = JSON.parse(r.stdout);
     assert.equal(res.timedOut, false, res.output);
     assert.equal(res.status, 0);

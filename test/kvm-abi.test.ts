@@ -68,8 +68,11 @@ test('struct sizes, field offsets, ioctl numbers and exit reasons match <linux/k
   for (const [k, v] of Object.entries(SIZE)) ours.set(`size.${k}`, v);
   for (const [k, v] of Object.entries(IOCTL)) ours.set(`ioctl.${k}`, v);
   for (const [k, v] of Object.entries(EXIT)) ours.set(`exit.${k}`, v);
-  for (const [s, fields] of Object.entries(OFFSET)) for (const [f, v] of Object.entries(fields)) ours.set(`offset.${s}.${f}`, v);
-  const wrong = [...ours].filter(([k, v]) => real.get(k) !== v).map(([k, v]) => `${k}: vireo ${v}, header ${real.get(k)}`);
+  for (const [s, fields] of Object.entries(OFFSET))
+    for (const [f, v] of Object.entries(fields)) ours.set(`offset.${s}.${f}`, v);
+  const wrong = [...ours]
+    .filter(([k, v]) => real.get(k) !== v)
+    .map(([k, v]) => `${k}: vireo ${v}, header ${real.get(k)}`);
   assert.deepEqual(wrong, [], `layouts differ from the kernel header:\n${wrong.join('\n')}`);
   assert.ok(ours.size > 100, `checked ${ours.size} entries`);
 });

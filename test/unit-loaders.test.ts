@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import fc from 'fast-check';
+import { LAYOUT } from '../src/arch/x86_64/layout.js';
+import { E820_RAM, E820_RESERVED } from '../src/arch/x86_64/memmap.js';
 import { MiB } from '../src/common/address.js';
 import { GuestMemoryError, ImageError } from '../src/common/errors.js';
-import { E820_RAM, E820_RESERVED } from '../src/arch/x86_64/memmap.js';
-import { LAYOUT } from '../src/arch/x86_64/layout.js';
 import { isElf, loadElf, parseElf } from '../src/loader/elf.js';
 import {
   findMultibootHeader,

@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { GiB, MiB } from '../src/common/address.js';
-import { GuestMemoryError, VireoError } from '../src/common/errors.js';
 import { LAYOUT, MMIO_HOLE_END, MMIO_HOLE_START, ramRanges } from '../src/arch/x86_64/layout.js';
 import { E820_RAM, E820_RESERVED, memoryMap, upperMemoryKiB } from '../src/arch/x86_64/memmap.js';
+import { GiB, MiB } from '../src/common/address.js';
+import { GuestMemoryError, VireoError } from '../src/common/errors.js';
 import { GuestMemory, GuestMemoryMapping } from '../src/memory/guest-memory.js';
 
 const R0 = { gpa: 0, size: 1 * MiB };

@@ -87,7 +87,13 @@ test('stopping releases every fd, mapping and thread (running, paused, and never
   assert.equal(kvmFds(), 0);
 
   for (const how of ['running', 'paused', 'created'] as const) {
-    const vm = await Vm.create({ kernel: guestPath('modes64'), cmdline: 'c', memMiB: 256, cpus: 2, serial: { kind: 'none' } });
+    const vm = await Vm.create({
+      kernel: guestPath('modes64'),
+      cmdline: 'c',
+      memMiB: 256,
+      cpus: 2,
+      serial: { kind: 'none' },
+    });
     t.after(() => vm.stop());
     const sizeWithVm = vmSize();
     assert.equal(kvmFds(), 4, 'the VM holds /dev/kvm, a VM fd and two vCPU fds');
@@ -109,7 +115,8 @@ test('a failed create leaks nothing and reports a clear error', { skip }, async 
   const before = { fds: fdCount() };
   await assert.rejects(
     Vm.create({ kernel: '/etc/hostname', memMiB: 16, serial: { kind: 'none' } }),
-    (e: Error & { code?: string }) => e.code === 'VIREO_ERR_BAD_IMAGE' && /is not a kernel vireo can boot/.test(e.message),
+    (e: Error & { code?: string }) =>
+      e.code === 'VIREO_ERR_BAD_IMAGE' && /is not a kernel vireo can boot/.test(e.message),
   );
   await settle();
   assert.equal(fdCount(), before.fds);
@@ -141,6 +148,9 @@ test('state errors are typed', { skip }, async () => {
   const vm = await Vm.create({ kernel: guestPath('hello64'), memMiB: 8, serial: { kind: 'none' } });
   await assert.rejects(vm.pause(), (e: Error & { code?: string }) => e.code === 'VIREO_ERR_STATE');
   vm.start();
-  assert.throws(() => vm.start(), (e: Error & { code?: string }) => e.code === 'VIREO_ERR_STATE');
+  assert.throws(
+    () => vm.start(),
+    (e: Error & { code?: string }) => e.code === 'VIREO_ERR_STATE',
+  );
   await vm.waitForExit();
 });

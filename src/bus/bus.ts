@@ -3,8 +3,9 @@
  * An access that no device claims is harmless: reads return all ones, writes are dropped,
  * and both are counted.
  */
-import { VireoError } from '../common/errors.js';
+
 import { hex } from '../common/address.js';
+import { VireoError } from '../common/errors.js';
 
 /** What a device on a bus implements: accesses relative to its base, data in little-endian bytes. */
 export interface BusDevice {

@@ -1,7 +1,8 @@
 /** `vireo host`: what KVM this machine offers and whether vireo can use it. */
+
+import { VireoError } from '../common/errors.js';
 import { CAP, type CapName } from '../kvm/abi.js';
 import { detectFlavour, Kvm, type KvmFlavour, REQUIRED_CAPS, USED_CAPS } from '../kvm/kvm.js';
-import { VireoError } from '../common/errors.js';
 
 export interface HostReport {
   device: string;
@@ -40,12 +41,20 @@ export function hostReport(path = '/dev/kvm'): HostReport {
     report.vcpuMmapSize = kvm.vcpuMmapSize;
     report.maxVcpus = kvm.checkExtension('KVM_CAP_MAX_VCPUS');
     for (const name of USED_CAPS) {
-      report.capabilities.push({ name, id: CAP[name], value: kvm.checkExtension(name), required: REQUIRED_CAPS.includes(name) });
+      report.capabilities.push({
+        name,
+        id: CAP[name],
+        value: kvm.checkExtension(name),
+        required: REQUIRED_CAPS.includes(name),
+      });
     }
     kvm.requireCapabilities();
     report.usable = true;
   } catch (e) {
-    report.error = e instanceof VireoError ? { code: e.code, message: e.message } : { code: 'VIREO_ERR_INTERNAL', message: String(e) };
+    report.error =
+      e instanceof VireoError
+        ? { code: e.code, message: e.message }
+        : { code: 'VIREO_ERR_INTERNAL', message: String(e) };
   } finally {
     kvm?.close();
   }
@@ -60,7 +69,10 @@ export function printHostReport(r: HostReport): void {
     `max vCPUs     ${r.maxVcpus ?? '-'}`,
     `stock Linux   ${r.bootsStockLinux ? 'boots natively' : 'cannot boot natively on this KVM'}`,
     'capabilities:',
-    ...r.capabilities.map((c) => `  ${c.value > 0 ? 'yes' : 'NO '} ${c.name}${c.value > 1 ? ` (${c.value})` : ''}${c.required ? '' : ' (optional)'}`),
+    ...r.capabilities.map(
+      (c) =>
+        `  ${c.value > 0 ? 'yes' : 'NO '} ${c.name}${c.value > 1 ? ` (${c.value})` : ''}${c.required ? '' : ' (optional)'}`,
+    ),
     r.usable ? 'vireo can run VMs here' : `vireo cannot run VMs here: ${r.error?.message ?? 'unknown reason'}`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);

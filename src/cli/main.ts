@@ -2,9 +2,9 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { attachConsole } from '../vmm/console.js';
-import { prewarmForArgs } from './prewarm.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
+import { prewarmForArgs } from './prewarm.js';
 
 const VERSION = '0.1.0';
 
@@ -67,7 +67,9 @@ async function runCommand(opts: RunOptions): Promise<number> {
   const exit = await vm.waitForExit();
   console?.detach();
   if (opts.bootTimer && vm.firstExitAt !== undefined)
-    process.stderr.write(`vireo: boot timer: first guest exit ${(vm.firstExitAt - performance.timeOrigin).toFixed(1)} ms after process start\n`);
+    process.stderr.write(
+      `vireo: boot timer: first guest exit ${(vm.firstExitAt - performance.timeOrigin).toFixed(1)} ms after process start\n`,
+    );
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   if (quit) return 0;
@@ -90,14 +92,22 @@ export async function main(argv: string[]): Promise<number> {
 
   program
     .command('run')
-    .description('boot a kernel in a new VM; the exit status is the guest\'s debug-exit status, 0 after a clean shutdown')
+    .description(
+      "boot a kernel in a new VM; the exit status is the guest's debug-exit status, 0 after a clean shutdown",
+    )
     .requiredOption('--kernel <file>', 'kernel image: Multiboot (ELF32 or a.out kludge) or 64-bit ELF')
     .option('--initrd <file>', 'initial ramdisk (Multiboot module 0)')
     .option('--cmdline <string>', 'kernel command line', '')
-    .addOption(new Option('--mem <MiB>', 'guest memory in MiB').default(128).argParser(positiveInt('--mem', 1024 * 1024)))
+    .addOption(
+      new Option('--mem <MiB>', 'guest memory in MiB').default(128).argParser(positiveInt('--mem', 1024 * 1024)),
+    )
     .addOption(new Option('--cpus <n>', 'number of vCPUs').default(1).argParser(positiveInt('--cpus', 254)))
-    .addOption(new Option('--serial <where>', 'COM1: stdio, none or file:PATH').default({ kind: 'stdio' }, 'stdio').argParser(parseSerial))
-    .option('--boot-timer', 'print the time from process start to the guest\'s first exit')
+    .addOption(
+      new Option('--serial <where>', 'COM1: stdio, none or file:PATH')
+        .default({ kind: 'stdio' }, 'stdio')
+        .argParser(parseSerial),
+    )
+    .option('--boot-timer', "print the time from process start to the guest's first exit")
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')
     .action(async (opts: RunOptions) => {
       status = await runCommand(opts);
@@ -105,7 +115,7 @@ export async function main(argv: string[]): Promise<number> {
 
   program
     .command('host')
-    .description('report this host\'s KVM: flavour (VT-x, AMD-V or PVM), API version, capabilities')
+    .description("report this host's KVM: flavour (VT-x, AMD-V or PVM), API version, capabilities")
     .option('--json', 'machine-readable output')
     .action((opts: { json?: boolean }) => {
       const report = hostReport(kvmDevice());

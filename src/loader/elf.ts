@@ -3,8 +3,9 @@
  * (Multiboot). Segments are loaded at their physical addresses; every offset and size from the
  * file is checked against the file and against guest memory first, and a bad image gets one line.
  */
-import { ImageError } from '../common/errors.js';
+
 import { hex } from '../common/address.js';
+import { ImageError } from '../common/errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 
 const PT_LOAD = 1;

@@ -3,11 +3,12 @@
  * or the a.out kludge when header flag 16 is set), place modules, and build the information
  * structure: memory sizes, command line, modules, memory map, boot loader name.
  */
-import { ImageError } from '../common/errors.js';
-import { alignUp, hex } from '../common/address.js';
-import type { GuestMemory } from '../memory/guest-memory.js';
-import { memoryMap, upperMemoryKiB } from '../arch/x86_64/memmap.js';
+
 import { LAYOUT } from '../arch/x86_64/layout.js';
+import { memoryMap, upperMemoryKiB } from '../arch/x86_64/memmap.js';
+import { alignUp, hex } from '../common/address.js';
+import { ImageError } from '../common/errors.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
 import { isElf, loadElf, parseElf } from './elf.js';
 
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
@@ -45,7 +46,15 @@ export function findMultibootHeader(image: Buffer): MultibootHeader | undefined 
     const flags = image.readUInt32LE(o + 4);
     const checksum = image.readUInt32LE(o + 8);
     if (((MULTIBOOT_HEADER_MAGIC + flags + checksum) & 0xffffffff) >>> 0 !== 0) continue;
-    const h: MultibootHeader = { offset: o, flags, headerAddr: 0, loadAddr: 0, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0 };
+    const h: MultibootHeader = {
+      offset: o,
+      flags,
+      headerAddr: 0,
+      loadAddr: 0,
+      loadEndAddr: 0,
+      bssEndAddr: 0,
+      entryAddr: 0,
+    };
     if (flags & FLAG_AOUT_KLUDGE) {
       if (o + 32 > image.length) return undefined;
       h.headerAddr = image.readUInt32LE(o + 12);
@@ -98,7 +107,9 @@ export function loadMultiboot(
     const bssEnd = h.bssEndAddr === 0 ? h.loadAddr + loadLen : h.bssEndAddr;
     if (bssEnd < h.loadAddr + loadLen) throw new ImageError(`${name}: Multiboot bss_end_addr is below load_end_addr`);
     if (h.loadAddr < LAYOUT.highMemory || !mem.isValid(h.loadAddr, bssEnd - h.loadAddr))
-      throw new ImageError(`${name}: image at ${hex(h.loadAddr)}..${hex(bssEnd)} does not fit in guest memory above 1 MiB`);
+      throw new ImageError(
+        `${name}: image at ${hex(h.loadAddr)}..${hex(bssEnd)} does not fit in guest memory above 1 MiB`,
+      );
     mem.write(h.loadAddr, image.subarray(fileStart, fileStart + loadLen));
     mem.fill(h.loadAddr + loadLen, bssEnd - (h.loadAddr + loadLen));
     entry = h.entryAddr;
@@ -118,7 +129,9 @@ export function loadMultiboot(
   const placed: { start: number; end: number }[] = [];
   for (const m of modules) {
     if (!mem.isValid(cursor, Math.max(1, m.data.length)))
-      throw new ImageError(`module of ${m.data.length} bytes does not fit in guest memory; give the VM more memory (--mem)`);
+      throw new ImageError(
+        `module of ${m.data.length} bytes does not fit in guest memory; give the VM more memory (--mem)`,
+      );
     mem.write(cursor, m.data);
     placed.push({ start: cursor, end: cursor + m.data.length });
     cursor = alignUp(cursor + m.data.length, 4096);
@@ -141,7 +154,8 @@ function writeInfo(
   let strings = base + 0x800;
   const putString = (s: string): number => {
     const bytes = Buffer.from(`${s}\0`, 'latin1');
-    if (strings + bytes.length > base + 0x10000) throw new ImageError('Multiboot strings are too long (64 KiB at most)');
+    if (strings + bytes.length > base + 0x10000)
+      throw new ImageError('Multiboot strings are too long (64 KiB at most)');
     const at = strings;
     mem.write(at, bytes);
     strings += bytes.length;

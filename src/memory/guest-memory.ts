@@ -5,8 +5,9 @@
  * The mappings are process-wide, so every thread (every vCPU worker) sees the same bytes;
  * each thread builds its own views from the same `RegionDescriptor`s.
  */
-import { GuestMemoryError, VireoError } from '../common/errors.js';
+
 import { hex } from '../common/address.js';
+import { GuestMemoryError, VireoError } from '../common/errors.js';
 import * as sys from '../kvm/sys.js';
 
 export interface RegionDescriptor {

@@ -3,12 +3,13 @@
  * kvm_run page directly and dispatches to the buses without allocating; every other exit is
  * decoded into a VcpuExit and either handled or turned into a VcpuStop.
  */
-import { VireoError } from '../common/errors.js';
+
 import type { Bus } from '../bus/bus.js';
+import { VireoError } from '../common/errors.js';
 import { EXIT, IOCTL, KVM_EXIT_IO_OUT, OFFSET } from '../kvm/abi.js';
 import type { Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
-import { CTRL_CMD, CTRL_STATE, Cmd, type RegisterDump, State, type VcpuStop } from './protocol.js';
+import { Cmd, CTRL_CMD, CTRL_STATE, type RegisterDump, State, type VcpuStop } from './protocol.js';
 
 const R = OFFSET.kvm_run;
 
@@ -30,7 +31,9 @@ export function dumpRegisters(vcpu: Vcpu): RegisterDump {
     for (const [k, v] of Object.entries(r)) out[k] = `0x${v.toString(16).padStart(16, '0')}`;
     const s = vcpu.getSregs();
     for (const k of ['cr0', 'cr2', 'cr3', 'cr4', 'efer'] as const) out[k] = `0x${s[k].toString(16)}`;
-    for (const k of ['cs', 'ds', 'ss'] as const) out[k] = `sel=0x${s[k].selector.toString(16)} base=0x${s[k].base.toString(16)} dpl=${s[k].dpl} l=${s[k].l} db=${s[k].db}`;
+    for (const k of ['cs', 'ds', 'ss'] as const)
+      out[k] =
+        `sel=0x${s[k].selector.toString(16)} base=0x${s[k].base.toString(16)} dpl=${s[k].dpl} l=${s[k].l} db=${s[k].db}`;
     out.gdt = `0x${s.gdt.base.toString(16)}/${s.gdt.limit}`;
     out.idt = `0x${s.idt.base.toString(16)}/${s.idt.limit}`;
   } catch (e) {
@@ -82,7 +85,12 @@ export function runLoop(vcpu: Vcpu, pio: Bus, mmio: Bus, control: Int32Array, ho
         run.immediateExit = false;
         continue;
       }
-      return { kind: 'error', code: 'VIREO_ERR_VCPU', message: `KVM_RUN failed with errno ${e}`, registers: dumpRegisters(vcpu) };
+      return {
+        kind: 'error',
+        code: 'VIREO_ERR_VCPU',
+        message: `KVM_RUN failed with errno ${e}`,
+        registers: dumpRegisters(vcpu),
+      };
     }
 
     const reason = dv.getUint32(R.exit_reason, true);
@@ -124,7 +132,12 @@ export function runLoop(vcpu: Vcpu, pio: Bus, mmio: Bus, control: Int32Array, ho
       }
     } catch (e) {
       const code = e instanceof VireoError ? e.code : 'VIREO_ERR_VCPU';
-      return { kind: 'error', code, message: e instanceof Error ? e.message : String(e), registers: dumpRegisters(vcpu) };
+      return {
+        kind: 'error',
+        code,
+        message: e instanceof Error ? e.message : String(e),
+        registers: dumpRegisters(vcpu),
+      };
     }
     const pending = hooks.pendingStop();
     if (pending) return pending;

@@ -14,12 +14,12 @@ export interface ConsoleHandle {
 export function attachConsole(vm: Vm, input: NodeJS.ReadStream = process.stdin, onQuit: () => void): ConsoleHandle {
   const tty = input.isTTY === true;
   if (tty) input.setRawMode(true);
-  let escape = false;
+  let afterCtrlA = false;
   const onData = (chunk: Buffer): void => {
     const out: number[] = [];
     for (const b of chunk) {
-      if (escape) {
-        escape = false;
+      if (afterCtrlA) {
+        afterCtrlA = false;
         if (b === 0x78 /* x */ || b === 0x58) {
           process.stderr.write('\r\nvireo: terminated by Ctrl-A x\r\n');
           onQuit();
@@ -33,7 +33,7 @@ export function attachConsole(vm: Vm, input: NodeJS.ReadStream = process.stdin, 
         continue;
       }
       if (b === CTRL_A) {
-        escape = true;
+        afterCtrlA = true;
         continue;
       }
       out.push(b);

@@ -6,12 +6,19 @@
 import { writeSync } from 'node:fs';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { SharedState } from '../common/shared-state.js';
-import { EXIT } from '../kvm/abi.js';
-import { irqLineRaw } from '../kvm/kvm.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
 import { I8042, I8042_BASE, I8042_LENGTH } from '../devices/legacy/i8042.js';
 import { createPostCodeState, POST_CODE_PORT, PostCode, type PostCodeField } from '../devices/legacy/post-code.js';
-import { COM1_IRQ, COM1_PORT, createSerialState, Serial16550, type SerialField, type ByteSink } from '../devices/legacy/serial.js';
+import {
+  type ByteSink,
+  COM1_IRQ,
+  COM1_PORT,
+  createSerialState,
+  Serial16550,
+  type SerialField,
+} from '../devices/legacy/serial.js';
+import { EXIT } from '../kvm/abi.js';
+import { irqLineRaw } from '../kvm/kvm.js';
 import type { VcpuStop } from '../vcpu/protocol.js';
 
 export const STAT_FIELDS = [

@@ -3,24 +3,45 @@
  * vCPU. Every resource has one owner here and is released by stop(), also after a failed start.
  */
 import { closeSync, openSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
+import { ramRanges } from '../arch/x86_64/layout.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, VireoError } from '../common/errors.js';
-import { Kvm, type Vcpu, type Vm as KvmVm } from '../kvm/kvm.js';
+import { PostCode } from '../devices/legacy/post-code.js';
+import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js';
-import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
-import { ramRanges } from '../arch/x86_64/layout.js';
-import { CTRL_CMD, CTRL_SLOTS, CTRL_STATE, Cmd, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
-import { PostCode } from '../devices/legacy/post-code.js';
+import {
+  Cmd,
+  CTRL_CMD,
+  CTRL_SLOTS,
+  CTRL_STATE,
+  State,
+  type VcpuMessage,
+  type VcpuStop,
+  type VcpuWorkerInit,
+} from '../vcpu/protocol.js';
 import { takeVcpuThread } from './vcpu-threads.js';
 
 export { prewarmVcpuThreads } from './vcpu-threads.js';
-import { type BootResult, loadKernel } from './boot.js';
-import { buildPlatform, createPlatformSpec, type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
 
-export type SerialConfig = { kind: 'stdio' } | { kind: 'file'; path: string } | { kind: 'none' } | { kind: 'fd'; fd: number };
+import { type BootResult, loadKernel } from './boot.js';
+import {
+  buildPlatform,
+  createPlatformSpec,
+  type Platform,
+  type PlatformSpec,
+  STAT_FIELDS,
+  type StatField,
+} from './platform.js';
+
+export type SerialConfig =
+  | { kind: 'stdio' }
+  | { kind: 'file'; path: string }
+  | { kind: 'none' }
+  | { kind: 'fd'; fd: number };
 
 export interface VmConfig {
   kernel: string;
@@ -71,7 +92,10 @@ export function describeExit(reason: VcpuStop, vcpu: number): { status: number; 
       .join('\n')}`;
   switch (reason.kind) {
     case 'debug-exit':
-      return { status: reason.status, message: `guest wrote 0x${reason.value.toString(16)} to the debug-exit port: exit status ${reason.status}` };
+      return {
+        status: reason.status,
+        message: `guest wrote 0x${reason.value.toString(16)} to the debug-exit port: exit status ${reason.status}`,
+      };
     case 'shutdown':
       return { status: 0, message: 'guest powered off' };
     case 'reset':
@@ -83,9 +107,15 @@ export function describeExit(reason: VcpuStop, vcpu: number): { status: number; 
     case 'triple-fault':
       return { status: 1, message: `vCPU ${vcpu}: triple fault (KVM_EXIT_SHUTDOWN)${regs(reason.registers)}` };
     case 'fail-entry':
-      return { status: 1, message: `vCPU ${vcpu}: KVM could not enter the guest (hardware entry failure reason ${reason.hardwareEntryFailureReason})${regs(reason.registers)}` };
+      return {
+        status: 1,
+        message: `vCPU ${vcpu}: KVM could not enter the guest (hardware entry failure reason ${reason.hardwareEntryFailureReason})${regs(reason.registers)}`,
+      };
     case 'internal-error':
-      return { status: 1, message: `vCPU ${vcpu}: KVM internal error, suberror ${reason.suberror} [${reason.data.join(' ')}]${regs(reason.registers)}` };
+      return {
+        status: 1,
+        message: `vCPU ${vcpu}: KVM internal error, suberror ${reason.suberror} [${reason.data.join(' ')}]${regs(reason.registers)}`,
+      };
     case 'crash':
       return { status: 1, message: `guest crashed (system event) [${reason.data.join(' ')}]` };
     case 'error':
@@ -257,7 +287,11 @@ export class Vm extends TypedEmitter<VmEvents> {
     });
     worker.on('error', (e) => {
       readyReject(e);
-      this.onVcpuStopped(vcpu.id, { kind: 'error', code: 'VIREO_ERR_VCPU', message: `vCPU thread failed: ${e.message}` });
+      this.onVcpuStopped(vcpu.id, {
+        kind: 'error',
+        code: 'VIREO_ERR_VCPU',
+        message: `vCPU thread failed: ${e.message}`,
+      });
     });
     return t;
   }

@@ -41,19 +41,75 @@ export function guestPath(name: GuestName): string {
   mkdirSync(buildDir, { recursive: true });
   const tmp = `${out}.tmp${process.pid}`;
   const srcs = recipe.sources.map((s) => join(guestSrcDir, s));
-  const common = ['-nostdlib', '-ffreestanding', '-fno-pic', '-fno-stack-protector', '-fno-asynchronous-unwind-tables', `-I${guestSrcDir}`];
+  const common = [
+    '-nostdlib',
+    '-ffreestanding',
+    '-fno-pic',
+    '-fno-stack-protector',
+    '-fno-asynchronous-unwind-tables',
+    `-I${guestSrcDir}`,
+  ];
   const run = (args: string[]) => execFileSync('gcc', args, { stdio: ['ignore', 'inherit', 'inherit'] });
   switch (recipe.kind) {
     case 'elf64':
-      run([...common, '-m64', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--no-warn-rwx-segments', '-Wl,-z,noexecstack', '-Wl,-n', `-T${join(guestSrcDir, 'link64.ld')}`, '-o', tmp, ...srcs]);
+      run([
+        ...common,
+        '-m64',
+        '-static',
+        '-no-pie',
+        '-Wl,--build-id=none',
+        '-Wl,--no-warn-rwx-segments',
+        '-Wl,-z,noexecstack',
+        '-Wl,-n',
+        `-T${join(guestSrcDir, 'link64.ld')}`,
+        '-o',
+        tmp,
+        ...srcs,
+      ]);
       break;
     case 'mb32':
-      run([...common, '-m32', '-O2', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--no-warn-rwx-segments', '-Wl,-z,noexecstack', '-Wl,-n', `-T${join(guestSrcDir, 'link32.ld')}`, '-o', tmp, ...srcs]);
+      run([
+        ...common,
+        '-m32',
+        '-O2',
+        '-static',
+        '-no-pie',
+        '-Wl,--build-id=none',
+        '-Wl,--no-warn-rwx-segments',
+        '-Wl,-z,noexecstack',
+        '-Wl,-n',
+        `-T${join(guestSrcDir, 'link32.ld')}`,
+        '-o',
+        tmp,
+        ...srcs,
+      ]);
       break;
     case 'raw32':
-      run([...common, '-m32', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--oformat=binary', '-Wl,-Ttext=0x100000', '-o', tmp, ...srcs]);
+      run([
+        ...common,
+        '-m32',
+        '-static',
+        '-no-pie',
+        '-Wl,--build-id=none',
+        '-Wl,--oformat=binary',
+        '-Wl,-Ttext=0x100000',
+        '-o',
+        tmp,
+        ...srcs,
+      ]);
       break;
   }
   renameSync(tmp, out);
   return out;
+}
+
+// `node dist/test/guests/build.js NAME...` builds guests and prints their paths (used by scripts/demo.sh).
+if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\/dist\//, '/dist/'))) {
+  for (const name of process.argv.slice(2)) {
+    if (!(name in RECIPES)) {
+      process.stderr.write(`unknown guest ${name}; known: ${Object.keys(RECIPES).join(', ')}\n`);
+      process.exit(2);
+    }
+    process.stdout.write(`${guestPath(name as GuestName)}\n`);
+  }
 }

@@ -2,8 +2,9 @@
  * Register and page-table setup for the entry modes vireo offers: 64-bit long mode (ELF kernels,
  * as Firecracker enters vmlinux) and flat 32-bit protected mode (Multiboot).
  */
-import type { GuestMemory } from '../../memory/guest-memory.js';
+
 import type { Regs, Sregs } from '../../kvm/structs.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
 import { GDT_32, GDT_64, segmentFromGdt } from './gdt.js';
 import { LAYOUT } from './layout.js';
 
