@@ -271,7 +271,8 @@ function startRows(qemu: { path: string; version: string } | undefined): Row[] {
   const first = firstInsn.length > 0 ? median(firstInsn) : null;
   rows.push({
     id: 'start-first-insn',
-    benchmark: "Process spawn → guest's first instruction (timestamped at its exit), median ms — vs an empty Node process",
+    benchmark:
+      "Process spawn → guest's first instruction (timestamped at its exit), median ms — vs an empty Node process",
     unit: 'ms',
     vireo: first,
     peer: median(nodeBaseline),
