@@ -42,6 +42,14 @@ describe('vireo run', { skip }, () => {
     assert.ok(lines.includes(`module 0 aligned=1 bytes=18 string=${mod} data: the module payload`), r.stdout);
   });
 
+  test('RAM above the 32-bit MMIO hole: 4 GiB guest sees 3.25 GiB low and 768 MiB above 4 GiB', () => {
+    const r = runVireo(['run', '--kernel', guestPath('multiboot'), '--mem', '4096']);
+    assert.equal(r.status, 0x55, r.stderr);
+    // e820: 639 KiB conventional, 1 MiB..3.25 GiB, 4 GiB..4.75 GiB
+    assert.ok(r.stdout.includes('mem_lower=639 mem_upper=3406848\n'), r.stdout);
+    assert.ok(r.stdout.includes(`mmap entries=5 ram_kib=${639 + 3406848 + 786432}\n`), r.stdout);
+  });
+
   test('Multiboot a.out-kludge flat binary', () => {
     const r = runVireo(['run', '--kernel', guestPath('aout-kludge')]);
     assert.equal(r.stdout, 'aout kludge ok\n');
