@@ -20,7 +20,7 @@ function readLe(data: Uint8Array, value: number): void {
   for (let i = 0; i < data.length; i++) data[i] = (value >> (8 * i)) & 0xff;
 }
 
-function valueOf(data: Uint8Array): number {
+function littleEndian(data: Uint8Array): number {
   let v = 0;
   for (let i = data.length - 1; i >= 0; i--) v = (v << 8) | (data[i] as number);
   return v >>> 0;
@@ -37,7 +37,7 @@ export class Pm1Event implements BusDevice {
   }
 
   write(offset: number, data: Uint8Array): void {
-    const v = (valueOf(data) << (8 * (offset & 1))) & 0xffff;
+    const v = (littleEndian(data) << (8 * (offset & 1))) & 0xffff;
     if (offset < 2) this.status &= ~v;
     else this.enable = (this.enable & ~(0xff << (8 * (offset & 1)))) | v;
   }
@@ -57,7 +57,7 @@ export class Pm1Control implements BusDevice {
   }
 
   write(offset: number, data: Uint8Array): void {
-    const v = (valueOf(data) << (8 * offset)) & 0xffff;
+    const v = (littleEndian(data) << (8 * offset)) & 0xffff;
     const mask = (data.length >= 2 ? 0xffff : 0xff) << (8 * offset);
     const next = (this.control & ~mask) | v;
     if (next & SLP_EN) {
