@@ -4,6 +4,7 @@
  */
 import { closeSync, openSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
+import { setupFpu, setupLapic, setupMsrs } from '../arch/x86_64/cpu.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
 import { ramRanges } from '../arch/x86_64/layout.js';
 import { MiB } from '../common/address.js';
@@ -218,7 +219,12 @@ export class Vm extends TypedEmitter<VmEvents> {
     // The threads attach while the kernel loads; none runs the guest before start().
     for (const vcpu of vcpus) this.threads.push(this.spawn(vcpu));
     const supported = kvm.supportedCpuid();
-    for (const vcpu of vcpus) vcpu.setCpuid(cpuidForVcpu(supported, vcpu.id, cfg.cpus));
+    for (const vcpu of vcpus) {
+      vcpu.setCpuid(cpuidForVcpu(supported, vcpu.id, cfg.cpus));
+      this.refusedMsrs = setupMsrs(vcpu);
+      setupFpu(vcpu);
+      if (cfg.irqchip) setupLapic(vcpu);
+    }
     this.boot = loadKernel(this.memory, vcpus[0] as Vcpu, {
       kernel: cfg.kernel,
       initrd: cfg.initrd,
@@ -226,6 +232,9 @@ export class Vm extends TypedEmitter<VmEvents> {
     });
     await Promise.all(this.threads.map((t) => t.ready));
   }
+
+  /** Boot MSRs this host's KVM refused (PVM does not model every MSR). */
+  refusedMsrs: number[] = [];
 
   /** When the first vCPU exit happened (epoch ms, sub-ms precision): boot timing. */
   firstExitAt: number | undefined;

@@ -14,9 +14,32 @@ export function cpuidForVcpu(supported: readonly CpuidEntry[], vcpuId: number, v
         if (vcpuCount > 1) o.edx = (e.edx | (1 << 28)) >>> 0; // HTT: more than one logical processor
         break;
       case 0xb:
-      case 0x1f:
-        // Extended topology: x2APIC ID of this vCPU.
+      case 0x1f: {
+        // Extended topology: one thread per core, all vCPUs cores of one package.
+        const coreBits = vcpuCount > 1 ? Math.ceil(Math.log2(vcpuCount)) : 0;
+        if (e.index === 0) {
+          o.eax = 0;
+          o.ebx = 1;
+          o.ecx = (1 << 8) | 0; // level 0: SMT
+        } else if (e.index === 1) {
+          o.eax = coreBits;
+          o.ebx = vcpuCount;
+          o.ecx = (2 << 8) | 1; // level 1: core
+        } else {
+          o.eax = 0;
+          o.ebx = 0;
+          o.ecx = e.index; // invalid level: ends the enumeration
+        }
         o.edx = vcpuId;
+        break;
+      }
+      case 4:
+        // Deterministic cache parameters: EAX[31:26] = cores per package - 1, EAX[25:14] = threads sharing - 1.
+        o.eax = ((e.eax & 0x3fff) | ((vcpuCount - 1) << 26)) >>> 0;
+        break;
+      case 0x80000008:
+        // AMD: ECX[7:0] = number of cores - 1.
+        o.ecx = ((e.ecx & ~0xff) | ((vcpuCount - 1) & 0xff)) >>> 0;
         break;
     }
     return o;
