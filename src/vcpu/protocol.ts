@@ -27,6 +27,7 @@ export type VcpuStop =
   | { kind: 'fail-entry'; hardwareEntryFailureReason: string; registers: RegisterDump }
   | { kind: 'internal-error'; suberror: number; data: string[]; registers: RegisterDump }
   | { kind: 'crash'; data: string[] }
+  | { kind: 'panic'; source: 'pvpanic' }
   | { kind: 'stopped' }
   | { kind: 'error'; code: string; message: string; registers?: RegisterDump };
 

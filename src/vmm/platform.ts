@@ -6,9 +6,11 @@
 import { writeSync } from 'node:fs';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { SharedState } from '../common/shared-state.js';
+import { CMOS_BASE, CMOS_LENGTH, Cmos, type CmosField, createCmosState } from '../devices/legacy/cmos.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
 import { I8042, I8042_BASE, I8042_LENGTH } from '../devices/legacy/i8042.js';
 import { createPostCodeState, POST_CODE_PORT, PostCode, type PostCodeField } from '../devices/legacy/post-code.js';
+import { PVPANIC_PORT, PvPanic } from '../devices/legacy/pvpanic.js';
 import {
   type ByteSink,
   COM1_IRQ,
@@ -44,6 +46,7 @@ export interface PlatformSpec {
   serialOutFd: number;
   serial: SharedArrayBuffer;
   postCode: SharedArrayBuffer;
+  cmos: SharedArrayBuffer;
   stats: SharedArrayBuffer;
   /** Whether the in-kernel irqchip exists (device interrupts need it). */
   irqchip: boolean;
@@ -55,6 +58,7 @@ export function createPlatformSpec(vmFd: number, serialOutFd: number, irqchip: b
     serialOutFd,
     serial: createSerialState().buffer,
     postCode: createPostCodeState().buffer,
+    cmos: createCmosState().buffer,
     stats: new SharedState(STAT_FIELDS).buffer,
     irqchip,
   };
@@ -86,6 +90,7 @@ export interface Platform {
   stats: SharedState<StatField>;
   serialState: SharedState<SerialField>;
   postCodeState: SharedState<PostCodeField>;
+  cmosState: SharedState<CmosField>;
   /** A device's request to end the VM, if any (consumed by the run loop). */
   takeStop(): VcpuStop | undefined;
   countExit(reason: number): void;
@@ -121,6 +126,16 @@ export function buildPlatform(spec: PlatformSpec): Platform {
     'i8042',
     new I8042(() => {
       stop ??= { kind: 'reset', source: 'i8042' };
+    }),
+  );
+  const cmosState = createCmosState(spec.cmos);
+  pio.insert(CMOS_BASE, CMOS_LENGTH, 'cmos-rtc', new Cmos(cmosState));
+  pio.insert(
+    PVPANIC_PORT,
+    1,
+    'pvpanic',
+    new PvPanic((event) => {
+      if (event === 'panicked') stop ??= { kind: 'panic', source: 'pvpanic' };
     }),
   );
   pio.onUnclaimed = (_a, w) => stats.add(w ? 'unclaimedPioWrites' : 'unclaimedPioReads', 1);
@@ -160,6 +175,7 @@ export function buildPlatform(spec: PlatformSpec): Platform {
     stats,
     serialState,
     postCodeState,
+    cmosState,
     countExit,
     takeStop: () => {
       const s = stop;

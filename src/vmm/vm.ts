@@ -10,6 +10,7 @@ import { ramRanges } from '../arch/x86_64/layout.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, VireoError } from '../common/errors.js';
+import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
@@ -117,6 +118,8 @@ export function describeExit(reason: VcpuStop, vcpu: number): { status: number; 
         status: 1,
         message: `vCPU ${vcpu}: KVM internal error, suberror ${reason.suberror} [${reason.data.join(' ')}]${regs(reason.registers)}`,
       };
+    case 'panic':
+      return { status: 1, message: 'guest kernel panicked (reported through pvpanic)' };
     case 'crash':
       return { status: 1, message: `guest crashed (system event) [${reason.data.join(' ')}]` };
     case 'error':
@@ -213,6 +216,8 @@ export class Vm extends TypedEmitter<VmEvents> {
     }
     this.platformSpec = createPlatformSpec(vm.fd, this.serialFd, cfg.irqchip);
     this.platformHere = buildPlatform(this.platformSpec);
+    const low = this.mapping.descriptors.find((d) => d.gpa === 0)?.size ?? 0;
+    setCmosMemorySizes(this.platformHere.cmosState, low, cfg.memMiB * MiB - low);
 
     const vcpus: Vcpu[] = [];
     for (let id = 0; id < cfg.cpus; id++) vcpus.push(vm.createVcpu(id));

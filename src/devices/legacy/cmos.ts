@@ -29,7 +29,7 @@ const REG_B_BINARY = 0x04;
 const REG_D_VRT = 0x80;
 
 const FIELDS = ['index', 'offsetLo', 'offsetHi'] as const;
-type CmosField = (typeof FIELDS)[number];
+export type CmosField = (typeof FIELDS)[number];
 const RAM_OFFSET = SharedState.bytesOffset(FIELDS.length);
 
 export function createCmosState(buffer?: SharedArrayBuffer): SharedState<CmosField> {
