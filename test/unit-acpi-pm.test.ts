@@ -47,3 +47,15 @@ test('the reset register resets on the FADT value or RST_CPU', () => {
   r.write(0, Uint8Array.of(0x06));
   assert.deepEqual(reqs, ['reset']);
 });
+
+test('pvpanic: advertises its events and reports a panic', async () => {
+  const { PvPanic } = await import('../src/devices/legacy/pvpanic.js');
+  const events: string[] = [];
+  const p = new PvPanic((e) => events.push(e));
+  const d = new Uint8Array(1);
+  p.read(0, d);
+  assert.equal(d[0], 3);
+  p.write(0, Uint8Array.of(1));
+  p.write(0, Uint8Array.of(2));
+  assert.deepEqual(events, ['panicked', 'crash-loaded']);
+});
