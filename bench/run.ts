@@ -443,10 +443,7 @@ async function rssRows(qemu: { path: string; version: string } | undefined): Pro
         row.peerNote = errText(e);
       }
     }
-    if (row.vireo !== null && row.peer !== null) {
-      row.ratio = row.vireo / row.peer;
-      row.goalMet = row.ratio < 1;
-    }
+    if (row.vireo !== null && row.peer !== null) row.ratio = row.vireo / row.peer;
     rows.push(row);
   }
   return rows;
