@@ -10,6 +10,8 @@ command -v ld >/dev/null || need+=(binutils)
 [ -f /usr/include/linux/kvm.h ] || need+=(linux-libc-dev)
 command -v python3 >/dev/null || need+=(python3)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v iasl >/dev/null || need+=(acpica-tools)
+command -v stdbuf >/dev/null || need+=(coreutils)
 if [ "${VIREO_BENCH:-0}" = 1 ]; then command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -20,8 +20,8 @@ export type RegisterDump = Record<string, string>;
 /** Why a vCPU stopped running. */
 export type VcpuStop =
   | { kind: 'debug-exit'; status: number; value: number }
-  | { kind: 'reset'; source: 'i8042' | 'system-event' }
-  | { kind: 'shutdown'; source: 'system-event' }
+  | { kind: 'reset'; source: 'i8042' | 'acpi' | 'system-event' }
+  | { kind: 'shutdown'; source: 'acpi' | 'system-event' }
   | { kind: 'triple-fault'; registers: RegisterDump }
   | { kind: 'hlt'; registers: RegisterDump }
   | { kind: 'fail-entry'; hardwareEntryFailureReason: string; registers: RegisterDump }

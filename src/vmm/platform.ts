@@ -6,6 +6,16 @@
 import { writeSync } from 'node:fs';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { SharedState } from '../common/shared-state.js';
+import {
+  ACPI_PM1_CNT_LEN,
+  ACPI_PM1_EVT_LEN,
+  ACPI_PM1A_CNT,
+  ACPI_PM1A_EVT,
+  ACPI_RESET_PORT,
+  ACPI_RESET_VALUE,
+  ACPI_S5_SLP_TYP,
+} from '../arch/x86_64/acpi.js';
+import { Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../devices/legacy/acpi-pm.js';
 import { CMOS_BASE, CMOS_LENGTH, Cmos, type CmosField, createCmosState } from '../devices/legacy/cmos.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
 import { I8042, I8042_BASE, I8042_LENGTH } from '../devices/legacy/i8042.js';
@@ -128,6 +138,13 @@ export function buildPlatform(spec: PlatformSpec): Platform {
       stop ??= { kind: 'reset', source: 'i8042' };
     }),
   );
+  const onPm = (r: PmRequest): void => {
+    if (r === 'poweroff') stop ??= { kind: 'shutdown', source: 'acpi' };
+    else if (r === 'reset') stop ??= { kind: 'reset', source: 'acpi' };
+  };
+  pio.insert(ACPI_PM1A_EVT, ACPI_PM1_EVT_LEN, 'acpi-pm1-evt', new Pm1Event());
+  pio.insert(ACPI_PM1A_CNT, ACPI_PM1_CNT_LEN, 'acpi-pm1-cnt', new Pm1Control(ACPI_S5_SLP_TYP, onPm));
+  pio.insert(ACPI_RESET_PORT, 1, 'acpi-reset', new ResetRegister(ACPI_RESET_VALUE, onPm));
   const cmosState = createCmosState(spec.cmos);
   pio.insert(CMOS_BASE, CMOS_LENGTH, 'cmos-rtc', new Cmos(cmosState));
   pio.insert(
