@@ -119,7 +119,7 @@ describe('vireo run: bad input gets one clear line and a non-zero status', () =>
     [
       'not a kernel',
       ['run', '--kernel', '/etc/hostname'],
-      /^vireo: \/etc\/hostname is not a kernel vireo can boot: expected a Multiboot image or a 64-bit ELF\n$/,
+      /^vireo: \/etc\/hostname is not a kernel vireo can boot: expected a Linux bzImage, a Multiboot image or a 64-bit ELF\n$/,
     ],
     ['empty kernel', ['run', '--kernel', '/dev/null'], /^vireo: kernel \/dev\/null is empty\n$/],
     ['no --kernel', ['run'], /required option '--kernel <file>' not specified/],

@@ -3,21 +3,29 @@
  * a Multiboot header wins (Multiboot kernels are often also ELF), then ELF64.
  */
 import { readFileSync } from 'node:fs';
+import { writeAcpiTables } from '../arch/x86_64/acpi.js';
 import { LAYOUT } from '../arch/x86_64/layout.js';
-import { setupLongMode, setupProtectedMode, zeroRegs } from '../arch/x86_64/regs.js';
+import { setupLinuxLongMode, setupLinuxProtectedMode } from '../arch/x86_64/linux-entry.js';
+import { writeMpTable } from '../arch/x86_64/mptable.js';
+import { setupProtectedMode, zeroRegs } from '../arch/x86_64/regs.js';
 import { ImageError } from '../common/errors.js';
+import { PVPANIC_PORT } from '../devices/legacy/pvpanic.js';
 import type { Vcpu } from '../kvm/kvm.js';
-import { isElf, loadElf, parseElf } from '../loader/elf.js';
+import { isElf, parseElf } from '../loader/elf.js';
+import { isBzImage, loadLinux, loadLinuxElf } from '../loader/linux.js';
 import { findMultibootHeader, loadMultiboot, MULTIBOOT_BOOTLOADER_MAGIC } from '../loader/multiboot.js';
+import { findPvhEntry, loadPvh } from '../loader/pvh.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 
 export interface BootSource {
   kernel: string;
   initrd?: string | undefined;
   cmdline: string;
+  /** vCPUs, for the ACPI and MP tables Linux kernels get. */
+  cpus: number;
 }
 
-export type BootProtocol = 'multiboot' | 'elf64';
+export type BootProtocol = 'multiboot' | 'elf64' | 'linux-bzimage' | 'linux-elf' | 'pvh';
 
 export interface BootResult {
   protocol: BootProtocol;
@@ -35,14 +43,46 @@ function readImage(path: string, what: string): Buffer {
   }
 }
 
-/** Zero page (Linux boot_params) offsets vireo fills for 64-bit ELF entry. */
-const BP_CMD_LINE_PTR = 0x228;
-const BP_CMDLINE_SIZE = 0x238;
+/** ACPI tables (for SMP and power-off) and an MP table (for kernels without ACPI); returns the RSDP. */
+function writeFirmwareTables(mem: GuestMemory, cpus: number): number {
+  const acpi = writeAcpiTables(mem, { cpus, pvpanicPort: PVPANIC_PORT });
+  writeMpTable(mem, cpus);
+  return acpi.rsdpAddr;
+}
+
+/** Linux's 64-bit entry (RSI → zero page) or 32-bit protected-mode entry (ESI → zero page). */
+function enterLinux(mem: GuestMemory, boot: Vcpu, mode: '64' | '32', entry: number, zeroPage: number): void {
+  if (mode === '64') {
+    boot.setSregs(setupLinuxLongMode(mem, boot.getSregs()));
+    boot.setRegs({
+      ...zeroRegs(),
+      rip: BigInt(entry),
+      rsp: BigInt(LAYOUT.bootStack),
+      rbp: BigInt(LAYOUT.bootStack),
+      rsi: BigInt(zeroPage),
+    });
+  } else {
+    boot.setSregs(setupLinuxProtectedMode(mem, boot.getSregs()));
+    boot.setRegs({ ...zeroRegs(), rip: BigInt(entry), rsi: BigInt(zeroPage) });
+  }
+}
+
+/** A Linux vmlinux links at the kernel map (0xffffffff8...) with physical load addresses. */
+const isLinuxVmlinux = (elf: ReturnType<typeof parseElf>): boolean =>
+  elf.segments.some((s) => s.vaddr >= 0xffffffff80000000 - 2 ** 31 && s.vaddr !== s.paddr);
 
 export function loadKernel(mem: GuestMemory, boot: Vcpu, source: BootSource): BootResult {
   const image = readImage(source.kernel, 'kernel');
   if (image.length === 0) throw new ImageError(`kernel ${source.kernel} is empty`);
   const initrd = source.initrd !== undefined ? readImage(source.initrd, 'initrd') : undefined;
+
+  // A Linux bzImage (setup header with "HdrS").
+  if (isBzImage(image)) {
+    const rsdp = writeFirmwareTables(mem, source.cpus);
+    const l = loadLinux(mem, image, { cmdline: source.cmdline, initrd, rsdpAddr: rsdp, name: source.kernel });
+    enterLinux(mem, boot, l.entryMode, l.entry, l.zeroPage);
+    return { protocol: 'linux-bzimage', entry: l.entry };
+  }
 
   if (findMultibootHeader(image)) {
     const modules = initrd ? [{ data: initrd, cmdline: source.initrd as string }] : [];
@@ -58,36 +98,29 @@ export function loadKernel(mem: GuestMemory, boot: Vcpu, source: BootSource): Bo
   }
 
   if (isElf(image)) {
+    // PVH: an ELF kernel with Xen's PHYS32_ENTRY note (Linux built with CONFIG_PVH).
+    const pvhEntry = findPvhEntry(image, source.kernel);
+    if (pvhEntry !== undefined) {
+      const rsdp = writeFirmwareTables(mem, source.cpus);
+      const p = loadPvh(mem, image, { cmdline: source.cmdline, initrd, rsdpAddr: rsdp, name: source.kernel });
+      boot.setSregs(setupLinuxProtectedMode(mem, boot.getSregs()));
+      boot.setRegs({ ...zeroRegs(), rip: BigInt(p.entry), rbx: BigInt(p.startInfo) });
+      return { protocol: 'pvh', entry: p.entry };
+    }
     const elf = parseElf(image, source.kernel);
     if (elf.class !== 64)
       throw new ImageError(
-        `${source.kernel} is a 32-bit ELF without a Multiboot header: vireo boots 64-bit ELF kernels and Multiboot images`,
+        `${source.kernel} is a 32-bit ELF without a Multiboot header: vireo boots Linux, 64-bit ELF and Multiboot kernels`,
       );
-    const loaded = loadElf(mem, elf, source.kernel);
-    if (initrd)
-      throw new ImageError(
-        '--initrd with a plain ELF64 kernel needs the Linux boot protocol; use a Multiboot or Linux kernel',
-      );
-    if (!mem.isValid(loaded.entry, 1))
-      throw new ImageError(`${source.kernel}: entry point 0x${loaded.entry.toString(16)} is outside guest memory`);
-    // A zero page with the command line, as a Linux vmlinux expects in RSI.
-    const cmd = Buffer.from(`${source.cmdline}\0`, 'latin1');
-    if (cmd.length > LAYOUT.cmdlineMax)
-      throw new ImageError(`command line is longer than ${LAYOUT.cmdlineMax - 1} bytes`);
-    mem.fill(LAYOUT.bootInfo, 0x1000);
-    mem.write(LAYOUT.cmdline, cmd);
-    mem.write32(LAYOUT.bootInfo + BP_CMD_LINE_PTR, LAYOUT.cmdline);
-    mem.write32(LAYOUT.bootInfo + BP_CMDLINE_SIZE, cmd.length - 1);
-    boot.setSregs(setupLongMode(mem, boot.getSregs()));
-    boot.setRegs({
-      ...zeroRegs(),
-      rip: BigInt(loaded.entry),
-      rsp: BigInt(LAYOUT.bootStack),
-      rbp: BigInt(LAYOUT.bootStack),
-      rsi: BigInt(LAYOUT.bootInfo),
-    });
-    return { protocol: 'elf64', entry: loaded.entry };
+    // An ELF64 kernel (a Linux vmlinux, or any 64-bit kernel): loaded at its physical addresses and
+    // entered in long mode with RSI → a zero page (command line, e820 map, initrd, RSDP), as Firecracker does.
+    const rsdp = writeFirmwareTables(mem, source.cpus);
+    const l = loadLinuxElf(mem, image, { cmdline: source.cmdline, initrd, rsdpAddr: rsdp, name: source.kernel });
+    enterLinux(mem, boot, '64', l.entry, l.zeroPage);
+    return { protocol: isLinuxVmlinux(elf) ? 'linux-elf' : 'elf64', entry: l.entry };
   }
 
-  throw new ImageError(`${source.kernel} is not a kernel vireo can boot: expected a Multiboot image or a 64-bit ELF`);
+  throw new ImageError(
+    `${source.kernel} is not a kernel vireo can boot: expected a Linux bzImage, a Multiboot image or a 64-bit ELF`,
+  );
 }

@@ -234,6 +234,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       kernel: cfg.kernel,
       initrd: cfg.initrd,
       cmdline: cfg.cmdline,
+      cpus: cfg.cpus,
     });
     await Promise.all(this.threads.map((t) => t.ready));
   }
