@@ -12,7 +12,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v iasl >/dev/null || need+=(acpica-tools)
 command -v stdbuf >/dev/null || need+=(coreutils)
-if [ "${VIREO_BENCH:-0}" = 1 ]; then command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86); fi
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need[*]}; run as root or install them: apt-get install ${need[*]}" >&2

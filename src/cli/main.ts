@@ -1,6 +1,10 @@
 /** The `vireo` command line. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, VireoError } from '../common/errors.js';
+import { prepareKit } from '../kit/kit.js';
+import { progressPrinter } from '../kit/util.js';
+import { detectFlavour } from '../kvm/kvm.js';
+import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
@@ -28,9 +32,11 @@ export function parseSerial(v: string): SerialConfig {
 }
 
 interface RunOptions {
-  kernel: string;
+  kernel?: string;
   initrd?: string;
-  cmdline: string;
+  cmdline?: string;
+  nested?: boolean;
+  native?: boolean;
   mem: number;
   cpus: number;
   serial: SerialConfig;
@@ -38,11 +44,54 @@ interface RunOptions {
   bootTimer?: boolean;
 }
 
-async function runCommand(opts: RunOptions): Promise<number> {
+/** The command line vireo gives Linux kernels when none is given (as Firecracker's default). */
+export const DEFAULT_LINUX_CMDLINE =
+  'console=ttyS0 reboot=k panic=1 pci=off nokaslr i8042.noaux i8042.nomux i8042.dumbkbd';
+
+/** Run the same `vireo run` inside the nested lane (a software-emulated machine with AMD SVM). */
+async function runNestedCommand(argv: readonly string[]): Promise<number> {
+  const { runNested } = await import('../kit/nested.js');
+  const { progressPrinter } = await import('../kit/util.js');
+  const inner = argv.filter((a) => a !== '--nested' && a !== '--native');
+  const bin = new URL('../../../bin/vireo.js', import.meta.url).pathname;
+  const progress = progressPrinter(process.stderr);
+  const r = await runNested({
+    command: [process.execPath, bin, ...inner, '--native'],
+    timeoutMs: Number(process.env.VIREO_NESTED_TIMEOUT_MS ?? 20 * 60_000),
+    kit: { onProgress: progress },
+  }).finally(() => progress.end());
+  process.stdout.write(r.output);
+  if (process.env.VIREO_VERBOSE)
+    process.stderr.write(`vireo: nested lane: boot ${r.timings.bootMs} ms, command ${r.timings.commandMs} ms\n`);
+  return r.status;
+}
+
+async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<number> {
+  let kernel = opts.kernel;
+  let initrd = opts.initrd;
+  let cmdline = opts.cmdline;
+  if (kernel === undefined) {
+    // No --kernel: boot the default guest kit (Debian's stock kernel and a busybox initramfs).
+    const { prepareKit } = await import('../kit/kit.js');
+    const { progressPrinter } = await import('../kit/util.js');
+    const progress = progressPrinter(process.stderr);
+    const kit = await prepareKit({ onProgress: progress }).finally(() => progress.end());
+    kernel = kit.kernel;
+    initrd ??= kit.initrd;
+  }
+  const linux = isLinuxKernel(kernel);
+  cmdline ??= linux ? DEFAULT_LINUX_CMDLINE : '';
+  if (opts.nested) return runNestedCommand(argv);
+  if (linux && !opts.native && detectFlavour() === 'pvm') {
+    process.stderr.write(
+      "vireo: this host's KVM is PVM, which cannot run a stock Linux kernel natively; booting it in the nested lane (an emulated machine with AMD-V), which is slow (use --native to try anyway)\n",
+    );
+    return runNestedCommand(argv);
+  }
   const vm = await Vm.create({
-    kernel: opts.kernel,
-    initrd: opts.initrd,
-    cmdline: opts.cmdline,
+    kernel,
+    initrd,
+    cmdline,
     memMiB: opts.mem,
     cpus: opts.cpus,
     serial: opts.serial,
@@ -95,9 +144,14 @@ export async function main(argv: string[]): Promise<number> {
     .description(
       "boot a kernel in a new VM; the exit status is the guest's debug-exit status, 0 after a clean shutdown",
     )
-    .requiredOption('--kernel <file>', 'kernel image: Multiboot (ELF32 or a.out kludge) or 64-bit ELF')
-    .option('--initrd <file>', 'initial ramdisk (Multiboot module 0)')
-    .option('--cmdline <string>', 'kernel command line', '')
+    .option(
+      '--kernel <file>',
+      'kernel: Linux bzImage or vmlinux (ELF64, PVH), Multiboot, or 64-bit ELF; default: the guest kit',
+    )
+    .option('--initrd <file>', 'initial ramdisk (Linux initrd, Multiboot module 0)')
+    .option('--cmdline <string>', `kernel command line (Linux default: "${'console=ttyS0 reboot=k panic=1 ...'}")`)
+    .option('--nested', 'run inside the nested lane (an emulated machine with AMD-V and a standard /dev/kvm)')
+    .option('--native', 'never switch to the nested lane, even on a PVM host')
     .addOption(
       new Option('--mem <MiB>', 'guest memory in MiB').default(128).argParser(positiveInt('--mem', 1024 * 1024)),
     )
@@ -110,7 +164,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--boot-timer', "print the time from process start to the guest's first exit")
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')
     .action(async (opts: RunOptions) => {
-      status = await runCommand(opts);
+      status = await runCommand(opts, argv);
     });
 
   program
@@ -122,6 +176,20 @@ export async function main(argv: string[]): Promise<number> {
       if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
       else printHostReport(report);
       status = report.usable ? 0 : 1;
+    });
+
+  program
+    .command('kit')
+    .description("build (or find cached) vireo's default Linux guest from Debian's packages and print its paths")
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { json?: boolean }) => {
+      const progress = progressPrinter(process.stderr);
+      const kit = await prepareKit({ onProgress: progress }).finally(() => progress.end());
+      if (opts.json) process.stdout.write(`${JSON.stringify(kit, null, 2)}\n`);
+      else
+        process.stdout.write(
+          `kernel   ${kit.kernel}\ninitrd   ${kit.initrd}\nversion  ${kit.kernelVersion}\nmodules  ${kit.modulesDir}\n`,
+        );
     });
 
   try {

@@ -15,7 +15,9 @@ export type VireoErrorCode =
   | 'VIREO_ERR_BAD_IMAGE'
   | 'VIREO_ERR_CONFIG'
   | 'VIREO_ERR_VCPU'
-  | 'VIREO_ERR_STATE';
+  | 'VIREO_ERR_STATE'
+  | 'VIREO_ERR_KIT'
+  | 'VIREO_ERR_NESTED';
 
 export class VireoError extends Error {
   readonly code: VireoErrorCode;

@@ -43,6 +43,23 @@ function readImage(path: string, what: string): Buffer {
   }
 }
 
+/** Whether the file is a Linux kernel (bzImage, or an ELF vmlinux/PVH kernel); false when unreadable. */
+export function isLinuxKernel(path: string): boolean {
+  let image: Buffer;
+  try {
+    image = readFileSync(path);
+  } catch {
+    return false;
+  }
+  if (isBzImage(image)) return true;
+  if (!isElf(image) || findMultibootHeader(image)) return false;
+  try {
+    return findPvhEntry(image) !== undefined || isLinuxVmlinux(parseElf(image));
+  } catch {
+    return false;
+  }
+}
+
 /** ACPI tables (for SMP and power-off) and an MP table (for kernels without ACPI); returns the RSDP. */
 function writeFirmwareTables(mem: GuestMemory, cpus: number): number {
   const acpi = writeAcpiTables(mem, { cpus, pvpanicPort: PVPANIC_PORT });

@@ -4,8 +4,6 @@
  * shared device state and runs device logic without a thread hop.
  */
 import { writeSync } from 'node:fs';
-import { Bus, type IrqLine } from '../bus/bus.js';
-import { SharedState } from '../common/shared-state.js';
 import {
   ACPI_PM1_CNT_LEN,
   ACPI_PM1_EVT_LEN,
@@ -15,6 +13,8 @@ import {
   ACPI_RESET_VALUE,
   ACPI_S5_SLP_TYP,
 } from '../arch/x86_64/acpi.js';
+import { Bus, type IrqLine } from '../bus/bus.js';
+import { SharedState } from '../common/shared-state.js';
 import { Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../devices/legacy/acpi-pm.js';
 import { CMOS_BASE, CMOS_LENGTH, Cmos, type CmosField, createCmosState } from '../devices/legacy/cmos.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';

@@ -1,0 +1,87 @@
+/**
+ * Debian's stock cloud kernel with the kit's initramfs, booted by vireo in the nested lane (an
+ * emulated machine with AMD-V, where /dev/kvm is hardware-style): 1 and 2 vCPUs reach the userland
+ * banner with the right CPU count, memory and date, run a command on the serial console's shell, and
+ * power off cleanly (status 0).
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { prepareKit } from '../src/kit/kit.js';
+import { runNested } from '../src/kit/nested.js';
+import { repoRoot } from './support/cc.js';
+
+const session = join(repoRoot, 'dist', 'test', 'support', 'guest-session.js');
+
+interface Session {
+  status: number | null;
+  failed?: string;
+  marks: Record<string, number>;
+  output: string;
+  stderr: string;
+}
+
+async function bootLinux(cpus: number, memMiB: number): Promise<Session> {
+  const kit = await prepareKit();
+  const steps = [
+    { expect: 'vireo guest ready', timeoutMs: 900_000 },
+    { expect: '# ', timeoutMs: 60_000 },
+    { send: 'echo "sum=$((6*7))"; uname -r\n' },
+    { expect: 'sum=42', timeoutMs: 60_000 },
+    { send: 'poweroff -f\n' },
+  ];
+  const r = await runNested({
+    command: [
+      process.execPath,
+      session,
+      JSON.stringify(steps),
+      '--',
+      '--native',
+      '--kernel',
+      kit.kernel,
+      '--initrd',
+      kit.initrd,
+      '--cpus',
+      String(cpus),
+      '--mem',
+      String(memMiB),
+    ],
+    cwd: repoRoot,
+    timeoutMs: 20 * 60_000,
+  });
+  const line = r.output.split('\n').find((l) => l.startsWith('@@guest-session '));
+  assert.ok(line, `no session report; nested output:\n${r.output.slice(-3000)}\nconsole:\n${r.console.slice(-2000)}`);
+  const s = JSON.parse(line.slice('@@guest-session '.length)) as Session;
+  process.stderr.write(
+    `linux ${cpus} vCPU: nested boot ${r.timings.bootMs} ms, session marks ${JSON.stringify(s.marks)}\n`,
+  );
+  return s;
+}
+
+function checkSession(s: Session, cpus: number, memMiB: number): void {
+  assert.equal(
+    s.failed,
+    undefined,
+    `${s.failed}\n--- guest output ---\n${s.output.slice(-4000)}\n--- vireo stderr ---\n${s.stderr}`,
+  );
+  const banner = s.output.match(/vireo guest ready.*cpus=(\d+) mem=(\d+).*date=(\S+)/);
+  assert.ok(banner, `banner with cpus/mem/date:\n${s.output.slice(-2000)}`);
+  assert.equal(Number(banner[1]), cpus, 'the guest sees every vCPU');
+  const memKiB = Number(banner[2]);
+  assert.ok(memKiB > memMiB * 1024 * 0.7 && memKiB <= memMiB * 1024, `MemTotal ${memKiB} kB for ${memMiB} MiB`);
+  const guestDate = Date.parse(banner[3] as string);
+  assert.ok(Math.abs(guestDate - Date.now()) < 3 * 3600_000, `guest date ${banner[3]} is the host's`);
+  assert.match(s.output, /sum=42/);
+  assert.match(s.output, /\d+\.\d+\.\d+-\d+-cloud-amd64/);
+  assert.equal(s.status, 0, `clean power-off ends vireo with status 0; stderr: ${s.stderr}`);
+}
+
+test('Debian cloud kernel, 1 vCPU: banner, shell command, clean power-off', { timeout: 25 * 60_000 }, async () => {
+  checkSession(await bootLinux(1, 256), 1, 256);
+});
+
+test('Debian cloud kernel, 2 vCPUs (SMP through ACPI): banner, shell command, clean power-off', {
+  timeout: 25 * 60_000,
+}, async () => {
+  checkSession(await bootLinux(2, 256), 2, 256);
+});
