@@ -35,6 +35,7 @@ interface RunOptions {
   kernel?: string;
   initrd?: string;
   cmdline?: string;
+  append?: string;
   nested?: boolean;
   native?: boolean;
   mem: number;
@@ -81,6 +82,7 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
   }
   const linux = isLinuxKernel(kernel);
   cmdline ??= linux ? DEFAULT_LINUX_CMDLINE : '';
+  if (opts.append) cmdline = cmdline ? `${cmdline} ${opts.append}` : opts.append;
   if (opts.nested) return runNestedCommand(argv);
   if (linux && !opts.native && detectFlavour() === 'pvm') {
     process.stderr.write(
@@ -150,6 +152,7 @@ export async function main(argv: string[]): Promise<number> {
     )
     .option('--initrd <file>', 'initial ramdisk (Linux initrd, Multiboot module 0)')
     .option('--cmdline <string>', `kernel command line (Linux default: "${'console=ttyS0 reboot=k panic=1 ...'}")`)
+    .option('--append <string>', 'add to the kernel command line (default or --cmdline)')
     .option('--nested', 'run inside the nested lane (an emulated machine with AMD-V and a standard /dev/kvm)')
     .option('--native', 'never switch to the nested lane, even on a PVM host')
     .addOption(
