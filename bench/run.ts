@@ -490,6 +490,51 @@ function failedRow(id: string, benchmark: string, e: unknown): Row {
   };
 }
 
+// ---------------------------------------------------------------------------------------------
+// 4. Linux boot time, in the nested lane (the only place a stock kernel boots on PVM hosts)
+
+async function linuxBootRows(): Promise<Row[]> {
+  const { runNested } = await import('../src/kit/nested.js');
+  const r = await runNested({
+    command: [NODE, join(here, 'linux-boot-inner.js')],
+    cwd: repoRoot,
+    timeoutMs: 30 * 60_000,
+    cpus: 1,
+  });
+  const ev = benchEvents(r.output)[0] as
+    | { results: Record<string, { bannerMs: number | null; exitMs: number; status: number | null }[]> }
+    | undefined;
+  if (!ev) throw new Error(`the nested run printed no result (status ${r.status}): ${tail(r.output)}`);
+  const med = (name: string, k: 'bannerMs' | 'exitMs'): number | null => {
+    const v = (ev.results[name] ?? []).map((t) => t[k]).filter((x): x is number => x !== null);
+    return v.length > 0 ? median(v) : null;
+  };
+  const rows: Row[] = [];
+  for (const [peer, label] of [
+    ['qemu-microvm', 'QEMU -M microvm'],
+    ['qemu-pc', 'QEMU -M pc'],
+  ] as const) {
+    for (const k of ['bannerMs', 'exitMs'] as const) {
+      const vireo = med('vireo', k);
+      const other = med(peer, k);
+      const row: Row = {
+        id: `linux-${k === 'bannerMs' ? 'init' : 'poweroff'}-${peer}`,
+        benchmark: `Linux (Debian cloud kernel, 1 vCPU) spawn → ${k === 'bannerMs' ? "init's banner" : 'power-off and exit'}, nested lane, median ms — vs ${label}`,
+        unit: 'ms',
+        vireo,
+        peer: other,
+        peerName: label,
+        ratio: vireo !== null && other !== null ? vireo / other : null,
+        goal: k === 'bannerMs' && peer === 'qemu-microvm' ? 'ratio < 1' : '—',
+        details: { runs: ev.results, nestedBootMs: r.timings.bootMs },
+      };
+      if (row.goal === 'ratio < 1' && row.ratio !== null) row.goalMet = row.ratio < 1;
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
   const qemu = findQemu();
@@ -510,6 +555,12 @@ async function main(): Promise<void> {
       title: 'process start to first guest instruction (vireo vs QEMU)',
       name: "Process start → guest's first instruction → exit (ms)",
       run: () => startRows(qemu),
+    },
+    {
+      id: 'linux',
+      title: 'Linux boot to init, nested lane (vireo vs QEMU microvm and pc)',
+      name: 'Linux boot to init (ms)',
+      run: () => linuxBootRows(),
     },
     {
       id: 'rss',

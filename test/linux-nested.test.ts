@@ -21,15 +21,16 @@ interface Session {
   stderr: string;
 }
 
-async function bootLinux(cpus: number, memMiB: number): Promise<Session> {
+const SHELL_AND_POWEROFF = [
+  { expect: 'vireo guest ready', timeoutMs: 300_000 },
+  { expect: '# ', timeoutMs: 60_000 },
+  { send: 'echo "sum=$((6*7))"; uname -r\n' },
+  { expect: 'sum=42', timeoutMs: 60_000 },
+  { send: 'poweroff -f\n' },
+];
+
+async function bootLinux(cpus: number, memMiB: number, steps: object[] = SHELL_AND_POWEROFF): Promise<Session> {
   const kit = await prepareKit();
-  const steps = [
-    { expect: 'vireo guest ready', timeoutMs: 900_000 },
-    { expect: '# ', timeoutMs: 60_000 },
-    { send: 'echo "sum=$((6*7))"; uname -r\n' },
-    { expect: 'sum=42', timeoutMs: 60_000 },
-    { send: 'poweroff -f\n' },
-  ];
   const r = await runNested({
     command: [
       process.execPath,
@@ -47,7 +48,11 @@ async function bootLinux(cpus: number, memMiB: number): Promise<Session> {
       String(memMiB),
     ],
     cwd: repoRoot,
-    timeoutMs: 20 * 60_000,
+    timeoutMs: 10 * 60_000,
+    // One vCPU for the outer machine (the guest's vCPU threads share it): with two, the emulated SVM
+    // occasionally left the outer kernel's kvm-amd stuck in a vCPU thread (a soft lockup inside the
+    // lane, not in vireo).
+    cpus: 1,
   });
   const line = r.output.split('\n').find((l) => l.startsWith('@@guest-session '));
   assert.ok(line, `no session report; nested output:\n${r.output.slice(-3000)}\nconsole:\n${r.console.slice(-2000)}`);
@@ -84,4 +89,27 @@ test('Debian cloud kernel, 2 vCPUs (SMP through ACPI): banner, shell command, cl
   timeout: 25 * 60_000,
 }, async () => {
   checkSession(await bootLinux(2, 256), 2, 256);
+});
+
+test('reboot in the guest ends vireo with status 0; a kernel panic (panic=1) with status 1', {
+  timeout: 25 * 60_000,
+}, async () => {
+  const reboot = await bootLinux(1, 256, [
+    { expect: 'vireo guest ready', timeoutMs: 300_000 },
+    { expect: '# ', timeoutMs: 60_000 },
+    { send: 'reboot -f\n' },
+  ]);
+  assert.equal(reboot.failed, undefined, reboot.output.slice(-3000));
+  assert.equal(reboot.status, 0, `reboot: ${reboot.stderr}`);
+  assert.match(reboot.stderr, /guest requested a reset/);
+
+  const panic = await bootLinux(1, 256, [
+    { expect: 'vireo guest ready', timeoutMs: 300_000 },
+    { expect: '# ', timeoutMs: 60_000 },
+    { send: 'echo c > /proc/sysrq-trigger\n' },
+  ]);
+  assert.equal(panic.failed, undefined, panic.output.slice(-3000));
+  assert.match(panic.output, /Kernel panic/);
+  assert.equal(panic.status, 1, `panic: ${panic.stderr}\n${panic.output.slice(-2000)}`);
+  assert.match(panic.stderr, /guest kernel panicked \(reported through pvpanic\)/);
 });

@@ -32,6 +32,10 @@ export const KIT_MODULES = [
   'net_failover',
   'virtio_console',
   'virtio-rng',
+  // pvpanic: the kernel reports a panic to the VMM (ACPI QEMU0001 at an I/O port), so a panic is not
+  // mistaken for a clean reboot.
+  'pvpanic',
+  'pvpanic-mmio',
 ] as const;
 
 /** Written to port 0x80 by the kit's /init: when it starts, and with the banner. */
@@ -296,7 +300,7 @@ export async function addBusyboxBase(img: InitramfsBuilder, busybox: string): Pr
 export const KIT_SPEC: KernelBuildSpec = {
   area: 'kit',
   manifest: 'kit.json',
-  format: 2,
+  format: 3,
   metaPackage: 'linux-image-cloud-amd64',
   keepModules: true,
   async build({ out, kernelVersion, modules, busybox, onProgress }) {
