@@ -91,7 +91,9 @@ for (let i = 0; i < RUNS; i++) {
   // Interleaved, so drift in the emulated machine hits every peer alike.
   for (const [name, [cmd, args]] of Object.entries(peers)) {
     const t = await timeBoot(cmd, args);
-    (results[name] ??= []).push(t);
+    const list = results[name] ?? [];
+    list.push(t);
+    results[name] = list;
   }
 }
 process.stdout.write(`@bench ${JSON.stringify({ runs: RUNS, memMiB: MEM, cmdline: append, results })}\n`);

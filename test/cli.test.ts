@@ -50,6 +50,14 @@ describe('vireo run', { skip }, () => {
     assert.ok(r.stdout.includes(`mmap entries=5 ram_kib=${639 + 3406848 + 786432}\n`), r.stdout);
   });
 
+  test('PVH entry: an ELF with only the Xen PHYS32_ENTRY note gets hvm_start_info in EBX', () => {
+    const initrd = join(tmp, 'pvh-initrd');
+    writeFileSync(initrd, 'x');
+    const r = runVireo(['run', '--kernel', guestPath('pvh'), '--cmdline', 'hello pvh', '--initrd', initrd]);
+    assert.equal(r.stdout, 'pvh ok cmdline=hello pvh modules=1 memmap=4\n', r.stderr);
+    assert.equal(r.status, 0x59);
+  });
+
   test('Multiboot a.out-kludge flat binary', () => {
     const r = runVireo(['run', '--kernel', guestPath('aout-kludge')]);
     assert.equal(r.stdout, 'aout kludge ok\n');

@@ -8,12 +8,12 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'no
 import { join } from 'node:path';
 import { buildDir, guestSrcDir } from '../support/cc.js';
 
-export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'modes64';
+export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'modes64' | 'pvh';
 
 interface Recipe {
   sources: string[];
   /** 'elf64': linked for long-mode entry; 'mb32': 32-bit Multiboot ELF; 'raw32': flat binary. */
-  kind: 'elf64' | 'mb32' | 'raw32';
+  kind: 'elf64' | 'mb32' | 'raw32' | 'pvh32';
 }
 
 const RECIPES: Record<GuestName, Recipe> = {
@@ -23,6 +23,7 @@ const RECIPES: Record<GuestName, Recipe> = {
   modes64: { sources: ['modes64.S'], kind: 'elf64' },
   multiboot: { sources: ['multiboot-entry.S', 'multiboot.c'], kind: 'mb32' },
   'aout-kludge': { sources: ['aout-kludge.S'], kind: 'raw32' },
+  pvh: { sources: ['pvh.S'], kind: 'pvh32' },
 };
 
 function sourceHash(recipe: Recipe): string {
@@ -79,6 +80,22 @@ export function guestPath(name: GuestName): string {
         '-Wl,-z,noexecstack',
         '-Wl,-n',
         `-T${join(guestSrcDir, 'link32.ld')}`,
+        '-o',
+        tmp,
+        ...srcs,
+      ]);
+      break;
+    case 'pvh32':
+      run([
+        ...common,
+        '-m32',
+        '-static',
+        '-no-pie',
+        '-Wl,--build-id=none',
+        '-Wl,--no-warn-rwx-segments',
+        '-Wl,-z,noexecstack',
+        '-Wl,-n',
+        `-T${join(guestSrcDir, 'pvh.ld')}`,
         '-o',
         tmp,
         ...srcs,
