@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
+import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
 
 const session = join(repoRoot, 'dist', 'test', 'support', 'guest-session.js');
@@ -22,7 +23,7 @@ interface Session {
 }
 
 const SHELL_AND_POWEROFF = [
-  { expect: 'vireo guest ready', timeoutMs: 300_000 },
+  { expect: 'vireo guest ready', timeoutMs: 240_000 },
   { expect: '# ', timeoutMs: 60_000 },
   { send: 'echo "sum=$((6*7))"; uname -r\n' },
   { expect: 'sum=42', timeoutMs: 60_000 },
@@ -31,29 +32,40 @@ const SHELL_AND_POWEROFF = [
 
 async function bootLinux(cpus: number, memMiB: number, steps: object[] = SHELL_AND_POWEROFF): Promise<Session> {
   const kit = await prepareKit();
-  const r = await runNested({
-    command: [
-      process.execPath,
-      session,
-      JSON.stringify(steps),
-      '--',
-      '--native',
-      '--kernel',
-      kit.kernel,
-      '--initrd',
-      kit.initrd,
-      '--cpus',
-      String(cpus),
-      '--mem',
-      String(memMiB),
-    ],
-    cwd: repoRoot,
-    timeoutMs: 10 * 60_000,
-    // One vCPU for the outer machine (the guest's vCPU threads share it): with two, the emulated SVM
-    // occasionally left the outer kernel's kvm-amd stuck in a vCPU thread (a soft lockup inside the
-    // lane, not in vireo).
-    cpus: 1,
-  });
+  const run = () =>
+    runNested({
+      command: [
+        process.execPath,
+        session,
+        JSON.stringify(steps),
+        '--',
+        '--native',
+        '--kernel',
+        kit.kernel,
+        '--initrd',
+        kit.initrd,
+        '--cpus',
+        String(cpus),
+        '--mem',
+        String(memMiB),
+      ],
+      cwd: repoRoot,
+      timeoutMs: 6 * 60_000,
+      // One vCPU for the outer machine (the guest's vCPU threads share it): with two, the outer kernel
+      // reported soft lockups of kvm-amd vCPU threads more often.
+      cpus: 1,
+    });
+  let r: Awaited<ReturnType<typeof runNested>>;
+  try {
+    r = await run();
+  } catch (e) {
+    // The lane itself (QEMU's emulated SVM and the outer kernel's kvm-amd) occasionally hangs: the
+    // outer machine stops making progress and never reports a status. That is the test bench failing,
+    // not vireo; say so and try once more. A second failure fails the test.
+    if (!(e instanceof NestedError)) throw e;
+    process.stderr.write(`nested lane failed (${e.message.slice(0, 300)}); retrying once\n`);
+    r = await run();
+  }
   const line = r.output.split('\n').find((l) => l.startsWith('@@guest-session '));
   assert.ok(line, `no session report; nested output:\n${r.output.slice(-3000)}\nconsole:\n${r.console.slice(-2000)}`);
   const s = JSON.parse(line.slice('@@guest-session '.length)) as Session;
@@ -95,7 +107,7 @@ test('reboot in the guest ends vireo with status 0; a kernel panic (panic=1) wit
   timeout: 25 * 60_000,
 }, async () => {
   const reboot = await bootLinux(1, 256, [
-    { expect: 'vireo guest ready', timeoutMs: 300_000 },
+    { expect: 'vireo guest ready', timeoutMs: 240_000 },
     { expect: '# ', timeoutMs: 60_000 },
     { send: 'reboot -f\n' },
   ]);
@@ -104,7 +116,7 @@ test('reboot in the guest ends vireo with status 0; a kernel panic (panic=1) wit
   assert.match(reboot.stderr, /guest requested a reset/);
 
   const panic = await bootLinux(1, 256, [
-    { expect: 'vireo guest ready', timeoutMs: 300_000 },
+    { expect: 'vireo guest ready', timeoutMs: 240_000 },
     { expect: '# ', timeoutMs: 60_000 },
     { send: 'echo c > /proc/sysrq-trigger\n' },
   ]);
