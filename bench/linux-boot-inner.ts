@@ -40,7 +40,8 @@ function timeBoot(cmd: string, args: string[]): Promise<Timing> {
   });
 }
 
-const kit = await prepareKit({ offline: true });
+// Inside the lane the kit prepared outside is used as it is; elsewhere it is fetched if missing.
+const kit = await prepareKit({ offline: process.env.VIREO_NESTED === '1' });
 const append = `${DEFAULT_LINUX_CMDLINE} quiet vireo.exit=poweroff`;
 const qemu = (machine: 'microvm' | 'pc'): string[] => [
   '-M',

@@ -28,6 +28,7 @@ import {
 import { E820_RAM, E820_RESERVED, type MemMapEntry, memoryMap } from '../src/arch/x86_64/memmap.js';
 import { GiB, MiB } from '../src/common/address.js';
 import { GuestMemoryError, ImageError } from '../src/common/errors.js';
+import { prepareKit } from '../src/kit/kit.js';
 import type { Segment, Sregs } from '../src/kvm/structs.js';
 import {
   bzImageFootprint,
@@ -1019,15 +1020,10 @@ describe('fuzzing', () => {
 
 // ---------------------------------------------------------------------------------------------
 
-describe('a real kernel (VIREO_TEST_BZIMAGE)', () => {
-  const path = process.env.VIREO_TEST_BZIMAGE;
-  const skip =
-    path === undefined || path === ''
-      ? 'VIREO_TEST_BZIMAGE is not set: point it at a distribution bzImage (e.g. Debian linux-image-*-cloud-amd64) to run this'
-      : false;
-
-  test('Debian bzImage: the header parses and the kernel loads into 256 MiB', { skip }, () => {
-    const image = readFileSync(path as string);
+describe("a real kernel (VIREO_TEST_BZIMAGE, else the guest kit's Debian kernel)", () => {
+  test('Debian bzImage: the header parses and the kernel loads into 256 MiB', async () => {
+    const path = process.env.VIREO_TEST_BZIMAGE || (await prepareKit()).kernel;
+    const image = readFileSync(path);
     const h = parseBzImage(image, path);
     assert.ok(h.version >= 0x020f, `protocol ${h.version.toString(16)} (Linux 5.5+ has 2.15)`);
     assert.ok(h.xloadflags & XLF_KERNEL_64, 'XLF_KERNEL_64');
