@@ -50,72 +50,24 @@ export function guestPath(name: GuestName): string {
     '-fno-asynchronous-unwind-tables',
     `-I${guestSrcDir}`,
   ];
-  const run = (args: string[]) => execFileSync('gcc', args, { stdio: ['ignore', 'inherit', 'inherit'] });
-  switch (recipe.kind) {
-    case 'elf64':
-      run([
-        ...common,
-        '-m64',
-        '-static',
-        '-no-pie',
-        '-Wl,--build-id=none',
-        '-Wl,--no-warn-rwx-segments',
-        '-Wl,-z,noexecstack',
-        '-Wl,-n',
-        `-T${join(guestSrcDir, 'link64.ld')}`,
-        '-o',
-        tmp,
-        ...srcs,
-      ]);
-      break;
-    case 'mb32':
-      run([
-        ...common,
-        '-m32',
-        '-O2',
-        '-static',
-        '-no-pie',
-        '-Wl,--build-id=none',
-        '-Wl,--no-warn-rwx-segments',
-        '-Wl,-z,noexecstack',
-        '-Wl,-n',
-        `-T${join(guestSrcDir, 'link32.ld')}`,
-        '-o',
-        tmp,
-        ...srcs,
-      ]);
-      break;
-    case 'pvh32':
-      run([
-        ...common,
-        '-m32',
-        '-static',
-        '-no-pie',
-        '-Wl,--build-id=none',
-        '-Wl,--no-warn-rwx-segments',
-        '-Wl,-z,noexecstack',
-        '-Wl,-n',
-        `-T${join(guestSrcDir, 'pvh.ld')}`,
-        '-o',
-        tmp,
-        ...srcs,
-      ]);
-      break;
-    case 'raw32':
-      run([
-        ...common,
-        '-m32',
-        '-static',
-        '-no-pie',
-        '-Wl,--build-id=none',
-        '-Wl,--oformat=binary',
-        '-Wl,-Ttext=0x100000',
-        '-o',
-        tmp,
-        ...srcs,
-      ]);
-      break;
-  }
+  // ELF images linked flat (-n) at 1 MiB by a linker script; raw32 is a flat binary instead.
+  const elf = [
+    '-static',
+    '-no-pie',
+    '-Wl,--build-id=none',
+    '-Wl,--no-warn-rwx-segments',
+    '-Wl,-z,noexecstack',
+    '-Wl,-n',
+  ];
+  const perKind: Record<Recipe['kind'], string[]> = {
+    elf64: ['-m64', ...elf, `-T${join(guestSrcDir, 'link64.ld')}`],
+    mb32: ['-m32', '-O2', ...elf, `-T${join(guestSrcDir, 'link32.ld')}`],
+    pvh32: ['-m32', ...elf, `-T${join(guestSrcDir, 'pvh.ld')}`],
+    raw32: ['-m32', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--oformat=binary', '-Wl,-Ttext=0x100000'],
+  };
+  execFileSync('gcc', [...common, ...perKind[recipe.kind], '-o', tmp, ...srcs], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
   renameSync(tmp, out);
   return out;
 }
