@@ -8,9 +8,9 @@
  */
 import type { Sregs } from '../../kvm/structs.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import { gdtEntry, segmentFromGdt } from './gdt.js';
-import { LAYOUT } from './layout.js';
-import { writeIdentityPageTables } from './regs.js';
+import { gdtEntry } from './gdt.js';
+
+import { enableLongMode, enableProtectedMode, loadFlatGdt } from './regs.js';
 
 export const BOOT_CS = 0x10;
 export const BOOT_DS = 0x18;
@@ -33,37 +33,12 @@ export const GDT_LINUX_64 = [
   gdtEntry(0xc093, 0, 0xfffff), // 0x18: __BOOT_DS, flat data
 ];
 
-const CR0_PE = 0x1n;
-const CR0_ET = 0x10n;
-const CR0_PG = 0x80000000n;
-const CR4_PAE = 0x20n;
-const EFER_LME = 0x100n;
-const EFER_LMA = 0x400n;
-
-function applyLinuxGdt(mem: GuestMemory, sregs: Sregs, gdt: readonly bigint[]): void {
-  gdt.forEach((e, i) => {
-    mem.write64(LAYOUT.gdt + i * 8, e);
-  });
-  mem.write64(LAYOUT.idt, 0n);
-  const cs = segmentFromGdt(gdt[BOOT_CS / 8] as bigint, BOOT_CS / 8);
-  const ds = segmentFromGdt(gdt[BOOT_DS / 8] as bigint, BOOT_DS / 8);
-  sregs.gdt = { base: BigInt(LAYOUT.gdt), limit: gdt.length * 8 - 1 };
-  sregs.idt = { base: BigInt(LAYOUT.idt), limit: 7 };
-  sregs.cs = cs;
-  sregs.ds = { ...ds };
-  sregs.es = { ...ds };
-  sregs.fs = { ...ds };
-  sregs.gs = { ...ds };
-  sregs.ss = { ...ds };
-  sregs.tr = segmentFromGdt(gdt[TSS_INDEX] as bigint, TSS_INDEX);
-}
+const LINUX_GDT = { code: BOOT_CS / 8, data: BOOT_DS / 8, tss: TSS_INDEX };
 
 /** 32-bit bzImage entry: flat protected mode, paging off, __BOOT_CS/__BOOT_DS. */
 export function setupLinuxProtectedMode(mem: GuestMemory, sregs: Sregs): Sregs {
-  applyLinuxGdt(mem, sregs, GDT_LINUX_32);
-  sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & ~CR0_PG;
-  sregs.cr4 &= ~CR4_PAE;
-  sregs.efer &= ~(EFER_LME | EFER_LMA);
+  loadFlatGdt(mem, sregs, GDT_LINUX_32, LINUX_GDT);
+  enableProtectedMode(sregs);
   return sregs;
 }
 
@@ -72,11 +47,7 @@ export function setupLinuxProtectedMode(mem: GuestMemory, sregs: Sregs): Sregs {
  * init_size range, the zero page and the command line, as boot.rst asks), __BOOT_CS/__BOOT_DS.
  */
 export function setupLinuxLongMode(mem: GuestMemory, sregs: Sregs): Sregs {
-  applyLinuxGdt(mem, sregs, GDT_LINUX_64);
-  writeIdentityPageTables(mem);
-  sregs.cr3 = BigInt(LAYOUT.pml4);
-  sregs.cr4 |= CR4_PAE;
-  sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
-  sregs.efer |= EFER_LME | EFER_LMA;
+  loadFlatGdt(mem, sregs, GDT_LINUX_64, LINUX_GDT);
+  enableLongMode(mem, sregs);
   return sregs;
 }

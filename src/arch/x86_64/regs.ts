@@ -41,27 +41,48 @@ export function zeroRegs(): Regs {
   };
 }
 
-function writeGdt(mem: GuestMemory, gdt: readonly bigint[]): void {
+/** GDT indices of the flat code, data and TSS descriptors in a table. */
+export interface GdtLayout {
+  code: number;
+  data: number;
+  tss: number;
+}
+
+/** Write `gdt` (and an empty IDT) at vireo's fixed addresses and load flat segments from it. */
+export function loadFlatGdt(mem: GuestMemory, sregs: Sregs, gdt: readonly bigint[], at: GdtLayout): void {
   gdt.forEach((e, i) => {
     mem.write64(LAYOUT.gdt + i * 8, e);
   });
   mem.write64(LAYOUT.idt, 0n);
-}
-
-function applySegments(sregs: Sregs, gdt: readonly bigint[]): void {
-  const code = segmentFromGdt(gdt[1] as bigint, 1);
-  const data = segmentFromGdt(gdt[2] as bigint, 2);
-  const tss = segmentFromGdt(gdt[3] as bigint, 3);
+  const data = segmentFromGdt(gdt[at.data] as bigint, at.data);
   sregs.gdt = { base: BigInt(LAYOUT.gdt), limit: gdt.length * 8 - 1 };
   sregs.idt = { base: BigInt(LAYOUT.idt), limit: 7 };
-  sregs.cs = code;
+  sregs.cs = segmentFromGdt(gdt[at.code] as bigint, at.code);
   sregs.ds = { ...data };
   sregs.es = { ...data };
   sregs.fs = { ...data };
   sregs.gs = { ...data };
   sregs.ss = { ...data };
-  sregs.tr = tss;
+  sregs.tr = segmentFromGdt(gdt[at.tss] as bigint, at.tss);
 }
+
+/** Paging on in long mode over vireo's identity page tables. */
+export function enableLongMode(mem: GuestMemory, sregs: Sregs): void {
+  writeIdentityPageTables(mem);
+  sregs.cr3 = BigInt(LAYOUT.pml4);
+  sregs.cr4 |= X86_CR4_PAE;
+  sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+  sregs.efer |= EFER_LME | EFER_LMA;
+}
+
+/** Flat protected mode with paging off. */
+export function enableProtectedMode(sregs: Sregs): void {
+  sregs.cr0 = (sregs.cr0 | X86_CR0_PE | X86_CR0_ET) & ~X86_CR0_PG;
+  sregs.cr4 &= ~X86_CR4_PAE;
+  sregs.efer &= ~(EFER_LME | EFER_LMA);
+}
+
+const VIREO_GDT: GdtLayout = { code: 1, data: 2, tss: 3 };
 
 /** Identity-map the first 4 GiB with 2 MiB pages. */
 export function writeIdentityPageTables(mem: GuestMemory): void {
@@ -79,22 +100,14 @@ export function writeIdentityPageTables(mem: GuestMemory): void {
 
 /** Long mode, paging on, flat 64-bit segments: the state Firecracker enters vmlinux in. */
 export function setupLongMode(mem: GuestMemory, sregs: Sregs): Sregs {
-  writeGdt(mem, GDT_64);
-  writeIdentityPageTables(mem);
-  applySegments(sregs, GDT_64);
-  sregs.cr3 = BigInt(LAYOUT.pml4);
-  sregs.cr4 |= X86_CR4_PAE;
-  sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
-  sregs.efer |= EFER_LME | EFER_LMA;
+  loadFlatGdt(mem, sregs, GDT_64, VIREO_GDT);
+  enableLongMode(mem, sregs);
   return sregs;
 }
 
-/** Flat 32-bit protected mode, paging off: the state Multiboot and the 32-bit Linux entry require. */
+/** Flat 32-bit protected mode, paging off: the state Multiboot requires. */
 export function setupProtectedMode(mem: GuestMemory, sregs: Sregs): Sregs {
-  writeGdt(mem, GDT_32);
-  applySegments(sregs, GDT_32);
-  sregs.cr0 = (sregs.cr0 | X86_CR0_PE | X86_CR0_ET) & ~X86_CR0_PG;
-  sregs.cr4 &= ~X86_CR4_PAE;
-  sregs.efer &= ~(EFER_LME | EFER_LMA);
+  loadFlatGdt(mem, sregs, GDT_32, VIREO_GDT);
+  enableProtectedMode(sregs);
   return sregs;
 }
