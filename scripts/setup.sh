@@ -26,6 +26,9 @@ fi
 node -e 'const [M]=process.versions.node.split(".").map(Number); if (M < 20) { console.error(`setup: vireo needs Node >= 20, this is ${process.versions.node}`); process.exit(1) }'
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund --loglevel=error
+  # Not `npm ci`: npm refuses a lock file that lacks optional per-platform packages (biome's darwin/win32
+  # builds) when the registry mirror does not carry them. `npm install --no-save` installs the locked
+  # versions and leaves the lock file as it is.
+  npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 npm run -s build
