@@ -6,6 +6,7 @@ import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';
 import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
+import type { DriveConfig } from '../vmm/virtio-devices.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
 import { prewarmForArgs } from './prewarm.js';
@@ -31,7 +32,28 @@ export function parseSerial(v: string): SerialConfig {
   throw new InvalidArgumentError('use stdio, none or file:PATH');
 }
 
+/** `--drive PATH` or `--drive path=PATH[,id=ID][,ro]` (ro, readonly, readonly=on|off). */
+export function parseDrive(v: string, previous: DriveConfig[]): DriveConfig[] {
+  const id = `drive${previous.length}`;
+  if (!v.includes('=')) return [...previous, { id, path: v, readOnly: false }];
+  const d: DriveConfig = { id, path: '', readOnly: false };
+  for (const part of v.split(',')) {
+    const eq = part.indexOf('=');
+    const k = eq < 0 ? part : part.slice(0, eq);
+    const val = eq < 0 ? '' : part.slice(eq + 1);
+    if (k === 'path' && val) d.path = val;
+    else if (k === 'id' && val) d.id = val;
+    else if ((k === 'ro' || k === 'readonly') && ['', 'on', 'true', '1'].includes(val)) d.readOnly = true;
+    else if ((k === 'ro' || k === 'readonly') && ['off', 'false', '0'].includes(val)) d.readOnly = false;
+    else throw new InvalidArgumentError(`unknown drive option "${part}": use path=FILE, id=NAME, ro`);
+  }
+  if (!d.path) throw new InvalidArgumentError('a drive needs path=FILE');
+  return [...previous, d];
+}
+
 interface RunOptions {
+  drive: DriveConfig[];
+  rng?: boolean;
   kernel?: string;
   initrd?: string;
   cmdline?: string;
@@ -99,6 +121,8 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
     serial: opts.serial,
     irqchip: opts.irqchip,
     kvmPath: kvmDevice(),
+    drives: opts.drive,
+    rng: opts.rng ?? false,
   });
   let quit = false;
   const console =
@@ -164,6 +188,15 @@ export async function main(argv: string[]): Promise<number> {
         .default({ kind: 'stdio' }, 'stdio')
         .argParser(parseSerial),
     )
+    .addOption(
+      new Option(
+        '--drive <spec>',
+        'a virtio-blk disk: FILE or path=FILE[,id=NAME][,ro]; repeat for more (the first is /dev/vda)',
+      )
+        .default([], 'none')
+        .argParser(parseDrive),
+    )
+    .option('--rng', 'a virtio-rng device fed from the host CSPRNG')
     .option('--boot-timer', "print the time from process start to the guest's first exit")
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')
     .action(async (opts: RunOptions) => {

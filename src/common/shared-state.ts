@@ -41,6 +41,23 @@ export class SharedState<K extends string> {
     return Atomics.add(this.i32, this.index[k], v);
   }
 
+  or(k: K, bits: number): number {
+    return Atomics.or(this.i32, this.index[k], bits);
+  }
+
+  and(k: K, bits: number): number {
+    return Atomics.and(this.i32, this.index[k], bits);
+  }
+
+  /** Block this thread until k is no longer `current` or `timeoutMs` passes (never on the main thread). */
+  wait(k: K, current: number, timeoutMs: number): void {
+    Atomics.wait(this.i32, this.index[k], current, timeoutMs);
+  }
+
+  notify(k: K): void {
+    Atomics.notify(this.i32, this.index[k]);
+  }
+
   /** Run fn holding the lock. Contention is rare (vCPUs touching one device at once), so spin. */
   locked<T>(fn: () => T): T {
     const i32 = this.i32;

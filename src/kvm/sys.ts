@@ -23,6 +23,10 @@ const c_pthread_kill = libc.func('pthread_kill', 'int', ['uint64_t', 'int']);
 const c_sigaction = libc.func('sigaction', 'int', ['int', 'void *', 'void *']);
 const c_dlsym = libc.func('dlsym', 'uintptr_t', ['uintptr_t', 'str']);
 const c_fcntl = libc.func('fcntl', 'int', ['int', 'int', 'int']);
+const c_epoll_create1 = libc.func('epoll_create1', 'int', ['int']);
+const c_epoll_ctl = libc.func('epoll_ctl', 'int', ['int', 'int', 'int', 'void *']);
+const c_epoll_wait = libc.func('epoll_wait', 'int', ['int', 'void *', 'int', 'int']);
+const c_fallocate = libc.func('fallocate', 'int', ['int', 'int', 'int64_t', 'int64_t']);
 
 export const O_RDONLY = 0;
 export const O_RDWR = 2;
@@ -155,4 +159,72 @@ export function installKickSignal(): void {
 /** A zero-copy view of native memory at a raw address. Views are per thread. */
 export function view(addr: number, length: number): ArrayBuffer {
   return koffi.view(BigInt(addr), length);
+}
+
+export const EPOLLIN = 0x001;
+export const EPOLLOUT = 0x004;
+export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+const EPOLL_CTL_MOD = 3;
+/** struct epoll_event is packed on x86_64: u32 events, u64 data. */
+const EPOLL_EVENT_SIZE = 12;
+
+/** An epoll set whose events carry a 32-bit token. */
+export class Epoll {
+  readonly fd: number;
+  private readonly ev = Buffer.alloc(EPOLL_EVENT_SIZE);
+  private readonly out: Buffer;
+
+  constructor(readonly maxEvents = 64) {
+    const fd = c_epoll_create1(EFD_CLOEXEC) as number;
+    if (fd < 0) throw new SyscallError('epoll_create1', errno());
+    this.fd = fd;
+    this.out = Buffer.alloc(EPOLL_EVENT_SIZE * maxEvents);
+  }
+
+  private ctl(op: number, fd: number, events: number, token: number): void {
+    this.ev.writeUInt32LE(events, 0);
+    this.ev.writeBigUInt64LE(BigInt(token >>> 0), 4);
+    if ((c_epoll_ctl(this.fd, op, fd, this.ev) as number) < 0) throw new SyscallError('epoll_ctl', errno());
+  }
+
+  add(fd: number, events: number, token: number): void {
+    this.ctl(EPOLL_CTL_ADD, fd, events, token);
+  }
+  modify(fd: number, events: number, token: number): void {
+    this.ctl(EPOLL_CTL_MOD, fd, events, token);
+  }
+  remove(fd: number): void {
+    this.ctl(EPOLL_CTL_DEL, fd, 0, 0);
+  }
+
+  /** Blocks up to timeoutMs (-1: forever); calls fn(token, events) for each ready fd. EINTR returns 0. */
+  wait(timeoutMs: number, fn: (token: number, events: number) => void): number {
+    const n = c_epoll_wait(this.fd, this.out, this.maxEvents, timeoutMs) as number;
+    if (n < 0) {
+      const e = errno();
+      if (e === EINTR) return 0;
+      throw new SyscallError('epoll_wait', e);
+    }
+    for (let i = 0; i < n; i++) {
+      const o = i * EPOLL_EVENT_SIZE;
+      fn(this.out.readUInt32LE(o + 4), this.out.readUInt32LE(o));
+    }
+    return n;
+  }
+
+  close(): void {
+    close(this.fd);
+  }
+}
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** fallocate(2); throws SyscallError (errno EOPNOTSUPP where the file system cannot). */
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  if ((c_fallocate(fd, mode, offset, length) as number) < 0) throw new SyscallError('fallocate', errno());
 }

@@ -3,7 +3,7 @@
  * a Multiboot header wins (Multiboot kernels are often also ELF), then ELF64.
  */
 import { readFileSync } from 'node:fs';
-import { writeAcpiTables } from '../arch/x86_64/acpi.js';
+import { type VirtioMmioAcpi, writeAcpiTables } from '../arch/x86_64/acpi.js';
 import { LAYOUT } from '../arch/x86_64/layout.js';
 import { setupLinuxLongMode, setupLinuxProtectedMode } from '../arch/x86_64/linux-entry.js';
 import { writeMpTable } from '../arch/x86_64/mptable.js';
@@ -23,6 +23,8 @@ export interface BootSource {
   cmdline: string;
   /** vCPUs, for the ACPI and MP tables Linux kernels get. */
   cpus: number;
+  /** virtio-mmio devices to declare in the DSDT. */
+  virtioMmio?: readonly VirtioMmioAcpi[] | undefined;
 }
 
 export type BootProtocol = 'multiboot' | 'elf64' | 'linux-bzimage' | 'linux-elf' | 'pvh';
@@ -61,8 +63,8 @@ export function isLinuxKernel(path: string): boolean {
 }
 
 /** ACPI tables (for SMP and power-off) and an MP table (for kernels without ACPI); returns the RSDP. */
-function writeFirmwareTables(mem: GuestMemory, cpus: number): number {
-  const acpi = writeAcpiTables(mem, { cpus, pvpanicPort: PVPANIC_PORT });
+function writeFirmwareTables(mem: GuestMemory, cpus: number, virtioMmio: readonly VirtioMmioAcpi[] = []): number {
+  const acpi = writeAcpiTables(mem, { cpus, pvpanicPort: PVPANIC_PORT, virtioMmio });
   writeMpTable(mem, cpus);
   return acpi.rsdpAddr;
 }
@@ -95,7 +97,7 @@ export function loadKernel(mem: GuestMemory, boot: Vcpu, source: BootSource): Bo
 
   // A Linux bzImage (setup header with "HdrS").
   if (isBzImage(image)) {
-    const rsdp = writeFirmwareTables(mem, source.cpus);
+    const rsdp = writeFirmwareTables(mem, source.cpus, source.virtioMmio);
     const l = loadLinux(mem, image, { cmdline: source.cmdline, initrd, rsdpAddr: rsdp, name: source.kernel });
     enterLinux(mem, boot, l.entryMode, l.entry, l.zeroPage);
     return { protocol: 'linux-bzimage', entry: l.entry };
@@ -118,7 +120,7 @@ export function loadKernel(mem: GuestMemory, boot: Vcpu, source: BootSource): Bo
     // PVH: an ELF kernel with Xen's PHYS32_ENTRY note (Linux built with CONFIG_PVH).
     const pvhEntry = findPvhEntry(image, source.kernel);
     if (pvhEntry !== undefined) {
-      const rsdp = writeFirmwareTables(mem, source.cpus);
+      const rsdp = writeFirmwareTables(mem, source.cpus, source.virtioMmio);
       const p = loadPvh(mem, image, { cmdline: source.cmdline, initrd, rsdpAddr: rsdp, name: source.kernel });
       boot.setSregs(setupLinuxProtectedMode(mem, boot.getSregs()));
       boot.setRegs({ ...zeroRegs(), rip: BigInt(p.entry), rbx: BigInt(p.startInfo) });
@@ -131,7 +133,7 @@ export function loadKernel(mem: GuestMemory, boot: Vcpu, source: BootSource): Bo
       );
     // An ELF64 kernel (a Linux vmlinux, or any 64-bit kernel): loaded at its physical addresses and
     // entered in long mode with RSI → a zero page (command line, e820 map, initrd, RSDP), as Firecracker does.
-    const rsdp = writeFirmwareTables(mem, source.cpus);
+    const rsdp = writeFirmwareTables(mem, source.cpus, source.virtioMmio);
     const l = loadLinuxElf(mem, image, { cmdline: source.cmdline, initrd, rsdpAddr: rsdp, name: source.kernel });
     enterLinux(mem, boot, '64', l.entry, l.zeroPage);
     return { protocol: isLinuxVmlinux(elf) ? 'linux-elf' : 'elf64', entry: l.entry };

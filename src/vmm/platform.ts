@@ -29,9 +29,13 @@ import {
   Serial16550,
   type SerialField,
 } from '../devices/legacy/serial.js';
+import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { EXIT } from '../kvm/abi.js';
 import { irqLineRaw } from '../kvm/kvm.js';
+import { eventfdWrite } from '../kvm/sys.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
 import type { VcpuStop } from '../vcpu/protocol.js';
+import type { VirtioPlatformSpec } from './virtio-devices.js';
 
 export const STAT_FIELDS = [
   'exitsIo',
@@ -60,6 +64,8 @@ export interface PlatformSpec {
   stats: SharedArrayBuffer;
   /** Whether the in-kernel irqchip exists (device interrupts need it). */
   irqchip: boolean;
+  /** virtio-mmio devices (their logic runs on the I/O thread; the registers here). */
+  virtio?: VirtioPlatformSpec | undefined;
 }
 
 export function createPlatformSpec(vmFd: number, serialOutFd: number, irqchip: boolean): PlatformSpec {
@@ -106,7 +112,7 @@ export interface Platform {
   countExit(reason: number): void;
 }
 
-export function buildPlatform(spec: PlatformSpec): Platform {
+export function buildPlatform(spec: PlatformSpec, mem: GuestMemory): Platform {
   let stop: VcpuStop | undefined;
   const pio = new Bus('pio');
   const mmio = new Bus('mmio');
@@ -155,6 +161,17 @@ export function buildPlatform(spec: PlatformSpec): Platform {
       if (event === 'panicked') stop ??= { kind: 'panic', source: 'pvpanic' };
     }),
   );
+  const virtio = spec.virtio;
+  if (virtio !== undefined) {
+    for (const slot of virtio.slots) {
+      const transport = new VirtioMmioTransport(slot.mmio, mem, {
+        notifyQueue: (q) => eventfdWrite(slot.queueFds[q] as number),
+        wake: () => eventfdWrite(virtio.controlFd),
+        interrupt: () => eventfdWrite(slot.irqFd),
+      });
+      mmio.insert(slot.base, MMIO_WINDOW, slot.name, transport);
+    }
+  }
   pio.onUnclaimed = (_a, w) => stats.add(w ? 'unclaimedPioWrites' : 'unclaimedPioReads', 1);
   mmio.onUnclaimed = (_a, w) => stats.add(w ? 'unclaimedMmioWrites' : 'unclaimedMmioReads', 1);
   const countExit = (reason: number): void => {

@@ -22,9 +22,9 @@ function run(init: VcpuWorkerInit<PlatformSpec>): void {
   try {
     // Views onto guest memory: devices that touch guest memory use them; building them also
     // proves the mappings are visible from this thread.
-    new GuestMemory(init.memory);
+    const mem = new GuestMemory(init.memory);
     const vcpu = Vcpu.attach(init.vcpu);
-    const platform = buildPlatform(init.platform);
+    const platform = buildPlatform(init.platform, mem);
     post({ type: 'ready', id, thread: sys.pthreadSelf() });
     stop = runLoop(vcpu, platform.pio, platform.mmio, control, {
       pendingStop: platform.takeStop,

@@ -26,6 +26,7 @@ import {
   type VcpuWorkerInit,
 } from '../vcpu/protocol.js';
 import { takeVcpuThread } from './vcpu-threads.js';
+import { type DriveConfig, VirtioDevices } from './virtio-devices.js';
 
 export { prewarmVcpuThreads } from './vcpu-threads.js';
 
@@ -55,6 +56,10 @@ export interface VmConfig {
   /** In-kernel irqchip and PIT (default true). */
   irqchip?: boolean | undefined;
   kvmPath?: string | undefined;
+  /** virtio-blk drives, in order (the first is /dev/vda in a Linux guest). */
+  drives?: DriveConfig[] | undefined;
+  /** A virtio-rng device (host randomness). */
+  rng?: boolean | undefined;
 }
 
 /** How the VM ended, and the process exit status that goes with it. */
@@ -143,7 +148,8 @@ export class Vm extends TypedEmitter<VmEvents> {
   private _state: VmState = 'created';
   memory: GuestMemory | undefined;
   boot: BootResult | undefined;
-  readonly config: Required<Omit<VmConfig, 'initrd'>> & { initrd: string | undefined };
+  private devices: VirtioDevices | undefined;
+  readonly config: Required<Omit<VmConfig, 'initrd' | 'rng'>> & { initrd: string | undefined; rng: boolean };
 
   private constructor(config: VmConfig) {
     super();
@@ -159,6 +165,8 @@ export class Vm extends TypedEmitter<VmEvents> {
       serial: config.serial ?? { kind: 'stdio' },
       irqchip: config.irqchip ?? true,
       kvmPath: config.kvmPath ?? '/dev/kvm',
+      drives: config.drives ?? [],
+      rng: config.rng ?? false,
     };
     const { memMiB, cpus } = this.config;
     if (!Number.isInteger(memMiB) || memMiB < 2 || memMiB > 1024 * 1024)
@@ -215,7 +223,15 @@ export class Vm extends TypedEmitter<VmEvents> {
       this.ownsSerialFd = true;
     }
     this.platformSpec = createPlatformSpec(vm.fd, this.serialFd, cfg.irqchip);
-    this.platformHere = buildPlatform(this.platformSpec);
+    const devices = new VirtioDevices(vm);
+    this.devices = devices;
+    devices.addAll({ drives: cfg.drives, rng: cfg.rng });
+    if (!devices.empty) {
+      if (!cfg.irqchip)
+        throw new ConfigError('virtio devices need the in-kernel irqchip: drop --no-irqchip or the devices');
+      this.platformSpec.virtio = devices.platformSpec();
+    }
+    this.platformHere = buildPlatform(this.platformSpec, this.memory);
     const low = this.mapping.descriptors.find((d) => d.gpa === 0)?.size ?? 0;
     setCmosMemorySizes(this.platformHere.cmosState, low, cfg.memMiB * MiB - low);
 
@@ -235,8 +251,9 @@ export class Vm extends TypedEmitter<VmEvents> {
       initrd: cfg.initrd,
       cmdline: cfg.cmdline,
       cpus: cfg.cpus,
+      virtioMmio: devices.acpi(),
     });
-    await Promise.all(this.threads.map((t) => t.ready));
+    await Promise.all([...this.threads.map((t) => t.ready), devices.start(this.mapping.descriptors)]);
   }
 
   /** Boot MSRs this host's KVM refused (PVM does not model every MSR). */
@@ -396,6 +413,10 @@ export class Vm extends TypedEmitter<VmEvents> {
   }
 
   private async release(): Promise<void> {
+    // The I/O thread touches guest memory: it stops before the memory is unmapped.
+    await this.devices?.stop();
+    if (this.devices) this.lastDeviceCounters = this.devices.finalCounters;
+    this.devices = undefined;
     this.vm?.close();
     this.vm = undefined;
     this.mapping?.release();
@@ -422,6 +443,12 @@ export class Vm extends TypedEmitter<VmEvents> {
     const p = this.platformHere;
     return Object.fromEntries(STAT_FIELDS.map((f) => [f, p ? p.stats.get(f) : 0])) as Record<StatField, number>;
   }
+
+  /** Device counters (final once the VM has exited). */
+  deviceCounters(): Record<string, Record<string, number>> {
+    return this.lastDeviceCounters ?? this.devices?.finalCounters ?? {};
+  }
+  private lastDeviceCounters: Record<string, Record<string, number>> | undefined;
 
   /** POST codes written to port 0x80, oldest first. */
   postCodes(): number[] {

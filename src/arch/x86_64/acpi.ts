@@ -14,9 +14,11 @@ import {
   type AmlBytes,
   device,
   eisaId,
+  extendedInterrupt,
   integer,
   ioPort,
   irqNoFlags,
+  memory32Fixed,
   name,
   pkg,
   resourceTemplate,
@@ -97,6 +99,15 @@ export interface AcpiConfig {
   pvpanicPort?: number;
   /** The FADT reset register: an I/O port and the byte that resets. Default 0xCF9 ← 0x06. */
   reset?: { port: number; value: number };
+  /** virtio-mmio devices, declared as LNRO0005 (Linux's virtio_mmio ACPI match) with their window and GSI. */
+  virtioMmio?: readonly VirtioMmioAcpi[];
+}
+
+export interface VirtioMmioAcpi {
+  base: number;
+  size: number;
+  /** GSI, edge-triggered and active high (as the irqfd raises it). */
+  irq: number;
 }
 
 export interface AcpiTableInfo {
@@ -199,6 +210,7 @@ interface Resolved {
   i8042: boolean;
   pvpanicPort: number | undefined;
   reset: { port: number; value: number };
+  virtioMmio: readonly VirtioMmioAcpi[];
 }
 
 function resolve(config: AcpiConfig): Resolved {
@@ -225,6 +237,7 @@ function resolve(config: AcpiConfig): Resolved {
     i8042: config.i8042 ?? true,
     pvpanicPort: config.pvpanicPort,
     reset,
+    virtioMmio: config.virtioMmio ?? [],
   };
 }
 
@@ -422,6 +435,17 @@ export function dsdtAml(config: AcpiConfig): AmlBytes {
     const p = cfg.pvpanicPort;
     sb.push(device('PEVT', [name('_HID', string('QEMU0001')), name('_CRS', resourceTemplate([ioPort(p, p, 1, 1)]))]));
   }
+  cfg.virtioMmio.forEach((v, i) => {
+    if (i > 0xff) throw new ConfigError('ACPI describes at most 256 virtio-mmio devices');
+    sb.push(
+      device(`VR${i.toString(16).toUpperCase().padStart(2, '0')}`, [
+        name('_HID', string('LNRO0005')),
+        name('_UID', integer(i)),
+        name('_CCA', integer(1)), // cache-coherent DMA
+        name('_CRS', resourceTemplate([memory32Fixed(v.base, v.size), extendedInterrupt(v.irq, true, false)])),
+      ]),
+    );
+  });
   const sleep = (typ: number): AmlBytes => pkg([integer(typ), integer(typ), integer(0), integer(0)]);
   return [...name('_S0_', sleep(ACPI_S0_SLP_TYP)), ...name('_S5_', sleep(ACPI_S5_SLP_TYP)), ...scope('_SB_', sb)];
 }

@@ -188,6 +188,23 @@ export function irqNoFlags(irqs: readonly number[]): AmlBytes {
   return [0x22, mask & 0xff, mask >> 8];
 }
 
+// Large resource descriptors (§6.4.3).
+
+/** Memory32Fixed(ReadWrite|ReadOnly, base, length). */
+export function memory32Fixed(base: number, length: number, writable = true): AmlBytes {
+  for (const v of [base, length])
+    if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw amlError(`Memory32Fixed value ${v} is out of range`);
+  const u32 = (v: number): number[] => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
+  return [0x86, 0x09, 0x00, writable ? 1 : 0, ...u32(base), ...u32(length)];
+}
+
+/** Interrupt(ResourceConsumer, Edge|Level, ActiveHigh|ActiveLow, Exclusive){gsi}: the extended interrupt descriptor. */
+export function extendedInterrupt(gsi: number, edge: boolean, activeLow: boolean): AmlBytes {
+  if (!Number.isInteger(gsi) || gsi < 0 || gsi > 0xffffffff) throw amlError(`interrupt ${gsi} is out of range`);
+  const flags = 0x01 | (edge ? 0x02 : 0) | (activeLow ? 0x04 : 0);
+  return [0x89, 0x06, 0x00, flags, 0x01, gsi & 0xff, (gsi >>> 8) & 0xff, (gsi >>> 16) & 0xff, (gsi >>> 24) & 0xff];
+}
+
 /** ResourceTemplate(){descriptors}: a buffer ending with the end tag (checksum 0: "treat as valid"). */
 export function resourceTemplate(descriptors: readonly AmlBytes[]): AmlBytes {
   return buffer([...descriptors.flat(), 0x79, 0x00]);

@@ -1,0 +1,115 @@
+/**
+ * A raw disk image file as a virtio-blk backend. Reads and writes go straight between the file and
+ * guest memory (readv/writev on zero-copy views); discard and write-zeroes punch holes where the
+ * host file system allows it.
+ */
+import { closeSync, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } from 'node:fs';
+import { ConfigError } from '../common/errors.js';
+import type { BlockBackend } from '../devices/virtio/block.js';
+import * as sys from '../kvm/sys.js';
+
+/** What the VMM opens in the main thread and posts to the I/O thread. */
+export interface FileDiskSpec {
+  fd: number;
+  path: string;
+  size: number;
+  readOnly: boolean;
+}
+
+/** Opens an image for a drive; a clear ConfigError when it cannot be used. */
+export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
+  let fd: number;
+  try {
+    fd = openSync(path, readOnly ? 'r' : 'r+');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const hint =
+      code === 'ENOENT'
+        ? 'create it first (e.g. truncate -s 1G disk.img, or `vireo rootfs`)'
+        : code === 'EACCES' || code === 'EROFS'
+          ? 'make it writable or attach it read-only'
+          : 'check the path';
+    throw new ConfigError(`cannot open drive image ${path}: ${code}; ${hint}`);
+  }
+  const st = fstatSync(fd);
+  if (!st.isFile()) {
+    closeSync(fd);
+    throw new ConfigError(`drive image ${path} is not a regular file; give a raw image file`);
+  }
+  if (st.size < 512) {
+    closeSync(fd);
+    throw new ConfigError(`drive image ${path} is smaller than one 512-byte sector`);
+  }
+  return { fd, path, size: st.size, readOnly };
+}
+
+export class FileDisk implements BlockBackend {
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly canDiscard = true;
+  private readonly fd: number;
+
+  constructor(spec: FileDiskSpec) {
+    this.fd = spec.fd;
+    this.size = spec.size;
+    this.readOnly = spec.readOnly;
+  }
+
+  readv(bufs: Uint8Array[], position: number): number {
+    let done = 0;
+    let rest = bufs;
+    while (rest.length > 0) {
+      const n = readvSync(this.fd, rest, position + done);
+      if (n === 0) break; // end of file: a short read, reported by the caller
+      done += n;
+      rest = advance(rest, n);
+    }
+    return done;
+  }
+
+  writev(bufs: Uint8Array[], position: number): number {
+    let done = 0;
+    let rest = bufs;
+    while (rest.length > 0) {
+      const n = writevSync(this.fd, rest, position + done);
+      if (n === 0) break;
+      done += n;
+      rest = advance(rest, n);
+    }
+    return done;
+  }
+
+  flush(): void {
+    fdatasyncSync(this.fd);
+  }
+
+  discard(position: number, length: number): void {
+    sys.fallocate(this.fd, sys.FALLOC_FL_PUNCH_HOLE | sys.FALLOC_FL_KEEP_SIZE, position, length);
+  }
+
+  writeZeroes(position: number, length: number, unmap: boolean): void {
+    if (unmap) {
+      this.discard(position, length);
+      return;
+    }
+    try {
+      sys.fallocate(this.fd, sys.FALLOC_FL_ZERO_RANGE | sys.FALLOC_FL_KEEP_SIZE, position, length);
+    } catch {
+      // Not every file system has ZERO_RANGE; a punched hole reads as zeroes too.
+      this.discard(position, length);
+    }
+  }
+}
+
+/** The buffers left after n bytes of them were transferred. */
+function advance(bufs: Uint8Array[], n: number): Uint8Array[] {
+  let i = 0;
+  let left = n;
+  while (i < bufs.length && left >= (bufs[i] as Uint8Array).length) {
+    left -= (bufs[i] as Uint8Array).length;
+    i++;
+  }
+  const rest = bufs.slice(i);
+  if (left > 0 && rest.length > 0) rest[0] = (rest[0] as Uint8Array).subarray(left);
+  return rest;
+}

@@ -1,0 +1,246 @@
+/**
+ * virtio-blk (virtio 1.2 §5.2): one request queue over a host backend (a raw image file).
+ * Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES. Any host failure (EIO, ENOSPC, short I/O)
+ * answers VIRTIO_BLK_S_IOERR, an unknown request VIRTIO_BLK_S_UNSUPP; the queue goes on either way.
+ */
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import {
+  bit,
+  hasFeature,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_ID,
+  type VirtioContext,
+  type VirtioDevice,
+} from './device.js';
+import { chainViews, type DescriptorChain, readFromChain } from './queue.js';
+
+export const SECTOR = 512;
+
+export const VIRTIO_BLK_F = {
+  SIZE_MAX: 1n,
+  SEG_MAX: 2n,
+  RO: 5n,
+  BLK_SIZE: 6n,
+  FLUSH: 9n,
+  DISCARD: 13n,
+  WRITE_ZEROES: 14n,
+} as const;
+
+export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
+export const VIRTIO_BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
+export const VIRTIO_BLK_ID_BYTES = 20;
+const WRITE_ZEROES_F_UNMAP = 1;
+const QUEUE_SIZE = 256;
+/** Limits offered for discard and write-zeroes (sectors per segment, segments per request). */
+const MAX_DISCARD_SECTORS = 0x3fffff;
+const MAX_DISCARD_SEG = 32;
+
+/** The host side of a disk. Methods throw (with an errno `code`) on host failure. Its owner closes it. */
+export interface BlockBackend {
+  /** Bytes; the guest sees floor(size / 512) sectors. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Whether discard/write-zeroes can be done (punching holes in the image). */
+  readonly canDiscard: boolean;
+  /** Returns the bytes read. */
+  readv(bufs: Uint8Array[], position: number): number;
+  /** Returns the bytes written. */
+  writev(bufs: Uint8Array[], position: number): number;
+  flush(): void;
+  discard(position: number, length: number): void;
+  writeZeroes(position: number, length: number, unmap: boolean): void;
+}
+
+export interface BlockConfig {
+  /** Up to 20 bytes returned by GET_ID (the drive's serial). */
+  id: string;
+}
+
+export class VirtioBlock implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID.block;
+  readonly queueMaxSizes = [QUEUE_SIZE];
+  readonly features: bigint;
+  readonly configSpace: Uint8Array;
+  readonly counters = {
+    reads: 0,
+    writes: 0,
+    flushes: 0,
+    discards: 0,
+    writeZeroes: 0,
+    getIds: 0,
+    readBytes: 0,
+    writeBytes: 0,
+    ioErrors: 0,
+    unsupported: 0,
+    malformed: 0,
+  };
+  private ctx: VirtioContext | undefined;
+  private readonly sectors: number;
+  private readonly id: Uint8Array;
+
+  constructor(
+    private readonly backend: BlockBackend,
+    config: BlockConfig,
+  ) {
+    this.sectors = Math.floor(backend.size / SECTOR);
+    let f =
+      bit(VIRTIO_BLK_F.SEG_MAX) |
+      bit(VIRTIO_BLK_F.BLK_SIZE) |
+      bit(VIRTIO_BLK_F.FLUSH) |
+      bit(VIRTIO_F_RING_EVENT_IDX) |
+      bit(VIRTIO_F_RING_INDIRECT_DESC);
+    if (backend.readOnly) f |= bit(VIRTIO_BLK_F.RO);
+    else if (backend.canDiscard) f |= bit(VIRTIO_BLK_F.DISCARD) | bit(VIRTIO_BLK_F.WRITE_ZEROES);
+    this.features = f;
+    const cfg = new DataView(new ArrayBuffer(60));
+    cfg.setBigUint64(0, BigInt(this.sectors), true); // capacity
+    cfg.setUint32(12, QUEUE_SIZE - 2, true); // seg_max: all but header and status
+    cfg.setUint32(20, SECTOR, true); // blk_size
+    cfg.setUint16(34, 1, true); // num_queues
+    cfg.setUint32(36, MAX_DISCARD_SECTORS, true);
+    cfg.setUint32(40, MAX_DISCARD_SEG, true);
+    cfg.setUint32(44, 1, true); // discard_sector_alignment
+    cfg.setUint32(48, MAX_DISCARD_SECTORS, true);
+    cfg.setUint32(52, MAX_DISCARD_SEG, true);
+    cfg.setUint8(56, 1); // write_zeroes_may_unmap
+    this.configSpace = new Uint8Array(cfg.buffer);
+    this.id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+    this.id.set(Buffer.from(config.id, 'utf8').subarray(0, VIRTIO_BLK_ID_BYTES));
+  }
+
+  activate(ctx: VirtioContext): void {
+    this.ctx = ctx;
+    this.process(0);
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+  }
+
+  process(q: number): void {
+    const ctx = this.ctx;
+    const queue = ctx?.queues[q];
+    if (ctx === undefined || queue === undefined) return;
+    const mem = ctx.mem;
+    let served = 0;
+    do {
+      queue.disableNotification(mem);
+      for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
+        queue.pushUsed(mem, chain.head, this.serve(mem, chain, ctx.features));
+        served++;
+      }
+    } while (queue.enableNotification(mem));
+    if (served > 0) ctx.signalUsed(q);
+  }
+
+  /** Serves one request; returns the bytes written into the chain (data plus the status byte). */
+  private serve(mem: GuestMemory, chain: DescriptorChain, features: bigint): number {
+    const last = chain.writable[chain.writable.length - 1];
+    if (chain.error !== undefined || chain.readLen < 16 || last === undefined || last.len < 1) {
+      // No usable header or status byte: nothing can be answered; return the chain untouched.
+      this.counters.malformed++;
+      return 0;
+    }
+    const statusAddr = last.addr + last.len - 1;
+    const hdr = new DataView(readFromChain(mem, chain.readable, 16).buffer);
+    const type = hdr.getUint32(0, true);
+    const sector = hdr.getBigUint64(8, true);
+    const dataIn = chain.writeLen - 1; // writable bytes before the status byte
+    const dataOut = chain.readLen - 16; // readable bytes after the header
+    let status: number = VIRTIO_BLK_S.OK;
+    let written = 0;
+    try {
+      switch (type) {
+        case VIRTIO_BLK_T.IN: {
+          this.counters.reads++;
+          const pos = this.range(sector, dataIn);
+          if (pos < 0) {
+            status = VIRTIO_BLK_S.IOERR;
+            break;
+          }
+          const n = this.backend.readv(chainViews(mem, chain.writable, 0, dataIn), pos);
+          if (n !== dataIn) throw Object.assign(new Error('short read'), { code: 'EIO' });
+          this.counters.readBytes += n;
+          written = n;
+          break;
+        }
+        case VIRTIO_BLK_T.OUT: {
+          this.counters.writes++;
+          const pos = this.range(sector, dataOut);
+          if (pos < 0 || this.backend.readOnly) {
+            status = VIRTIO_BLK_S.IOERR;
+            break;
+          }
+          const n = this.backend.writev(chainViews(mem, chain.readable, 16, dataOut), pos);
+          if (n !== dataOut) throw Object.assign(new Error('short write'), { code: 'EIO' });
+          this.counters.writeBytes += n;
+          break;
+        }
+        case VIRTIO_BLK_T.FLUSH:
+          this.counters.flushes++;
+          if (!hasFeature(features, VIRTIO_BLK_F.FLUSH)) status = VIRTIO_BLK_S.UNSUPP;
+          else if (!this.backend.readOnly) this.backend.flush();
+          break;
+        case VIRTIO_BLK_T.GET_ID: {
+          this.counters.getIds++;
+          const n = Math.min(dataIn, VIRTIO_BLK_ID_BYTES);
+          const views = chainViews(mem, chain.writable, 0, n);
+          let off = 0;
+          for (const v of views) {
+            v.set(this.id.subarray(off, off + v.length));
+            off += v.length;
+          }
+          written = n;
+          break;
+        }
+        case VIRTIO_BLK_T.DISCARD:
+        case VIRTIO_BLK_T.WRITE_ZEROES:
+          status = this.discardOrZero(mem, chain, type, dataOut, features);
+          break;
+        default:
+          this.counters.unsupported++;
+          status = VIRTIO_BLK_S.UNSUPP;
+      }
+    } catch {
+      status = VIRTIO_BLK_S.IOERR;
+      written = 0;
+    }
+    if (status === VIRTIO_BLK_S.IOERR) this.counters.ioErrors++;
+    mem.write8(statusAddr, status);
+    return written + 1;
+  }
+
+  /** Byte position of `sector` when [sector, sector + len) lies inside the disk and len is whole sectors; else -1. */
+  private range(sector: bigint, len: number): number {
+    if (len % SECTOR !== 0 || sector > BigInt(this.sectors)) return -1;
+    const s = Number(sector);
+    return s + len / SECTOR <= this.sectors ? s * SECTOR : -1;
+  }
+
+  private discardOrZero(mem: GuestMemory, chain: DescriptorChain, type: number, len: number, features: bigint): number {
+    const zero = type === VIRTIO_BLK_T.WRITE_ZEROES;
+    if (zero) this.counters.writeZeroes++;
+    else this.counters.discards++;
+    const feature = zero ? VIRTIO_BLK_F.WRITE_ZEROES : VIRTIO_BLK_F.DISCARD;
+    if (!hasFeature(features, feature) || this.backend.readOnly) {
+      this.counters.unsupported++;
+      return VIRTIO_BLK_S.UNSUPP;
+    }
+    if (len === 0 || len % 16 !== 0 || len / 16 > MAX_DISCARD_SEG) return VIRTIO_BLK_S.IOERR;
+    const segs = new DataView(readFromChain(mem, chain.readable, len, 16).buffer);
+    for (let o = 0; o < len; o += 16) {
+      const sector = segs.getBigUint64(o, true);
+      const n = segs.getUint32(o + 8, true);
+      const flags = segs.getUint32(o + 12, true);
+      // §5.2.6.2: unknown flags, and the unmap flag on a discard, are unsupported.
+      if (flags & ~(zero ? WRITE_ZEROES_F_UNMAP : 0)) return VIRTIO_BLK_S.UNSUPP;
+      if (n > MAX_DISCARD_SECTORS) return VIRTIO_BLK_S.IOERR;
+      const pos = this.range(sector, n * SECTOR);
+      if (pos < 0) return VIRTIO_BLK_S.IOERR;
+      if (zero) this.backend.writeZeroes(pos, n * SECTOR, (flags & WRITE_ZEROES_F_UNMAP) !== 0);
+      else this.backend.discard(pos, n * SECTOR);
+    }
+    return VIRTIO_BLK_S.OK;
+  }
+}

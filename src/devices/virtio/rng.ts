@@ -1,0 +1,58 @@
+/**
+ * virtio-rng (virtio 1.2 §5.4): fills each device-writable buffer with host randomness.
+ * The entropy source is passed in (the VMM gives it the host's CSPRNG).
+ */
+import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_ID, type VirtioContext, type VirtioDevice } from './device.js';
+import { chainViews } from './queue.js';
+
+/** Fills a buffer with random bytes. */
+export type EntropySource = (buf: Uint8Array) => void;
+
+const QUEUE_SIZE = 256;
+/** Bytes served per request at most: a greedy guest cannot make one request drain the host's pool. */
+export const RNG_MAX_REQUEST = 64 * 1024;
+
+export class VirtioRng implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID.rng;
+  readonly queueMaxSizes = [QUEUE_SIZE];
+  readonly features = bit(VIRTIO_F_RING_EVENT_IDX);
+  readonly configSpace = new Uint8Array(0);
+  readonly counters = { requests: 0, bytes: 0, malformed: 0 };
+  private ctx: VirtioContext | undefined;
+
+  constructor(private readonly source: EntropySource) {}
+
+  activate(ctx: VirtioContext): void {
+    this.ctx = ctx;
+    this.process(0);
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+  }
+
+  process(q: number): void {
+    const ctx = this.ctx;
+    const queue = ctx?.queues[q];
+    if (ctx === undefined || queue === undefined) return;
+    const mem = ctx.mem;
+    let served = 0;
+    do {
+      for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
+        let n = 0;
+        if (chain.error !== undefined) this.counters.malformed++;
+        else {
+          for (const v of chainViews(mem, chain.writable, 0, Math.min(chain.writeLen, RNG_MAX_REQUEST))) {
+            this.source(v);
+            n += v.length;
+          }
+          this.counters.requests++;
+          this.counters.bytes += n;
+        }
+        queue.pushUsed(mem, chain.head, n);
+        served++;
+      }
+    } while (queue.enableNotification(mem));
+    if (served > 0) ctx.signalUsed(q);
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * The virtio device manager: turns user configuration into devices on the MMIO bus. For each device it
+ * allocates a 4 KiB MMIO window and an IRQ, creates the eventfds (one per queue for notifications, one
+ * for the interrupt), wires them into KVM (ioeventfd: a queue notification never exits to a vCPU
+ * thread; irqfd: the I/O thread injects interrupts itself), and runs every device on one I/O thread.
+ */
+import { randomFillSync } from 'node:crypto';
+import { closeSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import type { VirtioMmioAcpi } from '../arch/x86_64/acpi.js';
+import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
+import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk.js';
+import { hex } from '../common/address.js';
+import { ConfigError } from '../common/errors.js';
+import { VirtioBlock } from '../devices/virtio/block.js';
+import type { VirtioDevice } from '../devices/virtio/device.js';
+import { createVirtioMmioSpec, MMIO_QUEUE_NOTIFY, MMIO_WINDOW, type VirtioMmioSpec } from '../devices/virtio/mmio.js';
+import { VirtioRng } from '../devices/virtio/rng.js';
+import type { Vm as KvmVm } from '../kvm/kvm.js';
+import * as sys from '../kvm/sys.js';
+import type { RegionDescriptor } from '../memory/guest-memory.js';
+
+/** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
+export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
+
+export interface DriveConfig {
+  /** Drive id (Firecracker's drive_id); also the serial the guest reads with GET_ID. */
+  id: string;
+  path: string;
+  readOnly?: boolean | undefined;
+}
+
+export interface VirtioConfig {
+  drives?: DriveConfig[] | undefined;
+  /** A virtio-rng device fed from the host CSPRNG. */
+  rng?: boolean | undefined;
+}
+
+/** A device's host side, as plain data the I/O thread can rebuild it from. */
+export type DeviceSpec = { kind: 'block'; id: string; disk: FileDiskSpec } | { kind: 'rng' };
+
+/** Builds the device model for a spec (in the main thread for its features, in the I/O thread to run it). */
+export function buildDevice(spec: DeviceSpec): VirtioDevice {
+  switch (spec.kind) {
+    case 'block':
+      return new VirtioBlock(new FileDisk(spec.disk), { id: spec.id });
+    case 'rng':
+      return new VirtioRng((b) => randomFillSync(b));
+  }
+}
+
+/** One device on the bus: what the vCPU threads and the I/O thread both need. */
+export interface VirtioSlot {
+  name: string;
+  base: number;
+  irq: number;
+  mmio: VirtioMmioSpec;
+  device: DeviceSpec;
+  irqFd: number;
+  queueFds: number[];
+  /** Whether KVM took the queue-notify ioeventfds (else notifications exit and are forwarded). */
+  ioeventfd: boolean;
+}
+
+/** Posted to vCPU threads with the platform. */
+export interface VirtioPlatformSpec {
+  slots: VirtioSlot[];
+  controlFd: number;
+}
+
+export interface IoThreadInit {
+  memory: RegionDescriptor[];
+  slots: VirtioSlot[];
+  controlFd: number;
+  /** [0]: set to 1 to stop. */
+  control: SharedArrayBuffer;
+}
+
+export type IoThreadMessage =
+  | { type: 'ready' }
+  | { type: 'stopped'; counters: Record<string, Record<string, number>>; errors: string[] }
+  | { type: 'error'; message: string };
+
+export class VirtioDevices {
+  readonly slots: VirtioSlot[] = [];
+  private readonly fds: number[] = [];
+  private readonly disks: FileDiskSpec[] = [];
+  readonly controlFd: number;
+  private readonly control = new Int32Array(new SharedArrayBuffer(4));
+  private worker: Worker | undefined;
+  private exited: Promise<void> | undefined;
+  /** Device counters and errors, as reported by the I/O thread when it stopped. */
+  finalCounters: Record<string, Record<string, number>> = {};
+  errors: string[] = [];
+
+  constructor(private readonly vm: KvmVm) {
+    this.controlFd = this.eventfd();
+  }
+
+  get empty(): boolean {
+    return this.slots.length === 0;
+  }
+
+  private eventfd(): number {
+    const fd = sys.eventfd(0, sys.EFD_NONBLOCK);
+    this.fds.push(fd);
+    return fd;
+  }
+
+  /** Adds every device the config asks for; throws ConfigError on a bad one (the caller releases). */
+  addAll(config: VirtioConfig): void {
+    const ids = new Set<string>();
+    for (const d of config.drives ?? []) {
+      if (!/^[A-Za-z0-9_]{1,64}$/.test(d.id))
+        throw new ConfigError(`drive id "${d.id}" is invalid: use 1-64 letters, digits or underscores`);
+      if (ids.has(d.id)) throw new ConfigError(`drive id "${d.id}" is given twice: each drive needs its own id`);
+      ids.add(d.id);
+      const disk = openFileDisk(d.path, d.readOnly ?? false);
+      this.disks.push(disk);
+      this.add(`virtio-blk:${d.id}`, { kind: 'block', id: d.id, disk });
+    }
+    if (config.rng) this.add('virtio-rng', { kind: 'rng' });
+  }
+
+  add(name: string, device: DeviceSpec): VirtioSlot {
+    const n = this.slots.length;
+    const irq = VIRTIO_IRQS[n];
+    if (irq === undefined)
+      throw new ConfigError(`too many virtio devices: vireo has IRQs for ${VIRTIO_IRQS.length}; remove some`);
+    const model = buildDevice(device);
+    const base = MMIO_DEVICES_START + n * MMIO_WINDOW;
+    const irqFd = this.eventfd();
+    this.vm.irqfd(irqFd, irq);
+    const queueFds = model.queueMaxSizes.map(() => this.eventfd());
+    let ioeventfd = true;
+    try {
+      queueFds.forEach((fd, q) => {
+        this.vm.ioeventfd({ fd, addr: base + MMIO_QUEUE_NOTIFY, len: 4, pio: false, datamatch: BigInt(q) });
+      });
+    } catch {
+      ioeventfd = false; // notifications then exit to the vCPU thread, which forwards them
+    }
+    const slot: VirtioSlot = { name, base, irq, mmio: createVirtioMmioSpec(model), device, irqFd, queueFds, ioeventfd };
+    this.slots.push(slot);
+    return slot;
+  }
+
+  /** The devices for the DSDT (how Linux finds them: LNRO0005, with its window and GSI). */
+  acpi(): VirtioMmioAcpi[] {
+    return this.slots.map((s) => ({ base: s.base, size: MMIO_WINDOW, irq: s.irq }));
+  }
+
+  /**
+   * `virtio_mmio.device=` parameters for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES and no ACPI
+   * (Debian's kernels find the devices through ACPI instead; giving both would register each twice).
+   */
+  cmdline(): string {
+    return this.slots.map((s) => `virtio_mmio.device=4K@${hex(s.base)}:${s.irq}`).join(' ');
+  }
+
+  platformSpec(): VirtioPlatformSpec {
+    return { slots: this.slots, controlFd: this.controlFd };
+  }
+
+  /** Starts the I/O thread (once); resolves when it serves. */
+  async start(memory: RegionDescriptor[]): Promise<void> {
+    if (this.empty || this.worker) return;
+    const init: IoThreadInit = {
+      memory,
+      slots: this.slots,
+      controlFd: this.controlFd,
+      control: this.control.buffer as SharedArrayBuffer,
+    };
+    const w = new Worker(new URL('./io-thread.js', import.meta.url));
+    this.worker = w;
+    this.exited = new Promise((res) => w.once('exit', () => res()));
+    await new Promise<void>((resolve, reject) => {
+      w.on('message', (m: IoThreadMessage) => {
+        if (m.type === 'ready') resolve();
+        else if (m.type === 'stopped') {
+          this.finalCounters = m.counters;
+          this.errors = m.errors;
+        } else if (m.type === 'error') reject(new Error(`virtio I/O thread failed: ${m.message}`));
+      });
+      w.once('error', reject);
+      w.once('exit', () => reject(new Error('virtio I/O thread exited before it was ready')));
+      w.postMessage(init);
+    });
+  }
+
+  /** Stops the I/O thread and closes every fd this manager opened. Safe to call twice. */
+  async stop(): Promise<void> {
+    if (this.worker) {
+      Atomics.store(this.control, 0, 1);
+      sys.eventfdWrite(this.controlFd);
+      const t = setTimeout(() => void this.worker?.terminate(), 5000);
+      await this.exited;
+      clearTimeout(t);
+      this.worker = undefined;
+    }
+    for (const fd of this.fds.splice(0)) sys.close(fd);
+    for (const d of this.disks.splice(0)) closeSync(d.fd);
+  }
+}
+
+/** The guest-visible address of a slot, for messages. */
+export const describeSlot = (s: VirtioSlot): string => `${s.name} at ${hex(s.base)} irq ${s.irq}`;
