@@ -23,6 +23,7 @@ export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
     fd = openSync(path, readOnly ? 'r' : 'r+');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EISDIR') throw new ConfigError(`drive image ${path} is not a regular file; give a raw image file`);
     const hint =
       code === 'ENOENT'
         ? 'create it first (e.g. truncate -s 1G disk.img, or `vireo rootfs`)'

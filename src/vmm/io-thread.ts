@@ -4,6 +4,7 @@
  * through irqfds. No vCPU thread ever waits on this thread (except for a bounded wait on reset).
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
+import type { Poller } from '../devices/virtio/device.js';
 import { VirtioMmioDeviceSide } from '../devices/virtio/mmio.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
@@ -13,17 +14,51 @@ if (!parentPort) throw new Error('io-thread must run as a worker');
 const port: MessagePort = parentPort;
 const post = (m: IoThreadMessage): void => port.postMessage(m);
 const CONTROL = 0xffffffff;
+/** Tokens at and above this are host fds watched for devices; below it, (device << 8) | queue. */
+const HOST_FD = 0x40000000;
+
+/**
+ * Host fds watched for one device, each with its handler; tokens are the fd number plus HOST_FD.
+ * A handler that throws marks its device DEVICE_NEEDS_RESET, like a failing queue.
+ */
+class FdPoller implements Poller {
+  constructor(
+    private readonly ep: sys.Epoll,
+    private readonly handlers: Map<number, (events: number) => void>,
+    private readonly onError: (e: unknown) => void,
+  ) {}
+  add(fd: number, events: number, handler: (events: number) => void): void {
+    this.ep.add(fd, events, HOST_FD + fd);
+    this.handlers.set(fd, (ev) => {
+      try {
+        handler(ev);
+      } catch (e) {
+        this.onError(e);
+      }
+    });
+  }
+  modify(fd: number, events: number): void {
+    this.ep.modify(fd, events, HOST_FD + fd);
+  }
+  remove(fd: number): void {
+    if (!this.handlers.delete(fd)) return;
+    this.ep.remove(fd);
+  }
+}
 
 function run(init: IoThreadInit): void {
   const control = new Int32Array(init.control);
   const mem = new GuestMemory(init.memory);
   const ep = new sys.Epoll();
   const sides: VirtioMmioDeviceSide[] = [];
+  const handlers = new Map<number, (events: number) => void>();
   try {
     ep.add(init.controlFd, sys.EPOLLIN, CONTROL);
     init.slots.forEach((slot, i) => {
       const irqFd = slot.irqFd;
-      const side = new VirtioMmioDeviceSide(slot.mmio, buildDevice(slot.device), mem, () => sys.eventfdWrite(irqFd));
+      const device = buildDevice(slot.device);
+      device.attach?.(new FdPoller(ep, handlers, (e) => sides[i]?.deviceError(e)));
+      const side = new VirtioMmioDeviceSide(slot.mmio, device, mem, () => sys.eventfdWrite(irqFd));
       sides.push(side);
       slot.queueFds.forEach((fd, q) => {
         ep.add(fd, sys.EPOLLIN, (i << 8) | q);
@@ -32,7 +67,11 @@ function run(init: IoThreadInit): void {
     post({ type: 'ready' });
     for (const s of sides) s.poll();
     while (Atomics.load(control, 0) === 0) {
-      ep.wait(-1, (token) => {
+      ep.wait(-1, (token, events) => {
+        if (token >= HOST_FD && token !== CONTROL) {
+          handlers.get(token - HOST_FD)?.(events);
+          return;
+        }
         if (token === CONTROL) {
           sys.eventfdRead(init.controlFd);
           for (const s of sides) s.poll();
@@ -50,6 +89,7 @@ function run(init: IoThreadInit): void {
   } catch (e) {
     post({ type: 'error', message: e instanceof Error ? e.message : String(e) });
   } finally {
+    for (const s of sides) s.device.close?.();
     ep.close();
   }
   const counters: Record<string, Record<string, number>> = {};

@@ -52,6 +52,22 @@ export interface VirtioContext {
   readonly config: DataView;
 }
 
+/** Readiness bits for Poller (the values of EPOLLIN / EPOLLOUT / EPOLLERR / EPOLLHUP). */
+export const POLL_IN = 0x001;
+export const POLL_OUT = 0x004;
+export const POLL_ERR = 0x008;
+export const POLL_HUP = 0x010;
+
+/**
+ * Host fds a device wants watched (a TAP, sockets), on the I/O thread that runs it. Handlers run on
+ * that thread, between queue notifications; they must not block.
+ */
+export interface Poller {
+  add(fd: number, events: number, handler: (events: number) => void): void;
+  modify(fd: number, events: number): void;
+  remove(fd: number): void;
+}
+
 /** Counters every device keeps; named so metrics can show them. */
 export type DeviceCounters = Record<string, number>;
 
@@ -66,6 +82,8 @@ export interface VirtioDevice {
   /** [offset, length] ranges of the configuration space the driver may write. */
   readonly configWritable?: readonly (readonly [number, number])[];
   readonly counters: DeviceCounters;
+  /** Called once on the I/O thread before anything else, for devices with host fds to watch. */
+  attach?(poller: Poller): void;
   /** The driver set DRIVER_OK: start serving. */
   activate(ctx: VirtioContext): void;
   /** The driver notified queue q (or a backend woke us for it). */

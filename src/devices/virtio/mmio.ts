@@ -499,8 +499,13 @@ export class VirtioMmioDeviceSide {
     try {
       fn();
     } catch (e) {
-      this.fail(e instanceof QueueError ? `${e.code}: ${e.message}` : String((e as Error)?.message ?? e));
+      this.deviceError(e);
     }
+  }
+
+  /** The device failed (a ring-level protocol error, or a bug): DEVICE_NEEDS_RESET, never a VMM crash. */
+  deviceError(e: unknown): void {
+    this.fail(e instanceof QueueError ? `${e.code}: ${e.message}` : String((e as Error)?.message ?? e));
   }
 
   private fail(why: string): void {
