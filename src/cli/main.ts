@@ -6,7 +6,7 @@ import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';
 import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
-import type { DriveConfig } from '../vmm/virtio-devices.js';
+import type { BalloonConfig, DriveConfig } from '../vmm/virtio-devices.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
 import { prewarmForArgs } from './prewarm.js';
@@ -51,9 +51,30 @@ export function parseDrive(v: string, previous: DriveConfig[]): DriveConfig[] {
   return [...previous, d];
 }
 
+/** `--balloon MIB` or `--balloon amount=MIB[,deflate_on_oom][,stats=SECONDS]` (Firecracker's fields). */
+export function parseBalloon(v: string): BalloonConfig {
+  const b: BalloonConfig = { amountMiB: 0, deflateOnOom: false, statsPollingIntervalS: 0 };
+  const num = (k: string, val: string): number => {
+    if (!/^\d+$/.test(val)) throw new InvalidArgumentError(`balloon ${k} must be a whole number, got "${val}"`);
+    return Number(val);
+  };
+  for (const part of v.split(',')) {
+    const [k = '', val = ''] = part.split('=', 2);
+    if (/^\d+$/.test(part)) b.amountMiB = Number(part);
+    else if (k === 'amount' || k === 'amount_mib') b.amountMiB = num(k, val);
+    else if (k === 'deflate_on_oom' && ['', 'on', 'true'].includes(val)) b.deflateOnOom = true;
+    else if (k === 'stats' || k === 'stats_polling_interval_s') b.statsPollingIntervalS = num(k, val);
+    else
+      throw new InvalidArgumentError(`unknown balloon option "${part}": use amount=MIB, deflate_on_oom, stats=SECONDS`);
+  }
+  return b;
+}
+
 interface RunOptions {
   drive: DriveConfig[];
   rng?: boolean;
+  virtioConsole?: boolean;
+  balloon?: BalloonConfig;
   kernel?: string;
   initrd?: string;
   cmdline?: string;
@@ -123,6 +144,10 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
     kvmPath: kvmDevice(),
     drives: opts.drive,
     rng: opts.rng ?? false,
+    virtioConsole: opts.virtioConsole
+      ? { output: opts.serial.kind === 'none' ? { kind: 'stdio' } : opts.serial }
+      : undefined,
+    balloon: opts.balloon,
   });
   let quit = false;
   const console =
@@ -147,6 +172,10 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
     );
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
+  if (process.env.VIREO_VERBOSE) {
+    const counters = vm.deviceCounters();
+    if (Object.keys(counters).length > 0) process.stderr.write(`vireo: device counters ${JSON.stringify(counters)}\n`);
+  }
   if (quit) return 0;
   // A debug-exit status and a clean power-off speak for themselves; everything else is reported.
   const quiet = exit.reason.kind === 'debug-exit' || exit.reason.kind === 'shutdown' || exit.reason.kind === 'stopped';
@@ -197,6 +226,15 @@ export async function main(argv: string[]): Promise<number> {
         .argParser(parseDrive),
     )
     .option('--rng', 'a virtio-rng device fed from the host CSPRNG')
+    .option(
+      '--virtio-console',
+      'a virtio-console (hvc0; add console=hvc0 to the command line): the terminal types into it, output goes where --serial says (stdio if none)',
+    )
+    .addOption(
+      new Option('--balloon <spec>', 'a virtio-balloon: MIB or amount=MIB[,deflate_on_oom][,stats=SECONDS]').argParser(
+        parseBalloon,
+      ),
+    )
     .option('--boot-timer', "print the time from process start to the guest's first exit")
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')
     .action(async (opts: RunOptions) => {

@@ -38,7 +38,7 @@ export function attachConsole(vm: Vm, input: NodeJS.ReadStream = process.stdin, 
       }
       out.push(b);
     }
-    if (out.length > 0) vm.sendSerialInput(Uint8Array.from(out));
+    if (out.length > 0) vm.sendConsoleInput(Uint8Array.from(out));
   };
   input.on('data', onData);
   input.resume();

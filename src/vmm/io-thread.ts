@@ -56,7 +56,7 @@ function run(init: IoThreadInit): void {
     ep.add(init.controlFd, sys.EPOLLIN, CONTROL);
     init.slots.forEach((slot, i) => {
       const irqFd = slot.irqFd;
-      const device = buildDevice(slot.device);
+      const device = buildDevice(slot.device, init.memory);
       device.attach?.(new FdPoller(ep, handlers, (e) => sides[i]?.deviceError(e)));
       const side = new VirtioMmioDeviceSide(slot.mmio, device, mem, () => sys.eventfdWrite(irqFd));
       sides.push(side);
@@ -74,7 +74,10 @@ function run(init: IoThreadInit): void {
         }
         if (token === CONTROL) {
           sys.eventfdRead(init.controlFd);
-          for (const s of sides) s.poll();
+          for (const s of sides) {
+            s.poll();
+            s.hostWake();
+          }
           return;
         }
         const i = token >>> 8;

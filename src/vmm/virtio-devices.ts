@@ -9,10 +9,13 @@ import { closeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import type { VirtioMmioAcpi } from '../arch/x86_64/acpi.js';
 import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
+import { type ConsoleIoSpec, FdConsole } from '../backends/console-io.js';
 import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk.js';
 import { hex } from '../common/address.js';
 import { ConfigError } from '../common/errors.js';
+import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
 import { VirtioBlock } from '../devices/virtio/block.js';
+import { VirtioConsole } from '../devices/virtio/console.js';
 import type { VirtioDevice } from '../devices/virtio/device.js';
 import { createVirtioMmioSpec, MMIO_QUEUE_NOTIFY, MMIO_WINDOW, type VirtioMmioSpec } from '../devices/virtio/mmio.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
@@ -30,23 +33,56 @@ export interface DriveConfig {
   readOnly?: boolean | undefined;
 }
 
+export interface BalloonConfig {
+  /** Initial target: MiB the guest should give back. */
+  amountMiB: number;
+  deflateOnOom: boolean;
+  /** Ask the guest for statistics every this many seconds (0: never; they can still be requested). */
+  statsPollingIntervalS: number;
+}
+
 export interface VirtioConfig {
   drives?: DriveConfig[] | undefined;
   /** A virtio-rng device fed from the host CSPRNG. */
   rng?: boolean | undefined;
+  /** A virtio-console (hvc0): guest output to outFd, input from inFd (non-blocking; -1 for none). */
+  console?: ConsoleIoSpec | undefined;
+  balloon?: BalloonConfig | undefined;
 }
 
 /** A device's host side, as plain data the I/O thread can rebuild it from. */
-export type DeviceSpec = { kind: 'block'; id: string; disk: FileDiskSpec } | { kind: 'rng' };
+export type DeviceSpec =
+  | { kind: 'block'; id: string; disk: FileDiskSpec }
+  | { kind: 'rng' }
+  | { kind: 'console'; io: ConsoleIoSpec }
+  | { kind: 'balloon'; control: SharedArrayBuffer; deflateOnOom: boolean; stats: boolean };
 
-/** Builds the device model for a spec (in the main thread for its features, in the I/O thread to run it). */
-export function buildDevice(spec: DeviceSpec): VirtioDevice {
+/**
+ * Builds the device model for a spec (in the main thread for its features, in the I/O thread to run
+ * it); `memory` is where guest RAM is mapped in this process.
+ */
+export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[] = []): VirtioDevice {
   switch (spec.kind) {
     case 'block':
       return new VirtioBlock(new FileDisk(spec.disk), { id: spec.id });
     case 'rng':
       return new VirtioRng((b) => randomFillSync(b));
+    case 'console':
+      return new VirtioConsole(new FdConsole(spec.io));
+    case 'balloon':
+      return new VirtioBalloon(new BalloonControl(spec.control), releaser(memory), {
+        deflateOnOom: spec.deflateOnOom,
+        stats: spec.stats,
+      });
   }
+}
+
+/** Gives the host memory behind guest pages back to the host (they read as zero when touched again). */
+function releaser(memory: readonly RegionDescriptor[]): (gpa: number, len: number) => void {
+  return (gpa, len) => {
+    const r = memory.find((d) => gpa >= d.gpa && gpa + len <= d.gpa + d.size);
+    if (r) sys.madvise(r.hostAddr + (gpa - r.gpa), len, sys.MADV_DONTNEED);
+  };
 }
 
 /** One device on the bus: what the vCPU threads and the I/O thread both need. */
@@ -120,6 +156,37 @@ export class VirtioDevices {
       this.add(`virtio-blk:${d.id}`, { kind: 'block', id: d.id, disk });
     }
     if (config.rng) this.add('virtio-rng', { kind: 'rng' });
+    if (config.console) this.add('virtio-console', { kind: 'console', io: config.console });
+    const b = config.balloon;
+    if (b) {
+      if (!Number.isInteger(b.amountMiB) || b.amountMiB < 0)
+        throw new ConfigError(`balloon amount ${b.amountMiB} MiB is invalid: give a whole number of MiB, 0 or more`);
+      this.balloon = new BalloonControl();
+      this.balloon.setTargetMiB(b.amountMiB);
+      this.add('virtio-balloon', {
+        kind: 'balloon',
+        control: this.balloon.buffer,
+        deflateOnOom: b.deflateOnOom,
+        stats: b.statsPollingIntervalS > 0,
+      });
+      if (b.statsPollingIntervalS > 0) {
+        const balloon = this.balloon;
+        this.statsTimer = setInterval(() => {
+          balloon.requestStats();
+          this.wake();
+        }, b.statsPollingIntervalS * 1000);
+        this.statsTimer.unref();
+      }
+    }
+  }
+
+  /** The balloon's host handle, when there is one. */
+  balloon: BalloonControl | undefined;
+  private statsTimer: NodeJS.Timeout | undefined;
+
+  /** Tell the I/O thread to look at host-side device state (balloon target, stats requests). */
+  wake(): void {
+    if (this.worker) sys.eventfdWrite(this.controlFd);
   }
 
   add(name: string, device: DeviceSpec): VirtioSlot {
@@ -190,6 +257,7 @@ export class VirtioDevices {
 
   /** Stops the I/O thread and closes every fd this manager opened. Safe to call twice. */
   async stop(): Promise<void> {
+    if (this.statsTimer) clearInterval(this.statsTimer);
     if (this.worker) {
       Atomics.store(this.control, 0, 1);
       sys.eventfdWrite(this.controlFd);

@@ -2,7 +2,7 @@
  * A running virtual machine: KVM objects, guest memory, the platform and one worker thread per
  * vCPU. Every resource has one owner here and is released by stop(), also after a failed start.
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { setupFpu, setupLapic, setupMsrs } from '../arch/x86_64/cpu.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
@@ -26,7 +26,7 @@ import {
   type VcpuWorkerInit,
 } from '../vcpu/protocol.js';
 import { takeVcpuThread } from './vcpu-threads.js';
-import { type DriveConfig, VirtioDevices } from './virtio-devices.js';
+import { type BalloonConfig, type DriveConfig, VirtioDevices } from './virtio-devices.js';
 
 export { prewarmVcpuThreads } from './vcpu-threads.js';
 
@@ -60,6 +60,13 @@ export interface VmConfig {
   drives?: DriveConfig[] | undefined;
   /** A virtio-rng device (host randomness). */
   rng?: boolean | undefined;
+  /**
+   * A virtio-console (the guest's hvc0): output where this says; input from sendConsoleInput(), which
+   * then feeds hvc0 instead of the serial port.
+   */
+  virtioConsole?: { output: SerialConfig } | undefined;
+  /** A virtio-balloon device. */
+  balloon?: BalloonConfig | undefined;
 }
 
 /** How the VM ended, and the process exit status that goes with it. */
@@ -137,7 +144,6 @@ export class Vm extends TypedEmitter<VmEvents> {
   private vm: KvmVm | undefined;
   private mapping: GuestMemoryMapping | undefined;
   private serialFd = -1;
-  private ownsSerialFd = false;
   private threads: VcpuThread[] = [];
   private platformSpec: PlatformSpec | undefined;
   private platformHere: Platform | undefined;
@@ -149,7 +155,15 @@ export class Vm extends TypedEmitter<VmEvents> {
   memory: GuestMemory | undefined;
   boot: BootResult | undefined;
   private devices: VirtioDevices | undefined;
-  readonly config: Required<Omit<VmConfig, 'initrd' | 'rng'>> & { initrd: string | undefined; rng: boolean };
+  readonly config: Required<Omit<VmConfig, 'initrd' | 'rng' | 'virtioConsole' | 'balloon'>> & {
+    initrd: string | undefined;
+    rng: boolean;
+    virtioConsole: VmConfig['virtioConsole'];
+    balloon: BalloonConfig | undefined;
+  };
+  /** fds this VM opened and closes on release. */
+  private readonly ownedFds: number[] = [];
+  private consoleInputFd = -1;
 
   private constructor(config: VmConfig) {
     super();
@@ -167,6 +181,8 @@ export class Vm extends TypedEmitter<VmEvents> {
       kvmPath: config.kvmPath ?? '/dev/kvm',
       drives: config.drives ?? [],
       rng: config.rng ?? false,
+      virtioConsole: config.virtioConsole,
+      balloon: config.balloon,
     };
     const { memMiB, cpus } = this.config;
     if (!Number.isInteger(memMiB) || memMiB < 2 || memMiB > 1024 * 1024)
@@ -211,21 +227,18 @@ export class Vm extends TypedEmitter<VmEvents> {
     });
     this.memory = new GuestMemory(this.mapping.descriptors);
 
-    const serial = cfg.serial;
-    if (serial.kind === 'stdio') this.serialFd = 1;
-    else if (serial.kind === 'fd') this.serialFd = serial.fd;
-    else if (serial.kind === 'file') {
-      try {
-        this.serialFd = openSync(serial.path, 'w');
-      } catch (e) {
-        throw new ConfigError(`cannot open serial output file ${serial.path}: ${(e as NodeJS.ErrnoException).code}`);
-      }
-      this.ownsSerialFd = true;
-    }
+    this.serialFd = this.outputFd(cfg.serial, 'serial');
     this.platformSpec = createPlatformSpec(vm.fd, this.serialFd, cfg.irqchip);
     const devices = new VirtioDevices(vm);
     this.devices = devices;
-    devices.addAll({ drives: cfg.drives, rng: cfg.rng });
+    let console: { outFd: number; inFd: number } | undefined;
+    if (cfg.virtioConsole) {
+      const [r, w] = sys.pipe();
+      this.ownedFds.push(r, w);
+      this.consoleInputFd = w;
+      console = { outFd: this.outputFd(cfg.virtioConsole.output, 'virtio-console'), inFd: r };
+    }
+    devices.addAll({ drives: cfg.drives, rng: cfg.rng, console, balloon: cfg.balloon });
     if (!devices.empty) {
       if (!cfg.irqchip)
         throw new ConfigError('virtio devices need the in-kernel irqchip: drop --no-irqchip or the devices');
@@ -254,6 +267,20 @@ export class Vm extends TypedEmitter<VmEvents> {
       virtioMmio: devices.acpi(),
     });
     await Promise.all([...this.threads.map((t) => t.ready), devices.start(this.mapping.descriptors)]);
+  }
+
+  /** The fd a console's output goes to (-1: discarded); files are opened here and closed on release. */
+  private outputFd(out: SerialConfig, what: string): number {
+    if (out.kind === 'stdio') return 1;
+    if (out.kind === 'fd') return out.fd;
+    if (out.kind === 'none') return -1;
+    try {
+      const fd = openSync(out.path, 'w');
+      this.ownedFds.push(fd);
+      return fd;
+    } catch (e) {
+      throw new ConfigError(`cannot open ${what} output file ${out.path}: ${(e as NodeJS.ErrnoException).code}`);
+    }
   }
 
   /** Boot MSRs this host's KVM refused (PVM does not model every MSR). */
@@ -424,13 +451,40 @@ export class Vm extends TypedEmitter<VmEvents> {
     this.memory = undefined;
     this.kvm?.close();
     this.kvm = undefined;
-    if (this.ownsSerialFd && this.serialFd >= 0) closeSync(this.serialFd);
+    for (const fd of this.ownedFds.splice(0)) closeSync(fd);
     this.serialFd = -1;
+    this.consoleInputFd = -1;
   }
 
   /** Resolves when the VM has ended and every resource is released. */
   waitForExit(): Promise<VmExit> {
     return this.exitPromise;
+  }
+
+  /** Type bytes into the console: hvc0 when the VM has a virtio-console, else the serial port. */
+  sendConsoleInput(bytes: Uint8Array): number {
+    if (this.consoleInputFd < 0) return this.sendSerialInput(bytes);
+    try {
+      return writeSync(this.consoleInputFd, bytes);
+    } catch {
+      return 0; // the guest is not reading: a full pipe drops what was typed
+    }
+  }
+
+  /** Set the balloon's target (MiB the guest should give back). */
+  setBalloonTarget(mib: number): void {
+    const b = this.devices?.balloon;
+    if (!b) throw new VireoError('VIREO_ERR_STATE', 'this VM has no balloon device');
+    if (!Number.isInteger(mib) || mib < 0) throw new ConfigError(`balloon target ${mib} MiB is invalid`);
+    b.setTargetMiB(mib);
+    this.devices?.wake();
+  }
+
+  /** The balloon's target and actual size (MiB) and the guest's latest statistics. */
+  balloonStatus(): { targetMiB: number; actualMiB: number; stats: Record<string, number> } | undefined {
+    const b = this.devices?.balloon;
+    if (!b) return undefined;
+    return { targetMiB: b.targetMiB(), actualMiB: b.actualMiB(), stats: b.latestStats() };
   }
 
   /** Type bytes into the serial console (as from a terminal). */

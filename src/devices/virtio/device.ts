@@ -88,6 +88,8 @@ export interface VirtioDevice {
   activate(ctx: VirtioContext): void;
   /** The driver notified queue q (or a backend woke us for it). */
   process(q: number): void;
+  /** The host side changed something the device should look at (balloon target, stats request). */
+  hostWake?(): void;
   /** The driver wrote the configuration space. */
   configWritten?(offset: number, length: number): void;
   /** The driver reset the device: drop queues and anything in flight, stay usable. */

@@ -490,6 +490,11 @@ export class VirtioMmioDeviceSide {
     this.guard(() => this.device.process(q));
   }
 
+  /** The host wants the device to look at its host-side state. */
+  hostWake(): void {
+    if (this.active && this.device.hostWake) this.guard(() => this.device.hostWake?.());
+  }
+
   /** The host changed device configuration (balloon target, link state): tell the driver. */
   configChanged(): void {
     if (this.ctx) this.ctx.signalConfig();
