@@ -38,11 +38,10 @@ export class MockSplitQueue {
   private freeDescs: number[];
   private lastUsed: number;
 
-  /** `mem` is the driver's view; `indirectArea` is where indirect tables go (16 bytes per entry). */
+  /** `mem` is the driver's view of guest memory; the rings are where `layout` says. */
   constructor(
     readonly mem: GuestMemory,
     readonly layout: QueueLayout,
-    readonly indirectArea = 0,
   ) {
     this.freeDescs = Array.from({ length: layout.size }, (_, i) => layout.size - 1 - i);
     this.lastUsed = this.usedIdx;
@@ -131,8 +130,8 @@ export class MockSplitQueue {
 
   /**
    * Writes a chain for `bufs` and makes it available; returns its head, or undefined when too few
-   * descriptors are free. Direct chains take free descriptors in whatever order the free list holds
-   * them; an indirect chain takes one, its table sits at `indirectAt` (default: the indirect area).
+   * descriptors are free. A direct chain takes free descriptors in whatever order the free list holds
+   * them; with `indirectAt`, the chain is an indirect table written there, behind one descriptor.
    */
   addChain(bufs: readonly BufSpec[], indirectAt?: number): number | undefined {
     const direct = indirectAt === undefined;

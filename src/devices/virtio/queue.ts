@@ -183,6 +183,10 @@ export class Queue {
   pop(mem: GuestMemory): DescriptorChain | undefined {
     if (this.available(mem) === 0) return undefined;
     const size = this.layout.size;
+    // A driver cannot have more chains outstanding than the queue has entries: one that republishes
+    // heads still in flight would make the device overrun the used ring.
+    if (this.inFlight >= size)
+      throw new QueueError('VIRTQ_ERR_USED_OVERFLOW', `${this.inFlight} chains in flight on a queue of ${size}`);
     const head = mem.read16(this.layout.avail + 4 + 2 * (this.nextAvail & (size - 1)));
     if (head >= size)
       throw new QueueError('VIRTQ_ERR_HEAD_INDEX', `available ring entry ${head} is not below queue size ${size}`);
@@ -239,7 +243,8 @@ export class Queue {
         hops = 0;
         continue;
       }
-      if (len > 0 && !mem.isValid(addr, len)) {
+      // A zero-length buffer must point into RAM too (isValid checks it as one byte): a Segment is in memory.
+      if (!mem.isValid(addr, len)) {
         chain.error = 'CHAIN_OUTSIDE_MEMORY';
         return;
       }
@@ -322,6 +327,7 @@ export class Queue {
 
 /** Copies `src` into a chain's writable buffers from byte `offset`; returns the bytes copied. */
 export function writeToChain(mem: GuestMemory, bufs: readonly Segment[], src: Uint8Array, offset = 0): number {
+  if (!(offset >= 0)) throw new RangeError(`negative chain offset ${offset}`);
   let skip = offset;
   let done = 0;
   for (const b of bufs) {
@@ -340,6 +346,7 @@ export function writeToChain(mem: GuestMemory, bufs: readonly Segment[], src: Ui
 
 /** Copies up to `len` bytes out of a chain's buffers, starting `offset` bytes in. */
 export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: number, offset = 0): Uint8Array {
+  if (!(offset >= 0) || !(len >= 0)) throw new RangeError(`bad chain range ${offset}+${len}`);
   const out = new Uint8Array(len);
   let skip = offset;
   let done = 0;
@@ -359,6 +366,7 @@ export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: n
 
 /** Zero-copy views of [offset, offset+len) of a chain's buffers (for readv/writev into guest memory). */
 export function chainViews(mem: GuestMemory, bufs: readonly Segment[], offset: number, len: number): Uint8Array[] {
+  if (!(offset >= 0)) throw new RangeError(`negative chain offset ${offset}`);
   const out: Uint8Array[] = [];
   let skip = offset;
   let left = len;
