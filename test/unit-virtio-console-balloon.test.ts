@@ -72,7 +72,10 @@ test('virtio-console: output reaches the host; input waits for guest buffers and
       used.map((u) => u.len),
       [4, 4],
     );
-    assert.equal(drv.mem.read(bufs[0] as number, 4).toString() + drv.mem.read(bufs[1] as number, 4).toString(), '01234567');
+    assert.equal(
+      drv.mem.read(bufs[0] as number, 4).toString() + drv.mem.read(bufs[1] as number, 4).toString(),
+      '01234567',
+    );
     assert.equal(poller.watched.size, 0, 'no buffers left: input no longer watched (back-pressure)');
     rx.addChain([{ addr: bufs[2] as number, len: 4, write: true }]);
     drv.notify(0);

@@ -1,12 +1,13 @@
 /** The `vireo` command line. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, VireoError } from '../common/errors.js';
+import { parseMac } from '../devices/virtio/net.js';
 import { prepareKit } from '../kit/kit.js';
 import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';
 import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
-import type { BalloonConfig, DriveConfig } from '../vmm/virtio-devices.js';
+import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
 import { prewarmForArgs } from './prewarm.js';
@@ -70,8 +71,26 @@ export function parseBalloon(v: string): BalloonConfig {
   return b;
 }
 
+/** `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]`. */
+export function parseNet(v: string, previous: NetConfig[]): NetConfig[] {
+  const n: NetConfig = { id: `net${previous.length}`, tap: '' };
+  for (const part of v.split(',')) {
+    const [k = '', val = ''] = part.split('=', 2);
+    if (k === 'tap' && val) n.tap = val;
+    else if (k === 'id' && val) n.id = val;
+    else if (k === 'mac') {
+      const mac = parseMac(val);
+      if (!mac) throw new InvalidArgumentError(`mac "${val}" is not a unicast MAC address like 52:54:00:12:34:56`);
+      n.mac = [...mac];
+    } else throw new InvalidArgumentError(`unknown net option "${part}": use tap=NAME, mac=MAC, id=ID`);
+  }
+  if (!n.tap) throw new InvalidArgumentError('a network interface needs tap=NAME');
+  return [...previous, n];
+}
+
 interface RunOptions {
   drive: DriveConfig[];
+  net: NetConfig[];
   rng?: boolean;
   virtioConsole?: boolean;
   balloon?: BalloonConfig;
@@ -143,6 +162,7 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
     irqchip: opts.irqchip,
     kvmPath: kvmDevice(),
     drives: opts.drive,
+    nets: opts.net,
     rng: opts.rng ?? false,
     virtioConsole: opts.virtioConsole
       ? { output: opts.serial.kind === 'none' ? { kind: 'stdio' } : opts.serial }
@@ -224,6 +244,11 @@ export async function main(argv: string[]): Promise<number> {
       )
         .default([], 'none')
         .argParser(parseDrive),
+    )
+    .addOption(
+      new Option('--net <spec>', 'a virtio-net interface on a host TAP: tap=NAME[,mac=MAC][,id=ID]; repeat for more')
+        .default([], 'none')
+        .argParser(parseNet),
     )
     .option('--rng', 'a virtio-rng device fed from the host CSPRNG')
     .option(

@@ -11,6 +11,7 @@ import type { VirtioMmioAcpi } from '../arch/x86_64/acpi.js';
 import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
 import { type ConsoleIoSpec, FdConsole } from '../backends/console-io.js';
 import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk.js';
+import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
 import { hex } from '../common/address.js';
 import { ConfigError } from '../common/errors.js';
 import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
@@ -18,6 +19,7 @@ import { VirtioBlock } from '../devices/virtio/block.js';
 import { VirtioConsole } from '../devices/virtio/console.js';
 import type { VirtioDevice } from '../devices/virtio/device.js';
 import { createVirtioMmioSpec, MMIO_QUEUE_NOTIFY, MMIO_WINDOW, type VirtioMmioSpec } from '../devices/virtio/mmio.js';
+import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
@@ -41,8 +43,17 @@ export interface BalloonConfig {
   statsPollingIntervalS: number;
 }
 
+/** A network interface on a host TAP (Firecracker's iface_id, host_dev_name, guest_mac). */
+export interface NetConfig {
+  id: string;
+  tap: string;
+  /** 6 bytes; default 52:54:00:12:34:56, the last byte counting up per interface. */
+  mac?: number[] | undefined;
+}
+
 export interface VirtioConfig {
   drives?: DriveConfig[] | undefined;
+  nets?: NetConfig[] | undefined;
   /** A virtio-rng device fed from the host CSPRNG. */
   rng?: boolean | undefined;
   /** A virtio-console (hvc0): guest output to outFd, input from inFd (non-blocking; -1 for none). */
@@ -54,6 +65,7 @@ export interface VirtioConfig {
 export type DeviceSpec =
   | { kind: 'block'; id: string; disk: FileDiskSpec }
   | { kind: 'rng' }
+  | { kind: 'net'; id: string; tap: TapSpec; mac: number[] }
   | { kind: 'console'; io: ConsoleIoSpec }
   | { kind: 'balloon'; control: SharedArrayBuffer; deflateOnOom: boolean; stats: boolean };
 
@@ -67,6 +79,8 @@ export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[
       return new VirtioBlock(new FileDisk(spec.disk), { id: spec.id });
     case 'rng':
       return new VirtioRng((b) => randomFillSync(b));
+    case 'net':
+      return new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac) });
     case 'console':
       return new VirtioConsole(new FdConsole(spec.io));
     case 'balloon':
@@ -121,6 +135,7 @@ export class VirtioDevices {
   readonly slots: VirtioSlot[] = [];
   private readonly fds: number[] = [];
   private readonly disks: FileDiskSpec[] = [];
+  private readonly taps: TapSpec[] = [];
   readonly controlFd: number;
   private readonly control = new Int32Array(new SharedArrayBuffer(4));
   private worker: Worker | undefined;
@@ -154,6 +169,17 @@ export class VirtioDevices {
       const disk = openFileDisk(d.path, d.readOnly ?? false);
       this.disks.push(disk);
       this.add(`virtio-blk:${d.id}`, { kind: 'block', id: d.id, disk });
+    }
+    const netIds = new Set<string>();
+    for (const n of config.nets ?? []) {
+      if (!/^[A-Za-z0-9_]{1,64}$/.test(n.id))
+        throw new ConfigError(`network interface id "${n.id}" is invalid: use 1-64 letters, digits or underscores`);
+      if (netIds.has(n.id)) throw new ConfigError(`network interface id "${n.id}" is given twice`);
+      netIds.add(n.id);
+      const mac = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + netIds.size - 1];
+      const tap = openTap(n.tap);
+      this.taps.push(tap);
+      this.add(`virtio-net:${n.id}`, { kind: 'net', id: n.id, tap, mac });
     }
     if (config.rng) this.add('virtio-rng', { kind: 'rng' });
     if (config.console) this.add('virtio-console', { kind: 'console', io: config.console });
@@ -268,6 +294,7 @@ export class VirtioDevices {
     }
     for (const fd of this.fds.splice(0)) sys.close(fd);
     for (const d of this.disks.splice(0)) closeSync(d.fd);
+    for (const t of this.taps.splice(0)) closeTap(t);
   }
 }
 

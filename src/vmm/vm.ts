@@ -26,7 +26,7 @@ import {
   type VcpuWorkerInit,
 } from '../vcpu/protocol.js';
 import { takeVcpuThread } from './vcpu-threads.js';
-import { type BalloonConfig, type DriveConfig, VirtioDevices } from './virtio-devices.js';
+import { type BalloonConfig, type DriveConfig, type NetConfig, VirtioDevices } from './virtio-devices.js';
 
 export { prewarmVcpuThreads } from './vcpu-threads.js';
 
@@ -58,6 +58,7 @@ export interface VmConfig {
   kvmPath?: string | undefined;
   /** virtio-blk drives, in order (the first is /dev/vda in a Linux guest). */
   drives?: DriveConfig[] | undefined;
+  nets?: NetConfig[] | undefined;
   /** A virtio-rng device (host randomness). */
   rng?: boolean | undefined;
   /**
@@ -180,6 +181,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       irqchip: config.irqchip ?? true,
       kvmPath: config.kvmPath ?? '/dev/kvm',
       drives: config.drives ?? [],
+      nets: config.nets ?? [],
       rng: config.rng ?? false,
       virtioConsole: config.virtioConsole,
       balloon: config.balloon,
@@ -238,7 +240,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       this.consoleInputFd = w;
       console = { outFd: this.outputFd(cfg.virtioConsole.output, 'virtio-console'), inFd: r };
     }
-    devices.addAll({ drives: cfg.drives, rng: cfg.rng, console, balloon: cfg.balloon });
+    devices.addAll({ drives: cfg.drives, nets: cfg.nets, rng: cfg.rng, console, balloon: cfg.balloon });
     if (!devices.empty) {
       if (!cfg.irqchip)
         throw new ConfigError('virtio devices need the in-kernel irqchip: drop --no-irqchip or the devices');

@@ -1,0 +1,442 @@
+/**
+ * virtio-net (virtio 1.2 §5.1): one receive and one transmit queue over a host backend (a TAP).
+ * Every frame carries a 12-byte virtio_net_hdr_v1 in front, both ways, and the TAP takes and gives the
+ * same header, so frames go straight between the backend and guest memory with no copy and no parsing.
+ *
+ * TX: each chain's readable buffers are one frame (header first), written as they are. RX: frames are
+ * read straight into the chains the guest posted; with MRG_RXBUF a frame spreads over as many chains as
+ * it needs and num_buffers says how many. The device reads the backend only while it holds room for the
+ * largest frame the guest may get: when the guest runs out of buffers it stops watching the backend (the
+ * host queues the frames) and resumes on the guest's next rx notification. A backend failure drops the
+ * frame and is counted; a malformed chain is completed with length 0; a frame larger than the guest's
+ * buffers is dropped. Only a ring-level error (the queue itself is broken) escapes, to the transport.
+ */
+import { ConfigError } from '../../common/errors.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import {
+  bit,
+  hasFeature,
+  POLL_IN,
+  type Poller,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_ID,
+  type VirtioContext,
+  type VirtioDevice,
+} from './device.js';
+import { chainViews, type DescriptorChain, type Queue, writeToChain } from './queue.js';
+
+export const VIRTIO_NET_F = {
+  CSUM: 0n,
+  GUEST_CSUM: 1n,
+  MTU: 3n,
+  MAC: 5n,
+  GUEST_TSO4: 7n,
+  GUEST_TSO6: 8n,
+  GUEST_ECN: 9n,
+  GUEST_UFO: 10n,
+  HOST_TSO4: 11n,
+  HOST_TSO6: 12n,
+  HOST_ECN: 13n,
+  HOST_UFO: 14n,
+  MRG_RXBUF: 15n,
+  STATUS: 16n,
+} as const;
+
+export const VIRTIO_NET_S_LINK_UP = 1;
+/** struct virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers. */
+export const VIRTIO_NET_HDR_LEN = 12;
+const NUM_BUFFERS_OFFSET = 10;
+/** The largest frame with its header: a 64 KiB GSO frame plus Ethernet and VLAN headers (Firecracker's). */
+export const NET_MAX_FRAME = VIRTIO_NET_HDR_LEN + 65550;
+/** Ethernet header plus one VLAN tag, added to the MTU for the largest frame without GSO. */
+const ETH_OVERHEAD = 18;
+/** Offloads the host may use in frames towards the guest (the values of TUN_F_*). */
+export const NET_OFFLOAD = { CSUM: 0x01, TSO4: 0x02, TSO6: 0x04, ECN: 0x08, UFO: 0x10 } as const;
+export const NET_RX = 0;
+export const NET_TX = 1;
+const QUEUE_SIZE = 256;
+/** Buffers per frame given to the backend: readv/writev take 1024 (UIO_MAXIOV), one kept for the backend. */
+export const NET_IOV_MAX = 1023;
+/** Frames read per wake-up before the I/O thread serves others (the backend's fd wakes us again). */
+const RX_BUDGET = 256;
+/** Consecutive read failures after which the backend is left alone until the guest sends or refills. */
+const RX_ERROR_RUN = 16;
+
+/** The host side of a network interface. Its owner closes it. */
+export interface NetBackend {
+  /** Polls readable (POLL_IN) when a frame is waiting. */
+  readonly fd: number;
+  /** NET_OFFLOAD bits the host can use towards the guest. */
+  readonly offloads: number;
+  /**
+   * Reads one frame, header first, into `bufs` (at most NET_IOV_MAX of them). Returns its length; a
+   * length larger than `bufs` hold means it did not fit (the rest is lost). Undefined when no frame is
+   * waiting. Throws on failure.
+   */
+  read(bufs: Uint8Array[]): number | undefined;
+  /** Writes one frame, header first; returns the bytes taken. Throws on failure. */
+  write(bufs: Uint8Array[]): number;
+  /** Which NET_OFFLOAD bits the host may use in frames towards the guest. Throws on failure. */
+  setOffloads(flags: number): void;
+}
+
+export interface NetConfig {
+  mac: Uint8Array;
+  /** Offered to the guest (VIRTIO_NET_F_MTU) when given. */
+  mtu?: number | undefined;
+}
+
+/** "aa:bb:cc:dd:ee:ff" → 6 bytes; undefined when it is not a unicast MAC address. */
+export function parseMac(s: string): Uint8Array | undefined {
+  if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(s)) return undefined;
+  const mac = Uint8Array.from(s.split(':').map((h) => Number.parseInt(h, 16)));
+  return (mac[0] as number) & 1 ? undefined : mac;
+}
+
+export const formatMac = (mac: Uint8Array): string => Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join(':');
+
+/** The offloads to give the backend for what the guest negotiated (each needs GUEST_CSUM, ECN needs TSO). */
+export function offloadsFor(features: bigint, available: number): number {
+  const has = (f: bigint): boolean => hasFeature(features, f);
+  if (!has(VIRTIO_NET_F.GUEST_CSUM)) return 0;
+  let o: number = NET_OFFLOAD.CSUM;
+  if (has(VIRTIO_NET_F.GUEST_TSO4)) o |= NET_OFFLOAD.TSO4;
+  if (has(VIRTIO_NET_F.GUEST_TSO6)) o |= NET_OFFLOAD.TSO6;
+  if (has(VIRTIO_NET_F.GUEST_ECN) && o & (NET_OFFLOAD.TSO4 | NET_OFFLOAD.TSO6)) o |= NET_OFFLOAD.ECN;
+  if (has(VIRTIO_NET_F.GUEST_UFO)) o |= NET_OFFLOAD.UFO;
+  return o & available;
+}
+
+export class VirtioNet implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID.net;
+  readonly queueMaxSizes = [QUEUE_SIZE, QUEUE_SIZE];
+  readonly features: bigint;
+  readonly configSpace: Uint8Array;
+  readonly counters = {
+    rxPackets: 0,
+    rxBytes: 0,
+    txPackets: 0,
+    txBytes: 0,
+    rxDropped: 0,
+    txDropped: 0,
+    tapErrors: 0,
+    malformed: 0,
+    /** Times receiving stopped because the guest had posted too few buffers. */
+    rxNoBuffers: 0,
+  };
+  private ctx: VirtioContext | undefined;
+  private poller: Poller | undefined;
+  private watching = false;
+  /** Set when a ring-level error escaped: nothing more is done until reset. */
+  private failed = false;
+  private mrg = false;
+  /** Bytes of buffers (header included) that must be held before a frame is read. */
+  private rxNeed = 0;
+  private readonly mtu: number;
+  /** rx chains taken from the ring and not yet used, in ring order. */
+  private held: DescriptorChain[] = [];
+  private heldBytes = 0;
+  private heldSegs = 0;
+  private errorRun = 0;
+  /** Receiving is stopped for want of buffers. */
+  private starved = false;
+  private readonly onReadable = (events: number): void => this.backendReady(events);
+
+  constructor(
+    private readonly backend: NetBackend,
+    config: NetConfig,
+  ) {
+    if (config.mac.length !== 6 || (config.mac[0] as number) & 1)
+      throw new ConfigError(`MAC address ${formatMac(config.mac)} is not a unicast address of 6 bytes`);
+    if (config.mtu !== undefined && (!Number.isInteger(config.mtu) || config.mtu < 68 || config.mtu > 65535))
+      throw new ConfigError(`MTU ${config.mtu} is out of range: give 68 to 65535`);
+    this.mtu = config.mtu ?? 1500;
+    const F = VIRTIO_NET_F;
+    const o = backend.offloads;
+    let f =
+      bit(F.MAC) |
+      bit(F.STATUS) |
+      bit(F.MRG_RXBUF) |
+      bit(F.CSUM) |
+      bit(F.HOST_TSO4) |
+      bit(F.HOST_TSO6) |
+      bit(F.HOST_ECN) |
+      bit(VIRTIO_F_RING_EVENT_IDX) |
+      bit(VIRTIO_F_RING_INDIRECT_DESC);
+    if (o & NET_OFFLOAD.UFO) f |= bit(F.HOST_UFO);
+    if (o & NET_OFFLOAD.CSUM) {
+      f |= bit(F.GUEST_CSUM);
+      if (o & NET_OFFLOAD.TSO4) f |= bit(F.GUEST_TSO4);
+      if (o & NET_OFFLOAD.TSO6) f |= bit(F.GUEST_TSO6);
+      if (o & NET_OFFLOAD.ECN && o & (NET_OFFLOAD.TSO4 | NET_OFFLOAD.TSO6)) f |= bit(F.GUEST_ECN);
+      if (o & NET_OFFLOAD.UFO) f |= bit(F.GUEST_UFO);
+    }
+    if (config.mtu !== undefined) f |= bit(F.MTU);
+    this.features = f;
+    const cfg = new DataView(new ArrayBuffer(12));
+    config.mac.forEach((b, i) => {
+      cfg.setUint8(i, b);
+    });
+    cfg.setUint16(6, VIRTIO_NET_S_LINK_UP, true); // status
+    cfg.setUint16(8, 1, true); // max_virtqueue_pairs
+    cfg.setUint16(10, this.mtu, true); // mtu
+    this.configSpace = new Uint8Array(cfg.buffer);
+  }
+
+  attach(poller: Poller): void {
+    this.poller = poller;
+  }
+
+  activate(ctx: VirtioContext): void {
+    this.dropHeld();
+    this.ctx = ctx;
+    this.failed = false;
+    this.errorRun = 0;
+    this.starved = false;
+    const f = ctx.features;
+    this.mrg = hasFeature(f, VIRTIO_NET_F.MRG_RXBUF);
+    const gso = [VIRTIO_NET_F.GUEST_TSO4, VIRTIO_NET_F.GUEST_TSO6, VIRTIO_NET_F.GUEST_UFO].some((b) =>
+      hasFeature(f, b),
+    );
+    this.rxNeed = gso ? NET_MAX_FRAME : VIRTIO_NET_HDR_LEN + ETH_OVERHEAD + this.mtu;
+    this.setOffloads(offloadsFor(f, this.backend.offloads));
+    this.process(NET_TX);
+    this.process(NET_RX);
+  }
+
+  reset(): void {
+    this.unwatch();
+    this.ctx = undefined;
+    this.dropHeld();
+    this.setOffloads(0);
+  }
+
+  close(): void {
+    this.unwatch();
+  }
+
+  process(q: number): void {
+    if (q === NET_TX) this.guarded(() => this.tx());
+    else if (q === NET_RX) this.guarded(() => this.rx());
+  }
+
+  private setOffloads(flags: number): void {
+    try {
+      this.backend.setOffloads(flags);
+    } catch {
+      // The host then checksums and segments frames itself: slower, still correct.
+      this.counters.tapErrors++;
+    }
+  }
+
+  /** Runs fn; a throw (a broken ring) stops the device, backend watch included, and goes to the transport. */
+  private guarded(fn: () => void): void {
+    if (this.failed) return;
+    try {
+      fn();
+    } catch (e) {
+      this.failed = true;
+      this.unwatch();
+      throw e;
+    }
+  }
+
+  private watch(): void {
+    if (this.watching || this.poller === undefined) return;
+    this.poller.add(this.backend.fd, POLL_IN, this.onReadable);
+    this.watching = true;
+  }
+
+  private unwatch(): void {
+    if (!this.watching || this.poller === undefined) return;
+    this.poller.remove(this.backend.fd);
+    this.watching = false;
+  }
+
+  private backendReady(events: number): void {
+    if (!(events & POLL_IN)) {
+      // Error or hang-up without data (the interface went away): stop until the guest acts again.
+      this.counters.tapErrors++;
+      this.unwatch();
+      return;
+    }
+    this.guarded(() => this.rx());
+  }
+
+  private dropHeld(): void {
+    this.held = [];
+    this.heldBytes = 0;
+    this.heldSegs = 0;
+  }
+
+  private tx(): void {
+    const ctx = this.ctx;
+    const queue = ctx?.queues[NET_TX];
+    if (ctx === undefined || queue === undefined) return;
+    const mem = ctx.mem;
+    let done = 0;
+    do {
+      queue.disableNotification(mem);
+      for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
+        this.send(mem, chain);
+        queue.pushUsed(mem, chain.head, 0);
+        done++;
+      }
+    } while (queue.enableNotification(mem));
+    if (done > 0) ctx.signalUsed(NET_TX);
+    // The guest is alive: a receive path paused on errors gets another chance.
+    if (this.errorRun >= RX_ERROR_RUN) {
+      this.errorRun = 0;
+      this.rx();
+    }
+  }
+
+  /** Writes one TX chain to the backend; failures are counted, never thrown. */
+  private send(mem: GuestMemory, c: DescriptorChain): void {
+    if (
+      c.error !== undefined ||
+      c.writable.length > 0 ||
+      c.readLen < VIRTIO_NET_HDR_LEN ||
+      c.readable.length > NET_IOV_MAX
+    ) {
+      this.counters.malformed++;
+      return;
+    }
+    if (c.readLen > NET_MAX_FRAME) {
+      this.counters.txDropped++;
+      return;
+    }
+    try {
+      const n = this.backend.write(chainViews(mem, c.readable, 0, c.readLen));
+      if (n !== c.readLen) throw new Error(`short write: ${n} of ${c.readLen} bytes`);
+    } catch {
+      this.counters.txDropped++;
+      this.counters.tapErrors++;
+      return;
+    }
+    this.counters.txPackets++;
+    this.counters.txBytes += c.readLen - VIRTIO_NET_HDR_LEN;
+  }
+
+  private rx(): void {
+    const ctx = this.ctx;
+    const queue = ctx?.queues[NET_RX];
+    if (ctx === undefined || queue === undefined) return;
+    const mem = ctx.mem;
+    let used = 0;
+    let frames = 0;
+    for (;;) {
+      used += this.fill(mem, queue);
+      if (!this.ready(queue)) {
+        if (queue.enableNotification(mem)) continue; // buffers arrived meanwhile
+        if (!this.starved) this.counters.rxNoBuffers++;
+        this.starved = true;
+        this.unwatch(); // the guest's next rx notification brings us back
+        break;
+      }
+      this.starved = false;
+      if (frames >= RX_BUDGET || this.errorRun >= RX_ERROR_RUN) {
+        if (this.errorRun >= RX_ERROR_RUN) this.unwatch();
+        else this.watch();
+        break;
+      }
+      const r = this.receive(mem, queue);
+      if (r < 0) {
+        this.watch(); // nothing waiting: the backend's fd wakes us
+        break;
+      }
+      used += r;
+      frames++;
+    }
+    if (used > 0) ctx.signalUsed(NET_RX);
+  }
+
+  /** Takes rx chains until room for the largest frame is held or the ring is empty; returns the malformed ones completed. */
+  private fill(mem: GuestMemory, queue: Queue): number {
+    let bad = 0;
+    while (this.mrg ? this.heldBytes < NET_MAX_FRAME && this.heldSegs < NET_IOV_MAX : this.held.length === 0) {
+      const c = queue.pop(mem);
+      if (c === undefined) break;
+      if (
+        c.error !== undefined ||
+        c.readable.length > 0 ||
+        c.writeLen < VIRTIO_NET_HDR_LEN ||
+        c.writable.length > NET_IOV_MAX
+      ) {
+        this.counters.malformed++;
+        queue.pushUsed(mem, c.head, 0);
+        bad++;
+        continue;
+      }
+      this.held.push(c);
+      this.heldBytes += c.writeLen;
+      this.heldSegs += c.writable.length;
+    }
+    return bad;
+  }
+
+  /** Whether a frame may be read now: enough room held, or all the guest can give. */
+  private ready(queue: Queue): boolean {
+    if (this.held.length === 0) return false;
+    if (!this.mrg) return true;
+    return (
+      this.heldBytes >= this.rxNeed ||
+      this.heldSegs >= NET_IOV_MAX ||
+      this.held.length >= queue.size ||
+      this.heldSegs >= queue.size
+    );
+  }
+
+  /** Reads one frame into the held chains; returns the chains completed, or -1 when none was waiting. */
+  private receive(mem: GuestMemory, queue: Queue): number {
+    const views: Uint8Array[] = [];
+    const room: number[] = [];
+    let cap = 0;
+    let segs = 0;
+    const chains = this.mrg ? this.held.length : 1;
+    for (let i = 0; i < chains && cap < NET_MAX_FRAME; i++) {
+      const c = this.held[i] as DescriptorChain;
+      if (segs + c.writable.length > NET_IOV_MAX) break;
+      const take = Math.min(c.writeLen, NET_MAX_FRAME - cap);
+      for (const v of chainViews(mem, c.writable, 0, take)) views.push(v);
+      segs += c.writable.length;
+      room.push(take);
+      cap += take;
+    }
+    let n: number | undefined;
+    try {
+      n = this.backend.read(views);
+    } catch {
+      this.counters.rxDropped++;
+      this.counters.tapErrors++;
+      this.errorRun++;
+      return 0;
+    }
+    if (n === undefined) return -1;
+    this.errorRun = 0;
+    if (!Number.isInteger(n) || n < VIRTIO_NET_HDR_LEN || n > cap) {
+      // Larger than the buffers (truncated) or a runt: dropped; the buffers serve the next frame.
+      this.counters.rxDropped++;
+      return 0;
+    }
+    let k = 0;
+    for (let left = n; left > 0; k++) left -= room[k] as number;
+    const first = this.held[0] as DescriptorChain;
+    // The backend skips num_buffers; it must be right before the driver can see the chain.
+    writeToChain(mem, first.writable, Uint8Array.of(k & 0xff, k >> 8), NUM_BUFFERS_OFFSET);
+    let left = n;
+    for (let i = 0; i < k; i++) {
+      const c = this.held[i] as DescriptorChain;
+      const len = Math.min(room[i] as number, left);
+      queue.pushUsed(mem, c.head, len);
+      left -= len;
+      this.heldBytes -= c.writeLen;
+      this.heldSegs -= c.writable.length;
+    }
+    this.held.splice(0, k);
+    this.counters.rxPackets++;
+    this.counters.rxBytes += n - VIRTIO_NET_HDR_LEN;
+    return k;
+  }
+}
