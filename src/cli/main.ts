@@ -291,6 +291,17 @@ export async function main(argv: string[]): Promise<number> {
         );
     });
 
+  program
+    .command('rootfs')
+    .description('build (or find cached) a Debian root file system image (ext4) for the guest kit and print its path')
+    .option('--force', 'rebuild even when a cached image exists')
+    .option('--size <MiB>', 'file system size in MiB (default 1024)')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { force?: boolean; size?: string; json?: boolean }) => {
+      const { rootfsCommand } = await import('./rootfs.js');
+      status = await rootfsCommand(opts);
+    });
+
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (e) {
