@@ -1,7 +1,9 @@
 /** The `vireo` command line. */
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { parseVsockOption } from '../backends/unix-socket.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { parseMac } from '../devices/virtio/net.js';
+import type { VsockConfig } from '../devices/virtio/vsock.js';
 import { prepareKit } from '../kit/kit.js';
 import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';
@@ -94,6 +96,7 @@ interface RunOptions {
   rng?: boolean;
   virtioConsole?: boolean;
   balloon?: BalloonConfig;
+  vsock?: VsockConfig;
   kernel?: string;
   initrd?: string;
   cmdline?: string;
@@ -168,6 +171,7 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
       ? { output: opts.serial.kind === 'none' ? { kind: 'stdio' } : opts.serial }
       : undefined,
     balloon: opts.balloon,
+    vsock: opts.vsock,
   });
   let quit = false;
   const console =
@@ -259,6 +263,18 @@ export async function main(argv: string[]): Promise<number> {
       new Option('--balloon <spec>', 'a virtio-balloon: MIB or amount=MIB[,deflate_on_oom][,stats=SECONDS]').argParser(
         parseBalloon,
       ),
+    )
+    .addOption(
+      new Option(
+        '--vsock <spec>',
+        'a virtio-vsock device: cid=N,uds=PATH (host: connect to PATH, send "CONNECT <port>\\n"; guest connections to CID 2 port P go to PATH_P)',
+      ).argParser((v: string) => {
+        try {
+          return parseVsockOption(v);
+        } catch (e) {
+          throw new InvalidArgumentError((e as Error).message);
+        }
+      }),
     )
     .option('--boot-timer', "print the time from process start to the guest's first exit")
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')

@@ -12,6 +12,7 @@ import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
 import { type ConsoleIoSpec, FdConsole } from '../backends/console-io.js';
 import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk.js';
 import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
+import { closeVsock, createVsockDevice, openVsock, type VsockSpec } from '../backends/unix-socket.js';
 import { hex } from '../common/address.js';
 import { ConfigError } from '../common/errors.js';
 import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
@@ -21,6 +22,7 @@ import type { VirtioDevice } from '../devices/virtio/device.js';
 import { createVirtioMmioSpec, MMIO_QUEUE_NOTIFY, MMIO_WINDOW, type VirtioMmioSpec } from '../devices/virtio/mmio.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
+import type { VsockConfig } from '../devices/virtio/vsock.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
@@ -59,6 +61,8 @@ export interface VirtioConfig {
   /** A virtio-console (hvc0): guest output to outFd, input from inFd (non-blocking; -1 for none). */
   console?: ConsoleIoSpec | undefined;
   balloon?: BalloonConfig | undefined;
+  /** A virtio-vsock device (Firecracker's hybrid form over Unix sockets). */
+  vsock?: VsockConfig | undefined;
 }
 
 /** A device's host side, as plain data the I/O thread can rebuild it from. */
@@ -67,7 +71,8 @@ export type DeviceSpec =
   | { kind: 'rng' }
   | { kind: 'net'; id: string; tap: TapSpec; mac: number[] }
   | { kind: 'console'; io: ConsoleIoSpec }
-  | { kind: 'balloon'; control: SharedArrayBuffer; deflateOnOom: boolean; stats: boolean };
+  | { kind: 'balloon'; control: SharedArrayBuffer; deflateOnOom: boolean; stats: boolean }
+  | { kind: 'vsock'; vsock: VsockSpec };
 
 /**
  * Builds the device model for a spec (in the main thread for its features, in the I/O thread to run
@@ -88,6 +93,8 @@ export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[
         deflateOnOom: spec.deflateOnOom,
         stats: spec.stats,
       });
+    case 'vsock':
+      return createVsockDevice(spec.vsock);
   }
 }
 
@@ -135,6 +142,7 @@ export class VirtioDevices {
   readonly slots: VirtioSlot[] = [];
   private readonly fds: number[] = [];
   private readonly disks: FileDiskSpec[] = [];
+  private readonly vsocks: VsockSpec[] = [];
   private readonly taps: TapSpec[] = [];
   readonly controlFd: number;
   private readonly control = new Int32Array(new SharedArrayBuffer(4));
@@ -183,6 +191,11 @@ export class VirtioDevices {
     }
     if (config.rng) this.add('virtio-rng', { kind: 'rng' });
     if (config.console) this.add('virtio-console', { kind: 'console', io: config.console });
+    if (config.vsock) {
+      const vsock = openVsock(config.vsock);
+      this.vsocks.push(vsock); // closed by stop() even when add() fails
+      this.add('virtio-vsock', { kind: 'vsock', vsock });
+    }
     const b = config.balloon;
     if (b) {
       if (!Number.isInteger(b.amountMiB) || b.amountMiB < 0)
@@ -294,6 +307,7 @@ export class VirtioDevices {
     }
     for (const fd of this.fds.splice(0)) sys.close(fd);
     for (const d of this.disks.splice(0)) closeSync(d.fd);
+    for (const v of this.vsocks.splice(0)) closeVsock(v);
     for (const t of this.taps.splice(0)) closeTap(t);
   }
 }

@@ -12,6 +12,7 @@ import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
+import type { VsockConfig } from '../devices/virtio/vsock.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js';
@@ -68,6 +69,8 @@ export interface VmConfig {
   virtioConsole?: { output: SerialConfig } | undefined;
   /** A virtio-balloon device. */
   balloon?: BalloonConfig | undefined;
+  /** A virtio-vsock device: guest CID and the host Unix socket path (Firecracker's hybrid vsock). */
+  vsock?: VsockConfig | undefined;
 }
 
 /** How the VM ended, and the process exit status that goes with it. */
@@ -156,11 +159,12 @@ export class Vm extends TypedEmitter<VmEvents> {
   memory: GuestMemory | undefined;
   boot: BootResult | undefined;
   private devices: VirtioDevices | undefined;
-  readonly config: Required<Omit<VmConfig, 'initrd' | 'rng' | 'virtioConsole' | 'balloon'>> & {
+  readonly config: Required<Omit<VmConfig, 'initrd' | 'rng' | 'virtioConsole' | 'balloon' | 'vsock'>> & {
     initrd: string | undefined;
     rng: boolean;
     virtioConsole: VmConfig['virtioConsole'];
     balloon: BalloonConfig | undefined;
+    vsock: VsockConfig | undefined;
   };
   /** fds this VM opened and closes on release. */
   private readonly ownedFds: number[] = [];
@@ -185,6 +189,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       rng: config.rng ?? false,
       virtioConsole: config.virtioConsole,
       balloon: config.balloon,
+      vsock: config.vsock,
     };
     const { memMiB, cpus } = this.config;
     if (!Number.isInteger(memMiB) || memMiB < 2 || memMiB > 1024 * 1024)
@@ -240,7 +245,14 @@ export class Vm extends TypedEmitter<VmEvents> {
       this.consoleInputFd = w;
       console = { outFd: this.outputFd(cfg.virtioConsole.output, 'virtio-console'), inFd: r };
     }
-    devices.addAll({ drives: cfg.drives, nets: cfg.nets, rng: cfg.rng, console, balloon: cfg.balloon });
+    devices.addAll({
+      drives: cfg.drives,
+      nets: cfg.nets,
+      rng: cfg.rng,
+      console,
+      balloon: cfg.balloon,
+      vsock: cfg.vsock,
+    });
     if (!devices.empty) {
       if (!cfg.irqchip)
         throw new ConfigError('virtio devices need the in-kernel irqchip: drop --no-irqchip or the devices');
