@@ -15,7 +15,11 @@ export type VireoErrorCode =
   | 'VIREO_ERR_BAD_IMAGE'
   | 'VIREO_ERR_CONFIG'
   | 'VIREO_ERR_VCPU'
+  | 'VIREO_ERR_VM'
   | 'VIREO_ERR_STATE'
+  | 'VIREO_ERR_SNAPSHOT'
+  | 'VIREO_ERR_SNAPSHOT_VERSION'
+  | 'VIREO_ERR_SNAPSHOT_CORRUPT'
   | 'VIREO_ERR_KIT'
   | 'VIREO_ERR_NESTED';
 
@@ -26,6 +30,11 @@ export class VireoError extends Error {
     this.code = code;
     this.name = 'VireoError';
   }
+}
+
+/** A snapshot cannot be written or restored; the message says why and what to do. */
+export class SnapshotError extends VireoError {
+  override name = 'SnapshotError';
 }
 
 /** The KVM device or one of its features is unusable on this host. */

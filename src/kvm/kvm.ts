@@ -150,6 +150,24 @@ export class Kvm {
     return sys.ioctlInt(this.fd, IOCTL.KVM_GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
   }
 
+  /** Every MSR this KVM can save and restore (KVM_GET_MSR_INDEX_LIST). */
+  msrIndexList(): number[] {
+    const head = Buffer.alloc(4);
+    // The first call fails with E2BIG and tells how many there are.
+    try {
+      sys.ioctl(this.fd, IOCTL.KVM_GET_MSR_INDEX_LIST, head, 'KVM_GET_MSR_INDEX_LIST');
+    } catch {
+      // expected: E2BIG
+    }
+    const n = head.readUInt32LE(0);
+    const b = Buffer.alloc(4 + 4 * n);
+    b.writeUInt32LE(n, 0);
+    sys.ioctl(this.fd, IOCTL.KVM_GET_MSR_INDEX_LIST, b, 'KVM_GET_MSR_INDEX_LIST');
+    const out: number[] = [];
+    for (let i = 0; i < b.readUInt32LE(0); i++) out.push(b.readUInt32LE(4 + 4 * i));
+    return out;
+  }
+
   supportedCpuid(): CpuidEntry[] {
     const max = 256;
     const b = Buffer.alloc(SIZE.kvm_cpuid2 + max * SIZE.kvm_cpuid_entry2);
@@ -175,6 +193,26 @@ export interface IoEventFdSpec {
   pio: boolean;
   datamatch?: bigint;
 }
+
+/** vCPU state KVM hands out as one struct each. */
+const VCPU_STATE = {
+  regs: { get: IOCTL.KVM_GET_REGS, set: IOCTL.KVM_SET_REGS, size: SIZE.kvm_regs },
+  sregs: { get: IOCTL.KVM_GET_SREGS, set: IOCTL.KVM_SET_SREGS, size: SIZE.kvm_sregs },
+  fpu: { get: IOCTL.KVM_GET_FPU, set: IOCTL.KVM_SET_FPU, size: SIZE.kvm_fpu },
+  xsave: { get: IOCTL.KVM_GET_XSAVE, set: IOCTL.KVM_SET_XSAVE, size: SIZE.kvm_xsave },
+  xcrs: { get: IOCTL.KVM_GET_XCRS, set: IOCTL.KVM_SET_XCRS, size: SIZE.kvm_xcrs },
+  lapic: { get: IOCTL.KVM_GET_LAPIC, set: IOCTL.KVM_SET_LAPIC, size: SIZE.kvm_lapic_state },
+  vcpu_events: { get: IOCTL.KVM_GET_VCPU_EVENTS, set: IOCTL.KVM_SET_VCPU_EVENTS, size: SIZE.kvm_vcpu_events },
+  mp_state: { get: IOCTL.KVM_GET_MP_STATE, set: IOCTL.KVM_SET_MP_STATE, size: SIZE.kvm_mp_state },
+} as const;
+export type VcpuStateKind = keyof typeof VCPU_STATE;
+
+/** VM-wide state KVM hands out as one struct each (the irqchip has three: PIC master, slave, IOAPIC). */
+const VM_STATE = {
+  pit2: { get: IOCTL.KVM_GET_PIT2, set: IOCTL.KVM_SET_PIT2, size: SIZE.kvm_pit_state2 },
+  clock: { get: IOCTL.KVM_GET_CLOCK, set: IOCTL.KVM_SET_CLOCK, size: SIZE.kvm_clock_data },
+} as const;
+export type VmStateKind = keyof typeof VM_STATE;
 
 export class Vm {
   private readonly vcpus: Vcpu[] = [];
@@ -216,6 +254,33 @@ export class Vm {
   }
 
   /** Drive an interrupt line of the in-kernel irqchip. */
+  getRaw(kind: VmStateKind): Buffer {
+    const k = VM_STATE[kind];
+    const b = Buffer.alloc(k.size);
+    sys.ioctl(this.fd, k.get, b, `KVM_GET_${kind.toUpperCase()}`);
+    return b;
+  }
+
+  setRaw(kind: VmStateKind, state: Buffer): void {
+    const k = VM_STATE[kind];
+    if (state.length !== k.size)
+      throw new VireoError('VIREO_ERR_VM', `VM ${kind} state is ${state.length} bytes; KVM expects ${k.size}`);
+    sys.ioctl(this.fd, k.set, state, `KVM_SET_${kind.toUpperCase()}`);
+  }
+
+  /** One interrupt controller's state: 0 PIC master, 1 PIC slave, 2 IOAPIC (struct kvm_irqchip). */
+  getIrqchip(chip: 0 | 1 | 2): Buffer {
+    const b = Buffer.alloc(SIZE.kvm_irqchip);
+    b.writeUInt32LE(chip, 0);
+    sys.ioctl(this.fd, IOCTL.KVM_GET_IRQCHIP, b, 'KVM_GET_IRQCHIP');
+    return b;
+  }
+
+  setIrqchip(state: Buffer): void {
+    if (state.length !== SIZE.kvm_irqchip) throw new VireoError('VIREO_ERR_VM', 'bad irqchip state size');
+    sys.ioctl(this.fd, IOCTL.KVM_SET_IRQCHIP, state, 'KVM_SET_IRQCHIP');
+  }
+
   irqLine(irq: number, level: boolean): void {
     irqLineRaw(this.fd, irq, level);
   }
@@ -386,6 +451,21 @@ export class Vcpu {
     const b = Buffer.alloc(SIZE.kvm_mp_state);
     b.writeUInt32LE(state, 0);
     sys.ioctl(this.fd, IOCTL.KVM_SET_MP_STATE, b, 'KVM_SET_MP_STATE');
+  }
+
+  /** A piece of vCPU state as KVM's own struct bytes (for snapshots: exact, and versioned by KVM). */
+  getRaw(kind: VcpuStateKind): Buffer {
+    const k = VCPU_STATE[kind];
+    const b = Buffer.alloc(k.size);
+    sys.ioctl(this.fd, k.get, b, `KVM_GET_${kind.toUpperCase()}`);
+    return b;
+  }
+
+  setRaw(kind: VcpuStateKind, state: Buffer): void {
+    const k = VCPU_STATE[kind];
+    if (state.length !== k.size)
+      throw new VireoError('VIREO_ERR_VCPU', `vCPU ${kind} state is ${state.length} bytes; KVM expects ${k.size}`);
+    sys.ioctl(this.fd, k.set, state, `KVM_SET_${kind.toUpperCase()}`);
   }
 
   /** Release the fd and kvm_run mapping (owning handle only). Idempotent. */

@@ -184,6 +184,27 @@ export class GuestMemoryMapping {
     return new GuestMemoryMapping(out);
   }
 
+  /**
+   * Guest RAM backed by a memory snapshot file, mapped MAP_PRIVATE: pages are read from the file on
+   * first touch and copied on first write, so the cost of mapping does not grow with the guest's
+   * size and the file is never modified. Region i starts at `offsets[i]` in the file.
+   */
+  static mapFile(fd: number, ranges: readonly { gpa: number; size: number; offset: number }[]): GuestMemoryMapping {
+    const out: RegionDescriptor[] = [];
+    try {
+      for (const { gpa, size, offset } of ranges) {
+        if (size <= 0 || size % 4096 !== 0 || gpa % 4096 !== 0 || offset % 4096 !== 0)
+          throw new VireoError('VIREO_ERR_MEMORY_LAYOUT', `memory region ${hex(gpa)}+${hex(size)} is not page aligned`);
+        const hostAddr = sys.mmap(0, size, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_NORESERVE, fd, offset);
+        out.push({ gpa, size, hostAddr });
+      }
+    } catch (e) {
+      for (const d of out) sys.munmap(d.hostAddr, d.size);
+      throw e;
+    }
+    return new GuestMemoryMapping(out);
+  }
+
   release(): void {
     if (this.released) return;
     this.released = true;

@@ -5,7 +5,7 @@
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import type { Poller } from '../devices/virtio/device.js';
-import { VirtioMmioDeviceSide } from '../devices/virtio/mmio.js';
+import { type DeviceSideState, VirtioMmioDeviceSide } from '../devices/virtio/mmio.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { buildDevice, type IoThreadInit, type IoThreadMessage } from './virtio-devices.js';
@@ -64,6 +64,7 @@ function run(init: IoThreadInit): void {
         ep.add(fd, sys.EPOLLIN, (i << 8) | q);
       });
     });
+    if (init.restore) sides.forEach((s, i) => s.restore(init.restore?.[i] as DeviceSideState));
     post({ type: 'ready' });
     for (const s of sides) s.poll();
     while (Atomics.load(control, 0) === 0) {
@@ -74,6 +75,15 @@ function run(init: IoThreadInit): void {
         }
         if (token === CONTROL) {
           sys.eventfdRead(init.controlFd);
+          if (Atomics.load(control, 1) === 1) {
+            // A snapshot: report every device's side, then stay still until the VMM lets go.
+            try {
+              post({ type: 'saved', states: sides.map((s) => s.save()) });
+            } catch (e) {
+              post({ type: 'save-failed', message: e instanceof Error ? e.message : String(e) });
+            }
+            while (Atomics.load(control, 1) === 1) Atomics.wait(control, 1, 1, 1000);
+          }
           for (const s of sides) {
             s.poll();
             s.hostWake();

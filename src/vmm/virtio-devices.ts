@@ -14,12 +14,18 @@ import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk
 import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
 import { closeVsock, createVsockDevice, openVsock, type VsockSpec } from '../backends/unix-socket.js';
 import { hex } from '../common/address.js';
-import { ConfigError } from '../common/errors.js';
+import { ConfigError, SnapshotError } from '../common/errors.js';
 import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
 import { VirtioBlock } from '../devices/virtio/block.js';
 import { VirtioConsole } from '../devices/virtio/console.js';
 import type { VirtioDevice } from '../devices/virtio/device.js';
-import { createVirtioMmioSpec, MMIO_QUEUE_NOTIFY, MMIO_WINDOW, type VirtioMmioSpec } from '../devices/virtio/mmio.js';
+import {
+  createVirtioMmioSpec,
+  type DeviceSideState,
+  MMIO_QUEUE_NOTIFY,
+  MMIO_WINDOW,
+  type VirtioMmioSpec,
+} from '../devices/virtio/mmio.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
 import type { VsockConfig } from '../devices/virtio/vsock.js';
@@ -129,12 +135,16 @@ export interface IoThreadInit {
   memory: RegionDescriptor[];
   slots: VirtioSlot[];
   controlFd: number;
-  /** [0]: set to 1 to stop. */
+  /** [0]: set to 1 to stop; [1]: 1 while a snapshot holds the thread still. */
   control: SharedArrayBuffer;
+  /** Restoring from a snapshot: each slot's device side, in slot order. */
+  restore?: DeviceSideState[] | undefined;
 }
 
 export type IoThreadMessage =
   | { type: 'ready' }
+  | { type: 'saved'; states: DeviceSideState[] }
+  | { type: 'save-failed'; message: string }
   | { type: 'stopped'; counters: Record<string, Record<string, number>>; errors: string[] }
   | { type: 'error'; message: string };
 
@@ -145,7 +155,8 @@ export class VirtioDevices {
   private readonly vsocks: VsockSpec[] = [];
   private readonly taps: TapSpec[] = [];
   readonly controlFd: number;
-  private readonly control = new Int32Array(new SharedArrayBuffer(4));
+  private readonly control = new Int32Array(new SharedArrayBuffer(8));
+  private onSaved: ((m: IoThreadMessage) => void) | undefined;
   private worker: Worker | undefined;
   private exited: Promise<void> | undefined;
   /** Device counters and errors, as reported by the I/O thread when it stopped. */
@@ -269,13 +280,14 @@ export class VirtioDevices {
   }
 
   /** Starts the I/O thread (once); resolves when it serves. */
-  async start(memory: RegionDescriptor[]): Promise<void> {
+  async start(memory: RegionDescriptor[], restore?: DeviceSideState[]): Promise<void> {
     if (this.empty || this.worker) return;
     const init: IoThreadInit = {
       memory,
       slots: this.slots,
       controlFd: this.controlFd,
       control: this.control.buffer as SharedArrayBuffer,
+      restore,
     };
     const w = new Worker(new URL('./io-thread.js', import.meta.url));
     this.worker = w;
@@ -283,6 +295,7 @@ export class VirtioDevices {
     await new Promise<void>((resolve, reject) => {
       w.on('message', (m: IoThreadMessage) => {
         if (m.type === 'ready') resolve();
+        else if (m.type === 'saved' || m.type === 'save-failed') this.onSaved?.(m);
         else if (m.type === 'stopped') {
           this.finalCounters = m.counters;
           this.errors = m.errors;
@@ -294,10 +307,37 @@ export class VirtioDevices {
     });
   }
 
+  /**
+   * Holds the I/O thread still and returns each device side's state (the VM must be paused, so no
+   * request is in flight). Call release() afterwards.
+   */
+  async hold(): Promise<DeviceSideState[]> {
+    if (!this.worker) return [];
+    const reply = new Promise<IoThreadMessage>((res) => {
+      this.onSaved = res;
+    });
+    Atomics.store(this.control, 1, 1);
+    sys.eventfdWrite(this.controlFd);
+    const m = await reply;
+    this.onSaved = undefined;
+    if (m.type === 'save-failed') {
+      this.release();
+      throw new SnapshotError('VIREO_ERR_SNAPSHOT', `cannot snapshot the devices: ${m.message}`);
+    }
+    return m.type === 'saved' ? m.states : [];
+  }
+
+  /** Lets the I/O thread go on after hold(). */
+  release(): void {
+    Atomics.store(this.control, 1, 0);
+    Atomics.notify(this.control, 1);
+  }
+
   /** Stops the I/O thread and closes every fd this manager opened. Safe to call twice. */
   async stop(): Promise<void> {
     if (this.statsTimer) clearInterval(this.statsTimer);
     if (this.worker) {
+      this.release();
       Atomics.store(this.control, 0, 1);
       sys.eventfdWrite(this.controlFd);
       const t = setTimeout(() => void this.worker?.terminate(), 5000);

@@ -2,20 +2,33 @@
  * A running virtual machine: KVM objects, guest memory, the platform and one worker thread per
  * vCPU. Every resource has one owner here and is released by stop(), also after a failed start.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, writeSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { setupFpu, setupLapic, setupMsrs } from '../arch/x86_64/cpu.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
 import { ramRanges } from '../arch/x86_64/layout.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
-import { ConfigError, VireoError } from '../common/errors.js';
+import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
+import type { DeviceSideState } from '../devices/virtio/mmio.js';
 import type { VsockConfig } from '../devices/virtio/vsock.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
+import type { CpuidEntry } from '../kvm/structs.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js';
+import { b64, decodeStateFile, encodeStateFile, unb64, writeFileAtomic } from '../snapshot/format.js';
+import { writeMemoryFile } from '../snapshot/memory-file.js';
+import {
+  applyVcpu,
+  applyVm,
+  captureVcpu,
+  captureVm,
+  checkBody,
+  type SnapshotBody,
+  type VcpuState,
+} from '../snapshot/state.js';
 import {
   Cmd,
   CTRL_CMD,
@@ -88,6 +101,46 @@ export type VmEvents = {
   exited: [VmExit];
   error: [VireoError];
 };
+
+export const VIREO_VERSION = '0.1.0';
+
+export interface SnapshotOptions {
+  statePath: string;
+  memPath: string;
+  /** Firecracker's snapshot_type; only Full for now. */
+  type?: 'Full' | 'Diff' | undefined;
+}
+
+export interface SnapshotResult {
+  stateMs: number;
+  memoryMs: number;
+  /** Guest RAM covered by the memory file. */
+  memoryBytes: number;
+  /** Non-zero bytes actually written (the rest are holes). */
+  memoryWritten: number;
+}
+
+export interface RestoreOptions {
+  statePath: string;
+  memPath: string;
+  /** Run the guest right away (else the VM is restored paused). */
+  resume?: boolean | undefined;
+  serial?: SerialConfig | undefined;
+  kvmPath?: string | undefined;
+}
+
+interface RestoreSource {
+  body: SnapshotBody;
+  memFd: number;
+}
+
+/** Copies saved bytes back into a shared device buffer (same layout: same vireo version). */
+function copyInto(buffer: SharedArrayBuffer, saved: string): void {
+  const bytes = unb64(saved);
+  if (bytes.length !== buffer.byteLength)
+    throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', 'a device state in the snapshot has the wrong size');
+  new Uint8Array(buffer).set(bytes);
+}
 
 export type VmState = 'created' | 'running' | 'paused' | 'stopping' | 'exited';
 
@@ -215,7 +268,7 @@ export class Vm extends TypedEmitter<VmEvents> {
     return vm;
   }
 
-  private async build(): Promise<void> {
+  private async build(restore?: RestoreSource): Promise<void> {
     const cfg = this.config;
     const kvm = Kvm.open(cfg.kvmPath);
     this.kvm = kvm;
@@ -228,7 +281,9 @@ export class Vm extends TypedEmitter<VmEvents> {
       vm.createIrqchip();
       vm.createPit2();
     }
-    this.mapping = GuestMemoryMapping.allocate(ramRanges(cfg.memMiB * MiB));
+    this.mapping = restore
+      ? GuestMemoryMapping.mapFile(restore.memFd, restore.body.memory.regions)
+      : GuestMemoryMapping.allocate(ramRanges(cfg.memMiB * MiB));
     this.mapping.descriptors.forEach((d, slot) => {
       vm.setUserMemoryRegion(slot, d.gpa, d.size, d.hostAddr);
     });
@@ -258,17 +313,51 @@ export class Vm extends TypedEmitter<VmEvents> {
         throw new ConfigError('virtio devices need the in-kernel irqchip: drop --no-irqchip or the devices');
       this.platformSpec.virtio = devices.platformSpec();
     }
+    if (restore) {
+      // Device registers as they were: the shared buffers get their saved bytes back.
+      const d = restore.body.devices;
+      copyInto(this.platformSpec.serial, d.serial);
+      copyInto(this.platformSpec.postCode, d.postCode);
+      copyInto(this.platformSpec.cmos, d.cmos);
+      if (d.virtio.length !== devices.slots.length)
+        throw new SnapshotError(
+          'VIREO_ERR_SNAPSHOT',
+          'the snapshot and its configuration disagree on the virtio devices',
+        );
+      devices.slots.forEach((slot, i) => copyInto(slot.mmio.state, (d.virtio[i] as { mmio: string }).mmio));
+      if (d.balloon && devices.balloon) copyInto(devices.balloon.buffer, d.balloon);
+    }
     this.platformHere = buildPlatform(this.platformSpec, this.memory);
     const low = this.mapping.descriptors.find((d) => d.gpa === 0)?.size ?? 0;
-    setCmosMemorySizes(this.platformHere.cmosState, low, cfg.memMiB * MiB - low);
+    if (!restore) setCmosMemorySizes(this.platformHere.cmosState, low, cfg.memMiB * MiB - low);
 
     const vcpus: Vcpu[] = [];
     for (let id = 0; id < cfg.cpus; id++) vcpus.push(vm.createVcpu(id));
     // The threads attach while the kernel loads; none runs the guest before start().
     for (const vcpu of vcpus) this.threads.push(this.spawn(vcpu));
+    this.vcpus = vcpus;
+    if (restore) {
+      // The VM-wide state first (the LAPICs' timers need the irqchip), then each vCPU.
+      if (restore.body.vm && cfg.irqchip) applyVm(vm, restore.body.vm);
+      vcpus.forEach((vcpu, i) => {
+        const st = restore.body.vcpus[i] as VcpuState;
+        this.cpuids.push(st.cpuid);
+        applyVcpu(vcpu, st);
+      });
+      await Promise.all([
+        ...this.threads.map((t) => t.ready),
+        devices.start(
+          this.mapping.descriptors,
+          restore.body.devices.virtio.map((v) => v.side),
+        ),
+      ]);
+      return;
+    }
     const supported = kvm.supportedCpuid();
     for (const vcpu of vcpus) {
-      vcpu.setCpuid(cpuidForVcpu(supported, vcpu.id, cfg.cpus));
+      const cpuid = cpuidForVcpu(supported, vcpu.id, cfg.cpus);
+      this.cpuids.push(cpuid);
+      vcpu.setCpuid(cpuid);
       this.refusedMsrs = setupMsrs(vcpu);
       setupFpu(vcpu);
       if (cfg.irqchip) setupLapic(vcpu);
@@ -376,6 +465,123 @@ export class Vm extends TypedEmitter<VmEvents> {
       this.exitInfo = { reason: stop, vcpu: id, status: d.status, message: d.message };
     }
     if (this._state !== 'stopping' && this._state !== 'exited') void this.stop();
+  }
+
+  private vcpus: Vcpu[] = [];
+  private cpuids: CpuidEntry[][] = [];
+
+  /**
+   * Writes a full snapshot of a paused VM: every vCPU's registers, special registers, XSAVE, XCRs,
+   * MSRs, LAPIC, events and MP state; the irqchip, PIT and clock; every device's registers and queue
+   * positions — to `statePath`; guest memory to `memPath` (sparse). Both through a temporary name.
+   */
+  async snapshot(opts: SnapshotOptions): Promise<SnapshotResult> {
+    if (this._state !== 'paused')
+      throw new VireoError('VIREO_ERR_STATE', `cannot snapshot a VM that is ${this._state}: pause it first`);
+    if ((opts.type ?? 'Full') !== 'Full')
+      throw new SnapshotError('VIREO_ERR_SNAPSHOT', 'diff snapshots are not supported yet: take a Full snapshot');
+    const kvm = this.kvm as Kvm;
+    const vm = this.vm as KvmVm;
+    const t0 = performance.now();
+    const devices = this.devices as VirtioDevices;
+    const sides = await devices.hold();
+    try {
+      const cfg = this.config;
+      const spec = this.platformSpec as PlatformSpec;
+      const body: SnapshotBody = {
+        vireo: VIREO_VERSION,
+        createdAt: new Date().toISOString(),
+        config: {
+          memMiB: cfg.memMiB,
+          cpus: cfg.cpus,
+          irqchip: cfg.irqchip,
+          drives: cfg.drives,
+          nets: cfg.nets,
+          vsock: cfg.vsock,
+          rng: cfg.rng,
+          balloon: cfg.balloon,
+          virtioConsole: cfg.virtioConsole !== undefined,
+        },
+        memory: { size: 0, regions: [] },
+        vcpus: this.vcpus.map((v, i) => captureVcpu(kvm, v, this.cpuids[i] as CpuidEntry[], cfg.irqchip)),
+        vm: cfg.irqchip ? captureVm(vm) : undefined,
+        devices: {
+          serial: b64(new Uint8Array(spec.serial)),
+          postCode: b64(new Uint8Array(spec.postCode)),
+          cmos: b64(new Uint8Array(spec.cmos)),
+          virtio: devices.slots.map((slot, i) => ({
+            name: slot.name,
+            mmio: b64(new Uint8Array(slot.mmio.state)),
+            side: sides[i] as DeviceSideState,
+          })),
+          balloon: devices.balloon ? b64(new Uint8Array(devices.balloon.buffer)) : undefined,
+        },
+      };
+      const t1 = performance.now();
+      const layout = writeMemoryFile(opts.memPath, this.memory as GuestMemory);
+      body.memory = { size: layout.size, regions: layout.regions };
+      writeFileAtomic(opts.statePath, encodeStateFile(body));
+      return {
+        stateMs: t1 - t0,
+        memoryMs: performance.now() - t1,
+        memoryBytes: layout.size,
+        memoryWritten: layout.written,
+      };
+    } finally {
+      devices.release();
+    }
+  }
+
+  /**
+   * A VM restored from a snapshot (taken by this or another vireo process), paused unless
+   * `resume`. Guest memory is mapped from the memory file MAP_PRIVATE, so restoring costs the same
+   * for any guest size and the file is never written.
+   */
+  static async restore(opts: RestoreOptions): Promise<Vm> {
+    const body = checkBody(decodeStateFile(opts.statePath), opts.statePath);
+    let memFd: number;
+    try {
+      memFd = openSync(opts.memPath, 'r');
+    } catch (e) {
+      throw new SnapshotError(
+        'VIREO_ERR_SNAPSHOT',
+        `cannot open memory file ${opts.memPath}: ${(e as NodeJS.ErrnoException).code}; give the mem_file_path written with the snapshot`,
+      );
+    }
+    try {
+      const size = fstatSync(memFd).size;
+      if (size !== body.memory.size)
+        throw new SnapshotError(
+          'VIREO_ERR_SNAPSHOT_CORRUPT',
+          `memory file ${opts.memPath} is ${size} bytes; the snapshot expects ${body.memory.size}: wrong or truncated file`,
+        );
+      const c = body.config;
+      const vm = new Vm({
+        kernel: '',
+        memMiB: c.memMiB,
+        cpus: c.cpus,
+        irqchip: c.irqchip,
+        drives: c.drives,
+        nets: c.nets,
+        vsock: c.vsock,
+        rng: c.rng,
+        balloon: c.balloon,
+        virtioConsole: c.virtioConsole ? { output: opts.serial ?? { kind: 'stdio' } } : undefined,
+        serial: opts.serial,
+        kvmPath: opts.kvmPath,
+      });
+      try {
+        await vm.build({ body, memFd });
+      } catch (e) {
+        await vm.stop();
+        throw e;
+      }
+      vm._state = 'paused';
+      if (opts.resume) await vm.resume();
+      return vm;
+    } finally {
+      closeSync(memFd);
+    }
   }
 
   /** Let every vCPU run. */

@@ -132,6 +132,11 @@ export class VirtioBalloon implements VirtioDevice {
     this.process(STATS);
   }
 
+  /** The stats buffer the device keeps (the only pop of that queue): a snapshot gives it back to the ring. */
+  heldChains(): number[] {
+    return [0, 0, this.statsHead === undefined ? 0 : 1];
+  }
+
   reset(): void {
     this.ctx = undefined;
     this.statsHead = undefined;

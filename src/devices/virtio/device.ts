@@ -92,6 +92,16 @@ export interface VirtioDevice {
   hostWake?(): void;
   /** The driver wrote the configuration space. */
   configWritten?(offset: number, length: number): void;
+  /**
+   * Per queue, how many of the most recently popped chains the device still holds unused (rx buffers
+   * waiting for data). A snapshot rewinds the queue over them, so the restored device pops them again.
+   */
+  heldChains?(): number[];
+  /**
+   * The VM was restored from a snapshot and this device re-activated with its queues where they
+   * stood: re-attach host connections (vsock resets its transport, as the spec asks after migration).
+   */
+  restored?(): void;
   /** The driver reset the device: drop queues and anything in flight, stay usable. */
   reset(): void;
   /** Release host resources for good. */

@@ -21,7 +21,18 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
-import { checkLayout, Queue, QueueError, type QueueLayout } from './queue.js';
+import { checkLayout, Queue, QueueError, type QueueLayout, type QueuePosition } from './queue.js';
+
+/** The I/O-thread side of a device in a snapshot: what the shared registers do not hold. */
+export interface DeviceSideState {
+  activeGen: number;
+  resetGen: number;
+  configWrites: number;
+  active: boolean;
+  broken: boolean;
+  /** Per queue, where the device stood; null where the queue is not in use. */
+  positions: (QueuePosition | null)[];
+}
 
 export const MMIO_MAGIC = 0x74726976; // "virt"
 export const MMIO_VERSION = 2;
@@ -441,7 +452,42 @@ export class VirtioMmioDeviceSide {
     }
   }
 
-  private activate(): void {
+  /** Where this side stands, for a snapshot (the device must be quiescent: the VM paused). */
+  save(): DeviceSideState {
+    const held = this.device.heldChains?.() ?? [];
+    const positions = this.ctx
+      ? this.ctx.queues.map((q, i) => {
+          if (!q) return null;
+          const p = q.position();
+          // Chains the device holds unused are the latest pops: rewind over them so they are popped again.
+          const h = Math.min(held[i] ?? 0, p.inFlight);
+          const at = { ...p, nextAvail: (p.nextAvail - h) & 0xffff, inFlight: p.inFlight - h };
+          if (at.inFlight !== 0 && !this.broken)
+            throw new Error(`${at.inFlight} request(s) still in flight on queue ${i}: pause the VM before a snapshot`);
+          return at;
+        })
+      : [];
+    return {
+      activeGen: this.activeGen,
+      resetGen: this.resetGen,
+      configWrites: this.configWrites,
+      active: this.ctx !== undefined,
+      broken: this.broken,
+      positions,
+    };
+  }
+
+  /** Continues from a snapshot: the shared registers are already restored; rebuild the queues where they stood. */
+  restore(state: DeviceSideState): void {
+    this.activeGen = state.activeGen;
+    this.resetGen = state.resetGen;
+    this.configWrites = state.configWrites;
+    if (state.active) this.activate(state.positions);
+    this.broken = state.broken;
+    if (state.active && !state.broken) this.guard(() => this.device.restored?.());
+  }
+
+  private activate(positions?: readonly (QueuePosition | null)[]): void {
     const features = this.st.driverFeatures();
     const qf = {
       eventIdx: hasFeature(features, VIRTIO_F_RING_EVENT_IDX),
@@ -459,7 +505,7 @@ export class VirtioMmioDeviceSide {
         this.fail('queue layout changed under DRIVER_OK');
         return;
       }
-      queues.push(new Queue(layout, qf));
+      queues.push(new Queue(layout, qf, positions?.[i] ?? undefined));
     }
     const st = this.st;
     const ctx: VirtioContext = {

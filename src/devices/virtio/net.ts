@@ -205,6 +205,11 @@ export class VirtioNet implements VirtioDevice {
     this.process(NET_RX);
   }
 
+  /** Rx chains taken and not yet used (the most recent pops): a snapshot gives them back to the ring. */
+  heldChains(): number[] {
+    return [this.held.length, 0];
+  }
+
   reset(): void {
     this.unwatch();
     this.ctx = undefined;

@@ -372,6 +372,13 @@ export class VirtioVsock implements VirtioDevice {
     this.process(RXQ);
   }
 
+  /** The rx chain kept for later (the most recent rx pop): a snapshot gives it back to the ring. */
+  heldChains(): number[] {
+    const out = [0, 0, 0];
+    out[RXQ] = this.held ? 1 : 0;
+    return out;
+  }
+
   reset(): void {
     this.ctx = undefined;
     this.held = undefined; // its queue is gone with the reset
@@ -396,6 +403,11 @@ export class VirtioVsock implements VirtioDevice {
    * VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (§5.10.6.6); it resets its sockets and re-reads guest_cid.
    * A new CID can be given; the driver reads it from the configuration space.
    */
+  /** After a snapshot restore every host connection is gone: reset the guest's transport. */
+  restored(): void {
+    this.transportReset();
+  }
+
   transportReset(newCid?: number): void {
     if (newCid !== undefined) {
       const why = checkVsockConfig({ ...this.config, cid: newCid });

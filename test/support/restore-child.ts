@@ -1,0 +1,44 @@
+/**
+ * Restores a snapshot in a fresh process (as a second vireo would) and reports what the guest does:
+ * usage: node restore-child.js STATE MEM MODE [SERIAL_FILE]
+ * MODE counter: reads the counter word right after restore (paused), resumes, waits for it to move.
+ * MODE echo: resumes, types "xyz" and then "q" into the serial port; the guest's exit status tells.
+ */
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Vm } from '../../src/vmm/vm.js';
+
+const [statePath = '', memPath = '', mode = 'counter', serialFile = ''] = process.argv.slice(2);
+const COUNTER = 0x1ff000;
+const t0 = performance.now();
+const vm = await Vm.restore({
+  statePath,
+  memPath,
+  resume: false,
+  serial: serialFile ? { kind: 'file', path: serialFile } : { kind: 'none' },
+});
+const restoreMs = performance.now() - t0;
+if (mode === 'counter') {
+  const mem = vm.memory;
+  if (!mem) throw new Error('no memory');
+  const atRestore = mem.read64(COUNTER);
+  const t1 = performance.now();
+  await vm.resume();
+  const resumeMs = performance.now() - t1;
+  const deadline = Date.now() + 10_000;
+  while (mem.read64(COUNTER) <= atRestore + 1000n && Date.now() < deadline) await sleep(5);
+  const later = mem.read64(COUNTER);
+  await vm.stop();
+  process.stdout.write(
+    `${JSON.stringify({ atRestore: atRestore.toString(), later: later.toString(), restoreMs, resumeMs })}\n`,
+  );
+} else {
+  await vm.resume();
+  vm.sendSerialInput(Buffer.from('xyz'));
+  await sleep(300);
+  vm.sendSerialInput(Buffer.from('q'));
+  const exit = await Promise.race([vm.waitForExit(), sleep(10_000).then(() => undefined)]);
+  if (!exit) await vm.stop();
+  const serial = serialFile ? readFileSync(serialFile, 'latin1') : '';
+  process.stdout.write(`${JSON.stringify({ status: exit?.status ?? null, serial, restoreMs })}\n`);
+}
