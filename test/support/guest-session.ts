@@ -24,8 +24,11 @@ let out = '';
 let err = '';
 const marks: Record<string, number> = {};
 let wake: (() => void) | undefined;
+// VIREO_SESSION_STREAM=1: copy the guest's output to stderr as it comes (to watch a long run).
+const stream = process.env.VIREO_SESSION_STREAM === '1';
 child.stdout.on('data', (b: Buffer) => {
   out += b.toString('latin1');
+  if (stream) process.stderr.write(b);
   wake?.();
 });
 child.stderr.on('data', (b: Buffer) => {
