@@ -3,6 +3,8 @@
  * usage: node restore-child.js STATE MEM MODE [SERIAL_FILE]
  * MODE counter: reads the counter word right after restore (paused), resumes, waits for it to move.
  * MODE echo: resumes, types "xyz" and then "q" into the serial port; the guest's exit status tells.
+ * MODE linux: resumes a Linux guest at its shell, runs a command that reads the virtio disk and the
+ * uptime clock, then powers it off; reports the serial output and the exit status.
  */
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -31,6 +33,28 @@ if (mode === 'counter') {
   await vm.stop();
   process.stdout.write(
     `${JSON.stringify({ atRestore: atRestore.toString(), later: later.toString(), restoreMs, resumeMs })}\n`,
+  );
+} else if (mode === 'linux') {
+  const t1 = performance.now();
+  await vm.resume();
+  const resumeMs = performance.now() - t1;
+  const out = (): string => (serialFile ? readFileSync(serialFile, 'latin1') : '');
+  const until = async (text: string, ms: number): Promise<boolean> => {
+    const t = Date.now();
+    while (!out().includes(text) && Date.now() - t < ms) await sleep(100);
+    return out().includes(text);
+  };
+  vm.sendSerialInput(
+    Buffer.from(
+      'echo "after=$((6*7)) up=$(cut -d. -f1 /proc/uptime) disk=$(dd if=/dev/vda bs=4096 skip=1 count=1 2>/dev/null | head -c 20)"\n',
+    ),
+  );
+  const after = await until('after=42', 120_000);
+  vm.sendSerialInput(Buffer.from('poweroff -f\n'));
+  const exit = await Promise.race([vm.waitForExit(), sleep(120_000).then(() => undefined)]);
+  if (!exit) await vm.stop();
+  process.stdout.write(
+    `${JSON.stringify({ after, status: exit?.status ?? null, serial: out().slice(-3000), restoreMs, resumeMs })}\n`,
   );
 } else {
   await vm.resume();
