@@ -208,6 +208,7 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
 }
 
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'api') return (await import('./firecracker.js')).firecrackerMain(argv.slice(1));
   if (argv[0] === 'run') prewarmForArgs(argv);
   const program = new Command();
   let status = 0;
@@ -306,6 +307,12 @@ export async function main(argv: string[]): Promise<number> {
           `kernel   ${kit.kernel}\ninitrd   ${kit.initrd}\nversion  ${kit.kernelVersion}\nmodules  ${kit.modulesDir}\n`,
         );
     });
+
+  program
+    .command('api')
+    .description(
+      "serve Firecracker's API on a Unix socket: vireo api --api-sock PATH [--config-file FILE] (vireo api --help)",
+    );
 
   program
     .command('rootfs')

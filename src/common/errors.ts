@@ -21,7 +21,15 @@ export type VireoErrorCode =
   | 'VIREO_ERR_SNAPSHOT_VERSION'
   | 'VIREO_ERR_SNAPSHOT_CORRUPT'
   | 'VIREO_ERR_KIT'
-  | 'VIREO_ERR_NESTED';
+  | 'VIREO_ERR_NESTED'
+  /** Firecracker-compatible API (src/api): a malformed or invalid request (HTTP 400). */
+  | 'VIREO_ERR_API_BAD_REQUEST'
+  /** A request the microVM's current state does not allow (e.g. configuration after InstanceStart). */
+  | 'VIREO_ERR_API_STATE'
+  /** A request for a Firecracker feature vireo does not have (MMDS, pmem, hotplug, ...). */
+  | 'VIREO_ERR_API_UNSUPPORTED'
+  /** A request body above the API's payload limit (51200 bytes unless configured). */
+  | 'VIREO_ERR_API_PAYLOAD_TOO_LARGE';
 
 export class VireoError extends Error {
   readonly code: VireoErrorCode;

@@ -26,7 +26,7 @@ const c_fcntl = libc.func('fcntl', 'int', ['int', 'int', 'int']);
 const c_epoll_create1 = libc.func('epoll_create1', 'int', ['int']);
 const c_epoll_ctl = libc.func('epoll_ctl', 'int', ['int', 'int', 'int', 'void *']);
 const c_epoll_wait = libc.func('epoll_wait', 'int', ['int', 'void *', 'int', 'int']);
-const c_pipe2 = libc.func('pipe2', 'int', ['int *', 'int']);
+const c_pipe2 = libc.func('pipe2', 'int', ['void *', 'int']);
 const c_fallocate = libc.func('fallocate', 'int', ['int', 'int', 'int64_t', 'int64_t']);
 
 export const O_RDONLY = 0;
@@ -233,9 +233,10 @@ export function fallocate(fd: number, mode: number, offset: number, length: numb
 
 /** pipe2(O_CLOEXEC | O_NONBLOCK): [read end, write end]. */
 export function pipe(): [number, number] {
-  const fds = [0, 0];
+  // A buffer, not a JS array: koffi copies arrays in but never back out through a plain pointer.
+  const fds = Buffer.alloc(8);
   if ((c_pipe2(fds, O_CLOEXEC | 0o4000) as number) < 0) throw new SyscallError('pipe2', errno());
-  return [fds[0] as number, fds[1] as number];
+  return [fds.readInt32LE(0), fds.readInt32LE(4)];
 }
 
 // --- Unix stream sockets (virtio-vsock's host side) and timerfd ------------------------------

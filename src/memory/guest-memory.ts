@@ -195,7 +195,14 @@ export class GuestMemoryMapping {
       for (const { gpa, size, offset } of ranges) {
         if (size <= 0 || size % 4096 !== 0 || gpa % 4096 !== 0 || offset % 4096 !== 0)
           throw new VireoError('VIREO_ERR_MEMORY_LAYOUT', `memory region ${hex(gpa)}+${hex(size)} is not page aligned`);
-        const hostAddr = sys.mmap(0, size, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_NORESERVE, fd, offset);
+        const hostAddr = sys.mmap(
+          0,
+          size,
+          sys.PROT_READ | sys.PROT_WRITE,
+          sys.MAP_PRIVATE | sys.MAP_NORESERVE,
+          fd,
+          offset,
+        );
         out.push({ gpa, size, hostAddr });
       }
     } catch (e) {

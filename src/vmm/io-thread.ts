@@ -64,7 +64,10 @@ function run(init: IoThreadInit): void {
         ep.add(fd, sys.EPOLLIN, (i << 8) | q);
       });
     });
-    if (init.restore) sides.forEach((s, i) => s.restore(init.restore?.[i] as DeviceSideState));
+    if (init.restore)
+      sides.forEach((s, i) => {
+        s.restore(init.restore?.[i] as DeviceSideState);
+      });
     post({ type: 'ready' });
     for (const s of sides) s.poll();
     while (Atomics.load(control, 0) === 0) {

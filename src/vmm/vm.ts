@@ -324,7 +324,9 @@ export class Vm extends TypedEmitter<VmEvents> {
           'VIREO_ERR_SNAPSHOT',
           'the snapshot and its configuration disagree on the virtio devices',
         );
-      devices.slots.forEach((slot, i) => copyInto(slot.mmio.state, (d.virtio[i] as { mmio: string }).mmio));
+      devices.slots.forEach((slot, i) => {
+        copyInto(slot.mmio.state, (d.virtio[i] as { mmio: string }).mmio);
+      });
       if (d.balloon && devices.balloon) copyInto(devices.balloon.buffer, d.balloon);
     }
     this.platformHere = buildPlatform(this.platformSpec, this.memory);

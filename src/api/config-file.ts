@@ -1,0 +1,48 @@
+/**
+ * Firecracker's --config-file: a FullVmConfiguration JSON document, applied section by section through
+ * the same handlers (and so the same checks and messages) as the API requests, in Firecracker's order,
+ * then InstanceStart.
+ */
+import { ConfigError } from '../common/errors.js';
+import type { ApiServer } from './server.js';
+import { specValidator } from './spec.js';
+import type { FullVmConfiguration } from './types.js';
+
+const UNSUPPORTED_SECTIONS = ['cpu-config', 'mmds-config', 'memory-hotplug', 'pmem'] as const;
+
+/** Applies a configuration document and boots it; throws ConfigError naming the section that failed. */
+export async function applyConfigFile(api: ApiServer, text: string, source = 'the configuration file'): Promise<void> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`${source} is not valid JSON: ${(e as Error).message}`);
+  }
+  const problem = specValidator().check('FullVmConfiguration', doc);
+  if (problem) throw new ConfigError(`${source}: ${problem}`);
+  const cfg = doc as FullVmConfiguration;
+  for (const s of UNSUPPORTED_SECTIONS)
+    if (cfg[s] !== undefined && !(Array.isArray(cfg[s]) && cfg[s].length === 0))
+      throw new ConfigError(`${source}: vireo does not support the "${s}" section`);
+
+  const steps: [what: string, method: string, path: string, body: unknown][] = [];
+  if (cfg.logger) steps.push(['logger', 'PUT', '/logger', cfg.logger]);
+  if (cfg.metrics) steps.push(['metrics', 'PUT', '/metrics', cfg.metrics]);
+  if (cfg['machine-config']) steps.push(['machine-config', 'PUT', '/machine-config', cfg['machine-config']]);
+  if (cfg['boot-source']) steps.push(['boot-source', 'PUT', '/boot-source', cfg['boot-source']]);
+  for (const d of cfg.drives ?? []) steps.push([`drives (${d.drive_id})`, 'PUT', `/drives/${d.drive_id}`, d]);
+  for (const n of cfg['network-interfaces'] ?? [])
+    steps.push([`network-interfaces (${n.iface_id})`, 'PUT', `/network-interfaces/${n.iface_id}`, n]);
+  if (cfg.vsock) steps.push(['vsock', 'PUT', '/vsock', cfg.vsock]);
+  if (cfg.balloon) steps.push(['balloon', 'PUT', '/balloon', cfg.balloon]);
+  if (cfg.entropy) steps.push(['entropy', 'PUT', '/entropy', cfg.entropy]);
+  steps.push(['InstanceStart', 'PUT', '/actions', { action_type: 'InstanceStart' }]);
+
+  for (const [what, method, path, body] of steps) {
+    const r = await api.dispatch(method, encodeURI(path), JSON.stringify(body));
+    if (r.status >= 400) {
+      const fault = (JSON.parse(r.body) as { fault_message?: string }).fault_message ?? r.body;
+      throw new ConfigError(`${source}, ${what}: ${fault}`);
+    }
+  }
+}

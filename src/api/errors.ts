@@ -1,0 +1,56 @@
+/**
+ * API errors: each carries the HTTP status and the `fault_message` Firecracker would send. The
+ * messages follow Firecracker's own wording where it has one, so tools that match on them keep working.
+ */
+import { VireoError, type VireoErrorCode } from '../common/errors.js';
+
+export class ApiError extends VireoError {
+  override name = 'ApiError';
+  readonly status: number;
+  /** Extra response headers (e.g. Connection: close after an oversized payload). */
+  readonly headers: Record<string, string>;
+  constructor(status: number, code: VireoErrorCode, message: string, headers: Record<string, string> = {}) {
+    super(code, message);
+    this.status = status;
+    this.headers = headers;
+  }
+}
+
+export const badRequest = (message: string): ApiError => new ApiError(400, 'VIREO_ERR_API_BAD_REQUEST', message);
+
+/** A body serde would not deserialize (Firecracker's RequestError::SerdeJson). */
+export const deserializeError = (detail: string): ApiError =>
+  badRequest(`An error occurred when deserializing the json body of a request: ${detail}.`);
+
+export const notSupportedPreBoot = (): ApiError =>
+  new ApiError(400, 'VIREO_ERR_API_STATE', 'The requested operation is not supported before starting the microVM.');
+
+export const notSupportedPostBoot = (): ApiError =>
+  new ApiError(400, 'VIREO_ERR_API_STATE', 'The requested operation is not supported after starting the microVM.');
+
+export const stateError = (message: string): ApiError => new ApiError(400, 'VIREO_ERR_API_STATE', message);
+
+/** A Firecracker feature vireo does not have: 400, as Firecracker answers every request it cannot serve. */
+export const unsupported = (message: string): ApiError => new ApiError(400, 'VIREO_ERR_API_UNSUPPORTED', message);
+
+export const payloadTooLarge = (size: number | undefined, limit: number): ApiError =>
+  new ApiError(
+    400,
+    'VIREO_ERR_API_PAYLOAD_TOO_LARGE',
+    `Request payload with size ${size ?? `over ${limit}`} is larger than the limit of ${limit} allowed by server. All previous unanswered requests will be dropped.`,
+    { Connection: 'close' },
+  );
+
+/** Firecracker's RequestError::InvalidPathMethod. */
+export const invalidPathMethod = (method: string, path: string): ApiError =>
+  badRequest(`Invalid request method and/or path: ${method} ${path}.`);
+
+/** Firecracker's checked_id(): ids are non-empty and only alphanumerics and underscores. */
+export function checkId(id: string | undefined): string {
+  if (id === undefined || id === '') throw badRequest('The ID cannot be empty.');
+  if (!/^[\p{L}\p{N}_]+$/u.test(id))
+    throw badRequest('API Resource IDs can only contain alphanumeric characters and underscores.');
+  return id;
+}
+
+export const idMismatch = (): ApiError => badRequest('The id from the path does not match the id from the body!');

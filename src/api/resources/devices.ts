@@ -1,0 +1,151 @@
+/** Devices: drives, network interfaces, vsock, entropy and the serial console. */
+
+import { parseMac } from '../../devices/virtio/net.js';
+import { checkVsockConfig } from '../../devices/virtio/vsock.js';
+import { badRequest, checkId, deserializeError, idMismatch, unsupported } from '../errors.js';
+import { checkNoRateLimit, checkReadable, DEPRECATION, noContent, type Route, route } from '../routes.js';
+import type {
+  Drive,
+  EntropyDevice,
+  NetworkInterface,
+  PartialDrive,
+  PartialNetworkInterface,
+  SerialDevice,
+  Vsock,
+} from '../types.js';
+
+export const deviceRoutes: Route[] = [
+  route<Drive>({
+    method: 'PUT',
+    path: '/drives/{drive_id}',
+    body: 'Drive',
+    metric: 'drive',
+    handle({ ctl, params, body }) {
+      const id = checkId(params.drive_id);
+      if (id !== body.drive_id) throw idMismatch();
+      ctl.requirePreBoot();
+      if (body.socket !== undefined)
+        throw unsupported('vireo does not support vhost-user block devices (`socket`): give `path_on_host`');
+      if (body.path_on_host === undefined) throw deserializeError('missing field `path_on_host`');
+      if (body.io_engine === 'Async')
+        throw unsupported('vireo does not support the Async io_engine (`io_engine`): use Sync or leave it out');
+      checkNoRateLimit(body.rate_limiter, 'rate_limiter');
+      if (body.is_root_device) {
+        const other = [...ctl.drives.values()].find((d) => d.is_root_device && d.drive_id !== id);
+        if (other) throw badRequest('Drive config error: A root block device already exists!');
+      }
+      checkReadable(
+        body.path_on_host,
+        'Drive config error: Unable to open the drive image',
+        !(body.is_read_only ?? false),
+      );
+      ctl.drives.set(id, { ...body });
+      ctl.bootPath = true;
+      return noContent();
+    },
+  }),
+  route<PartialDrive>({
+    method: 'PATCH',
+    path: '/drives/{drive_id}',
+    body: 'PartialDrive',
+    metric: 'drive',
+    handle({ ctl, params, body }) {
+      const id = checkId(params.drive_id);
+      if (id !== body.drive_id) throw idMismatch();
+      ctl.requireVm();
+      const drive = ctl.drives.get(id);
+      if (!drive) throw badRequest(`Drive config error: Unable to patch the block device: no drive with id ${id}.`);
+      if (body.path_on_host !== undefined && body.path_on_host !== drive.path_on_host)
+        throw unsupported(
+          'vireo cannot change the backing file of a running drive (`path_on_host`); only a rate limiter of size 0 can be patched',
+        );
+      checkNoRateLimit(body.rate_limiter, 'rate_limiter');
+      return noContent();
+    },
+  }),
+  route<NetworkInterface>({
+    method: 'PUT',
+    path: '/network-interfaces/{iface_id}',
+    body: 'NetworkInterface',
+    metric: 'network',
+    handle({ ctl, params, body }) {
+      const id = checkId(params.iface_id);
+      if (id !== body.iface_id) throw idMismatch();
+      ctl.requirePreBoot();
+      if (body.guest_mac !== undefined && !parseMac(body.guest_mac))
+        throw deserializeError(
+          `invalid value for \`guest_mac\`: string ${JSON.stringify(body.guest_mac)}, expected a unicast MAC address like 06:00:AC:10:00:02`,
+        );
+      if (body.mtu !== undefined) throw unsupported('vireo does not support setting the MTU (`mtu`): leave it out');
+      checkNoRateLimit(body.rx_rate_limiter, 'rx_rate_limiter');
+      checkNoRateLimit(body.tx_rate_limiter, 'tx_rate_limiter');
+      for (const other of ctl.nets.values()) {
+        if (other.iface_id === id) continue;
+        if (other.host_dev_name === body.host_dev_name)
+          throw badRequest(`Network interface error: The host device name ${body.host_dev_name} is already in use.`);
+        if (body.guest_mac !== undefined && other.guest_mac?.toLowerCase() === body.guest_mac.toLowerCase())
+          throw badRequest(`Network interface error: The MAC address is already in use: ${body.guest_mac}.`);
+      }
+      ctl.nets.set(id, { ...body });
+      ctl.bootPath = true;
+      return noContent();
+    },
+  }),
+  route<PartialNetworkInterface>({
+    method: 'PATCH',
+    path: '/network-interfaces/{iface_id}',
+    body: 'PartialNetworkInterface',
+    metric: 'network',
+    handle({ ctl, params, body }) {
+      const id = checkId(params.iface_id);
+      if (id !== body.iface_id) throw idMismatch();
+      ctl.requireVm();
+      if (!ctl.nets.has(id))
+        throw badRequest(`Network interface error: Unable to update the net device: no interface with id ${id}.`);
+      checkNoRateLimit(body.rx_rate_limiter, 'rx_rate_limiter');
+      checkNoRateLimit(body.tx_rate_limiter, 'tx_rate_limiter');
+      return noContent();
+    },
+  }),
+  route<Vsock>({
+    method: 'PUT',
+    path: '/vsock',
+    body: 'Vsock',
+    metric: 'vsock',
+    handle({ ctl, body }) {
+      ctl.requirePreBoot();
+      const problem = checkVsockConfig({ cid: body.guest_cid, udsPath: body.uds_path });
+      if (problem) throw badRequest(`Vsock config error: ${problem}`);
+      ctl.vsock = { guest_cid: body.guest_cid, uds_path: body.uds_path };
+      ctl.bootPath = true;
+      // vsock_id is deprecated: Firecracker accepts it and flags the response.
+      return noContent(body.vsock_id !== undefined ? DEPRECATION : undefined);
+    },
+  }),
+  route<EntropyDevice>({
+    method: 'PUT',
+    path: '/entropy',
+    body: 'EntropyDevice',
+    metric: 'entropy',
+    handle({ ctl, body }) {
+      ctl.requirePreBoot();
+      checkNoRateLimit(body.rate_limiter, 'rate_limiter');
+      ctl.entropy = { ...body };
+      ctl.bootPath = true;
+      return noContent();
+    },
+  }),
+  route<SerialDevice>({
+    method: 'PUT',
+    path: '/serial',
+    body: 'SerialDevice',
+    metric: 'serial',
+    handle({ ctl, body }) {
+      ctl.requirePreBoot();
+      if (body.rate_limiter && body.rate_limiter.size > 0)
+        throw unsupported('vireo does not support rate limiting the serial console (`rate_limiter`)');
+      ctl.serial = { ...body };
+      return noContent();
+    },
+  }),
+];

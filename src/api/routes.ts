@@ -1,0 +1,79 @@
+/**
+ * What a route is: a method and a path template from the spec, the definition its body must match,
+ * Firecracker's metric name for the resource, and a handler that turns the checked body into a change
+ * of the controller's state. The server does the HTTP, the body checks and the bookkeeping.
+ */
+import { accessSync, constants } from 'node:fs';
+import type { VmController } from './controller.js';
+import { badRequest, unsupported } from './errors.js';
+import type { RateLimiter, TokenBucket } from './types.js';
+
+export type HttpMethod = 'GET' | 'PUT' | 'PATCH';
+
+export interface RouteContext<B> {
+  ctl: VmController;
+  params: Record<string, string>;
+  body: B;
+}
+
+export interface RouteResult {
+  status: 200 | 204;
+  body?: unknown;
+  /** The body is already text (Prometheus); otherwise it is sent as JSON. */
+  contentType?: string;
+  headers?: Record<string, string>;
+}
+
+export interface Route {
+  method: HttpMethod;
+  /** The spec's path template, e.g. /drives/{drive_id}. */
+  path: string;
+  /** The definition the request body must match (no body allowed when absent). */
+  body?: string;
+  /** Top-level fields are all optional (PATCH bodies Firecracker takes partially). */
+  partial?: boolean;
+  /** Rewrites the parsed body before it is checked (e.g. case-insensitive enums). */
+  normalize?: (body: unknown) => unknown;
+  /** Firecracker's metric name for the resource (put_api_requests.<metric>_count). */
+  metric: string;
+  /** Not in Firecracker's API (vireo's own addition). */
+  extension?: boolean;
+  /** Method syntax on purpose: each route narrows `body` to its own type (see route()). */
+  handle(ctx: RouteContext<unknown>): Promise<RouteResult> | RouteResult;
+}
+
+export const ok = (body: unknown): RouteResult => ({ status: 200, body });
+export const noContent = (headers?: Record<string, string>): RouteResult =>
+  headers ? { status: 204, headers } : { status: 204 };
+
+/** Firecracker marks responses to deprecated fields with this header. */
+export const DEPRECATION = { Deprecation: 'true' };
+
+/** Defines a route whose handler sees its body as `B` (the server checked it against `body`). */
+export function route<B = undefined>(
+  r: Omit<Route, 'handle'> & { handle(ctx: RouteContext<B>): Promise<RouteResult> | RouteResult },
+): Route {
+  return r;
+}
+
+const bucketLimits = (b: TokenBucket | undefined): boolean => b !== undefined && b.size > 0;
+
+/**
+ * vireo has no rate limiters: a limiter that limits nothing (absent buckets, or size 0, which Firecracker
+ * takes as unlimited) is accepted, any other is refused, naming the field.
+ */
+export function checkNoRateLimit(rl: RateLimiter | undefined, field: string): void {
+  if (rl && (bucketLimits(rl.bandwidth) || bucketLimits(rl.ops)))
+    throw unsupported(
+      `vireo does not support rate limiters (\`${field}\`): leave it out or give token buckets of size 0`,
+    );
+}
+
+/** Fails with Firecracker's kind of message when a host file cannot be opened as asked. */
+export function checkReadable(path: string, what: string, write = false): void {
+  try {
+    accessSync(path, constants.R_OK | (write ? constants.W_OK : 0));
+  } catch (e) {
+    throw badRequest(`${what}: ${(e as Error).message}`);
+  }
+}
