@@ -9,12 +9,17 @@
  *    QEMU booting the same image with -kernel.
  * 3. VMM resident memory beyond guest RAM: a 1-vCPU 128 MiB guest that prints "ready" and halts;
  *    the VMM process's VmRSS minus the guest RAM pages resident in it (from /proc/<pid>/pagemap).
+ * 4. Linux boot time (suite `linux`) and 5. virtio-blk throughput (suite `blk`): Debian's stock
+ *    kernel, vireo against QEMU -M microvm, in the nested lane on PVM hosts (bench/linux-boot-inner.ts,
+ *    bench/blk-inner.ts run there).
  *
- * Prints a markdown table and writes bench/results/latest.json. A benchmark or peer that cannot
- * run gives a row that says why; the suite itself does not fail for that.
+ * Prints a markdown table and writes bench/results/latest.json (VIREO_BENCH_RESULTS_DIR: elsewhere).
+ * A run of some suites (VIREO_BENCH_ONLY) replaces their rows in latest.json and keeps the others'.
+ * The `linux` and `blk` suites also write their own file there (linux-boot.json, blk.json). A
+ * benchmark or peer that cannot run gives a row that says why; the suite itself does not fail for that.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -34,6 +39,16 @@ import {
 } from './util.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
+
+/**
+ * The checkout this script was built from: the nearest directory above it with package.json and
+ * bench/run.ts. (build.ts's repoRoot assumes dist/bench/; this also holds for a private --outDir.)
+ */
+function checkoutRoot(): string {
+  for (let d = here; dirname(d) !== d; d = dirname(d))
+    if (existsSync(join(d, 'package.json')) && existsSync(join(d, 'bench', 'run.ts'))) return d;
+  return repoRoot;
+}
 const NODE = process.execPath;
 const VM_RUNNER = join(here, 'vm-runner.js');
 const FIRST_INSN_VM = join(here, 'first-insn-vm.js');
@@ -545,15 +560,189 @@ function linuxRows(output: string, where: string, nestedBootMs: number): Row[] {
   return rows;
 }
 
+// ---------------------------------------------------------------------------------------------
+// 6. Snapshots (bench/snapshot-inner.ts): create throughput and restore latency in one process.
+//    Firecracker quotes 4–10 ms for a restore; there is no peer in this run (QEMU's savevm/loadvm
+//    path is not comparable), so the rows carry the goal, not a ratio.
+
+function snapshotRows(): Row[] {
+  const r = runTimed(NODE, [join(here, 'snapshot-inner.js')], { timeoutMs: 20 * 60_000 });
+  const ev = benchEvents(r.stdout).find((e) => e.suite === 'snapshot') as
+    | { results: { mib: number; createGiBs: number; restoreMs: number; restores: number[] }[] }
+    | undefined;
+  if (!ev) throw new Error(`snapshot-inner.js printed no result (status ${r.status}): ${tail(r.stderr)}`);
+  const rows: Row[] = [];
+  for (const x of ev.results) {
+    rows.push({
+      id: `snapshot-create-${x.mib}`,
+      benchmark: `snapshot create, ${x.mib} MiB guest with its RAM filled (sparse memory file, O_DIRECT), GiB/s`,
+      unit: 'GiB/s',
+      vireo: x.createGiBs,
+      peer: null,
+      peerName: '—',
+      ratio: null,
+      goal: '—',
+      details: x,
+    });
+    const row: Row = {
+      id: `snapshot-restore-${x.mib}`,
+      benchmark: `snapshot restore of a ${x.mib} MiB guest, call → guest runs again (median ms)`,
+      unit: 'ms',
+      vireo: x.restoreMs,
+      peer: null,
+      peerName: 'Firecracker (quoted): 4–10',
+      ratio: null,
+      goal: '≤ 10 ms, flat in size',
+      details: x,
+    };
+    row.goalMet = x.restoreMs <= 10;
+    rows.push(row);
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. virtio-blk throughput, in the nested lane: blkbench (bench/guests/blkbench.c) in the same guest
+//    on the same image file under vireo and QEMU -M microvm
+
+/** Lane vCPUs for the blk suite: the guest's vCPU and the VMM's I/O thread(s) can then run at once. */
+const BLK_LANE_CPUS = Number(process.env.VIREO_BENCH_BLK_LANE_CPUS ?? 2);
+
+async function blkBenchRows(): Promise<Row[]> {
+  const { blkParams, prepareBlkGuest } = await import('./blk-inner.js');
+  const { prepareKit } = await import('../src/kit/kit.js');
+  const params = blkParams();
+  // Built here (gcc is slow in the lane); the lane sees this host's files, /tmp included.
+  const guest = prepareBlkGuest(await prepareKit());
+  const env: Record<string, string> = { VIREO_BENCH_BLK_INITRD: guest.initrd };
+  for (const [k, v] of Object.entries(process.env))
+    if (k.startsWith('VIREO_BENCH_BLK_') && k !== 'VIREO_BENCH_BLK_LANE_CPUS' && v !== undefined) env[k] = v;
+  const inner = join(here, 'blk-inner.js');
+  const { detectFlavour } = await import('../src/kvm/kvm.js');
+  if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
+    const direct = runTimed(NODE, [inner], { timeoutMs: 60 * 60_000, env: { ...process.env, ...env } });
+    return blkRows(direct.stdout, 'direct on this host', 0, params);
+  }
+  const { runNested } = await import('../src/kit/nested.js');
+  log(
+    `blk: ${params.runs} runs per VMM in the nested lane (${BLK_LANE_CPUS} vCPUs), ${params.mib} MiB sequential, ${params.secs} s per random phase`,
+  );
+  const r = await runNested({
+    command: [NODE, inner],
+    cwd: checkoutRoot(),
+    timeoutMs: 60 * 60_000,
+    cpus: BLK_LANE_CPUS,
+    memMiB: 3072,
+    env,
+  });
+  if (r.status !== 0) throw new Error(`blk-inner.js failed in the nested lane (status ${r.status}): ${tail(r.output)}`);
+  return blkRows(r.output, `nested lane, ${BLK_LANE_CPUS} vCPUs`, r.timings.bootMs, params);
+}
+
+type BlkRun = { blkbench: Record<string, unknown> | null; error?: string };
+/** vireo/QEMU for each run i that both completed (run i of each peer ran back to back). */
+function pairedRatios(a: BlkRun[], b: BlkRun[], key: string): (number | null)[] {
+  return a.map((r, i) => {
+    const x = r.blkbench?.[key];
+    const y = b[i]?.blkbench?.[key];
+    return typeof x === 'number' && typeof y === 'number' && y > 0 ? x / y : null;
+  });
+}
+
+/** Indexes of the runs whose guest logged "APIC timer disabled due to verification failure". */
+function apicTimerFailures(runs: BlkRun[]): number[] {
+  return runs.flatMap((r, i) => (String(r.blkbench?.clockLog ?? '').includes('APIC timer disabled') ? [i] : []));
+}
+
+/** What the last blk run reported in full (every @blkbench line, wall times, vireo's device counters), for blk.json. */
+let blkRaw: unknown;
+
+function blkRows(
+  output: string,
+  where: string,
+  nestedBootMs: number,
+  params: { mib: number; secs: number; qd: number },
+): Row[] {
+  const ev = benchEvents(output)[0] as
+    | { results: Record<string, BlkRun[]>; qemu?: string; cmdline?: string }
+    | undefined;
+  if (!ev) throw new Error(`the virtio-blk run (${where}) printed no result: ${tail(output)}`);
+  blkRaw = ev;
+  const values = (peer: string, key: string): number[] =>
+    (ev.results[peer] ?? [])
+      .map((r) => r.blkbench?.[key])
+      .filter((x): x is number => typeof x === 'number' && Number.isFinite(x) && x > 0);
+  const firstError = (peer: string): string | undefined => (ev.results[peer] ?? []).find((r) => r.error)?.error;
+  const metrics = [
+    {
+      id: 'blk-seq-read',
+      key: 'seqReadMiBs',
+      unit: 'MiB/s',
+      what: `sequential read, ${params.mib} MiB in 1 MiB requests, QD1`,
+    },
+    {
+      id: 'blk-seq-write',
+      key: 'seqWriteMiBs',
+      unit: 'MiB/s',
+      what: `sequential write, ${params.mib} MiB in 1 MiB requests + fsync, QD1`,
+    },
+    { id: 'blk-rand-read', key: 'randReadIops', unit: 'IOPS', what: `4 KiB random read, QD1, ${params.secs} s` },
+    ...(params.qd > 1
+      ? [
+          {
+            id: `blk-rand-read-qd${params.qd}`,
+            key: 'randReadQdIops',
+            unit: 'IOPS',
+            what: `4 KiB random read, QD${params.qd} (${params.qd} threads), ${params.secs} s`,
+          },
+        ]
+      : []),
+  ];
+  return metrics.map((m) => {
+    const v = values('vireo', m.key);
+    const q = values('qemu-microvm', m.key);
+    const vireo = v.length > 0 ? median(v) : null;
+    const peer = q.length > 0 ? median(q) : null;
+    const row: Row = {
+      id: m.id,
+      benchmark: `virtio-blk (Debian cloud kernel, O_DIRECT on /dev/vda) ${m.what}, ${where}, median ${m.unit}, higher is better — vs QEMU -M microvm`,
+      unit: m.unit,
+      vireo,
+      peer,
+      peerName: 'QEMU -M microvm (virtio-blk-device, cache=writeback, aio=threads)',
+      ratio: vireo !== null && peer !== null ? vireo / peer : null,
+      goal: '—',
+      details: {
+        vireo: v,
+        peer: q,
+        // Runs are interleaved pairs; the lane's speed drifts with host load, so the pairs' ratios say more than one median.
+        ratioByRun: pairedRatios(ev.results.vireo ?? [], ev.results['qemu-microvm'] ?? [], m.key),
+        // Boots whose guest found its LAPIC timer unusable (it then programs the PIT, two port exits per timer event).
+        apicTimerDisabledRuns: {
+          vireo: apicTimerFailures(ev.results.vireo ?? []),
+          qemu: apicTimerFailures(ev.results['qemu-microvm'] ?? []),
+        },
+        where,
+        nestedBootMs,
+        qemu: ev.qemu,
+        cmdline: ev.cmdline,
+      },
+    };
+    if (vireo === null) row.vireoNote = firstError('vireo') ?? 'no result';
+    if (peer === null) row.peerNote = firstError('qemu-microvm') ?? 'no result';
+    return row;
+  });
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
   const qemu = findQemu();
   const rows: Row[] = [];
-  // VIREO_BENCH_ONLY=pio,start,rss runs a subset (results/latest.json then holds only those).
+  // VIREO_BENCH_ONLY=pio,start,rss runs a subset (its rows replace theirs in results/latest.json).
   const only = process.env.VIREO_BENCH_ONLY?.split(',').map((x) => x.trim());
   const want = (id: string) => only === undefined || only.includes(id);
 
-  const suites: { id: string; title: string; name: string; run: () => Row[] | Promise<Row[]> }[] = [
+  const suites: { id: string; title: string; name: string; file?: string; run: () => Row[] | Promise<Row[]> }[] = [
     {
       id: 'pio',
       title: 'PIO exit round trip (vireo vs C ioctl loop)',
@@ -570,6 +759,7 @@ async function main(): Promise<void> {
       id: 'linux',
       title: 'Linux boot to init, nested lane (vireo vs QEMU microvm and pc)',
       name: 'Linux boot to init (ms)',
+      file: 'linux-boot.json',
       run: () => linuxBootRows(),
     },
     {
@@ -578,15 +768,32 @@ async function main(): Promise<void> {
       name: 'VMM RSS beyond guest RAM (MiB)',
       run: () => rssRows(qemu),
     },
+    {
+      id: 'blk',
+      title: 'virtio-blk throughput, nested lane (vireo vs QEMU microvm)',
+      name: 'virtio-blk throughput',
+      file: 'blk.json',
+      run: () => blkBenchRows(),
+    },
   ];
+  suites.push({
+    id: 'snapshot',
+    title: 'snapshot create throughput and restore latency (128 MiB and 2 GiB guests)',
+    name: 'snapshots',
+    run: () => snapshotRows(),
+  });
+  const ran: { id: string; file?: string; rows: Row[] }[] = [];
   for (const [i, suite] of suites.entries()) {
     if (!want(suite.id)) continue;
     log(`${i + 1}/${suites.length} ${suite.title}`);
+    let got: Row[];
     try {
-      rows.push(...(await suite.run()));
+      got = await suite.run();
     } catch (e) {
-      rows.push(failedRow(suite.id, suite.name, e));
+      got = [failedRow(suite.id, suite.name, e)];
     }
+    rows.push(...got);
+    ran.push({ id: suite.id, ...(suite.file ? { file: suite.file } : {}), rows: got });
   }
 
   const host = {
@@ -614,11 +821,54 @@ async function main(): Promise<void> {
     `host: ${host.kernel}, ${host.cpus} CPUs, KVM ${host.kvmFlavour}, Node ${host.node}, ${host.qemu ?? 'no QEMU'}; suite took ${((Date.now() - t0) / 1000).toFixed(0)} s\n`,
   );
 
-  const resultsDir = join(repoRoot, 'bench', 'results');
+  const resultsDir = process.env.VIREO_BENCH_RESULTS_DIR ?? join(checkoutRoot(), 'bench', 'results');
   mkdirSync(resultsDir, { recursive: true });
+  const date = new Date().toISOString();
   const out = join(resultsDir, 'latest.json');
-  writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), host, rows }, roundNumbers, 2)}\n`);
+  writeFileSync(out, `${JSON.stringify(mergeLatest(out, ran, date, host, only === undefined), roundNumbers, 2)}\n`);
   process.stdout.write(`results: ${out}\n`);
+  for (const r of ran) {
+    if (!r.file) continue;
+    const extra = r.id === 'blk' && blkRaw !== undefined ? { runs: blkRaw } : {};
+    const f = join(resultsDir, r.file);
+    writeFileSync(f, `${JSON.stringify({ date, host, rows: r.rows, ...extra }, roundNumbers, 2)}\n`);
+    process.stdout.write(`results: ${f}\n`);
+  }
+}
+
+/** The suite a row belongs to: its id up to the first '-' (pio-exit → pio, blk-seq-read → blk). */
+const suiteOf = (rowId: string): string => rowId.split('-')[0] ?? rowId;
+
+/**
+ * latest.json after this run: a full run replaces it; a subset run replaces the rows of the suites
+ * that ran and keeps the others (with the date each suite last ran, in suiteDates).
+ */
+function mergeLatest(
+  path: string,
+  ran: { id: string; rows: Row[] }[],
+  date: string,
+  host: Record<string, unknown>,
+  full: boolean,
+): Record<string, unknown> {
+  const thisRun = ran.flatMap((r) => r.rows);
+  const dates: Record<string, string> = {};
+  for (const r of ran) dates[r.id] = date;
+  if (full) return { date, host, suiteDates: dates, rows: thisRun };
+  let old: { date?: string; suiteDates?: Record<string, string>; rows?: Row[] } = {};
+  try {
+    old = JSON.parse(readFileSync(path, 'utf8')) as typeof old;
+  } catch {
+    // none yet, or unreadable: start afresh
+  }
+  const replaced = new Set(ran.map((r) => r.id));
+  const kept = (old.rows ?? []).filter((r) => !replaced.has(suiteOf(r.id)));
+  const keptDates: Record<string, string> = {};
+  for (const r of kept) {
+    const s = suiteOf(r.id);
+    keptDates[s] = old.suiteDates?.[s] ?? old.date ?? 'unknown';
+  }
+  // Rows in the suites' order of the previous file, then the new suites.
+  return { date, host, suiteDates: { ...keptDates, ...dates }, rows: [...kept, ...thisRun] };
 }
 
 main().catch((e: unknown) => {
