@@ -287,7 +287,7 @@ function runGuest(
     let kvm: Record<string, number> | undefined;
     let pio: Record<string, number> | undefined;
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 420_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
     child.stdout.on('data', (b: Buffer) => {
       out += b.toString('latin1');
       if (bannerMs === null && out.includes('vireo guest ready')) bannerMs = performance.now() - t0;
