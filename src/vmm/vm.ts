@@ -356,8 +356,9 @@ export class Vm extends TypedEmitter<VmEvents> {
       return;
     }
     const supported = kvm.supportedCpuid();
+    const tscDeadline = cfg.irqchip && kvm.checkExtension('KVM_CAP_TSC_DEADLINE_TIMER') > 0;
     for (const vcpu of vcpus) {
-      const cpuid = cpuidForVcpu(supported, vcpu.id, cfg.cpus);
+      const cpuid = cpuidForVcpu(supported, vcpu.id, cfg.cpus, { tscDeadline });
       this.cpuids.push(cpuid);
       vcpu.setCpuid(cpuid);
       this.refusedMsrs = setupMsrs(vcpu);

@@ -2,15 +2,29 @@
 import type { CpuidEntry } from '../../kvm/structs.js';
 
 const HYPERVISOR_BIT = 1 << 31;
+/** CPUID.1:ECX[24]. KVM emulates the TSC-deadline timer but leaves it out of its supported CPUID. */
+const TSC_DEADLINE_BIT = 1 << 24;
 
-export function cpuidForVcpu(supported: readonly CpuidEntry[], vcpuId: number, vcpuCount: number): CpuidEntry[] {
+export interface CpuidOptions {
+  /** KVM has KVM_CAP_TSC_DEADLINE_TIMER: offer the LAPIC's TSC-deadline mode (as QEMU does). */
+  tscDeadline?: boolean;
+}
+
+export function cpuidForVcpu(
+  supported: readonly CpuidEntry[],
+  vcpuId: number,
+  vcpuCount: number,
+  opts: CpuidOptions = {},
+): CpuidEntry[] {
   return supported.map((e) => {
     const o = { ...e };
     switch (e.function) {
       case 1:
         // EBX[31:24] initial APIC ID, EBX[23:16] logical processor count; ECX bit 31: running under a hypervisor.
         o.ebx = ((e.ebx & 0x0000ffff) | ((vcpuCount & 0xff) << 16) | ((vcpuId & 0xff) << 24)) >>> 0;
-        o.ecx = (e.ecx | HYPERVISOR_BIT) >>> 0;
+        // Without the TSC-deadline timer a loaded host can fail Linux's LAPIC-timer check at boot, and
+        // the guest then takes every timer event through the PIT (seen in the blk benchmark).
+        o.ecx = (e.ecx | HYPERVISOR_BIT | (opts.tscDeadline ? TSC_DEADLINE_BIT : 0)) >>> 0;
         if (vcpuCount > 1) o.edx = (e.edx | (1 << 28)) >>> 0; // HTT: more than one logical processor
         break;
       case 0xb:
