@@ -45,7 +45,7 @@ test('Linux: snapshot in one process, restore in another, the guest goes on', { 
     restoreMs: number;
   };
   assert.equal(child.after, true, `the restored shell answers:\n${child.serial}\n${rep.childStderr}`);
-  const m = /after=42 up=(\d+) disk=(\S+)/.exec(child.serial);
+  const m = /after=42 up=(\d+) disk=(\S+) end=10/.exec(child.serial);
   assert.ok(m, child.serial);
   assert.equal(m[2], 'SNAPSHOT-DISK-MARKER', 'the restored virtio disk reads');
   const upAfter = Number(m[1]);

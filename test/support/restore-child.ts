@@ -46,10 +46,11 @@ if (mode === 'counter') {
   };
   vm.sendSerialInput(
     Buffer.from(
-      'echo "after=$((6*7)) up=$(cut -d. -f1 /proc/uptime) disk=$(dd if=/dev/vda bs=4096 skip=1 count=1 2>/dev/null | head -c 20)"\n',
+      'echo "after=$((6*7)) up=$(cut -d. -f1 /proc/uptime) disk=$(dd if=/dev/vda bs=4096 skip=1 count=1 2>/dev/null | head -c 20) end=$((5+5))"\n',
     ),
   );
-  const after = await until('after=42', 120_000);
+  // The whole line, not just its start: typing on while the guest still prints would interleave.
+  const after = await until('end=10', 120_000);
   vm.sendSerialInput(Buffer.from('poweroff -f\n'));
   const exit = await Promise.race([vm.waitForExit(), sleep(120_000).then(() => undefined)]);
   if (!exit) await vm.stop();
