@@ -187,7 +187,7 @@ async function lane(): Promise<void> {
         `cid=3,uds=${uds}`,
         '--rng',
       ],
-      { env: { ...process.env, VIREO_VERBOSE: '1', VIREO_SESSION_STREAM: '1' }, stdio: ['ignore', 'pipe', 'inherit'] },
+      { env: { ...process.env, VIREO_VERBOSE: '1' }, stdio: ['ignore', 'pipe', 'inherit'] },
     );
     let out = '';
     session.stdout.on('data', (b: Buffer) => {
@@ -248,10 +248,12 @@ async function runLane(): Promise<LaneReport> {
         memMiB: 3072,
       });
       const line = r.output.split('\n').find((l) => l.startsWith('@@rootfs-lane '));
-      assert.ok(
-        line,
-        `no report from the lane (status ${r.status}):\n${r.output.slice(-3000)}\n${r.console.slice(-2000)}`,
-      );
+      // Once in CI the lane ended with status 0 but without the report (its output stopped mid-boot):
+      // the bench, not vireo — try again like a hung lane.
+      if (!line)
+        throw new NestedError(
+          `no report from the lane (status ${r.status}):\n${r.output.slice(-3000)}\n${r.console.slice(-2000)}`,
+        );
       process.stderr.write(`linux-rootfs: nested boot ${r.timings.bootMs} ms, command ${r.timings.commandMs} ms\n`);
       return JSON.parse(line.slice('@@rootfs-lane '.length)) as LaneReport;
     } catch (e) {
