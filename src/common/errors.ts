@@ -2,6 +2,8 @@
  * Typed errors with stable codes. Every failure a user can meet has one class and one code;
  * the message says what is wrong and what to do about it, on one line.
  */
+import { getSystemErrorName } from 'node:util';
+
 export type VireoErrorCode =
   | 'VIREO_ERR_NO_KVM'
   | 'VIREO_ERR_KVM_PERMISSION'
@@ -89,27 +91,12 @@ export class ConfigError extends VireoError {
   }
 }
 
-const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM',
-  2: 'ENOENT',
-  4: 'EINTR',
-  5: 'EIO',
-  9: 'EBADF',
-  11: 'EAGAIN',
-  12: 'ENOMEM',
-  13: 'EACCES',
-  14: 'EFAULT',
-  16: 'EBUSY',
-  17: 'EEXIST',
-  19: 'ENODEV',
-  22: 'EINVAL',
-  24: 'EMFILE',
-  25: 'ENOTTY',
-  28: 'ENOSPC',
-  38: 'ENOSYS',
-  95: 'EOPNOTSUPP',
-};
-
+/** The symbolic name of a Linux errno (ECONNREFUSED for 111), or errnoN when the platform has none. */
 export function errnoName(errno: number): string {
-  return ERRNO_NAMES[errno] ?? `errno${errno}`;
+  try {
+    const name = getSystemErrorName(-errno);
+    return name.startsWith('Unknown') ? `errno${errno}` : name;
+  } catch {
+    return `errno${errno}`;
+  }
 }
