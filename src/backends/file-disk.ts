@@ -7,6 +7,8 @@ import { closeSync, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } 
 import { ConfigError } from '../common/errors.js';
 import type { BlockBackend } from '../devices/virtio/block.js';
 import * as sys from '../kvm/sys.js';
+import type { RegionDescriptor } from '../memory/guest-memory.js';
+import { IoPool } from './io-pool.js';
 
 /** What the VMM opens in the main thread and posts to the I/O thread. */
 export interface FileDiskSpec {
@@ -48,36 +50,28 @@ export class FileDisk implements BlockBackend {
   readonly size: number;
   readonly readOnly: boolean;
   readonly canDiscard = true;
+  readonly io: IoPool | undefined;
   private readonly fd: number;
 
-  constructor(spec: FileDiskSpec) {
+  /** With `pool`, reads, writes and flushes can also run on that many threads of their own. */
+  constructor(spec: FileDiskSpec, pool?: { memory: readonly RegionDescriptor[]; threads: number }) {
     this.fd = spec.fd;
     this.size = spec.size;
     this.readOnly = spec.readOnly;
+    this.io = pool && pool.threads > 0 ? new IoPool(spec.fd, pool.memory, pool.threads) : undefined;
+  }
+
+  /** Stops the threads; the file itself belongs to whoever opened it. */
+  close(): void {
+    this.io?.close();
   }
 
   readv(bufs: Uint8Array[], position: number): number {
-    let done = 0;
-    let rest = bufs;
-    while (rest.length > 0) {
-      const n = readvSync(this.fd, rest, position + done);
-      if (n === 0) break; // end of file: a short read, reported by the caller
-      done += n;
-      rest = advance(rest, n);
-    }
-    return done;
+    return readvFull(this.fd, bufs, position);
   }
 
   writev(bufs: Uint8Array[], position: number): number {
-    let done = 0;
-    let rest = bufs;
-    while (rest.length > 0) {
-      const n = writevSync(this.fd, rest, position + done);
-      if (n === 0) break;
-      done += n;
-      rest = advance(rest, n);
-    }
-    return done;
+    return writevFull(this.fd, bufs, position);
   }
 
   flush(): void {
@@ -100,6 +94,32 @@ export class FileDisk implements BlockBackend {
       this.discard(position, length);
     }
   }
+}
+
+/** preadv until every buffer is full or the file ends; returns the bytes read. */
+export function readvFull(fd: number, bufs: Uint8Array[], position: number): number {
+  let done = 0;
+  let rest = bufs;
+  while (rest.length > 0) {
+    const n = readvSync(fd, rest, position + done);
+    if (n === 0) break; // end of file: a short read, reported by the caller
+    done += n;
+    rest = advance(rest, n);
+  }
+  return done;
+}
+
+/** pwritev until every buffer is written (or nothing more can be); returns the bytes written. */
+export function writevFull(fd: number, bufs: Uint8Array[], position: number): number {
+  let done = 0;
+  let rest = bufs;
+  while (rest.length > 0) {
+    const n = writevSync(fd, rest, position + done);
+    if (n === 0) break;
+    done += n;
+    rest = advance(rest, n);
+  }
+  return done;
 }
 
 /** The buffers left after n bytes of them were transferred. */

@@ -80,6 +80,11 @@ export class GuestMemory {
     return r;
   }
 
+  /** Throws GuestMemoryError unless [gpa, gpa+len) lies wholly in one region of guest RAM. */
+  check(gpa: number, len: number): void {
+    this.region(gpa, len);
+  }
+
   /** True when [gpa, gpa+len) lies wholly in guest RAM. */
   isValid(gpa: number, len: number): boolean {
     return this.find(gpa, len) !== undefined;

@@ -12,7 +12,7 @@ import {
   VirtioMmioTransport,
 } from '../../src/devices/virtio/mmio.js';
 import type { QueueLayout } from '../../src/devices/virtio/queue.js';
-import { GuestMemory, GuestMemoryMapping } from '../../src/memory/guest-memory.js';
+import { GuestMemory, GuestMemoryMapping, type RegionDescriptor } from '../../src/memory/guest-memory.js';
 import { MockSplitQueue } from './mock-virtq.js';
 
 export const R = {
@@ -52,20 +52,21 @@ export class MockMmioDriver {
   /** Where the next queue's rings and data go. */
   private next = 0x10000;
 
-  constructor(
-    readonly device: VirtioDevice,
-    memBytes = 4 << 20,
-  ) {
+  readonly device: VirtioDevice;
+
+  /** `device` may be a function of the guest memory's mappings, for devices that need them. */
+  constructor(device: VirtioDevice | ((memory: RegionDescriptor[]) => VirtioDevice), memBytes = 4 << 20) {
     this.mapping = GuestMemoryMapping.allocate([{ gpa: 0, size: memBytes }]);
     this.mem = new GuestMemory(this.mapping.descriptors);
-    this.spec = createVirtioMmioSpec(device);
+    this.device = typeof device === 'function' ? device(this.mapping.descriptors) : device;
+    this.spec = createVirtioMmioSpec(this.device);
     let side: VirtioMmioDeviceSide | undefined;
     this.transport = new VirtioMmioTransport(this.spec, this.mem, {
       notifyQueue: (q) => side?.process(q),
       wake: () => side?.poll(),
       interrupt: () => this.interrupts++,
     });
-    side = new VirtioMmioDeviceSide(this.spec, device, this.mem, () => this.interrupts++);
+    side = new VirtioMmioDeviceSide(this.spec, this.device, this.mem, () => this.interrupts++);
     this.side = side;
   }
 

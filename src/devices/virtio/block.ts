@@ -7,13 +7,15 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import {
   bit,
   hasFeature,
+  POLL_IN,
+  type Poller,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_ID,
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
-import { chainViews, type DescriptorChain, readFromChain } from './queue.js';
+import { chainRanges, chainViews, type DescriptorChain, readFromChain, type Segment } from './queue.js';
 
 export const SECTOR = 512;
 
@@ -50,6 +52,37 @@ export interface BlockBackend {
   flush(): void;
   discard(position: number, length: number): void;
   writeZeroes(position: number, length: number, unmap: boolean): void;
+  /** Reads, writes and flushes that can run on host threads beside the device's own (optional). */
+  readonly io?: BlockIoQueue;
+  close?(): void;
+}
+
+export type BlockIoOp = 'read' | 'write' | 'flush';
+
+/**
+ * Requests a backend runs on threads of its own, so that several are in flight at once. The device
+ * watches completionFd and calls complete(), which runs the callbacks of finished requests.
+ */
+export interface BlockIoQueue {
+  readonly completionFd: number;
+  /** Requests submitted whose callbacks have not run. */
+  readonly pending: number;
+  /** Starts a read into / write from guest ranges at a byte position, or a flush; false when full. */
+  submit(op: BlockIoOp, ranges: readonly Segment[], position: number, done: (ok: boolean) => void): boolean;
+  complete(): void;
+  /** Waits for every submitted request and runs its callback. */
+  drain(): void;
+}
+
+/** A request's header, checked: where its status byte goes and how much data it carries each way. */
+interface Header {
+  type: number;
+  sector: bigint;
+  statusAddr: number;
+  /** Writable bytes before the status byte. */
+  dataIn: number;
+  /** Readable bytes after the 16-byte header. */
+  dataOut: number;
 }
 
 export interface BlockConfig {
@@ -74,6 +107,8 @@ export class VirtioBlock implements VirtioDevice {
     ioErrors: 0,
     unsupported: 0,
     malformed: 0,
+    /** Requests served on the backend's threads rather than the device's own. */
+    offloaded: 0,
   };
   private ctx: VirtioContext | undefined;
   private readonly sectors: number;
@@ -109,45 +144,143 @@ export class VirtioBlock implements VirtioDevice {
     this.id.set(Buffer.from(config.id, 'utf8').subarray(0, VIRTIO_BLK_ID_BYTES));
   }
 
+  attach(poller: Poller): void {
+    const io = this.backend.io;
+    if (io) poller.add(io.completionFd, POLL_IN, () => io.complete());
+  }
+
   activate(ctx: VirtioContext): void {
     this.ctx = ctx;
     this.process(0);
   }
 
   reset(): void {
+    // Requests still on the backend's threads finish first (they write guest memory); their answers
+    // are dropped, as the driver reset the queue they came from.
     this.ctx = undefined;
+    this.backend.io?.drain();
   }
 
+  /** Before a snapshot: every request in flight is finished and answered, so none is lost. */
+  quiesce(): void {
+    this.backend.io?.drain();
+  }
+
+  close(): void {
+    this.backend.close?.();
+  }
+
+  /**
+   * Serves what the driver made available. When several requests arrive together, all but the last go
+   * to the backend's threads (when it has them) and the last is served here meanwhile, so a 1 MiB
+   * read split into two requests is copied by two threads at once; a lone request is served here, with
+   * no thread hop.
+   */
   process(q: number): void {
     const ctx = this.ctx;
     const queue = ctx?.queues[q];
     if (ctx === undefined || queue === undefined) return;
     const mem = ctx.mem;
     let served = 0;
+    let held: DescriptorChain | undefined;
     do {
       queue.disableNotification(mem);
       for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
-        queue.pushUsed(mem, chain.head, this.serve(mem, chain, ctx.features));
-        served++;
+        if (held !== undefined && !this.offload(ctx, q, held)) {
+          queue.pushUsed(mem, held.head, this.serve(mem, held, ctx.features));
+          served++;
+        }
+        held = chain;
       }
     } while (queue.enableNotification(mem));
+    if (held !== undefined) {
+      queue.pushUsed(mem, held.head, this.serve(mem, held, ctx.features));
+      served++;
+    }
     if (served > 0) ctx.signalUsed(q);
+  }
+
+  /** The header of a request, or undefined when it has no usable header or status byte. */
+  private header(mem: GuestMemory, chain: DescriptorChain): Header | undefined {
+    const last = chain.writable[chain.writable.length - 1];
+    if (chain.error !== undefined || chain.readLen < 16 || last === undefined || last.len < 1) return undefined;
+    const hdr = new DataView(readFromChain(mem, chain.readable, 16).buffer);
+    return {
+      type: hdr.getUint32(0, true),
+      sector: hdr.getBigUint64(8, true),
+      statusAddr: last.addr + last.len - 1,
+      dataIn: chain.writeLen - 1,
+      dataOut: chain.readLen - 16,
+    };
+  }
+
+  /**
+   * Hands a well-formed read, write or flush to the backend's threads; the answer is pushed when it
+   * completes. False when it is anything else or the backend cannot take it now: serve it here.
+   */
+  private offload(ctx: VirtioContext, q: number, chain: DescriptorChain): boolean {
+    const io = this.backend.io;
+    if (io === undefined) return false;
+    const mem = ctx.mem;
+    const h = this.header(mem, chain);
+    if (h === undefined) return false;
+    let op: 'read' | 'write' | 'flush';
+    let pos = 0;
+    let ranges: Segment[] | undefined = [];
+    let len = 0;
+    if (h.type === VIRTIO_BLK_T.IN) {
+      pos = this.range(h.sector, h.dataIn);
+      if (pos < 0 || !mem.isValid(h.statusAddr, 1)) return false;
+      op = 'read';
+      len = h.dataIn;
+      ranges = this.ranges(mem, chain.writable, 0, len);
+    } else if (h.type === VIRTIO_BLK_T.OUT) {
+      pos = this.range(h.sector, h.dataOut);
+      if (pos < 0 || this.backend.readOnly || !mem.isValid(h.statusAddr, 1)) return false;
+      op = 'write';
+      len = h.dataOut;
+      ranges = this.ranges(mem, chain.readable, 16, len);
+    } else if (h.type === VIRTIO_BLK_T.FLUSH) {
+      if (!hasFeature(ctx.features, VIRTIO_BLK_F.FLUSH) || this.backend.readOnly || !mem.isValid(h.statusAddr, 1))
+        return false;
+      op = 'flush';
+    } else return false;
+    if (ranges === undefined) return false;
+    const submitted = io.submit(op, ranges, pos, (ok) => {
+      if (this.ctx !== ctx) return; // reset meanwhile: the queue is gone
+      const c = this.counters;
+      if (op === 'read') c.reads++;
+      else if (op === 'write') c.writes++;
+      else c.flushes++;
+      if (ok && op === 'read') c.readBytes += len;
+      if (ok && op === 'write') c.writeBytes += len;
+      if (!ok) c.ioErrors++;
+      mem.write8(h.statusAddr, ok ? VIRTIO_BLK_S.OK : VIRTIO_BLK_S.IOERR);
+      ctx.queues[q]?.pushUsed(mem, chain.head, (ok && op === 'read' ? len : 0) + 1);
+      ctx.signalUsed(q);
+    });
+    if (submitted) this.counters.offloaded++;
+    return submitted;
+  }
+
+  /** The chain's guest ranges, or undefined when one lies outside guest memory (served here: IOERR). */
+  private ranges(mem: GuestMemory, bufs: readonly Segment[], offset: number, len: number): Segment[] | undefined {
+    try {
+      return chainRanges(mem, bufs, offset, len);
+    } catch {
+      return undefined;
+    }
   }
 
   /** Serves one request; returns the bytes written into the chain (data plus the status byte). */
   private serve(mem: GuestMemory, chain: DescriptorChain, features: bigint): number {
-    const last = chain.writable[chain.writable.length - 1];
-    if (chain.error !== undefined || chain.readLen < 16 || last === undefined || last.len < 1) {
+    const h = this.header(mem, chain);
+    if (h === undefined) {
       // No usable header or status byte: nothing can be answered; return the chain untouched.
       this.counters.malformed++;
       return 0;
     }
-    const statusAddr = last.addr + last.len - 1;
-    const hdr = new DataView(readFromChain(mem, chain.readable, 16).buffer);
-    const type = hdr.getUint32(0, true);
-    const sector = hdr.getBigUint64(8, true);
-    const dataIn = chain.writeLen - 1; // writable bytes before the status byte
-    const dataOut = chain.readLen - 16; // readable bytes after the header
+    const { type, sector, statusAddr, dataIn, dataOut } = h;
     let status: number = VIRTIO_BLK_S.OK;
     let written = 0;
     try {

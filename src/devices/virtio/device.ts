@@ -97,6 +97,8 @@ export interface VirtioDevice {
    * waiting for data). A snapshot rewinds the queue over them, so the restored device pops them again.
    */
   heldChains?(): number[];
+  /** Before a snapshot: finish and answer every request in flight on other threads. */
+  quiesce?(): void;
   /**
    * The VM was restored from a snapshot and this device re-activated with its queues where they
    * stood: re-attach host connections (vsock resets its transport, as the spec asks after migration).

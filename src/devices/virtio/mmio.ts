@@ -454,6 +454,7 @@ export class VirtioMmioDeviceSide {
 
   /** Where this side stands, for a snapshot (the device must be quiescent: the VM paused). */
   save(): DeviceSideState {
+    if (this.ctx) this.device.quiesce?.();
     const held = this.device.heldChains?.() ?? [];
     const positions = this.ctx
       ? this.ctx.queues.map((q, i) => {

@@ -366,8 +366,16 @@ export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: n
 
 /** Zero-copy views of [offset, offset+len) of a chain's buffers (for readv/writev into guest memory). */
 export function chainViews(mem: GuestMemory, bufs: readonly Segment[], offset: number, len: number): Uint8Array[] {
+  return chainRanges(mem, bufs, offset, len).map((r) => mem.slice(r.addr, r.len));
+}
+
+/**
+ * The guest ranges of [offset, offset+len) of a chain's buffers, each checked to lie in guest memory
+ * (GuestMemoryError otherwise): what another thread needs to build its own views of them.
+ */
+export function chainRanges(mem: GuestMemory, bufs: readonly Segment[], offset: number, len: number): Segment[] {
   if (!(offset >= 0)) throw new RangeError(`negative chain offset ${offset}`);
-  const out: Uint8Array[] = [];
+  const out: Segment[] = [];
   let skip = offset;
   let left = len;
   for (const b of bufs) {
@@ -377,7 +385,10 @@ export function chainViews(mem: GuestMemory, bufs: readonly Segment[], offset: n
       continue;
     }
     const n = Math.min(b.len - skip, left);
-    if (n > 0) out.push(mem.slice(b.addr + skip, n));
+    if (n > 0) {
+      mem.check(b.addr + skip, n);
+      out.push({ addr: b.addr + skip, len: n });
+    }
     left -= n;
     skip = 0;
   }

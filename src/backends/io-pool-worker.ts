@@ -1,0 +1,63 @@
+/**
+ * Worker entry: one thread of a disk's I/O pool (io-pool.ts). Claims submitted requests from the
+ * shared ring, runs each with a blocking system call between the image file and guest memory, stores
+ * the result and wakes the I/O thread through the completion eventfd. Never returns to its event loop
+ * until told to stop.
+ */
+import { fdatasyncSync } from 'node:fs';
+import { workerData } from 'node:worker_threads';
+import * as sys from '../kvm/sys.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import { readvFull, writevFull } from './file-disk.js';
+import { CTL, OP_CODE, POOL_SLOTS, type PoolWorkerData, poolLayout, SLOT_F64, SLOT_I32, STATE } from './io-pool.js';
+
+const data = workerData as PoolWorkerData;
+const { ctl, ring, slots, args } = poolLayout(data.sab);
+const mem = new GuestMemory(data.memory);
+
+/** Whether the request was done in full (a host error, a short transfer or a bad range is a failure). */
+function perform(slot: number): boolean {
+  const op = slots[slot * SLOT_I32 + 1] as number;
+  if (op === OP_CODE.flush) {
+    fdatasyncSync(data.fd);
+    return true;
+  }
+  const a = slot * SLOT_F64;
+  const n = slots[slot * SLOT_I32 + 2] as number;
+  const views: Uint8Array[] = [];
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const len = args[a + 2 + 2 * i] as number;
+    views.push(mem.slice(args[a + 1 + 2 * i] as number, len));
+    total += len;
+  }
+  const position = args[a] as number;
+  const done = op === OP_CODE.read ? readvFull(data.fd, views, position) : writevFull(data.fd, views, position);
+  return done === total;
+}
+
+try {
+  while (Atomics.load(ctl, CTL.stop) === 0) {
+    const claim = Atomics.load(ctl, CTL.claim);
+    const tail = Atomics.load(ctl, CTL.tail);
+    if (claim === tail) {
+      Atomics.wait(ctl, CTL.tail, tail);
+      continue;
+    }
+    if (Atomics.compareExchange(ctl, CTL.claim, claim, (claim + 1) | 0) !== claim) continue;
+    const slot = Atomics.load(ring, claim & (POOL_SLOTS - 1));
+    let ok: boolean;
+    try {
+      ok = perform(slot);
+    } catch {
+      ok = false;
+    }
+    slots[slot * SLOT_I32 + 3] = ok ? 1 : 0;
+    Atomics.store(slots, slot * SLOT_I32, STATE.done);
+    Atomics.notify(slots, slot * SLOT_I32);
+    sys.eventfdWrite(data.completionFd);
+  }
+} finally {
+  Atomics.add(ctl, CTL.exited, 1);
+  Atomics.notify(ctl, CTL.exited);
+}
