@@ -69,7 +69,7 @@ export function sourceRoot(): string {
   }
 }
 
-function atomicWrite(path: string, data: Uint8Array | string, mode = 0o644): void {
+export function atomicWrite(path: string, data: Uint8Array | string, mode = 0o644): void {
   const tmp = `${path}.tmp${process.pid}`;
   writeFileSync(tmp, data, { mode });
   renameSync(tmp, path);
@@ -96,18 +96,22 @@ export function buildBlkbench(): string {
   return out;
 }
 
-/** The kit's /init with blkbench run after the banner, before vireo.exit= is honoured. */
-export function blkbenchInit(kitInit: string): string {
+/** The kit's /init with `added` lines run after the banner, before vireo.exit= is honoured. */
+export function kitInitWith(kitInit: string, added: readonly string[], what: string): string {
   const lines = kitInit.split('\n');
   const at = lines.indexOf(INIT_ANCHOR);
   if (at < 0 || lines.indexOf(INIT_ANCHOR, at + 1) >= 0)
-    throw new Error(`the kit's /init has changed: expected one line '${INIT_ANCHOR}' to add blkbench before`);
-  return [
-    ...lines.slice(0, at),
-    '# Added by bench/blk-inner.ts: the block benchmark, before vireo.exit= ends the guest.',
-    '/blkbench',
-    ...lines.slice(at),
-  ].join('\n');
+    throw new Error(`the kit's /init has changed: expected one line '${INIT_ANCHOR}' to add ${what} before`);
+  return [...lines.slice(0, at), ...added, ...lines.slice(at)].join('\n');
+}
+
+/** The kit's /init with blkbench run after the banner, before vireo.exit= is honoured. */
+export function blkbenchInit(kitInit: string): string {
+  return kitInitWith(
+    kitInit,
+    ['# Added by bench/blk-inner.ts: the block benchmark, before vireo.exit= ends the guest.', '/blkbench'],
+    'blkbench',
+  );
 }
 
 export interface BlkGuest {
@@ -214,10 +218,20 @@ interface RunResult {
   profile?: ProfileSummary[];
 }
 
-const KVM_DEBUGFS = '/sys/kernel/debug/kvm';
+export const KVM_DEBUGFS = '/sys/kernel/debug/kvm';
+
+/** Mounts debugfs when KVM's statistics are not there yet; says so on stderr when it cannot. */
+export function ensureDebugfs(suite: string): void {
+  if (existsSync(KVM_DEBUGFS)) return;
+  try {
+    execFileSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug'], { stdio: 'ignore' });
+  } catch {
+    process.stderr.write(`[${suite}] cannot mount debugfs: no KVM statistics\n`);
+  }
+}
 
 /** KVM's own statistics of the VM a process runs (debugfs <pid>-<fd>/: exits by kind, injections, halts). */
-function kvmStats(pid: number | undefined): Record<string, number> | undefined {
+export function kvmStats(pid: number | undefined): Record<string, number> | undefined {
   if (pid === undefined) return undefined;
   try {
     const dir = readdirSync(KVM_DEBUGFS).find((d) => d.startsWith(`${pid}-`));
@@ -266,18 +280,30 @@ function pioTraceStop(): Record<string, number> | undefined {
   }
 }
 
-function statsDelta(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+export function statsDelta(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
   const d: Record<string, number> = {};
   for (const [k, v] of Object.entries(b)) if (v !== (a[k] ?? 0)) d[k] = v - (a[k] ?? 0);
   return d;
 }
 
-function runGuest(
+/** The lines a benchmark program in the guest prints: `start` before its measurements, `result {json}` after. */
+export interface GuestMarks {
+  name: string;
+  start: string;
+  result: string;
+}
+const BLK_MARKS: GuestMarks = { name: 'blkbench', start: BLKBENCH_START, result: BLKBENCH_MARK };
+
+/** One boot of a guest benchmark: RunResult with the guest's result line as `result`. */
+export type GuestRun = Omit<RunResult, 'imageWritten' | 'blkbench'> & { result: Record<string, unknown> | null };
+
+export function runGuest(
   cmd: string,
   args: string[],
   env: NodeJS.ProcessEnv,
   withKvmStats: boolean,
-): Promise<Omit<RunResult, 'imageWritten'>> {
+  marks: GuestMarks = BLK_MARKS,
+): Promise<GuestRun> {
   return new Promise((resolve) => {
     const t0 = performance.now();
     let out = '';
@@ -291,13 +317,13 @@ function runGuest(
     child.stdout.on('data', (b: Buffer) => {
       out += b.toString('latin1');
       if (bannerMs === null && out.includes('vireo guest ready')) bannerMs = performance.now() - t0;
-      // blkbench's start line comes a second before its measurements, its result line just after
-      // them: the difference is what the benchmark cost KVM.
-      if (withKvmStats && statsAtStart === undefined && out.includes(BLKBENCH_START)) {
+      // The start line comes a second before the measurements, the result line just after them:
+      // the difference is what the benchmark cost KVM.
+      if (withKvmStats && statsAtStart === undefined && out.includes(marks.start)) {
         statsAtStart = kvmStats(child.pid) ?? {};
         pioTraceStart();
       }
-      if (withKvmStats && statsAtStart && kvm === undefined && out.includes(BLKBENCH_MARK)) {
+      if (withKvmStats && statsAtStart && kvm === undefined && out.includes(marks.result)) {
         const end = kvmStats(child.pid);
         pio = pioTraceStop();
         if (end) kvm = statsDelta(statsAtStart, end);
@@ -316,15 +342,15 @@ function runGuest(
       const line = out
         .split('\n')
         .map((l) => l.replace(/\r$/, ''))
-        .find((l) => l.startsWith(BLKBENCH_MARK));
-      let blkbench: Record<string, unknown> | null = null;
+        .find((l) => l.startsWith(marks.result));
+      let result: Record<string, unknown> | null = null;
       let error: string | undefined;
       if (line !== undefined) {
         try {
-          blkbench = JSON.parse(line.slice(BLKBENCH_MARK.length)) as Record<string, unknown>;
-          if (typeof blkbench.error === 'string') error = `blkbench: ${blkbench.error}`;
+          result = JSON.parse(line.slice(marks.result.length)) as Record<string, unknown>;
+          if (typeof result.error === 'string') error = `${marks.name}: ${result.error}`;
         } catch {
-          error = `unreadable blkbench line: ${line}`;
+          error = `unreadable ${marks.name} line: ${line}`;
         }
       } else {
         const lastLines = `${out}\n${err}`
@@ -333,7 +359,7 @@ function runGuest(
           .filter((l) => l !== '')
           .slice(-4)
           .join(' | ');
-        error = `no ${BLKBENCH_MARK.trim()} line (status ${status}, signal ${signal}): ${lastLines}`;
+        error = `no ${marks.result.trim()} line (status ${status}, signal ${signal}): ${lastLines}`;
       }
       const m = /vireo: device counters (\{.*\})/.exec(err);
       let counters: unknown;
@@ -349,7 +375,7 @@ function runGuest(
         signal,
         wallMs,
         bannerMs,
-        blkbench,
+        result,
         ...(kvm !== undefined ? { kvm } : {}),
         ...(pio !== undefined ? { pio } : {}),
         ...(counters !== undefined ? { counters } : {}),
@@ -382,7 +408,7 @@ export interface ProfileSummary {
   inclusive: { fn: string; ms: number; pct: number }[];
 }
 
-function summarizeProfile(thread: string, path: string, topN = 30): ProfileSummary {
+export function summarizeProfile(thread: string, path: string, topN = 30): ProfileSummary {
   const p = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
@@ -423,7 +449,7 @@ function summarizeProfile(thread: string, path: string, topN = 30): ProfileSumma
  * that thread: the profiler's SIGPROF would interrupt the main thread's KVM ioctls (KVM_CREATE_VM
  * fails with EINTR under node --cpu-prof) and add exits to the vCPU threads.
  */
-function profilerPreload(out: string): string {
+export function profilerPreload(out: string): string {
   return `'use strict';
 const { isMainThread, parentPort } = require('node:worker_threads');
 if (!isMainThread && parentPort) {
@@ -454,19 +480,32 @@ if (!isMainThread && parentPort) {
 
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * Writes `dir`/vireo.mjs, which runs `vireo` (its argv) from the same compiled tree as this script
+ * (bin/vireo.js always loads dist/), and returns its path.
+ */
+export function writeVireoLauncher(dir: string): string {
+  const cli = (f: string): string => pathToFileURL(join(here, '..', 'src', 'cli', f)).href;
+  const launcher = [
+    `import { prewarmForArgs } from '${cli('prewarm.js')}';`,
+    'const argv = process.argv.slice(2);',
+    'prewarmForArgs(argv);',
+    `const { main } = await import('${cli('main.js')}');`,
+    'process.exitCode = await main(argv);',
+  ].join(' ');
+  // A file, not `node -e`: worker threads inherit the process's exec arguments (--input-type too).
+  const file = join(dir, 'vireo.mjs');
+  writeFileSync(file, `${launcher}\n`);
+  return file;
+}
+
 async function main(): Promise<void> {
   const { DEFAULT_LINUX_CMDLINE } = await import('../src/cli/main.js');
   const { prepareKit } = await import('../src/kit/kit.js');
   const p = blkParams();
   const profile = process.env.VIREO_BENCH_BLK_PROFILE === '1';
   const withKvmStats = process.env.VIREO_BENCH_BLK_KVMSTAT === '1';
-  if (withKvmStats && !existsSync(KVM_DEBUGFS)) {
-    try {
-      execFileSync('mount', ['-t', 'debugfs', 'debugfs', '/sys/kernel/debug'], { stdio: 'ignore' });
-    } catch {
-      process.stderr.write('[blk] cannot mount debugfs: no KVM statistics\n');
-    }
-  }
+  if (withKvmStats) ensureDebugfs('blk');
   // Inside the lane the kit prepared outside is used as it is; elsewhere it is fetched if missing.
   const kit = await prepareKit({ offline: process.env.VIREO_NESTED === '1' });
   const given = process.env.VIREO_BENCH_BLK_INITRD;
@@ -478,18 +517,7 @@ async function main(): Promise<void> {
     'quiet vireo.exit=poweroff rdinit=/blkbench-init',
     `blkbench.mib=${p.mib} blkbench.secs=${p.secs} blkbench.qd=${p.qd}`,
   ].join(' ');
-  // vireo from the same compiled tree as this script (bin/vireo.js always loads dist/).
-  const cli = (f: string): string => pathToFileURL(join(here, '..', 'src', 'cli', f)).href;
-  const launcher = [
-    `import { prewarmForArgs } from '${cli('prewarm.js')}';`,
-    'const argv = process.argv.slice(2);',
-    'prewarmForArgs(argv);',
-    `const { main } = await import('${cli('main.js')}');`,
-    'process.exitCode = await main(argv);',
-  ].join(' ');
-  // A file, not `node -e`: worker threads inherit the process's exec arguments (--input-type too).
-  const launcherFile = join(work, 'vireo.mjs');
-  writeFileSync(launcherFile, `${launcher}\n`);
+  const launcherFile = writeVireoLauncher(work);
   const profFile = join(work, 'io-thread.cpuprofile');
   const preload = join(work, 'profile-io-thread.cjs');
   if (profile) writeFileSync(preload, profilerPreload(profFile));
@@ -558,8 +586,8 @@ async function main(): Promise<void> {
         resetImage(img, p.mib);
         rmSync(profFile, { force: true });
         process.stderr.write(`[blk] run ${i + 1}/${p.runs}: ${name}\n`);
-        const r = await runGuest(cmd, args, env, withKvmStats);
-        const res: RunResult = { ...r, imageWritten: imageTagged(img, p.mib) };
+        const { result, ...r } = await runGuest(cmd, args, env, withKvmStats);
+        const res: RunResult = { ...r, blkbench: result, imageWritten: imageTagged(img, p.mib) };
         if (profile && name === 'vireo' && existsSync(profFile))
           res.profile = [summarizeProfile('io-thread', profFile)];
         const list = results[name] ?? [];

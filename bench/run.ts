@@ -9,13 +9,13 @@
  *    QEMU booting the same image with -kernel.
  * 3. VMM resident memory beyond guest RAM: a 1-vCPU 128 MiB guest that prints "ready" and halts;
  *    the VMM process's VmRSS minus the guest RAM pages resident in it (from /proc/<pid>/pagemap).
- * 4. Linux boot time (suite `linux`) and 5. virtio-blk throughput (suite `blk`): Debian's stock
- *    kernel, vireo against QEMU -M microvm, in the nested lane on PVM hosts (bench/linux-boot-inner.ts,
- *    bench/blk-inner.ts run there).
+ * 4. Linux boot time (suite `linux`), 5. virtio-blk throughput (suite `blk`) and 7. virtio-net TCP
+ *    throughput (suite `net`): Debian's stock kernel, vireo against QEMU -M microvm, in the nested lane
+ *    on PVM hosts (bench/linux-boot-inner.ts, bench/blk-inner.ts, bench/net-inner.ts run there).
  *
  * Prints a markdown table and writes bench/results/latest.json (VIREO_BENCH_RESULTS_DIR: elsewhere).
  * A run of some suites (VIREO_BENCH_ONLY) replaces their rows in latest.json and keeps the others'.
- * The `linux` and `blk` suites also write their own file there (linux-boot.json, blk.json). A
+ * The `linux`, `blk` and `net` suites also write their own file there (linux-boot.json, blk.json, net.json). A
  * benchmark or peer that cannot run gives a row that says why; the suite itself does not fail for that.
  */
 import { execFileSync } from 'node:child_process';
@@ -734,6 +734,98 @@ function blkRows(
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// 7. virtio-net TCP throughput, in the nested lane: iperf3 in the same guest against a server behind
+//    the same TAP, vireo against QEMU -M microvm's userspace virtio-net (vhost=off)
+
+/** Lane vCPUs for the net suite: the guest's vCPU, the VMM's I/O thread and iperf3's server. */
+const NET_LANE_CPUS = Number(process.env.VIREO_BENCH_NET_LANE_CPUS ?? 2);
+
+/** What the last net run reported in full (every @netbench line, wall times, device counters), for net.json. */
+let netRaw: unknown;
+
+async function netBenchRows(): Promise<Row[]> {
+  const { netParams, prepareNetGuest } = await import('./net-inner.js');
+  const { prepareKit } = await import('../src/kit/kit.js');
+  const params = netParams();
+  // Built here: iperf3 and its libraries come from this host (the lane sees the same files).
+  const guest = prepareNetGuest(await prepareKit());
+  const env: Record<string, string> = { VIREO_BENCH_NET_INITRD: guest.initrd };
+  for (const [k, v] of Object.entries(process.env))
+    if (k.startsWith('VIREO_BENCH_NET_') && k !== 'VIREO_BENCH_NET_LANE_CPUS' && v !== undefined) env[k] = v;
+  const inner = join(here, 'net-inner.js');
+  const { detectFlavour } = await import('../src/kvm/kvm.js');
+  if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
+    const direct = runTimed(NODE, [inner], { timeoutMs: 60 * 60_000, env: { ...process.env, ...env } });
+    return netRows(direct.stdout, 'direct on this host', 0, params.secs);
+  }
+  const { runNested } = await import('../src/kit/nested.js');
+  log(`net: ${params.runs} runs per VMM in the nested lane (${NET_LANE_CPUS} vCPUs), ${params.secs} s each way`);
+  const r = await runNested({
+    command: [NODE, inner],
+    cwd: checkoutRoot(),
+    timeoutMs: 60 * 60_000,
+    cpus: NET_LANE_CPUS,
+    memMiB: 3072,
+    env,
+  });
+  if (r.status !== 0) throw new Error(`net-inner.js failed in the nested lane (status ${r.status}): ${tail(r.output)}`);
+  return netRows(r.output, `nested lane, ${NET_LANE_CPUS} vCPUs`, r.timings.bootMs, params.secs);
+}
+
+function netRows(output: string, where: string, nestedBootMs: number, secs: number): Row[] {
+  type NetRun = { netbench: Record<string, unknown> | null; error?: string };
+  const ev = benchEvents(output)[0] as { results: Record<string, NetRun[]>; qemu?: string } | undefined;
+  if (!ev) throw new Error(`the virtio-net run (${where}) printed no result: ${tail(output)}`);
+  netRaw = ev;
+  const runs = (peer: string): NetRun[] => ev.results[peer] ?? [];
+  const value = (r: NetRun | undefined, key: string): number | null => {
+    const x = r?.netbench?.[key];
+    return typeof x === 'number' && Number.isFinite(x) && x > 0 ? x : null;
+  };
+  const firstError = (peer: string): string | undefined => runs(peer).find((r) => r.error)?.error;
+  return [
+    { id: 'net-tcp-up', key: 'upMbits', what: 'guest → host' },
+    { id: 'net-tcp-down', key: 'downMbits', what: 'host → guest (iperf3 -R)' },
+  ].map((m) => {
+    const v = runs('vireo')
+      .map((r) => value(r, m.key))
+      .filter((x): x is number => x !== null);
+    const q = runs('qemu-microvm')
+      .map((r) => value(r, m.key))
+      .filter((x): x is number => x !== null);
+    const vireo = v.length > 0 ? median(v) : null;
+    const peer = q.length > 0 ? median(q) : null;
+    const row: Row = {
+      id: m.id,
+      benchmark: `virtio-net TCP ${m.what} (Debian cloud kernel, iperf3 -t ${secs} over a TAP), ${where}, median Mbit/s, higher is better — vs QEMU -M microvm`,
+      unit: 'Mbit/s',
+      vireo,
+      peer,
+      peerName: 'QEMU -M microvm (virtio-net-device, tap, vhost=off)',
+      ratio: vireo !== null && peer !== null ? vireo / peer : null,
+      goal: 'ratio ≥ 1',
+      details: {
+        vireo: v,
+        peer: q,
+        // Runs are interleaved pairs; the pairs' ratios say more than one median when the lane drifts.
+        ratioByRun: runs('vireo').map((r, i) => {
+          const a = value(r, m.key);
+          const b = value(runs('qemu-microvm')[i], m.key);
+          return a !== null && b !== null ? a / b : null;
+        }),
+        where,
+        nestedBootMs,
+        qemu: ev.qemu,
+      },
+    };
+    if (row.ratio !== null) row.goalMet = row.ratio >= 1;
+    if (vireo === null) row.vireoNote = firstError('vireo') ?? 'no result';
+    if (peer === null) row.peerNote = firstError('qemu-microvm') ?? 'no result';
+    return row;
+  });
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
   const qemu = findQemu();
@@ -774,6 +866,13 @@ async function main(): Promise<void> {
       name: 'virtio-blk throughput',
       file: 'blk.json',
       run: () => blkBenchRows(),
+    },
+    {
+      id: 'net',
+      title: 'virtio-net TCP throughput, nested lane (vireo vs QEMU microvm)',
+      name: 'virtio-net throughput',
+      file: 'net.json',
+      run: () => netBenchRows(),
     },
   ];
   suites.push({
@@ -829,7 +928,8 @@ async function main(): Promise<void> {
   process.stdout.write(`results: ${out}\n`);
   for (const r of ran) {
     if (!r.file) continue;
-    const extra = r.id === 'blk' && blkRaw !== undefined ? { runs: blkRaw } : {};
+    const raw = r.id === 'blk' ? blkRaw : r.id === 'net' ? netRaw : undefined;
+    const extra = raw !== undefined ? { runs: raw } : {};
     const f = join(resultsDir, r.file);
     writeFileSync(f, `${JSON.stringify({ date, host, rows: r.rows, ...extra }, roundNumbers, 2)}\n`);
     process.stdout.write(`results: ${f}\n`);

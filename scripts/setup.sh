@@ -13,6 +13,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v iasl >/dev/null || need+=(acpica-tools)
 command -v stdbuf >/dev/null || need+=(coreutils)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v iperf3 >/dev/null || need+=(iperf3)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then

@@ -146,6 +146,8 @@ export class Tap implements NetBackend {
   }
 
   read(bufs: Uint8Array[]): number | undefined {
+    // Asked first: an empty TAP would make readvSync throw EAGAIN, and an exception costs more than a poll.
+    if (!sys.readable(this.fd)) return undefined;
     try {
       // A read returns at most what the buffers hold and drops the rest of the frame: one spare byte
       // after the guest's buffers tells a frame that did not fit (the device drops it) from one that did.

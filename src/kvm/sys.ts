@@ -28,6 +28,7 @@ const c_epoll_ctl = libc.func('epoll_ctl', 'int', ['int', 'int', 'int', 'void *'
 const c_epoll_wait = libc.func('epoll_wait', 'int', ['int', 'void *', 'int', 'int']);
 const c_pipe2 = libc.func('pipe2', 'int', ['void *', 'int']);
 const c_fallocate = libc.func('fallocate', 'int', ['int', 'int', 'int64_t', 'int64_t']);
+const c_poll = libc.func('poll', 'int', ['void *', 'uint64_t', 'int']);
 
 export const O_RDONLY = 0;
 export const O_RDWR = 2;
@@ -220,6 +221,23 @@ export class Epoll {
   close(): void {
     close(this.fd);
   }
+}
+
+/** struct pollfd { int fd; short events; short revents; } for readable(). */
+const pollFd = Buffer.alloc(8);
+const POLLIN = 0x001;
+
+/**
+ * Whether `fd` has data to read now (poll with no wait). Lets a caller skip a read that would fail
+ * with EAGAIN, which Node's fs functions turn into a thrown error (costly on a hot path). A poll
+ * error answers true: the read then reports it.
+ */
+export function readable(fd: number): boolean {
+  pollFd.writeInt32LE(fd, 0);
+  pollFd.writeInt16LE(POLLIN, 4);
+  pollFd.writeInt16LE(0, 6);
+  const n = c_poll(pollFd, 1, 0) as number;
+  return n !== 0;
 }
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
