@@ -7,7 +7,7 @@ import fc from 'fast-check';
 import { Bus, type BusDevice } from '../src/bus/bus.js';
 import { VireoError } from '../src/common/errors.js';
 import { DebugExit } from '../src/devices/legacy/debug-exit.js';
-import { I8042 } from '../src/devices/legacy/i8042.js';
+import { CTRL_ALT_DEL, createI8042State, I8042, I8042_BUFFER_SIZE, I8042_IRQ } from '../src/devices/legacy/i8042.js';
 import { createPostCodeState, PostCode } from '../src/devices/legacy/post-code.js';
 
 const rd = (dev: BusDevice, offset: number, width = 1): number[] => {
@@ -69,6 +69,84 @@ describe('i8042', () => {
     assert.equal(k.resets(), 0);
     assert.equal(k.status() & 0x01, 0x01);
     assert.equal(k.data(), 0xfa);
+  });
+
+  /** A controller whose IRQ 1 edges are recorded, over a given shared state. */
+  const withIrq = (state = createI8042State()) => {
+    const levels: boolean[] = [];
+    const kbc = new I8042(() => {}, state, { set: (l) => levels.push(l) });
+    /** Rising edges so far (each is one interrupt: ISA IRQs are edge-triggered). */
+    const edges = () => levels.filter((l, i) => l && levels[i + 1] === false).length;
+    return { kbc, levels, edges, status: () => rd(kbc, CMD)[0] as number, data: () => rd(kbc, DATA)[0] as number };
+  };
+  /** The guest's interrupt handler: read status, then one byte from port 0x60, while OBF is set. */
+  const drain = (k: ReturnType<typeof withIrq>): { bytes: number[]; edgesBefore: number[] } => {
+    const bytes: number[] = [];
+    const edgesBefore: number[] = [];
+    while (k.status() & 0x01) {
+      edgesBefore.push(k.edges());
+      bytes.push(k.data());
+    }
+    return { bytes, edgesBefore };
+  };
+
+  test('Ctrl+Alt+Del: translated set 1 (the power-on command byte), one IRQ 1 edge per byte', () => {
+    assert.equal(I8042_IRQ, 1);
+    const k = withIrq();
+    assert.equal(k.kbc.injectCtrlAltDel(), true);
+    assert.equal(k.status() & 0x21, 0x01, 'OBF set, not aux data');
+    assert.equal(k.edges(), 1, 'the first byte raises IRQ 1');
+    const { bytes, edgesBefore } = drain(k);
+    assert.deepEqual(bytes, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d], 'Ctrl, Alt, Del down; then up');
+    assert.deepEqual(bytes, [...CTRL_ALT_DEL.set1]);
+    assert.deepEqual(
+      edgesBefore,
+      bytes.map((_, i) => i + 1),
+      'each byte had its own interrupt before the guest read it',
+    );
+    assert.equal(k.edges(), bytes.length, 'no interrupt once the buffer is empty');
+    assert.equal(k.levels.at(-1), false, 'the line is left low');
+    assert.equal(k.data(), 0, 'an empty buffer reads as zero');
+  });
+
+  test('Ctrl+Alt+Del: set 2 when the guest cleared the translate bit; no IRQ with the interrupt disabled', () => {
+    const k = withIrq();
+    wr(k.kbc, CMD, 0x60);
+    wr(k.kbc, DATA, 0x05); // keyboard interrupt, system flag, no translation
+    assert.equal(k.kbc.injectCtrlAltDel(), true);
+    assert.deepEqual(drain(k).bytes, [0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14]);
+    assert.equal(k.edges(), CTRL_ALT_DEL.set2.length);
+    wr(k.kbc, CMD, 0x60);
+    wr(k.kbc, DATA, 0x44); // translation, interrupt off
+    const before = k.edges();
+    assert.equal(k.kbc.injectCtrlAltDel(), true);
+    assert.deepEqual(drain(k).bytes, [...CTRL_ALT_DEL.set1], 'a polling guest still reads the keys');
+    assert.equal(k.edges(), before, 'but gets no interrupt');
+  });
+
+  test('Ctrl+Alt+Del is refused whole when the buffer lacks room; the guest cannot grow the buffer', () => {
+    const k = withIrq();
+    for (let i = 0; i < 100; i++) wr(k.kbc, DATA, 0xed); // keyboard commands, each acknowledged
+    assert.equal(k.kbc.pending, I8042_BUFFER_SIZE, 'acknowledgements stop at the buffer size');
+    assert.equal(k.kbc.injectCtrlAltDel(), false);
+    assert.equal(k.kbc.pending, I8042_BUFFER_SIZE, 'nothing was added');
+    for (let i = 0; i < CTRL_ALT_DEL.set1.length - 1; i++) assert.equal(k.data(), 0xfa);
+    assert.equal(k.kbc.injectCtrlAltDel(), false, 'one byte short');
+    assert.equal(k.data(), 0xfa);
+    assert.equal(k.kbc.injectCtrlAltDel(), true, 'room for all of it');
+    const bytes = drain(k).bytes;
+    assert.deepEqual(bytes.slice(-CTRL_ALT_DEL.set1.length), [...CTRL_ALT_DEL.set1], 'after the older bytes');
+  });
+
+  test('one controller over shared state: keys injected on one thread are read on another', () => {
+    const state = createI8042State();
+    const vcpu = withIrq(createI8042State(state.buffer));
+    const main = new I8042(() => {}, createI8042State(state.buffer));
+    wr(vcpu.kbc, CMD, 0x60);
+    wr(vcpu.kbc, DATA, 0x05);
+    assert.equal(main.injectCtrlAltDel(), true);
+    assert.deepEqual(drain(vcpu).bytes, [...CTRL_ALT_DEL.set2], 'the command byte the guest wrote decides the set');
+    assert.equal(main.pending, 0);
   });
 
   test('0x20 reads the command byte through the output buffer and OBF', () => {

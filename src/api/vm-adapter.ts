@@ -1,6 +1,5 @@
 /**
- * Vm operations the API needs that the Vm class is still growing (snapshots, Ctrl+Alt+Del, changing the
- * balloon's statistics interval). Each is looked up on the Vm at run time with its expected signature,
+ * Vm operations the API needs that the Vm class is still growing (snapshots). Each is looked up on the Vm at run time with its expected signature,
  * so this compiles before they exist and calls them as soon as they do; until then the API answers
  * 400 saying vireo cannot do it yet. When the methods land in src/vmm/vm.ts, replace these lookups with
  * direct calls.
@@ -32,14 +31,6 @@ interface VmClassWithRestore {
   restore(opts: SnapshotRestoreOptions): Promise<Vm>;
 }
 
-interface VmWithCtrlAltDel {
-  sendCtrlAltDel(): void;
-}
-
-interface VmWithBalloonStatsInterval {
-  setBalloonStatsInterval(seconds: number): void;
-}
-
 /** `vm.snapshot(opts)`, when this build's Vm has it. */
 export function snapshotMethod(vm: Vm): ((opts: SnapshotCreateOptions) => Promise<void>) | undefined {
   const f = (vm as unknown as Partial<VmWithSnapshots>).snapshot;
@@ -50,16 +41,4 @@ export function snapshotMethod(vm: Vm): ((opts: SnapshotCreateOptions) => Promis
 export function restoreMethod(): ((opts: SnapshotRestoreOptions) => Promise<Vm>) | undefined {
   const f = (Vm as unknown as Partial<VmClassWithRestore>).restore;
   return typeof f === 'function' ? (opts) => f.call(Vm, opts) : undefined;
-}
-
-/** `vm.sendCtrlAltDel()` (the i8042 key sequence), when this build's Vm has it. */
-export function ctrlAltDelMethod(vm: Vm): (() => void) | undefined {
-  const f = (vm as unknown as Partial<VmWithCtrlAltDel>).sendCtrlAltDel;
-  return typeof f === 'function' ? () => f.call(vm) : undefined;
-}
-
-/** `vm.setBalloonStatsInterval(s)`, when this build's Vm has it. */
-export function balloonStatsIntervalMethod(vm: Vm): ((seconds: number) => void) | undefined {
-  const f = (vm as unknown as Partial<VmWithBalloonStatsInterval>).setBalloonStatsInterval;
-  return typeof f === 'function' ? (s) => f.call(vm, s) : undefined;
 }

@@ -1,6 +1,7 @@
 /**
  * The serial console on the user's terminal: stdin in raw mode feeds the UART's receive side;
- * Ctrl-A x quits, Ctrl-A h prints help, Ctrl-A Ctrl-A sends a literal Ctrl-A (as in QEMU).
+ * Ctrl-A x quits, Ctrl-A h prints help, Ctrl-A Ctrl-A sends a literal Ctrl-A (as in QEMU), Ctrl-A d
+ * presses Ctrl+Alt+Del on the guest's keyboard.
  * Works with a pipe on stdin too (no raw mode then).
  */
 import type { Vm } from './vm.js';
@@ -26,7 +27,17 @@ export function attachConsole(vm: Vm, input: NodeJS.ReadStream = process.stdin, 
           return;
         }
         if (b === 0x68 /* h */ || b === 0x3f) {
-          process.stderr.write('\r\nC-a x  quit vireo\r\nC-a h  this help\r\nC-a C-a  send C-a to the guest\r\n');
+          process.stderr.write(
+            '\r\nC-a x  quit vireo\r\nC-a d  send Ctrl+Alt+Del to the guest\r\nC-a h  this help\r\nC-a C-a  send C-a to the guest\r\n',
+          );
+          continue;
+        }
+        if (b === 0x64 /* d */ || b === 0x44) {
+          try {
+            vm.sendCtrlAltDel();
+          } catch (e) {
+            process.stderr.write(`\r\nvireo: ${(e as Error).message}\r\n`);
+          }
           continue;
         }
         if (b === CTRL_A) out.push(CTRL_A);

@@ -8,6 +8,7 @@ import type { Poller } from '../devices/virtio/device.js';
 import { type DeviceSideState, VirtioMmioDeviceSide } from '../devices/virtio/mmio.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import { SharedCounters } from './device-counters.js';
 import { buildDevice, type IoThreadInit, type IoThreadMessage } from './virtio-devices.js';
 
 if (!parentPort) throw new Error('io-thread must run as a worker');
@@ -52,6 +53,13 @@ function run(init: IoThreadInit): void {
   const ep = new sys.Epoll();
   const sides: VirtioMmioDeviceSide[] = [];
   const handlers = new Map<number, (events: number) => void>();
+  const live = init.slots.map((slot) => new SharedCounters(slot.counterNames, slot.counters));
+  /** Per device: its model's counters, and protocolErrors from its transport side (no allocation per wake-up). */
+  const sources: Record<string, number>[] = [];
+  /** Counters reach the VMM thread after every wake-up (metrics read them while the VM runs). */
+  const publish = (): void => {
+    for (let i = 0; i < sources.length; i++) live[i]?.publish(sources[i] as Record<string, number>);
+  };
   try {
     ep.add(init.controlFd, sys.EPOLLIN, CONTROL);
     init.slots.forEach((slot, i) => {
@@ -60,6 +68,7 @@ function run(init: IoThreadInit): void {
       device.attach?.(new FdPoller(ep, handlers, (e) => sides[i]?.deviceError(e)));
       const side = new VirtioMmioDeviceSide(slot.mmio, device, mem, () => sys.eventfdWrite(irqFd));
       sides.push(side);
+      sources.push(Object.create(device.counters, { protocolErrors: { get: () => side.errors } }));
       slot.queueFds.forEach((fd, q) => {
         ep.add(fd, sys.EPOLLIN, (i << 8) | q);
       });
@@ -101,6 +110,7 @@ function run(init: IoThreadInit): void {
         sys.eventfdRead(slot.queueFds[q] as number);
         side.process(q);
       });
+      publish();
     }
   } catch (e) {
     post({ type: 'error', message: e instanceof Error ? e.message : String(e) });

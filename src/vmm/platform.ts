@@ -18,7 +18,7 @@ import { SharedState } from '../common/shared-state.js';
 import { Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../devices/legacy/acpi-pm.js';
 import { CMOS_BASE, CMOS_LENGTH, Cmos, type CmosField, createCmosState } from '../devices/legacy/cmos.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
-import { I8042, I8042_BASE, I8042_LENGTH } from '../devices/legacy/i8042.js';
+import { createI8042State, I8042, I8042_BASE, I8042_IRQ, I8042_LENGTH } from '../devices/legacy/i8042.js';
 import { createPostCodeState, POST_CODE_PORT, PostCode, type PostCodeField } from '../devices/legacy/post-code.js';
 import { PVPANIC_PORT, PvPanic } from '../devices/legacy/pvpanic.js';
 import {
@@ -61,6 +61,8 @@ export interface PlatformSpec {
   serial: SharedArrayBuffer;
   postCode: SharedArrayBuffer;
   cmos: SharedArrayBuffer;
+  /** The i8042's registers and output buffer (the main thread injects keys into it). */
+  i8042: SharedArrayBuffer;
   stats: SharedArrayBuffer;
   /** Whether the in-kernel irqchip exists (device interrupts need it). */
   irqchip: boolean;
@@ -75,6 +77,7 @@ export function createPlatformSpec(vmFd: number, serialOutFd: number, irqchip: b
     serial: createSerialState().buffer,
     postCode: createPostCodeState().buffer,
     cmos: createCmosState().buffer,
+    i8042: createI8042State().buffer,
     stats: new SharedState(STAT_FIELDS).buffer,
     irqchip,
   };
@@ -102,6 +105,7 @@ export interface Platform {
   pio: Bus;
   mmio: Bus;
   serial: Serial16550;
+  i8042: I8042;
   postCode: PostCode;
   stats: SharedState<StatField>;
   serialState: SharedState<SerialField>;
@@ -136,14 +140,14 @@ export function buildPlatform(spec: PlatformSpec, mem: GuestMemory): Platform {
       stop ??= { kind: 'debug-exit', status, value };
     }),
   );
-  pio.insert(
-    I8042_BASE,
-    I8042_LENGTH,
-    'i8042',
-    new I8042(() => {
+  const i8042 = new I8042(
+    () => {
       stop ??= { kind: 'reset', source: 'i8042' };
-    }),
+    },
+    createI8042State(spec.i8042),
+    irq(I8042_IRQ),
   );
+  pio.insert(I8042_BASE, I8042_LENGTH, 'i8042', i8042);
   const onPm = (r: PmRequest): void => {
     if (r === 'poweroff') stop ??= { kind: 'shutdown', source: 'acpi' };
     else if (r === 'reset') stop ??= { kind: 'reset', source: 'acpi' };
@@ -205,6 +209,7 @@ export function buildPlatform(spec: PlatformSpec, mem: GuestMemory): Platform {
     pio,
     mmio,
     serial,
+    i8042,
     postCode,
     stats,
     serialState,

@@ -32,6 +32,7 @@ import type { VsockConfig } from '../devices/virtio/vsock.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
+import { SharedCounters } from './device-counters.js';
 
 /** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
 export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
@@ -132,6 +133,9 @@ export interface VirtioSlot {
   queueFds: number[];
   /** Whether KVM took the queue-notify ioeventfds (else notifications exit and are forwarded). */
   ioeventfd: boolean;
+  /** The device's counters (its model's, then protocolErrors), published live by the I/O thread. */
+  counterNames: string[];
+  counters: SharedArrayBuffer;
 }
 
 /** Posted to vCPU threads with the platform. */
@@ -220,6 +224,9 @@ export class VirtioDevices {
     if (b) {
       if (!Number.isInteger(b.amountMiB) || b.amountMiB < 0)
         throw new ConfigError(`balloon amount ${b.amountMiB} MiB is invalid: give a whole number of MiB, 0 or more`);
+      const s = b.statsPollingIntervalS;
+      if (!Number.isInteger(s) || s < 0 || s > 65535)
+        throw new ConfigError(`balloon statistics interval ${s} s is invalid: give 0 (off) to 65535 seconds`);
       this.balloon = new BalloonControl();
       this.balloon.setTargetMiB(b.amountMiB);
       this.add('virtio-balloon', {
@@ -228,15 +235,28 @@ export class VirtioDevices {
         deflateOnOom: b.deflateOnOom,
         stats: b.statsPollingIntervalS > 0,
       });
-      if (b.statsPollingIntervalS > 0) {
-        const balloon = this.balloon;
-        this.statsTimer = setInterval(() => {
-          balloon.requestStats();
-          this.wake();
-        }, b.statsPollingIntervalS * 1000);
-        this.statsTimer.unref();
-      }
+      if (b.statsPollingIntervalS > 0) this.setStatsInterval(b.statsPollingIntervalS);
     }
+  }
+
+  /** Asks the balloon for statistics every `seconds` from now on (the caller checked that it has the stats queue). */
+  setStatsInterval(seconds: number): void {
+    const balloon = this.balloon;
+    if (!balloon) return;
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.statsTimer = setInterval(() => {
+      balloon.requestStats();
+      this.wake();
+    }, seconds * 1000);
+    this.statsTimer.unref();
+  }
+
+  /** Every device's counters as the I/O thread last published them (current while it runs). */
+  liveCounters(): Record<string, Record<string, number>> {
+    if (!this.worker) return this.finalCounters;
+    const out: Record<string, Record<string, number>> = {};
+    for (const slot of this.slots) out[slot.name] = new SharedCounters(slot.counterNames, slot.counters).read();
+    return out;
   }
 
   /** The balloon's host handle, when there is one. */
@@ -266,7 +286,20 @@ export class VirtioDevices {
     } catch {
       ioeventfd = false; // notifications then exit to the vCPU thread, which forwards them
     }
-    const slot: VirtioSlot = { name, base, irq, mmio: createVirtioMmioSpec(model), device, irqFd, queueFds, ioeventfd };
+    const counterNames = [...Object.keys(model.counters), 'protocolErrors'];
+    const counters = new SharedCounters(counterNames).buffer;
+    const slot: VirtioSlot = {
+      name,
+      base,
+      irq,
+      mmio: createVirtioMmioSpec(model),
+      device,
+      irqFd,
+      queueFds,
+      ioeventfd,
+      counterNames,
+      counters,
+    };
     this.slots.push(slot);
     return slot;
   }

@@ -104,6 +104,9 @@ export type VmEvents = {
 
 export const VIREO_VERSION = '0.1.0';
 
+/** The longest balloon statistics interval (Firecracker's is a u16 of seconds). */
+export const MAX_STATS_INTERVAL_S = 65535;
+
 export interface SnapshotOptions {
   statePath: string;
   memPath: string;
@@ -694,6 +697,26 @@ export class Vm extends TypedEmitter<VmEvents> {
     }
   }
 
+  /**
+   * Press and release Ctrl+Alt+Del on the guest's keyboard (Firecracker's SendCtrlAltDel): the
+   * scancodes go into the i8042's output buffer with IRQ 1 for each byte. Linux with its default
+   * ctrl-alt-del setting reboots (with reboot=k that ends the VM with status 0); systemd starts
+   * ctrl-alt-del.target. The VM must have started.
+   */
+  sendCtrlAltDel(): void {
+    const p = this.platformHere;
+    if (!p || (this._state !== 'running' && this._state !== 'paused'))
+      throw new VireoError(
+        'VIREO_ERR_STATE',
+        `cannot send Ctrl+Alt+Del to a VM that is ${this._state}: start it first`,
+      );
+    if (!p.i8042.injectCtrlAltDel())
+      throw new VireoError(
+        'VIREO_ERR_STATE',
+        'the guest has not read the previous keys from its i8042 output buffer yet: try again later',
+      );
+  }
+
   /** Set the balloon's target (MiB the guest should give back). */
   setBalloonTarget(mib: number): void {
     const b = this.devices?.balloon;
@@ -701,6 +724,28 @@ export class Vm extends TypedEmitter<VmEvents> {
     if (!Number.isInteger(mib) || mib < 0) throw new ConfigError(`balloon target ${mib} MiB is invalid`);
     b.setTargetMiB(mib);
     this.devices?.wake();
+  }
+
+  /**
+   * Change how often the balloon asks the guest for statistics (Firecracker's PATCH
+   * /balloon/statistics): only when statistics were enabled at boot, and never to 0 (the guest
+   * negotiated the statistics queue at boot; it cannot be added or removed now).
+   */
+  setBalloonStatsInterval(seconds: number): void {
+    const devices = this.devices;
+    const b = this.config.balloon;
+    if (!devices?.balloon || !b) throw new VireoError('VIREO_ERR_STATE', 'this VM has no balloon device');
+    if (!Number.isInteger(seconds) || seconds < 0 || seconds > MAX_STATS_INTERVAL_S)
+      throw new ConfigError(
+        `balloon statistics interval ${seconds} s is invalid: give a whole number of seconds up to ${MAX_STATS_INTERVAL_S}`,
+      );
+    if (seconds === b.statsPollingIntervalS) return;
+    if (b.statsPollingIntervalS === 0 || seconds === 0)
+      throw new ConfigError(
+        'cannot enable or disable balloon statistics after boot: give a nonzero interval, and enable statistics (stats=SECONDS) when the VM is created',
+      );
+    devices.setStatsInterval(seconds);
+    this.config.balloon = { ...b, statsPollingIntervalS: seconds };
   }
 
   /** The balloon's target and actual size (MiB) and the guest's latest statistics. */
@@ -721,9 +766,9 @@ export class Vm extends TypedEmitter<VmEvents> {
     return Object.fromEntries(STAT_FIELDS.map((f) => [f, p ? p.stats.get(f) : 0])) as Record<StatField, number>;
   }
 
-  /** Device counters (final once the VM has exited). */
+  /** Device counters by device: current while the VM runs (the I/O thread publishes them), final once it has exited. */
   deviceCounters(): Record<string, Record<string, number>> {
-    return this.lastDeviceCounters ?? this.devices?.finalCounters ?? {};
+    return this.lastDeviceCounters ?? this.devices?.liveCounters() ?? {};
   }
   private lastDeviceCounters: Record<string, Record<string, number>> | undefined;
 

@@ -4,7 +4,6 @@ import type { VmController } from '../controller.js';
 import { badRequest, unsupported } from '../errors.js';
 import { noContent, ok, type Route, route } from '../routes.js';
 import type { Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate } from '../types.js';
-import { balloonStatsIntervalMethod } from '../vm-adapter.js';
 
 const PAGES_PER_MIB = (1024 * 1024) / BALLOON_PAGE;
 
@@ -94,10 +93,11 @@ export const balloonRoutes: Route[] = [
       if ((before === 0) !== (after === 0))
         throw badRequest('Balloon update error: Cannot enable/disable the statistics after boot.');
       if (after !== before) {
-        const set = balloonStatsIntervalMethod(vm);
-        if (!set)
-          throw unsupported('this build of vireo cannot change the statistics interval of a running balloon yet');
-        set(after);
+        try {
+          vm.setBalloonStatsInterval(after);
+        } catch (e) {
+          throw badRequest(`Balloon update error: ${(e as Error).message}`);
+        }
         balloon.stats_polling_interval_s = after;
       }
       return noContent();

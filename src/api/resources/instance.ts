@@ -1,9 +1,8 @@
 /** The instance: GET / and /version, GET /vm/config, PUT /actions, PATCH /vm. */
-import { unsupported } from '../errors.js';
+import { badRequest } from '../errors.js';
 import { noContent, ok, type Route, route } from '../routes.js';
 import { apiVersion } from '../spec.js';
 import type { InstanceActionInfo, VmStateBody } from '../types.js';
-import { ctrlAltDelMethod } from '../vm-adapter.js';
 
 export const instanceRoutes: Route[] = [
   route({ method: 'GET', path: '/', metric: 'instance_info', handle: ({ ctl }) => ok(ctl.instanceInfo()) }),
@@ -29,9 +28,14 @@ export const instanceRoutes: Route[] = [
           ctl.metrics.flush();
           break;
         case 'SendCtrlAltDel': {
-          const send = ctrlAltDelMethod(ctl.requireVm());
-          if (!send) throw unsupported('this build of vireo cannot send Ctrl+Alt+Del to the guest yet');
-          send();
+          // After start only (as in Firecracker, which offers it on x86_64: so does vireo, x86_64 only).
+          const vm = ctl.requireVm();
+          try {
+            vm.sendCtrlAltDel();
+          } catch (e) {
+            throw badRequest(`Failed to send Ctrl+Alt+Del: ${(e as Error).message}`);
+          }
+          ctl.logger.info('vmm', 'Ctrl+Alt+Del sent to the guest');
           break;
         }
       }
