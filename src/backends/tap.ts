@@ -7,7 +7,7 @@
  */
 import { readvSync, writevSync } from 'node:fs';
 import { ConfigError, errnoName, SyscallError } from '../common/errors.js';
-import { NET_OFFLOAD, type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
+import { NET_IOV_MAX, NET_OFFLOAD, type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
 import * as sys from '../kvm/sys.js';
 
 const IOC_WRITE = 1;
@@ -132,12 +132,29 @@ export function closeTap(spec: TapSpec): void {
 
 const errnoCode = (e: unknown): string | undefined => (e as NodeJS.ErrnoException)?.code;
 
-/** The backend over an open TAP; it does not own the fd (the VMM, or the thread that opened it, does). */
+/** iovec entries: a frame's buffers plus the spare byte. */
+const IOV_ENTRIES = NET_IOV_MAX + 1;
+let spareByte: Uint8Array | undefined;
+/** One byte of native memory (readv needs a native address), per thread, kept for the thread's life. */
+function spare(): Uint8Array {
+  if (spareByte === undefined) {
+    const page = sys.mmap(0, 4096, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+    spareByte = new Uint8Array(sys.view(page, 1));
+  }
+  return spareByte;
+}
+
+/**
+ * The backend over an open TAP; it does not own the fd (the VMM, or the thread that opened it, does).
+ * Frames in guest memory (views made by sys.view) go through readv/writev with a reused iovec array;
+ * other buffers (tests) through Node's readvSync/writevSync.
+ */
 export class Tap implements NetBackend {
   readonly fd: number;
   readonly name: string;
   readonly offloads: number;
-  private readonly spare = new Uint8Array(1);
+  private readonly iov = new sys.IoVec(IOV_ENTRIES);
+  private readonly spare = spare();
 
   constructor(spec: TapSpec) {
     this.fd = spec.fd;
@@ -145,21 +162,40 @@ export class Tap implements NetBackend {
     this.offloads = spec.offloads;
   }
 
-  read(bufs: Uint8Array[]): number | undefined {
+  read(bufs: readonly Uint8Array[], count: number): number | undefined {
+    // A read returns at most what the buffers hold and drops the rest of the frame: one spare byte
+    // after the guest's buffers tells a frame that did not fit (the device drops it) from one that did.
+    if (this.load(bufs, count) && this.iov.push(this.spare)) {
+      const n = this.iov.readv(this.fd);
+      return n < 0 ? undefined : n;
+    }
     // Asked first: an empty TAP would make readvSync throw EAGAIN, and an exception costs more than a poll.
     if (!sys.readable(this.fd)) return undefined;
     try {
-      // A read returns at most what the buffers hold and drops the rest of the frame: one spare byte
-      // after the guest's buffers tells a frame that did not fit (the device drops it) from one that did.
-      return readvSync(this.fd, [...bufs, this.spare]);
+      return readvSync(this.fd, [...bufs.slice(0, count), this.spare]);
     } catch (e) {
       if (errnoCode(e) === 'EAGAIN') return undefined;
       throw e;
     }
   }
 
-  write(bufs: Uint8Array[]): number {
-    return writevSync(this.fd, bufs);
+  write(bufs: readonly Uint8Array[], count: number): number {
+    if (this.load(bufs, count)) {
+      const n = this.iov.writev(this.fd);
+      // A TAP takes a frame whole or not at all; full (EAGAIN) means the frame is dropped.
+      if (n < 0) throw new SyscallError('writev', sys.EAGAIN);
+      return n;
+    }
+    return writevSync(this.fd, bufs.slice(0, count));
+  }
+
+  /** Puts bufs[0..count) into the iovec array; false when one of them is not native memory. */
+  private load(bufs: readonly Uint8Array[], count: number): boolean {
+    const iov = this.iov;
+    iov.clear();
+    if (count > NET_IOV_MAX) return false;
+    for (let i = 0; i < count; i++) if (!iov.push(bufs[i] as Uint8Array)) return false;
+    return true;
   }
 
   setOffloads(flags: number): void {

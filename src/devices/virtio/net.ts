@@ -24,7 +24,7 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
-import { chainViews, type DescriptorChain, type Queue, writeToChain } from './queue.js';
+import { type DescriptorChain, type Queue, type Segment, writeToChain } from './queue.js';
 
 export const VIRTIO_NET_F = {
   CSUM: 0n,
@@ -70,13 +70,13 @@ export interface NetBackend {
   /** NET_OFFLOAD bits the host can use towards the guest. */
   readonly offloads: number;
   /**
-   * Reads one frame, header first, into `bufs` (at most NET_IOV_MAX of them). Returns its length; a
-   * length larger than `bufs` hold means it did not fit (the rest is lost). Undefined when no frame is
-   * waiting. Throws on failure.
+   * Reads one frame, header first, into the first `count` of `bufs` (at most NET_IOV_MAX). Returns its
+   * length; a length larger than those buffers hold means it did not fit (the rest is lost). Undefined
+   * when no frame is waiting. Throws on failure.
    */
-  read(bufs: Uint8Array[]): number | undefined;
-  /** Writes one frame, header first; returns the bytes taken. Throws on failure. */
-  write(bufs: Uint8Array[]): number;
+  read(bufs: readonly Uint8Array[], count: number): number | undefined;
+  /** Writes one frame, header first, from the first `count` of `bufs`; returns the bytes taken. Throws on failure. */
+  write(bufs: readonly Uint8Array[], count: number): number;
   /** Which NET_OFFLOAD bits the host may use in frames towards the guest. Throws on failure. */
   setOffloads(flags: number): void;
 }
@@ -136,6 +136,10 @@ export class VirtioNet implements VirtioDevice {
   private readonly mtu: number;
   /** rx chains taken from the ring and not yet used, in ring order. */
   private held: DescriptorChain[] = [];
+  /** Views of the held chains' writable buffers, one per segment, all chains in a row (made once, when a chain is taken). */
+  private heldViews: Uint8Array[] = [];
+  /** Views of the tx chain being sent (reused: only the first chain.readable.length are its). */
+  private readonly txViews: Uint8Array[] = [];
   private heldBytes = 0;
   private heldSegs = 0;
   private errorRun = 0;
@@ -271,6 +275,7 @@ export class VirtioNet implements VirtioDevice {
 
   private dropHeld(): void {
     this.held = [];
+    this.heldViews = [];
     this.heldBytes = 0;
     this.heldSegs = 0;
   }
@@ -313,7 +318,14 @@ export class VirtioNet implements VirtioDevice {
       return;
     }
     try {
-      const n = this.backend.write(chainViews(mem, c.readable, 0, c.readLen));
+      // The queue checked every segment to lie in guest memory: one view each, no copy.
+      const views = this.txViews;
+      const segs = c.readable;
+      for (let i = 0; i < segs.length; i++) {
+        const g = segs[i] as Segment;
+        views[i] = mem.slice(g.addr, g.len);
+      }
+      const n = this.backend.write(views, segs.length);
       if (n !== c.readLen) throw new Error(`short write: ${n} of ${c.readLen} bytes`);
     } catch {
       this.counters.txDropped++;
@@ -377,6 +389,7 @@ export class VirtioNet implements VirtioDevice {
         continue;
       }
       this.held.push(c);
+      for (const g of c.writable) this.heldViews.push(mem.slice(g.addr, g.len));
       this.heldBytes += c.writeLen;
       this.heldSegs += c.writable.length;
     }
@@ -397,23 +410,20 @@ export class VirtioNet implements VirtioDevice {
 
   /** Reads one frame into the held chains; returns the chains completed, or -1 when none was waiting. */
   private receive(mem: GuestMemory, queue: Queue): number {
-    const views: Uint8Array[] = [];
-    const room: number[] = [];
+    // The backend gets the views of as many held chains as the largest frame needs (one without
+    // MRG_RXBUF), at most NET_IOV_MAX of them: the views were made when the chains were taken.
     let cap = 0;
-    let segs = 0;
+    let count = 0;
     const chains = this.mrg ? this.held.length : 1;
     for (let i = 0; i < chains && cap < NET_MAX_FRAME; i++) {
-      const c = this.held[i] as DescriptorChain;
-      if (segs + c.writable.length > NET_IOV_MAX) break;
-      const take = Math.min(c.writeLen, NET_MAX_FRAME - cap);
-      for (const v of chainViews(mem, c.writable, 0, take)) views.push(v);
-      segs += c.writable.length;
-      room.push(take);
-      cap += take;
+      const vc = (this.held[i] as DescriptorChain).writable.length;
+      if (count + vc > NET_IOV_MAX) break;
+      count += vc;
+      cap += (this.held[i] as DescriptorChain).writeLen;
     }
     let n: number | undefined;
     try {
-      n = this.backend.read(views);
+      n = this.backend.read(this.heldViews, count);
     } catch {
       this.counters.rxDropped++;
       this.counters.tapErrors++;
@@ -428,20 +438,32 @@ export class VirtioNet implements VirtioDevice {
       return 0;
     }
     let k = 0;
-    for (let left = n; left > 0; k++) left -= room[k] as number;
-    const first = this.held[0] as DescriptorChain;
-    // The backend skips num_buffers; it must be right before the driver can see the chain.
-    writeToChain(mem, first.writable, Uint8Array.of(k & 0xff, k >> 8), NUM_BUFFERS_OFFSET);
+    let views = 0;
     let left = n;
-    for (let i = 0; i < k; i++) {
-      const c = this.held[i] as DescriptorChain;
-      const len = Math.min(room[i] as number, left);
-      queue.pushUsed(mem, c.head, len);
+    for (; left > 0; k++) {
+      const c = this.held[k] as DescriptorChain;
+      const len = Math.min(c.writeLen, left);
+      queue.pushUsedDeferred(mem, c.head, len);
       left -= len;
+      views += c.writable.length;
       this.heldBytes -= c.writeLen;
       this.heldSegs -= c.writable.length;
     }
+    // The backend skips num_buffers; it must be right before the driver can see the chains.
+    const first = this.heldViews[0] as Uint8Array;
+    if (first.length >= VIRTIO_NET_HDR_LEN) {
+      first[NUM_BUFFERS_OFFSET] = k & 0xff;
+      first[NUM_BUFFERS_OFFSET + 1] = k >> 8;
+    } else
+      writeToChain(
+        mem,
+        (this.held[0] as DescriptorChain).writable,
+        Uint8Array.of(k & 0xff, k >> 8),
+        NUM_BUFFERS_OFFSET,
+      );
+    queue.publishUsed(mem);
     this.held.splice(0, k);
+    this.heldViews.splice(0, views);
     this.counters.rxPackets++;
     this.counters.rxBytes += n - VIRTIO_NET_HDR_LEN;
     return k;

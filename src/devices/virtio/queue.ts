@@ -274,6 +274,15 @@ export class Queue {
 
   /** Returns a chain to the driver with `len` bytes written into its writable buffers. */
   pushUsed(mem: GuestMemory, head: number, len: number): void {
+    this.pushUsedDeferred(mem, head, len);
+    this.publishUsed(mem);
+  }
+
+  /**
+   * Writes a used element without publishing it: the driver sees it (and all before it) at the next
+   * publishUsed(), which must come before any needsNotification().
+   */
+  pushUsedDeferred(mem: GuestMemory, head: number, len: number): void {
     const size = this.layout.size;
     if (this.inFlight <= 0)
       throw new QueueError('VIRTQ_ERR_USED_OVERFLOW', 'more chains returned than were taken from the queue');
@@ -284,7 +293,11 @@ export class Queue {
     mem.write32(e + 4, Math.min(Math.max(0, Math.trunc(len)), 0xffffffff));
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
     this.inFlight--;
-    // x86 keeps stores in order: the element is visible before the index.
+  }
+
+  /** Makes the used elements written so far visible to the driver (used.idx). */
+  publishUsed(mem: GuestMemory): void {
+    // x86 keeps stores in order: the elements are visible before the index.
     mem.write16(this.layout.used + 2, this.nextUsed);
   }
 
