@@ -9,9 +9,12 @@
  *    QEMU booting the same image with -kernel.
  * 3. VMM resident memory beyond guest RAM: a 1-vCPU 128 MiB guest that prints "ready" and halts;
  *    the VMM process's VmRSS minus the guest RAM pages resident in it (from /proc/<pid>/pagemap).
- * 4. Linux boot time (suite `linux`), 5. virtio-blk throughput (suite `blk`) and 7. virtio-net TCP
+ * 4. Linux boot time (suite `linux`), 5. virtio-blk throughput (suite `blk`) and 8. virtio-net TCP
  *    throughput (suite `net`): Debian's stock kernel, vireo against QEMU -M microvm, in the nested lane
  *    on PVM hosts (bench/linux-boot-inner.ts, bench/blk-inner.ts, bench/net-inner.ts run there).
+ * 6. Snapshot create and restore (suite `snapshot`, bench/snapshot-inner.ts), against Firecracker's
+ *    quoted figures. 7. The API (suite `api`, bench/api-inner.ts): socket ready after process start
+ *    and request latency, vireo-firecracker against QEMU's QMP.
  *
  * Prints a markdown table and writes bench/results/latest.json (VIREO_BENCH_RESULTS_DIR: elsewhere).
  * A run of some suites (VIREO_BENCH_ONLY) replaces their rows in latest.json and keeps the others'.
@@ -568,7 +571,16 @@ function linuxRows(output: string, where: string, nestedBootMs: number): Row[] {
 function snapshotRows(): Row[] {
   const r = runTimed(NODE, [join(here, 'snapshot-inner.js')], { timeoutMs: 20 * 60_000 });
   const ev = benchEvents(r.stdout).find((e) => e.suite === 'snapshot') as
-    | { results: { mib: number; createGiBs: number; restoreMs: number; restores: number[] }[] }
+    | {
+        results: {
+          mib: number;
+          createGiBs: number;
+          restoreMs: number;
+          restores: number[];
+          apiLoadMs: number | null;
+          apiLoads: number[];
+        }[];
+      }
     | undefined;
   if (!ev) throw new Error(`snapshot-inner.js printed no result (status ${r.status}): ${tail(r.stderr)}`);
   const rows: Row[] = [];
@@ -597,8 +609,73 @@ function snapshotRows(): Row[] {
     };
     row.goalMet = x.restoreMs <= 10;
     rows.push(row);
+    if (typeof x.apiLoadMs === 'number')
+      rows.push({
+        id: `snapshot-apiload-${x.mib}`,
+        benchmark: `the same through the Firecracker API: PUT /snapshot/load (resume_vm) → 204, fresh vireo-firecracker process (median ms)`,
+        unit: 'ms',
+        vireo: x.apiLoadMs,
+        peer: null,
+        peerName: 'Firecracker (quoted): 4–10',
+        ratio: null,
+        goal: '≤ 10 ms',
+        goalMet: x.apiLoadMs <= 10,
+        details: { apiLoads: x.apiLoads },
+      });
   }
   return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The API (bench/api-inner.ts): process start → control socket answers, and one request's latency
+//    on a kept-alive connection; vireo-firecracker's HTTP API against QEMU's QMP.
+
+function apiRows(qemu: { path: string } | undefined): Row[] {
+  const r = runTimed(NODE, [join(here, 'api-inner.js'), ...(qemu ? [qemu.path] : [])], { timeoutMs: 10 * 60_000 });
+  type Side = {
+    name: string;
+    readyMs: number | null;
+    requestMedianUs: number | null;
+    requestP99Us: number | null;
+    error?: string;
+  };
+  const ev = benchEvents(r.stdout).find((e) => e.suite === 'api') as { results: Side[] } | undefined;
+  if (!ev) throw new Error(`api-inner.js printed no result (status ${r.status}): ${tail(r.stderr)}`);
+  const v = ev.results.find((x) => x.name === 'vireo-firecracker');
+  const q = ev.results.find((x) => x.name === 'QEMU QMP');
+  const row = (id: string, benchmark: string, unit: string, pick: (s: Side) => number | null): Row => {
+    const vireo = v ? pick(v) : null;
+    const peer = q ? pick(q) : null;
+    const out: Row = {
+      id,
+      benchmark,
+      unit,
+      vireo,
+      peer,
+      peerName: 'QEMU QMP (-S, unix socket)',
+      ratio: vireo !== null && peer !== null ? vireo / peer : null,
+      goal: '—',
+      details: { vireo: v, qemu: q },
+    };
+    if (vireo === null) out.vireoNote = v?.error ?? 'no result';
+    if (peer === null) out.peerNote = q?.error ?? (qemu ? 'no result' : 'qemu-system-x86_64 not found');
+    return out;
+  };
+  return [
+    row(
+      'api-ready',
+      'process start → API socket answers (GET / ; QMP greeting + qmp_capabilities), median ms',
+      'ms',
+      (s) => s.readyMs,
+    ),
+    row(
+      'api-request',
+      'one API request on a kept-alive connection (GET /machine-config ; QMP query-status), median µs',
+      'us',
+      (s) => s.requestMedianUs,
+    ),
+    row('api-request-p99', 'the same requests, p99 µs', 'us', (s) => s.requestP99Us),
+  ];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -880,6 +957,12 @@ async function main(): Promise<void> {
     title: 'snapshot create throughput and restore latency (128 MiB and 2 GiB guests)',
     name: 'snapshots',
     run: () => snapshotRows(),
+  });
+  suites.push({
+    id: 'api',
+    title: 'API socket ready after process start, and request latency (vireo-firecracker vs QEMU QMP)',
+    name: 'API',
+    run: () => apiRows(qemu),
   });
   const ran: { id: string; file?: string; rows: Row[] }[] = [];
   for (const [i, suite] of suites.entries()) {

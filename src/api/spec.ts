@@ -11,11 +11,21 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { parse } from 'yaml';
+import type { Ajv, ErrorObject, ValidateFunction } from 'ajv';
 import { cacheRoot } from '../kit/util.js';
+
+/**
+ * yaml and ajv load on first use, not with this module: together they take ~100 ms to load, and the
+ * API socket should serve before that (the YAML is parsed only when the JSON cache misses; the
+ * validator is built for the first request with a body).
+ */
+const requireLazy = createRequire(import.meta.url);
+const yamlParse = (text: string): unknown => (requireLazy('yaml') as typeof import('yaml')).parse(text);
+const newAjv = (opts: ConstructorParameters<typeof Ajv>[0]): Ajv =>
+  new (requireLazy('ajv') as typeof import('ajv')).Ajv(opts);
 
 export type JsonObject = { [key: string]: unknown };
 
@@ -79,7 +89,7 @@ export function loadSpec(): SwaggerSpec {
   } catch {
     // not cached yet (or unreadable): parse it
   }
-  cachedSpec = parse(text) as SwaggerSpec;
+  cachedSpec = yamlParse(text) as SwaggerSpec;
   try {
     mkdirSync(dirname(cached), { recursive: true });
     const tmp = `${cached}.${process.pid}.tmp`;
@@ -195,7 +205,7 @@ export class SpecValidator {
       Object.entries(spec.definitions).map(([name, def]) => [name, strictify(def, name) as JsonObject]),
     );
     // Swagger 2.0 adds keywords JSON Schema lacks (example, int64 formats): not strict about those.
-    this.ajv = new Ajv({ strict: false, validateFormats: false, verbose: true, allErrors: false });
+    this.ajv = newAjv({ strict: false, validateFormats: false, verbose: true, allErrors: false });
     this.ajv.addSchema({ $id: 'fc', definitions: this.definitions });
   }
 

@@ -12,6 +12,7 @@ import { parseLevel } from '../api/logger.js';
 import { apiVersion } from '../api/spec.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import type { ConsoleHandle } from '../vmm/console.js';
+import { prewarmVcpuThreads } from '../vmm/vcpu-threads.js';
 
 export const VIREO_VERSION = '0.1.0';
 export const DEFAULT_API_SOCK_PATH = '/run/firecracker.socket';
@@ -165,6 +166,9 @@ export async function firecrackerMain(argv: string[]): Promise<number> {
     return EXIT.ok;
   }
 
+  // A vCPU thread starts loading now, in parallel with the rest, so that InstanceStart or a
+  // snapshot load finds it ready (a fresh thread takes tens of ms to load its modules).
+  prewarmVcpuThreads(1);
   // The VMM is loaded only now that the arguments are known to be good.
   const [{ VmController }, { ApiServer }, { applyConfigFile }, { attachConsole }] = await Promise.all([
     import('../api/controller.js'),

@@ -64,18 +64,27 @@ export function close(fd: number): void {
   c_close(fd);
 }
 
-/** ioctl with a pointer argument (a Buffer, or null). Returns the non-negative result. */
+/**
+ * ioctl with a pointer argument (a Buffer, or null). Returns the non-negative result. A signal
+ * (a profiler's, a kick) can interrupt a KVM ioctl with EINTR before it did anything: it is retried.
+ */
 export function ioctl(fd: number, request: number, arg: Buffer | null, name: string): number {
-  const r = c_ioctlPtr(fd, request, arg) as number;
-  if (r < 0) throw new SyscallError(`ioctl(${name})`, errno());
-  return r;
+  for (;;) {
+    const r = c_ioctlPtr(fd, request, arg) as number;
+    if (r >= 0) return r;
+    const e = errno();
+    if (e !== EINTR) throw new SyscallError(`ioctl(${name})`, e);
+  }
 }
 
-/** ioctl with an integer argument. */
+/** ioctl with an integer argument (EINTR retried, as for ioctl). */
 export function ioctlInt(fd: number, request: number, arg: number, name: string): number {
-  const r = c_ioctlInt(fd, request, arg) as number;
-  if (r < 0) throw new SyscallError(`ioctl(${name})`, errno());
-  return r;
+  for (;;) {
+    const r = c_ioctlInt(fd, request, arg) as number;
+    if (r >= 0) return r;
+    const e = errno();
+    if (e !== EINTR) throw new SyscallError(`ioctl(${name})`, e);
+  }
 }
 
 /** ioctl returning -errno instead of throwing: for KVM_RUN, where EINTR is routine. */

@@ -20,9 +20,14 @@ export interface RegionDescriptor {
 
 interface Region extends RegionDescriptor {
   end: number;
+  /** Views onto the region, made on first access (empty until then). */
   bytes: Uint8Array;
   dv: DataView;
+  viewed: boolean;
 }
+
+const NO_BYTES = new Uint8Array(0);
+const NO_DV = new DataView(new ArrayBuffer(0));
 
 export class GuestMemory {
   private readonly regions: Region[];
@@ -37,10 +42,18 @@ export class GuestMemory {
       if (prev.gpa + prev.size > cur.gpa)
         throw new VireoError('VIREO_ERR_MEMORY_LAYOUT', `guest memory regions overlap at ${hex(cur.gpa)}`);
     }
-    this.regions = sorted.map((d) => {
-      const buf = sys.view(d.hostAddr, d.size);
-      return { ...d, end: d.gpa + d.size, bytes: new Uint8Array(buf), dv: new DataView(buf) };
-    });
+    // Views are made lazily: each is an external buffer the size of the region, and V8 counts
+    // those towards garbage-collection pressure; a thread that never touches memory (a vCPU
+    // thread without virtio devices) never pays for them, and start-up does not either.
+    this.regions = sorted.map((d) => ({
+      gpa: d.gpa,
+      size: d.size,
+      hostAddr: d.hostAddr,
+      end: d.gpa + d.size,
+      bytes: NO_BYTES,
+      dv: NO_DV,
+      viewed: false,
+    }));
   }
 
   get descriptors(): RegionDescriptor[] {
@@ -66,6 +79,12 @@ export class GuestMemory {
     if (l !== undefined && gpa >= l.gpa && end <= l.end) return l;
     for (const r of this.regions) {
       if (gpa >= r.gpa && end <= r.end) {
+        if (!r.viewed) {
+          const buf = sys.view(r.hostAddr, r.size);
+          r.bytes = new Uint8Array(buf);
+          r.dv = new DataView(buf);
+          r.viewed = true;
+        }
         this.last = r;
         return r;
       }

@@ -1,7 +1,8 @@
 /**
- * Worker entry: one vCPU's thread. It loads its modules as soon as it is spawned (vireo spawns it
- * early, while the main thread is still building the VM), then waits for its init message, builds
- * its view of memory and the platform, and runs the vCPU until told to stop.
+ * Worker entry: one vCPU's thread. It loads its modules and warms its code as soon as it is spawned
+ * (vireo spawns it early, while the main thread is still building the VM, or parks it ahead of a
+ * restore), then waits for its init message, builds its view of memory and the platform, and runs
+ * the vCPU until told to stop.
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import { Vcpu } from '../kvm/kvm.js';
@@ -9,7 +10,7 @@ import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { CTRL_STATE, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
 import { runLoop } from '../vcpu/run-loop.js';
-import { buildPlatform, type PlatformSpec } from './platform.js';
+import { buildPlatform, createPlatformSpec, type PlatformSpec } from './platform.js';
 
 if (!parentPort) throw new Error('vcpu-thread must run as a worker');
 const port: MessagePort = parentPort;
@@ -20,8 +21,7 @@ function run(init: VcpuWorkerInit<PlatformSpec>): void {
   const id = init.vcpu.id;
   let stop: VcpuStop;
   try {
-    // Views onto guest memory: devices that touch guest memory use them; building them also
-    // proves the mappings are visible from this thread.
+    // Guest memory for the devices that touch it (views are made on first use).
     const mem = new GuestMemory(init.memory);
     const vcpu = Vcpu.attach(init.vcpu);
     const platform = buildPlatform(init.platform, mem);
@@ -46,4 +46,8 @@ function run(init: VcpuWorkerInit<PlatformSpec>): void {
 }
 
 port.once('message', (init: VcpuWorkerInit<PlatformSpec>) => run(init));
+// A dry run of the platform build while the thread is parked: V8 compiles functions on first
+// call, so the VM's own build (on the restore path, between the request and the guest running)
+// then runs compiled code.
+buildPlatform(createPlatformSpec(-1, -1, false), new GuestMemory([]));
 post({ type: 'loaded' });
