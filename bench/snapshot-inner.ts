@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { prewarmVcpuThreads, Vm } from '../src/vmm/vm.js';
+import { prewarmIoThread, prewarmVcpuThreads, Vm } from '../src/vmm/vm.js';
 import { guestPath } from '../test/guests/build.js';
 
 const RUNS = Number(process.env.VIREO_BENCH_SNAPSHOT_RUNS ?? 5);
@@ -83,6 +83,57 @@ async function apiLoad(state: string, mem: string): Promise<number> {
 }
 
 const guest = guestPath('modes64');
+
+/** RUNS restores of one snapshot, each timed from the call until the guest's counter moves. */
+async function timeRestores(state: string, memFile: string, io = false): Promise<number[]> {
+  const restores: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    prewarmVcpuThreads(1);
+    if (io) prewarmIoThread();
+    await new Promise((r) => setTimeout(r, io ? 600 : 300)); // the parked threads have loaded their modules
+    const t0 = performance.now();
+    const r = await Vm.restore({ statePath: state, memPath: memFile, resume: true, serial: { kind: 'none' } });
+    const m = r.memory;
+    if (!m) throw new Error('no memory after restore');
+    const at = m.read64(COUNTER);
+    // Poll every ~50 µs without the event loop (no timers; a spin would take a core from the
+    // vCPU thread on a small host): the first moment the restored vCPU has run guest code.
+    while (m.read64(COUNTER) === at) {
+      Atomics.wait(nap, 0, 0, 0.05);
+      if (performance.now() - t0 > 10_000) throw new Error('the restored guest did not run');
+    }
+    restores.push(performance.now() - t0);
+    await r.stop();
+  }
+  return restores;
+}
+
+/**
+ * The same guest with virtio devices (entropy and a balloon), so restoring also starts the I/O
+ * thread and brings back its devices' state; that thread is prewarmed as vireo-firecracker does.
+ */
+async function withDevices(mib: number): Promise<{ restoreDevicesMs: number; restoresDevices: number[] }> {
+  const vm = await Vm.create({
+    kernel: guest,
+    cmdline: 'c',
+    memMiB: mib,
+    serial: { kind: 'none' },
+    rng: true,
+    balloon: { amountMiB: 0, deflateOnOom: false, statsPollingIntervalS: 0 },
+  });
+  const mem = vm.memory;
+  if (!mem) throw new Error('no memory');
+  vm.start();
+  while (mem.read64(COUNTER) < 1000n) await new Promise((r) => setImmediate(r));
+  await vm.pause();
+  const state = join(dir, 'dev.state');
+  const memFile = join(dir, 'dev.mem');
+  await vm.snapshot({ statePath: state, memPath: memFile });
+  await vm.stop();
+  const restoresDevices = await timeRestores(state, memFile, true);
+  rmSync(memFile, { force: true });
+  return { restoreDevicesMs: median(restoresDevices), restoresDevices };
+}
 const dir = mkdtempSync(join(process.env.VIREO_BENCH_SNAPSHOT_DIR ?? tmpdir(), 'vireo-snapbench-'));
 const results: Record<string, unknown>[] = [];
 try {
@@ -102,24 +153,7 @@ try {
     const memFile = join(dir, `s${mib}.mem`);
     const snap = await vm.snapshot({ statePath: state, memPath: memFile });
     await vm.stop();
-    const restores: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      prewarmVcpuThreads(1);
-      await new Promise((r) => setTimeout(r, 300)); // the parked thread has loaded its modules
-      const t0 = performance.now();
-      const r = await Vm.restore({ statePath: state, memPath: memFile, resume: true, serial: { kind: 'none' } });
-      const m = r.memory;
-      if (!m) throw new Error('no memory after restore');
-      const at = m.read64(COUNTER);
-      // Poll every ~50 µs without the event loop (no timers; a spin would take a core from the
-      // vCPU thread on a small host): the first moment the restored vCPU has run guest code.
-      while (m.read64(COUNTER) === at) {
-        Atomics.wait(nap, 0, 0, 0.05);
-        if (performance.now() - t0 > 10_000) throw new Error('the restored guest did not run');
-      }
-      restores.push(performance.now() - t0);
-      await r.stop();
-    }
+    const restores = await timeRestores(state, memFile);
     const apiLoads: number[] = [];
     for (let i = 0; i < API_RUNS; i++) apiLoads.push(await apiLoad(state, memFile));
     results.push({
@@ -132,6 +166,7 @@ try {
       memoryWritten: snap.memoryWritten,
       restoreMs: median(restores),
       restores,
+      ...(mib === SIZES[0] ? await withDevices(mib) : {}),
     });
     rmSync(memFile, { force: true });
   }

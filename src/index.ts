@@ -29,6 +29,7 @@ export { type ConsoleStreams, type ConsoleStreamsBuilder, createConsoleStreams }
 export type { BalloonConfig, DriveConfig, NetConfig } from './vmm/virtio-devices.js';
 export {
   describeExit,
+  prewarmIoThread,
   prewarmVcpuThreads,
   type SerialConfig,
   Vm,

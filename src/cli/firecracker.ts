@@ -12,7 +12,7 @@ import { parseLevel } from '../api/logger.js';
 import { apiVersion } from '../api/spec.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import type { ConsoleHandle } from '../vmm/console.js';
-import { prewarmVcpuThreads } from '../vmm/vcpu-threads.js';
+import { prewarmIoThread, prewarmVcpuThreads } from '../vmm/vcpu-threads.js';
 
 export const VIREO_VERSION = '0.1.0';
 export const DEFAULT_API_SOCK_PATH = '/run/firecracker.socket';
@@ -223,6 +223,9 @@ export async function firecrackerMain(argv: string[]): Promise<number> {
         // Firecracker ends with its generic error status when it cannot serve its socket.
         throw new VireoError('VIREO_ERR_CONFIG', e.message);
       });
+    // Once the socket answers: the I/O thread for the devices a VM will almost surely have, so that
+    // InstanceStart or /snapshot/load does not wait for it (it takes 100+ ms to load).
+    prewarmIoThread();
     const configFile = str('config-file');
     if (configFile !== undefined) {
       let text: string;

@@ -6,7 +6,7 @@
  */
 import { randomFillSync } from 'node:crypto';
 import { closeSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { VirtioMmioAcpi } from '../arch/x86_64/acpi.js';
 import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
 import { type ConsoleIoSpec, FdConsole } from '../backends/console-io.js';
@@ -33,6 +33,7 @@ import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
 import { SharedCounters } from './device-counters.js';
+import { takeIoThread } from './vcpu-threads.js';
 
 /** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
 export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
@@ -331,7 +332,7 @@ export class VirtioDevices {
       control: this.control.buffer as SharedArrayBuffer,
       restore,
     };
-    const w = new Worker(new URL('./io-thread.js', import.meta.url));
+    const w = takeIoThread();
     this.worker = w;
     this.exited = new Promise((res) => w.once('exit', () => res()));
     await new Promise<void>((resolve, reject) => {

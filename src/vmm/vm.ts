@@ -42,7 +42,7 @@ import {
 import { takeVcpuThread } from './vcpu-threads.js';
 import { type BalloonConfig, type DriveConfig, type NetConfig, VirtioDevices } from './virtio-devices.js';
 
-export { prewarmVcpuThreads } from './vcpu-threads.js';
+export { prewarmIoThread, prewarmVcpuThreads } from './vcpu-threads.js';
 
 import { type BootResult, loadKernel } from './boot.js';
 import {
