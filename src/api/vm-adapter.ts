@@ -19,6 +19,7 @@ export interface SnapshotRestoreOptions {
   statePath: string;
   memPath: string;
   resume: boolean;
+  trackDirtyPages: boolean;
   kvmPath?: string;
   serial?: SerialConfig;
 }

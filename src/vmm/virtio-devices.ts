@@ -31,7 +31,7 @@ import { VirtioRng } from '../devices/virtio/rng.js';
 import type { VsockConfig } from '../devices/virtio/vsock.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
-import type { RegionDescriptor } from '../memory/guest-memory.js';
+import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';
 
 /** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
 export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
@@ -108,7 +108,10 @@ export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[
 function releaser(memory: readonly RegionDescriptor[]): (gpa: number, len: number) => void {
   return (gpa, len) => {
     const r = memory.find((d) => gpa >= d.gpa && gpa + len <= d.gpa + d.size);
-    if (r) sys.madvise(r.hostAddr + (gpa - r.gpa), len, sys.MADV_DONTNEED);
+    if (!r) return;
+    sys.madvise(r.hostAddr + (gpa - r.gpa), len, sys.MADV_DONTNEED);
+    // The pages now read as zero: a diff snapshot must carry that.
+    if (r.dirty) markDirty(new Uint8Array(r.dirty), gpa - r.gpa, len);
   };
 }
 

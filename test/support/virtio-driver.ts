@@ -55,8 +55,10 @@ export class MockMmioDriver {
   constructor(
     readonly device: VirtioDevice,
     memBytes = 4 << 20,
+    trackDirty = false,
   ) {
     this.mapping = GuestMemoryMapping.allocate([{ gpa: 0, size: memBytes }]);
+    if (trackDirty) this.mapping.trackDirty();
     this.mem = new GuestMemory(this.mapping.descriptors);
     this.spec = createVirtioMmioSpec(device);
     let side: VirtioMmioDeviceSide | undefined;

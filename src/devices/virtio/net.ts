@@ -313,7 +313,7 @@ export class VirtioNet implements VirtioDevice {
       return;
     }
     try {
-      const n = this.backend.write(chainViews(mem, c.readable, 0, c.readLen));
+      const n = this.backend.write(chainViews(mem, c.readable, 0, c.readLen, 'read'));
       if (n !== c.readLen) throw new Error(`short write: ${n} of ${c.readLen} bytes`);
     } catch {
       this.counters.txDropped++;

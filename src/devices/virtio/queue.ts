@@ -357,15 +357,24 @@ export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: n
       continue;
     }
     const n = Math.min(b.len - skip, len - done);
-    out.set(mem.slice(b.addr + skip, n), done);
+    out.set(mem.readView(b.addr + skip, n), done);
     done += n;
     skip = 0;
   }
   return done === len ? out : out.subarray(0, done);
 }
 
-/** Zero-copy views of [offset, offset+len) of a chain's buffers (for readv/writev into guest memory). */
-export function chainViews(mem: GuestMemory, bufs: readonly Segment[], offset: number, len: number): Uint8Array[] {
+/**
+ * Zero-copy views of [offset, offset+len) of a chain's buffers (for readv/writev into guest memory).
+ * `access` 'read' (a guest buffer the device only reads) keeps the pages out of the dirty log.
+ */
+export function chainViews(
+  mem: GuestMemory,
+  bufs: readonly Segment[],
+  offset: number,
+  len: number,
+  access: 'write' | 'read' = 'write',
+): Uint8Array[] {
   if (!(offset >= 0)) throw new RangeError(`negative chain offset ${offset}`);
   const out: Uint8Array[] = [];
   let skip = offset;
@@ -377,7 +386,7 @@ export function chainViews(mem: GuestMemory, bufs: readonly Segment[], offset: n
       continue;
     }
     const n = Math.min(b.len - skip, left);
-    if (n > 0) out.push(mem.slice(b.addr + skip, n));
+    if (n > 0) out.push(access === 'read' ? mem.readView(b.addr + skip, n) : mem.slice(b.addr + skip, n));
     left -= n;
     skip = 0;
   }
