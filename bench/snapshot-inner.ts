@@ -4,8 +4,10 @@
  * real data), and is snapshotted; then it is restored RUNS times and timed from the call to the
  * moment the guest's counter moves again ("load → guest runs again"). vCPU threads are prewarmed,
  * as in a VMM process waiting for the request. Then the same snapshot is loaded through the
- * Firecracker API (`PUT /snapshot/load`, resume_vm) in fresh vireo-firecracker processes.
- * Prints one "@bench {json}" line.
+ * Firecracker API (`PUT /snapshot/load`, resume_vm) in fresh vireo-firecracker processes. Then, in
+ * a VM with dirty page tracking, a Full snapshot of the same filled RAM and a Diff after 1% of the
+ * pages were rewritten (every 100th page, plus what the guest wrote): the time to create each. For
+ * the first size, restores of the same guest with virtio devices. Prints one "@bench {json}" line.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -84,6 +86,50 @@ async function apiLoad(state: string, mem: string): Promise<number> {
 
 const guest = guestPath('modes64');
 
+/** Full then Diff snapshot create times in a tracking VM of `mib` MiB with its RAM filled. */
+async function diffCreate(mib: number, dir: string): Promise<Record<string, number>> {
+  const vm = await Vm.create({
+    kernel: guest,
+    cmdline: 'c',
+    memMiB: mib,
+    serial: { kind: 'none' },
+    trackDirtyPages: true,
+  });
+  try {
+    const mem = vm.memory;
+    if (!mem) throw new Error('no memory');
+    vm.start();
+    while (mem.read64(COUNTER) < 1000n) await new Promise((r) => setImmediate(r));
+    await vm.pause();
+    for (const d of mem.descriptors) {
+      const from = Math.max(d.gpa, 4 << 20);
+      if (from < d.gpa + d.size) mem.slice(from, d.gpa + d.size - from).fill(0xa5);
+    }
+    const full = await vm.snapshot({ statePath: join(dir, `f${mib}.state`), memPath: join(dir, `f${mib}.mem`) });
+    rmSync(join(dir, `f${mib}.mem`), { force: true });
+    await vm.resume();
+    await new Promise((r) => setTimeout(r, 50));
+    await vm.pause();
+    let pages = 0;
+    for (const d of mem.descriptors)
+      for (let o = Math.max(d.gpa, 4 << 20); o < d.gpa + d.size; o += 100 * 4096, pages++) mem.write32(o, pages);
+    const diff = await vm.snapshot({
+      statePath: join(dir, `d${mib}.state`),
+      memPath: join(dir, `d${mib}.mem`),
+      type: 'Diff',
+    });
+    rmSync(join(dir, `d${mib}.mem`), { force: true });
+    return {
+      fullCreateMs: full.stateMs + full.memoryMs,
+      diffCreateMs: diff.stateMs + diff.memoryMs,
+      diffWritten: diff.memoryWritten,
+      diffPagesDirtied: pages,
+    };
+  } finally {
+    await vm.stop();
+  }
+}
+
 /** RUNS restores of one snapshot, each timed from the call until the guest's counter moves. */
 async function timeRestores(state: string, memFile: string, io = false): Promise<number[]> {
   const restores: number[] = [];
@@ -154,9 +200,11 @@ try {
     const snap = await vm.snapshot({ statePath: state, memPath: memFile });
     await vm.stop();
     const restores = await timeRestores(state, memFile);
+    const diff = await diffCreate(mib, dir);
     const apiLoads: number[] = [];
     for (let i = 0; i < API_RUNS; i++) apiLoads.push(await apiLoad(state, memFile));
     results.push({
+      ...diff,
       apiLoadMs: API_RUNS > 0 ? median(apiLoads) : null,
       apiLoads,
       mib,

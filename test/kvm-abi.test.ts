@@ -4,7 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { EXIT, IOCTL, OFFSET, SIZE } from '../src/kvm/abi.js';
+import { EXIT, IOCTL, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, OFFSET, SIZE } from '../src/kvm/abi.js';
+
+/** Flag constants checked by name. */
+const FLAGS = { KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY };
+
 import { compileAndRunC } from './support/cc.js';
 
 /** vireo's flat offset names → C member designators. */
@@ -44,6 +48,7 @@ function probeSource(): string {
   for (const name of Object.keys(SIZE)) emit(`size.${name}`, `sizeof(struct ${name})`);
   for (const name of Object.keys(IOCTL)) emit(`ioctl.${name}`, name);
   for (const name of Object.keys(EXIT)) emit(`exit.${name}`, name);
+  for (const name of Object.keys(FLAGS)) emit(`flag.${name}`, name);
   for (const [struct, fields] of Object.entries(OFFSET)) {
     for (const field of Object.keys(fields)) {
       const member = struct === 'kvm_run' ? RUN_MEMBERS[field as keyof typeof RUN_MEMBERS] : field;
@@ -68,6 +73,7 @@ test('struct sizes, field offsets, ioctl numbers and exit reasons match <linux/k
   for (const [k, v] of Object.entries(SIZE)) ours.set(`size.${k}`, v);
   for (const [k, v] of Object.entries(IOCTL)) ours.set(`ioctl.${k}`, v);
   for (const [k, v] of Object.entries(EXIT)) ours.set(`exit.${k}`, v);
+  for (const [k, v] of Object.entries(FLAGS)) ours.set(`flag.${k}`, v);
   for (const [s, fields] of Object.entries(OFFSET))
     for (const [f, v] of Object.entries(fields)) ours.set(`offset.${s}.${f}`, v);
   const wrong = [...ours]

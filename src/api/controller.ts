@@ -217,6 +217,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       rng: this.entropy !== undefined,
       balloon,
       vsock: this.vsock && { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path },
+      trackDirtyPages: this.machine.track_dirty_pages ?? false,
     };
   }
 
@@ -329,6 +330,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         statePath: p.snapshot_path,
         memPath,
         resume: p.resume_vm ?? false,
+        trackDirtyPages: p.track_dirty_pages ?? p.enable_diff_snapshots ?? false,
         kvmPath: this.options.kvmPath,
         serial: this.serialConfig(),
       });

@@ -18,6 +18,7 @@ export interface SnapshotRestoreOptions {
   statePath: string;
   memPath: string;
   resume: boolean;
+  trackDirtyPages: boolean;
   kvmPath?: string;
   serial?: SerialConfig;
 }

@@ -26,13 +26,16 @@ function perform(slot: number): boolean {
   const n = slots[slot * SLOT_I32 + 2] as number;
   const views: Uint8Array[] = [];
   let total = 0;
+  // A read writes guest memory (slice marks its pages for diff snapshots); a write only reads it.
+  const reading = op === OP_CODE.read;
   for (let i = 0; i < n; i++) {
+    const gpa = args[a + 1 + 2 * i] as number;
     const len = args[a + 2 + 2 * i] as number;
-    views.push(mem.slice(args[a + 1 + 2 * i] as number, len));
+    views.push(reading ? mem.slice(gpa, len) : mem.readView(gpa, len));
     total += len;
   }
   const position = args[a] as number;
-  const done = op === OP_CODE.read ? readvFull(data.fd, views, position) : writevFull(data.fd, views, position);
+  const done = reading ? readvFull(data.fd, views, position) : writevFull(data.fd, views, position);
   return done === total;
 }
 

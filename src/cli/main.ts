@@ -325,6 +325,27 @@ export async function main(argv: string[]): Promise<number> {
       status = await rootfsCommand(opts);
     });
 
+  program
+    .command('snapshot')
+    .description('work with snapshot files: vireo snapshot merge --base MEM --diff MEM [--diff MEM]...')
+    .command('merge')
+    .description(
+      "copy a diff snapshot's memory file (only its data extents) into the base memory file, in place; repeat --diff to apply several in the order taken; a merge cut short is completed by running it again",
+    )
+    .requiredOption('--base <mem>', 'the memory file of the snapshot the (first) diff was taken after; it is updated')
+    .requiredOption('--diff <mem>', "a diff snapshot's memory file", (v: string, prev: string[] = []) => [...prev, v])
+    .action(async (opts: { base: string; diff: string[] }) => {
+      const { mergeMemoryFiles } = await import('../snapshot/merge.js');
+      for (const d of opts.diff) {
+        const r = mergeMemoryFiles(opts.base, d);
+        process.stdout.write(
+          r.alreadyMerged
+            ? `${opts.base} already holds ${d} (image ${r.image})\n`
+            : `merged ${d} into ${opts.base}: ${r.copied} bytes in ${r.extents} extents; it now holds image ${r.image}\n`,
+        );
+      }
+    });
+
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (e) {

@@ -231,6 +231,7 @@ export const OFFSET = {
   kvm_cpuid_entry2: { function: 0, index: 4, flags: 8, eax: 12, ebx: 16, ecx: 20, edx: 24 },
   kvm_msr_entry: { index: 0, data: 8 },
   kvm_irq_level: { irq: 0, level: 4 },
+  kvm_dirty_log: { slot: 0, dirty_bitmap: 8 },
 } as const;
 
 /** The names of kvm_regs' eighteen 64-bit fields, in order. */

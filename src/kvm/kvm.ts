@@ -233,6 +233,27 @@ export class Vm {
     sys.ioctl(this.fd, IOCTL.KVM_SET_USER_MEMORY_REGION, b, 'KVM_SET_USER_MEMORY_REGION');
   }
 
+  /**
+   * KVM_GET_DIRTY_LOG: the pages of memory slot `slot` (`pages` long, registered with
+   * KVM_MEM_LOG_DIRTY_PAGES) the guest wrote since the last call, one bit per page, LSB first; KVM
+   * clears its log as it answers.
+   */
+  getDirtyLog(slot: number, pages: number): Uint8Array {
+    // KVM writes the bitmap through a user pointer: a mapping gives it an address koffi can pass.
+    const bytes = Math.ceil(pages / 64) * 8;
+    const len = Math.ceil(bytes / 4096) * 4096;
+    const addr = sys.mmap(0, len, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+    try {
+      const b = Buffer.alloc(SIZE.kvm_dirty_log);
+      b.writeUInt32LE(slot, OFFSET.kvm_dirty_log.slot);
+      b.writeBigUInt64LE(BigInt(addr), OFFSET.kvm_dirty_log.dirty_bitmap);
+      sys.ioctl(this.fd, IOCTL.KVM_GET_DIRTY_LOG, b, 'KVM_GET_DIRTY_LOG');
+      return new Uint8Array(sys.view(addr, bytes)).slice();
+    } finally {
+      sys.munmap(addr, len);
+    }
+  }
+
   setTssAddr(addr: number): void {
     sys.ioctlInt(this.fd, IOCTL.KVM_SET_TSS_ADDR, addr, 'KVM_SET_TSS_ADDR');
   }

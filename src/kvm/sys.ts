@@ -31,6 +31,7 @@ const c_fallocate = libc.func('fallocate', 'int', ['int', 'int', 'int64_t', 'int
 const c_poll = libc.func('poll', 'int', ['void *', 'uint64_t', 'int']);
 const c_readv = libc.func('readv', 'intptr_t', ['int', 'void *', 'int']);
 const c_writev = libc.func('writev', 'intptr_t', ['int', 'void *', 'int']);
+const c_lseek = libc.func('lseek', 'int64_t', ['int', 'int64_t', 'int']);
 
 export const O_RDONLY = 0;
 export const O_RDWR = 2;
@@ -328,6 +329,22 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 /** fallocate(2); throws SyscallError (errno EOPNOTSUPP where the file system cannot). */
 export function fallocate(fd: number, mode: number, offset: number, length: number): void {
   if ((c_fallocate(fd, mode, offset, length) as number) < 0) throw new SyscallError('fallocate', errno());
+}
+
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+const ENXIO = 6;
+
+/**
+ * lseek(2) with SEEK_DATA or SEEK_HOLE: the next offset at or after `from` where data (or a hole)
+ * starts, or -1 when there is none before the end of the file (ENXIO).
+ */
+export function seekExtent(fd: number, from: number, whence: typeof SEEK_DATA | typeof SEEK_HOLE): number {
+  const r = Number(c_lseek(fd, from, whence));
+  if (r >= 0) return r;
+  const e = errno();
+  if (e === ENXIO) return -1;
+  throw new SyscallError('lseek', e);
 }
 
 /** pipe2(O_CLOEXEC | O_NONBLOCK): [read end, write end]. */

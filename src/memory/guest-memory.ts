@@ -16,7 +16,15 @@ export interface RegionDescriptor {
   size: number;
   /** Host virtual address of the mapping. */
   hostAddr: number;
+  /**
+   * With dirty tracking: one byte per 4 KiB page, set to 1 by every write vireo itself makes
+   * (devices on the I/O thread, the vCPU threads, the loaders). Shared by every thread's view;
+   * KVM logs the guest's own writes separately (KVM_GET_DIRTY_LOG).
+   */
+  dirty?: SharedArrayBuffer | undefined;
 }
+
+export const PAGE_SIZE = 4096;
 
 interface Region extends RegionDescriptor {
   end: number;
@@ -24,6 +32,16 @@ interface Region extends RegionDescriptor {
   bytes: Uint8Array;
   dv: DataView;
   viewed: boolean;
+  dirtyMap: Uint8Array | undefined;
+}
+
+/** Marks the pages of [offset, offset+len) of a region's dirty map (len 0 counts as 1 byte). */
+export function markDirty(map: Uint8Array | undefined, offset: number, len: number): void {
+  if (map === undefined) return;
+  const first = Math.floor(offset / PAGE_SIZE);
+  const last = Math.floor((offset + (len > 0 ? len - 1 : 0)) / PAGE_SIZE);
+  if (first === last) map[first] = 1;
+  else map.fill(1, first, last + 1);
 }
 
 const NO_BYTES = new Uint8Array(0);
@@ -49,15 +67,22 @@ export class GuestMemory {
       gpa: d.gpa,
       size: d.size,
       hostAddr: d.hostAddr,
+      dirty: d.dirty,
       end: d.gpa + d.size,
       bytes: NO_BYTES,
       dv: NO_DV,
       viewed: false,
+      dirtyMap: d.dirty ? new Uint8Array(d.dirty) : undefined,
     }));
   }
 
   get descriptors(): RegionDescriptor[] {
-    return this.regions.map(({ gpa, size, hostAddr }) => ({ gpa, size, hostAddr }));
+    return this.regions.map(({ gpa, size, hostAddr, dirty }) => ({ gpa, size, hostAddr, dirty }));
+  }
+
+  /** Whether vireo's own writes are being tracked (the VM tracks dirty pages). */
+  get tracksDirty(): boolean {
+    return this.regions.some((r) => r.dirtyMap !== undefined);
   }
 
   /** Total bytes of guest RAM. */
@@ -128,30 +153,84 @@ export class GuestMemory {
   write8(gpa: number, v: number): void {
     const r = this.region(gpa, 1);
     r.bytes[gpa - r.gpa] = v;
+    if (r.dirtyMap !== undefined) markDirty(r.dirtyMap, gpa - r.gpa, 1);
   }
   write16(gpa: number, v: number): void {
     const r = this.region(gpa, 2);
     r.dv.setUint16(gpa - r.gpa, v, true);
+    if (r.dirtyMap !== undefined) markDirty(r.dirtyMap, gpa - r.gpa, 2);
   }
   write32(gpa: number, v: number): void {
     const r = this.region(gpa, 4);
     r.dv.setUint32(gpa - r.gpa, v >>> 0, true);
+    if (r.dirtyMap !== undefined) markDirty(r.dirtyMap, gpa - r.gpa, 4);
   }
   write64(gpa: number, v: bigint): void {
     const r = this.region(gpa, 8);
     r.dv.setBigUint64(gpa - r.gpa, BigInt.asUintN(64, v), true);
+    if (r.dirtyMap !== undefined) markDirty(r.dirtyMap, gpa - r.gpa, 8);
   }
 
-  /** A zero-copy view of [gpa, gpa+len), which must lie in one region. */
+  /**
+   * A zero-copy, writable view of [gpa, gpa+len), which must lie in one region. With dirty tracking
+   * its pages count as written; a view only read from is `readView`.
+   */
   slice(gpa: number, len: number): Uint8Array {
+    const r = this.region(gpa, len);
+    const o = gpa - r.gpa;
+    if (r.dirtyMap !== undefined) markDirty(r.dirtyMap, o, len);
+    return r.bytes.subarray(o, o + len);
+  }
+
+  /**
+   * With dirty tracking, marks [gpa, gpa+len) as written: for views made earlier and written to
+   * later (rx buffers a device holds until a frame arrives), whose pages a snapshot in between
+   * would otherwise have cleared. A range outside guest memory is ignored.
+   */
+  markWritten(gpa: number, len: number): void {
+    const r = this.find(gpa, len);
+    if (r?.dirtyMap !== undefined) markDirty(r.dirtyMap, gpa - r.gpa, len);
+  }
+
+  /** A zero-copy view of [gpa, gpa+len) for reading only: its pages are not marked dirty. */
+  readView(gpa: number, len: number): Uint8Array {
     const r = this.region(gpa, len);
     const o = gpa - r.gpa;
     return r.bytes.subarray(o, o + len);
   }
 
+  /**
+   * Pages written since the last call, by the guest (KVM's log for a region, `kvmLog(region)`, one bit
+   * per page as KVM_GET_DIRTY_LOG returns it) or by vireo; both logs are cleared. Per region (in
+   * `descriptors` order), a byte per page.
+   */
+  takeDirty(kvmLog: (region: RegionDescriptor) => Uint8Array): Uint8Array[] {
+    return this.regions.map((r) => {
+      const pages = r.size / PAGE_SIZE;
+      const out = new Uint8Array(pages);
+      const bits = kvmLog(r);
+      if (bits.length * 8 < pages) throw new RangeError(`dirty log of ${bits.length} bytes for ${pages} pages`);
+      for (let p = 0; p < pages; p++) if (((bits[p >>> 3] as number) >>> (p & 7)) & 1) out[p] = 1;
+      if (r.dirtyMap !== undefined) {
+        for (let p = 0; p < pages; p++) if (r.dirtyMap[p] !== 0) out[p] = 1;
+        r.dirtyMap.fill(0);
+      }
+      return out;
+    });
+  }
+
+  /** Marks again pages taken by takeDirty (a snapshot that failed must not lose them). */
+  restoreDirty(pages: readonly Uint8Array[]): void {
+    this.regions.forEach((r, i) => {
+      const p = pages[i];
+      if (r.dirtyMap === undefined || p === undefined) return;
+      for (let j = 0; j < p.length; j++) if (p[j] !== 0) r.dirtyMap[j] = 1;
+    });
+  }
+
   /** Copy bytes out of guest memory. */
   read(gpa: number, len: number): Buffer {
-    return Buffer.from(this.slice(gpa, len));
+    return Buffer.from(this.readView(gpa, len));
   }
 
   /** Copy bytes into guest memory. */
@@ -234,6 +313,14 @@ export class GuestMemoryMapping {
       throw e;
     }
     return new GuestMemoryMapping(out);
+  }
+
+  /**
+   * Gives every region a shared dirty map (see RegionDescriptor.dirty); call before any GuestMemory
+   * is built over these descriptors.
+   */
+  trackDirty(): void {
+    for (const d of this.descriptors) d.dirty ??= new SharedArrayBuffer(d.size / PAGE_SIZE);
   }
 
   release(): void {

@@ -10,8 +10,8 @@ import { basename, dirname, join } from 'node:path';
 import { SnapshotError } from '../common/errors.js';
 
 export const SNAPSHOT_MAGIC = Buffer.from('VIREOSNP', 'latin1');
-/** Bumped on any incompatible change of the body. */
-export const SNAPSHOT_VERSION = 1;
+/** Bumped on any incompatible change of the body (2: memory image ids, diff snapshots, tagged memory files). */
+export const SNAPSHOT_VERSION = 2;
 const HEADER = 16; // magic (8), version (4), body length (4)
 const DIGEST = 32;
 

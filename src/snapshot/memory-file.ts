@@ -1,11 +1,15 @@
 /**
  * The memory snapshot file: guest RAM regions one after another, as a sparse file (all-zero pages
- * are holes, so a mostly empty guest writes little). Written to a temporary name and renamed.
+ * are holes, so a mostly empty guest writes little), then a 4 KiB tag (memory-tag.ts). A diff has the
+ * same layout but holds only the pages dirtied since its parent image (holes elsewhere, also where the
+ * guest's page is zero in neither). Written to a temporary name and renamed.
  */
 import { closeSync, constants, fsyncSync, ftruncateSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { SnapshotError } from '../common/errors.js';
+import * as sys from '../kvm/sys.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { encodeTag, type MemoryTag, TAG_SIZE } from './memory-tag.js';
 
 const PAGE = 4096;
 const ZERO = Buffer.alloc(PAGE);
@@ -25,23 +29,33 @@ export interface MemoryFileLayout {
   written: number;
 }
 
+/** What to write: the whole memory (its non-zero pages), or a diff (exactly the pages marked). */
+export type MemoryFileContent =
+  | { kind: 'full'; id: string }
+  | { kind: 'diff'; id: string; parent: string; pages: readonly Uint8Array[] };
+
 /**
  * Writes guest RAM to `path`. With O_DIRECT the pages go from guest memory to the disk without a copy
  * into the page cache (measured here: 2 GiB in 0.9 s against 6 s buffered); file systems that refuse
  * O_DIRECT get a buffered write.
  */
-export function writeMemoryFile(path: string, mem: GuestMemory): MemoryFileLayout {
+export function writeMemoryFile(path: string, mem: GuestMemory, content: MemoryFileContent): MemoryFileLayout {
   try {
-    return writeMemoryFileWith(path, mem, true);
+    return writeMemoryFileWith(path, mem, content, true);
   } catch (e) {
     if (!(e instanceof DirectIoRefused)) throw e;
-    return writeMemoryFileWith(path, mem, false);
+    return writeMemoryFileWith(path, mem, content, false);
   }
 }
 
 class DirectIoRefused extends Error {}
 
-function writeMemoryFileWith(path: string, mem: GuestMemory, direct: boolean): MemoryFileLayout {
+function writeMemoryFileWith(
+  path: string,
+  mem: GuestMemory,
+  content: MemoryFileContent,
+  direct: boolean,
+): MemoryFileLayout {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
   const regions: MemoryFileRegion[] = [];
   let offset = 0;
@@ -59,9 +73,10 @@ function writeMemoryFileWith(path: string, mem: GuestMemory, direct: boolean): M
       if (direct && (e as NodeJS.ErrnoException).code === 'EINVAL') throw new DirectIoRefused();
       throw e;
     }
-    ftruncateSync(fd, offset);
-    for (const r of regions) {
-      const bytes = mem.slice(r.gpa, r.size);
+    ftruncateSync(fd, offset + TAG_SIZE);
+    regions.forEach((r, ri) => {
+      const bytes = mem.readView(r.gpa, r.size);
+      const pages = content.kind === 'diff' ? content.pages[ri] : undefined;
       const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       // Write runs of non-zero pages; zero pages stay holes.
       let run = -1;
@@ -78,12 +93,18 @@ function writeMemoryFileWith(path: string, mem: GuestMemory, direct: boolean): M
         run = -1;
       };
       for (let o = 0; o < r.size; o += PAGE) {
-        const zero = buf.subarray(o, o + PAGE).equals(ZERO);
-        if (!zero && run < 0) run = o;
-        else if (zero) flush(o);
+        // A diff writes every dirtied page, zero or not (a hole there means "unchanged").
+        const skip = pages ? pages[o / PAGE] !== 1 : buf.subarray(o, o + PAGE).equals(ZERO);
+        if (!skip && run < 0) run = o;
+        else if (skip) flush(o);
       }
       flush(r.size);
-    }
+    });
+    const tag: MemoryTag =
+      content.kind === 'diff'
+        ? { kind: 'diff', id: content.id, parent: content.parent, size: offset, dataBytes: written }
+        : { kind: 'full', id: content.id, size: offset };
+    writeTagPage(fd, offset, tag, direct);
     fsyncSync(fd);
     closeSync(fd);
     fd = -1;
@@ -99,4 +120,21 @@ function writeMemoryFileWith(path: string, mem: GuestMemory, direct: boolean): M
     );
   }
   return { regions, size: offset, written };
+}
+
+/** Writes the tag at `at` from a page-aligned buffer (what O_DIRECT needs). */
+function writeTagPage(fd: number, at: number, tag: MemoryTag, direct: boolean): void {
+  const addr = sys.mmap(0, TAG_SIZE, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+  try {
+    const page = new Uint8Array(sys.view(addr, TAG_SIZE));
+    encodeTag(tag, page);
+    try {
+      if (writeSync(fd, page, 0, TAG_SIZE, at) !== TAG_SIZE) throw new Error('short write');
+    } catch (e) {
+      if (direct && (e as NodeJS.ErrnoException).code === 'EINVAL') throw new DirectIoRefused();
+      throw e;
+    }
+  } finally {
+    sys.munmap(addr, TAG_SIZE);
+  }
 }

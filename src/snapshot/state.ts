@@ -41,12 +41,22 @@ export interface SnapshotBody {
   vireo: string;
   createdAt: string;
   config: SnapshotConfig;
-  memory: { size: number; regions: MemoryFileRegion[] };
+  memory: {
+    size: number;
+    regions: MemoryFileRegion[];
+    /** The memory image this snapshot's state goes with (its memory file's tag, or a merge's result). */
+    id: string;
+    /** Full, or Diff: the memory file holds only the pages changed since image `parent`. */
+    type: 'Full' | 'Diff';
+    parent?: string | undefined;
+  };
   vcpus: VcpuState[];
   vm: { irqchip: string[]; pit2: string; clock: string } | undefined;
   devices: {
     serial: string;
     postCode: string;
+    /** The i8042's registers and output buffer (absent in snapshots made before it was shared). */
+    i8042?: string;
     cmos: string;
     virtio: { name: string; mmio: string; side: DeviceSideState }[];
     balloon: string | undefined;
@@ -118,7 +128,9 @@ export function checkBody(x: unknown, path: string): SnapshotBody {
   const b = x as Partial<SnapshotBody>;
   const c = b.config;
   if (!c || !Number.isInteger(c.memMiB) || !Number.isInteger(c.cpus) || !Array.isArray(c.drives)) bad('configuration');
-  if (!b.memory || !Array.isArray(b.memory.regions) || !Number.isSafeInteger(b.memory.size)) bad('memory layout');
+  const m = b.memory;
+  if (!m || !Array.isArray(m.regions) || !Number.isSafeInteger(m.size) || typeof m.id !== 'string')
+    bad('memory layout');
   if (!Array.isArray(b.vcpus) || b.vcpus.length !== c?.cpus) bad('vCPU states');
   if (!b.devices || typeof b.devices.serial !== 'string' || !Array.isArray(b.devices.virtio)) bad('device states');
   return b as SnapshotBody;

@@ -31,7 +31,7 @@ import { VirtioRng } from '../devices/virtio/rng.js';
 import type { VsockConfig } from '../devices/virtio/vsock.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
-import type { RegionDescriptor } from '../memory/guest-memory.js';
+import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';
 import { SharedCounters } from './device-counters.js';
 import { takeIoThread } from './vcpu-threads.js';
 
@@ -119,7 +119,10 @@ export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[
 function releaser(memory: readonly RegionDescriptor[]): (gpa: number, len: number) => void {
   return (gpa, len) => {
     const r = memory.find((d) => gpa >= d.gpa && gpa + len <= d.gpa + d.size);
-    if (r) sys.madvise(r.hostAddr + (gpa - r.gpa), len, sys.MADV_DONTNEED);
+    if (!r) return;
+    sys.madvise(r.hostAddr + (gpa - r.gpa), len, sys.MADV_DONTNEED);
+    // The pages now read as zero: a diff snapshot must carry that.
+    if (r.dirty) markDirty(new Uint8Array(r.dirty), gpa - r.gpa, len);
   };
 }
 

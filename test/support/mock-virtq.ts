@@ -241,6 +241,10 @@ export class RecordingMemory extends GuestMemory {
     this.rec(gpa, len, 'slice');
     return super.slice(gpa, len);
   }
+  override readView(gpa: number, len: number): Uint8Array {
+    this.rec(gpa, len, 'slice');
+    return super.readView(gpa, len);
+  }
 
   /** Returns the log and starts a new one. */
   take(): Access[] {

@@ -12,6 +12,7 @@ import { Vm } from '../../src/vmm/vm.js';
 
 const [statePath = '', memPath = '', mode = 'counter', serialFile = ''] = process.argv.slice(2);
 const COUNTER = 0x1ff000;
+const PROBE = 0x300000;
 const t0 = performance.now();
 const vm = await Vm.restore({
   statePath,
@@ -30,9 +31,11 @@ if (mode === 'counter') {
   const deadline = Date.now() + 10_000;
   while (mem.read64(COUNTER) <= atRestore + 1000n && Date.now() < deadline) await sleep(5);
   const later = mem.read64(COUNTER);
+  // What a test may have written at PROBE before the snapshot (diff snapshots).
+  const probe = mem.read(PROBE, 16).toString('hex');
   await vm.stop();
   process.stdout.write(
-    `${JSON.stringify({ atRestore: atRestore.toString(), later: later.toString(), restoreMs, resumeMs })}\n`,
+    `${JSON.stringify({ atRestore: atRestore.toString(), later: later.toString(), probe, restoreMs, resumeMs })}\n`,
   );
 } else if (mode === 'linux') {
   const t1 = performance.now();

@@ -55,8 +55,13 @@ export class MockMmioDriver {
   readonly device: VirtioDevice;
 
   /** `device` may be a function of the guest memory's mappings, for devices that need them. */
-  constructor(device: VirtioDevice | ((memory: RegionDescriptor[]) => VirtioDevice), memBytes = 4 << 20) {
+  constructor(
+    device: VirtioDevice | ((memory: RegionDescriptor[]) => VirtioDevice),
+    memBytes = 4 << 20,
+    trackDirty = false,
+  ) {
     this.mapping = GuestMemoryMapping.allocate([{ gpa: 0, size: memBytes }]);
+    if (trackDirty) this.mapping.trackDirty();
     this.mem = new GuestMemory(this.mapping.descriptors);
     this.device = typeof device === 'function' ? device(this.mapping.descriptors) : device;
     this.spec = createVirtioMmioSpec(this.device);

@@ -305,7 +305,7 @@ export class VirtioBlock implements VirtioDevice {
             status = VIRTIO_BLK_S.IOERR;
             break;
           }
-          const n = this.backend.writev(chainViews(mem, chain.readable, 16, dataOut), pos);
+          const n = this.backend.writev(chainViews(mem, chain.readable, 16, dataOut, 'read'), pos);
           if (n !== dataOut) throw Object.assign(new Error('short write'), { code: 'EIO' });
           this.counters.writeBytes += n;
           break;

@@ -318,12 +318,13 @@ export class VirtioNet implements VirtioDevice {
       return;
     }
     try {
-      // The queue checked every segment to lie in guest memory: one view each, no copy.
+      // The queue checked every segment to lie in guest memory: one view each, no copy (read-only:
+      // the guest's frame is not dirtied).
       const views = this.txViews;
       const segs = c.readable;
       for (let i = 0; i < segs.length; i++) {
         const g = segs[i] as Segment;
-        views[i] = mem.slice(g.addr, g.len);
+        views[i] = mem.readView(g.addr, g.len);
       }
       const n = this.backend.write(views, segs.length);
       if (n !== c.readLen) throw new Error(`short write: ${n} of ${c.readLen} bytes`);
@@ -443,6 +444,8 @@ export class VirtioNet implements VirtioDevice {
     for (; left > 0; k++) {
       const c = this.held[k] as DescriptorChain;
       const len = Math.min(c.writeLen, left);
+      // Its views were made when the chain was taken; a snapshot since then cleared their pages.
+      for (const g of c.writable) mem.markWritten(g.addr, g.len);
       queue.pushUsedDeferred(mem, c.head, len);
       left -= len;
       views += c.writable.length;

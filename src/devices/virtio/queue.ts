@@ -370,16 +370,27 @@ export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: n
       continue;
     }
     const n = Math.min(b.len - skip, len - done);
-    out.set(mem.slice(b.addr + skip, n), done);
+    out.set(mem.readView(b.addr + skip, n), done);
     done += n;
     skip = 0;
   }
   return done === len ? out : out.subarray(0, done);
 }
 
-/** Zero-copy views of [offset, offset+len) of a chain's buffers (for readv/writev into guest memory). */
-export function chainViews(mem: GuestMemory, bufs: readonly Segment[], offset: number, len: number): Uint8Array[] {
-  return chainRanges(mem, bufs, offset, len).map((r) => mem.slice(r.addr, r.len));
+/**
+ * Zero-copy views of [offset, offset+len) of a chain's buffers (for readv/writev into guest memory).
+ * `access` 'read' (a guest buffer the device only reads) keeps the pages out of the dirty log.
+ */
+export function chainViews(
+  mem: GuestMemory,
+  bufs: readonly Segment[],
+  offset: number,
+  len: number,
+  access: 'write' | 'read' = 'write',
+): Uint8Array[] {
+  return chainRanges(mem, bufs, offset, len).map((r) =>
+    access === 'read' ? mem.readView(r.addr, r.len) : mem.slice(r.addr, r.len),
+  );
 }
 
 /**
