@@ -113,12 +113,12 @@ interface Rig {
 const F = VIRTIO_NET_F;
 const without = (f: bigint, ...bits: bigint[]): bigint => bits.reduce((a, b) => a & ~bit(b), f);
 
-function rig(opts: { offloads?: number; features?: (offered: bigint) => bigint } = {}): Rig {
+function rig(opts: { offloads?: number; features?: (offered: bigint) => bigint; trackDirty?: boolean } = {}): Rig {
   const tap = new FakeTap(opts.offloads);
   const poller = new FakePoller();
   const dev = new VirtioNet(tap, { mac: MAC });
   dev.attach(poller);
-  const drv = new MockMmioDriver(dev, 16 << 20);
+  const drv = new MockMmioDriver(dev, 16 << 20, opts.trackDirty ?? false);
   const offered = drv.deviceFeatures();
   const [rx, tx] = drv.probe(256, opts.features ? opts.features(offered) : offered) as [MockSplitQueue, MockSplitQueue];
   return { tap, poller, dev, drv, rx, tx, rxBufs: new Map() };
@@ -494,6 +494,34 @@ test('a broken ring sets DEVICE_NEEDS_RESET and releases the TAP watch (no spinn
       rx.takeUsed().map((u) => u.len),
       [HDR + 10],
     );
+  } finally {
+    r.drv.release();
+  }
+});
+
+test('dirty tracking: an rx buffer held across a snapshot is marked again when a frame lands in it', () => {
+  const r = rig({ trackDirty: true });
+  try {
+    const PAGE = 4096;
+    const addrs: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      // Enough room held for the largest (GSO) frame, so the device reads one.
+      const a = r.drv.alloc(PAGE, PAGE);
+      addrs.push(a);
+      const head = r.rx.addChain([{ addr: a, len: PAGE, write: true }]);
+      r.rxBufs.set(head as number, a);
+    }
+    r.drv.notify(0); // the device takes (and holds) the buffers: no frame yet
+    assert.deepEqual(r.rx.takeUsed(), []);
+    r.drv.mem.takeDirty((reg) => new Uint8Array(Math.ceil(reg.size / PAGE / 8))); // a snapshot clears the log
+    r.tap.inbox.push(frame(100, 3));
+    r.poller.fire(r.tap.fd);
+    const used = r.rx.takeUsed();
+    assert.equal(used.length, 1);
+    const page = (addrs[0] as number) / PAGE;
+    const dirty = r.drv.mem.takeDirty((reg) => new Uint8Array(Math.ceil(reg.size / PAGE / 8)))[0] as Uint8Array;
+    assert.equal(dirty[page], 1, 'the page the frame was written to is dirty for the next diff snapshot');
+    assert.equal(dirty[page + 1], 0, 'the other held buffers were not written');
   } finally {
     r.drv.release();
   }
