@@ -14,7 +14,9 @@ import { repoRoot } from './support/cc.js';
 
 const lane = join(repoRoot, 'dist', 'test', 'support', 'linux-snapshot-lane.js');
 
-test('Linux: snapshot in one process, restore in another, the guest goes on', { timeout: 25 * 60_000 }, async () => {
+test('Linux: Full then Diff snapshot in one process, merged, restored in another; the guest goes on', {
+  timeout: 25 * 60_000,
+}, async () => {
   const kit = await prepareKit();
   let out = '';
   for (let attempt = 1; ; attempt++) {
@@ -45,9 +47,15 @@ test('Linux: snapshot in one process, restore in another, the guest goes on', { 
     restoreMs: number;
   };
   assert.equal(child.after, true, `the restored shell answers:\n${child.serial}\n${rep.childStderr}`);
-  const m = /after=42 up=(\d+) disk=(\S+) end=10/.exec(child.serial);
+  assert.equal(rep.written, true, 'the guest wrote its file between the snapshots');
+  const m = /after=42 up=(\d+) disk=(\S+) mark=(\S*) end=10/.exec(child.serial);
   assert.ok(m, child.serial);
   assert.equal(m[2], 'SNAPSHOT-DISK-MARKER', 'the restored virtio disk reads');
+  assert.equal(m[3], 'DIFF-MARK-43', 'the page the guest wrote after the Full snapshot came back through the Diff');
+  assert.ok(
+    Number(rep.diffWritten) > 0 && Number(rep.diffWritten) * 4 < Number(rep.memoryWritten),
+    `the Diff holds only what changed: ${rep.diffWritten} of ${rep.memoryWritten} bytes`,
+  );
   const upAfter = Number(m[1]);
   const upBefore = Number(rep.upBefore);
   assert.ok(
@@ -56,6 +64,6 @@ test('Linux: snapshot in one process, restore in another, the guest goes on', { 
   );
   assert.equal(child.status, 0, 'power-off ends the restored VM with 0');
   process.stderr.write(
-    `linux snapshot: create ${Number(rep.snapshotMs).toFixed(0)} ms (${rep.memoryWritten} bytes written), restore ${child.restoreMs.toFixed(0)} ms\n`,
+    `linux snapshot: create ${Number(rep.snapshotMs).toFixed(0)} ms (${rep.memoryWritten} bytes written), diff ${Number(rep.diffMs).toFixed(0)} ms (${rep.diffWritten} bytes), restore ${child.restoreMs.toFixed(0)} ms\n`,
   );
 });

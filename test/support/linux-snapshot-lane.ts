@@ -1,7 +1,10 @@
 /**
- * Runs inside the nested lane: boots the kit's Linux under vireo with a virtio disk, talks to its
- * shell, pauses and snapshots it, stops it; then a second process restores the snapshot (see
- * restore-child.ts, mode "linux") and the guest goes on: same shell, same disk, same uptime clock.
+ * Runs inside the nested lane: boots the kit's Linux under vireo (dirty page tracking on) with a
+ * virtio disk, talks to its shell, pauses and takes a Full snapshot; lets the guest write a file in
+ * its RAM-backed /tmp, pauses again and takes a Diff snapshot (KVM's dirty log on a real kvm-amd),
+ * stops it and merges the diff onto the full memory file; then a second process restores the diff's
+ * state with the merged memory (see restore-child.ts, mode "linux") and the guest goes on: same
+ * shell, the file written between the snapshots, same disk, same uptime clock.
  * Prints "@@linux-snapshot {json}".
  * usage: node linux-snapshot-lane.js KERNEL INITRD
  */
@@ -11,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { mergeMemoryFiles } from '../../src/snapshot/merge.js';
 import { Vm } from '../../src/vmm/vm.js';
 
 const [kernel = '', initrd = ''] = process.argv.slice(2);
@@ -41,6 +45,7 @@ try {
     memMiB: 256,
     serial: { kind: 'file', path: serialA },
     drives: [{ id: 'snapdisk', path: disk }],
+    trackDirtyPages: true,
   });
   vm.start();
   report.booted = await waitFor(serialA, 'vireo guest ready', 300_000);
@@ -53,11 +58,25 @@ try {
   const snap = await vm.snapshot({ statePath: join(dir, 'linux.state'), memPath: join(dir, 'linux.mem') });
   report.snapshotMs = performance.now() - t0;
   report.memoryWritten = snap.memoryWritten;
+  // Between the snapshots, the guest writes a file into its RAM (the kit's /tmp is in memory).
+  await vm.resume();
+  vm.sendSerialInput(Buffer.from('echo "DIFF-MARK-$((40+3))" > /tmp/diffmark; echo "written=$((7*7))"\n'));
+  report.written = await waitFor(serialA, 'written=49', 60_000);
+  await vm.pause();
+  const t1 = performance.now();
+  const diff = await vm.snapshot({
+    statePath: join(dir, 'linux-diff.state'),
+    memPath: join(dir, 'linux-diff.mem'),
+    type: 'Diff',
+  });
+  report.diffMs = performance.now() - t1;
+  report.diffWritten = diff.memoryWritten;
   await vm.stop();
+  report.merge = mergeMemoryFiles(join(dir, 'linux.mem'), join(dir, 'linux-diff.mem'));
   const child = join(dirname(fileURLToPath(import.meta.url)), 'restore-child.js');
   const r = spawnSync(
     process.execPath,
-    [child, join(dir, 'linux.state'), join(dir, 'linux.mem'), 'linux', join(dir, 'serial-b.log')],
+    [child, join(dir, 'linux-diff.state'), join(dir, 'linux.mem'), 'linux', join(dir, 'serial-b.log')],
     {
       encoding: 'utf8',
       timeout: 10 * 60_000,

@@ -3,8 +3,9 @@
  * usage: node restore-child.js STATE MEM MODE [SERIAL_FILE]
  * MODE counter: reads the counter word right after restore (paused), resumes, waits for it to move.
  * MODE echo: resumes, types "xyz" and then "q" into the serial port; the guest's exit status tells.
- * MODE linux: resumes a Linux guest at its shell, runs a command that reads the virtio disk and the
- * uptime clock, then powers it off; reports the serial output and the exit status.
+ * MODE linux: resumes a Linux guest at its shell, runs a command that reads the virtio disk, the
+ * uptime clock and /tmp/diffmark (written between a Full and a Diff snapshot), then powers it off;
+ * reports the serial output and the exit status.
  */
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -49,7 +50,7 @@ if (mode === 'counter') {
   };
   vm.sendSerialInput(
     Buffer.from(
-      'echo "after=$((6*7)) up=$(cut -d. -f1 /proc/uptime) disk=$(dd if=/dev/vda bs=4096 skip=1 count=1 2>/dev/null | head -c 20) end=$((5+5))"\n',
+      'echo "after=$((6*7)) up=$(cut -d. -f1 /proc/uptime) disk=$(dd if=/dev/vda bs=4096 skip=1 count=1 2>/dev/null | head -c 20) mark=$(cat /tmp/diffmark 2>/dev/null) end=$((5+5))"\n',
     ),
   );
   // The whole line, not just its start: typing on while the guest still prints would interleave.
