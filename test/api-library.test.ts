@@ -5,10 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { VmController } from '../src/api/controller.js';
+import { loadVmm, VmController } from '../src/api/controller.js';
 import { ApiLogger } from '../src/api/logger.js';
 import { ApiServer } from '../src/api/server.js';
 import { SpecValidator } from '../src/api/spec.js';
@@ -98,6 +99,37 @@ test('the controller without a socket: dispatch, state rules, GET /vm/config', a
   assert.equal(JSON.parse((await api.dispatch('GET', '/')).body).id, 'lib-vm');
   const logger = await api.dispatch('PUT', '/logger', JSON.stringify({ level: 'warning' }));
   assert.equal(logger.status, 204, 'levels are case-insensitive, as in Firecracker');
+  await ctl.shutdown();
+});
+
+test('warming up ahead of requests: every body check compiles, the restore path runs dry, the first answer is signalled', async () => {
+  const ctl = new VmController({ id: 'warm-vm' });
+  const api = new ApiServer(ctl, { socketPath: join(tmp, 'warm.sock') });
+  await api.prewarm();
+  const vmm = await loadVmm();
+  assert.equal(vmm.Vm, Vm, 'the VMM the controller loads lazily is the one imported here');
+  vmm.prewarmRestorePath();
+  // Checks still answer as before once compiled ahead.
+  const r = await api.dispatch('PATCH', '/machine-config', JSON.stringify({ vcpu_count: 'x' }));
+  assert.match(JSON.parse(r.body).fault_message, /invalid type for `vcpu_count`/);
+  await api.listen();
+  let answered = false;
+  void api.firstAnswer.then(() => {
+    answered = true;
+  });
+  await new Promise((r) => setImmediate(r));
+  assert.equal(answered, false, 'nothing answered yet');
+  const status = await new Promise<number>((resolve, reject) => {
+    request({ socketPath: join(tmp, 'warm.sock'), path: '/' }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    })
+      .on('error', reject)
+      .end();
+  });
+  assert.equal(status, 200);
+  await api.firstAnswer;
+  await api.close();
   await ctl.shutdown();
 });
 

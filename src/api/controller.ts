@@ -8,8 +8,8 @@
 import { TypedEmitter } from '../common/emitter.js';
 import { formatMac, parseMac } from '../devices/virtio/net.js';
 import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
-import { type SerialConfig, Vm, type VmConfig, type VmExit } from '../vmm/vm.js';
-import { badRequest, notSupportedPostBoot, notSupportedPreBoot, stateError, unsupported } from './errors.js';
+import type { SerialConfig, Vm, VmConfig, VmExit } from '../vmm/vm.js';
+import { badRequest, notSupportedPostBoot, notSupportedPreBoot, stateError } from './errors.js';
 import { ApiLogger } from './logger.js';
 import { ApiMetrics, DEFAULT_METRICS_INTERVAL_MS, snakeCase } from './metrics.js';
 import { apiVersion } from './spec.js';
@@ -28,7 +28,6 @@ import type {
   SnapshotLoadParams,
   Vsock,
 } from './types.js';
-import { restoreMethod, snapshotMethod } from './vm-adapter.js';
 
 /**
  * Firecracker's default kernel command line (its DEFAULT_KERNEL_CMDLINE, plus the `pci=off` it adds
@@ -72,6 +71,19 @@ const DEFAULT_MACHINE: MachineState = {
   track_dirty_pages: false,
   huge_pages: 'None',
 };
+
+type VmmModule = typeof import('../vmm/vm.js');
+let vmmModule: Promise<VmmModule> | undefined;
+
+/**
+ * The VMM (KVM through koffi, the devices, snapshots): loaded on first need, not with the API, so
+ * that the socket answers before it is (it takes tens of ms). vireo-firecracker preloads it as soon
+ * as the socket has answered, so InstanceStart and /snapshot/load find it loaded.
+ */
+export function loadVmm(): Promise<VmmModule> {
+  vmmModule ??= import('../vmm/vm.js');
+  return vmmModule;
+}
 
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
@@ -233,6 +245,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     const t0 = performance.now();
     let vm: Vm;
     try {
+      const { Vm } = await loadVmm();
       vm = await Vm.create(config);
     } catch (e) {
       this.logger.error('vmm', `InstanceStart failed: ${message(e)}`);
@@ -306,10 +319,8 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       throw badRequest(
         'Create snapshot error: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.',
       );
-    const snapshot = snapshotMethod(vm);
-    if (!snapshot) throw unsupported('Create snapshot error: this build of vireo cannot create snapshots yet.');
     try {
-      await snapshot({ statePath: p.snapshot_path, memPath: p.mem_file_path, type });
+      await vm.snapshot({ statePath: p.snapshot_path, memPath: p.mem_file_path, type });
     } catch (e) {
       throw badRequest(`Create snapshot error: ${message(e)}`);
     }
@@ -322,11 +333,10 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       throw stateError(
         'Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.',
       );
-    const restore = restoreMethod();
-    if (!restore) throw unsupported('Load snapshot error: this build of vireo cannot load snapshots yet.');
     let vm: Vm;
     try {
-      vm = await restore({
+      const { Vm } = await loadVmm();
+      vm = await Vm.restore({
         statePath: p.snapshot_path,
         memPath,
         resume: p.resume_vm ?? false,

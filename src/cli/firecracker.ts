@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { VmController } from '../api/controller.js';
 import { parseLevel } from '../api/logger.js';
+import type { ApiServer } from '../api/server.js';
 import { apiVersion } from '../api/spec.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import type { ConsoleHandle } from '../vmm/console.js';
@@ -142,6 +143,36 @@ function servePrometheus(ctl: VmController, port: number): Promise<Server> {
   });
 }
 
+/** How long a freshly served socket waits for its first request before warming up anyway. */
+const WARM_UP_IDLE_MS = 50;
+
+/**
+ * What the first VM needs, loaded while the API is idle, so that neither the first answer waits for
+ * it nor InstanceStart or /snapshot/load does: the I/O thread for the devices a VM will almost surely
+ * have (a worker: 100+ ms to load), the VMM's modules (KVM through koffi, the devices, snapshots:
+ * tens of ms), a dry run of the restore path's code, and the body checks of the API's requests (ajv:
+ * ~100 ms the first time). It starts once the first response is written, or after a short idle if no
+ * request comes.
+ */
+function warmUpWhenServed(api: ApiServer, loadVmm: () => Promise<{ prewarmRestorePath(): void }>): void {
+  let started = false;
+  const warmUp = (): void => {
+    if (started) return;
+    started = true;
+    clearTimeout(idle);
+    prewarmIoThread();
+    // Failures here are only lost time: the request that needs the part reports its error.
+    void loadVmm()
+      .then((vmm) => {
+        vmm.prewarmRestorePath();
+        return api.prewarm();
+      })
+      .catch(() => undefined);
+  };
+  const idle = setTimeout(warmUp, WARM_UP_IDLE_MS).unref();
+  void api.firstAnswer.then(() => setImmediate(warmUp));
+}
+
 /** Runs Firecracker's command line; resolves with the exit status. */
 export async function firecrackerMain(argv: string[]): Promise<number> {
   let args: Map<string, string | true>;
@@ -170,7 +201,7 @@ export async function firecrackerMain(argv: string[]): Promise<number> {
   // snapshot load finds it ready (a fresh thread takes tens of ms to load its modules).
   prewarmVcpuThreads(1);
   // The VMM is loaded only now that the arguments are known to be good.
-  const [{ VmController }, { ApiServer }, { applyConfigFile }, { attachConsole }] = await Promise.all([
+  const [{ VmController, loadVmm }, { ApiServer }, { applyConfigFile }, { attachConsole }] = await Promise.all([
     import('../api/controller.js'),
     import('../api/server.js'),
     import('../api/config-file.js'),
@@ -223,10 +254,9 @@ export async function firecrackerMain(argv: string[]): Promise<number> {
         // Firecracker ends with its generic error status when it cannot serve its socket.
         throw new VireoError('VIREO_ERR_CONFIG', e.message);
       });
-    // Once the socket answers: the I/O thread for the devices a VM will almost surely have, so that
-    // InstanceStart or /snapshot/load does not wait for it (it takes 100+ ms to load).
-    prewarmIoThread();
     const configFile = str('config-file');
+    if (configFile === undefined && !args.has('no-api')) warmUpWhenServed(api, loadVmm);
+    else prewarmIoThread();
     if (configFile !== undefined) {
       let text: string;
       try {

@@ -17,7 +17,7 @@ import type { DeviceSideState } from '../devices/virtio/mmio.js';
 import type { VsockConfig } from '../devices/virtio/vsock.js';
 import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
-import type { CpuidEntry } from '../kvm/structs.js';
+import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping, PAGE_SIZE } from '../memory/guest-memory.js';
 import { b64, decodeStateFile, encodeStateFile, unb64, writeFileAtomic } from '../snapshot/format.js';
@@ -185,6 +185,30 @@ function checkMemoryTag(tag: MemoryTag, body: SnapshotBody, path: string): void 
       'VIREO_ERR_SNAPSHOT',
       `memory file ${path} holds memory image ${tag.id}, but the snapshot goes with image ${body.memory.id}${body.memory.type === 'Diff' ? ` (a diff of ${body.memory.parent}): merge the diffs up to it onto the base` : ''}: give the memory file written with the snapshot`,
     );
+}
+
+/**
+ * A dry run of the restore path's JavaScript on this thread, with no KVM call: V8 compiles each
+ * function on its first call, so a VMM that runs this while it waits for work (vireo-firecracker
+ * does, once its socket has answered) restores with compiled code. (vCPU threads warm their own
+ * part while parked: src/vmm/vcpu-thread.ts.)
+ */
+export function prewarmRestorePath(): void {
+  const msrs = Array.from({ length: 64 }, (_, i) => ({ index: i, data: BigInt(i) }));
+  const cpuid = Array.from({ length: 16 }, (_, i) => ({
+    function: i,
+    index: 0,
+    flags: 0,
+    eax: i,
+    ebx: 0,
+    ecx: 0,
+    edx: 0,
+  }));
+  for (let i = 0; i < 4; i++) {
+    encodeMsrs(msrs);
+    encodeCpuid(cpuid);
+  }
+  buildPlatform(createPlatformSpec(-1, -1, false), new GuestMemory([]));
 }
 
 export type VmState = 'created' | 'running' | 'paused' | 'stopping' | 'exited';
