@@ -722,6 +722,7 @@ async function blkBenchRows(): Promise<Row[]> {
   const env: Record<string, string> = { VIREO_BENCH_BLK_INITRD: guest.initrd };
   for (const [k, v] of Object.entries(process.env))
     if (k.startsWith('VIREO_BENCH_BLK_') && k !== 'VIREO_BENCH_BLK_LANE_CPUS' && v !== undefined) env[k] = v;
+  if (process.env.VIREO_DISK_THREADS !== undefined) env.VIREO_DISK_THREADS = process.env.VIREO_DISK_THREADS;
   const inner = join(here, 'blk-inner.js');
   const { detectFlavour } = await import('../src/kvm/kvm.js');
   if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
