@@ -47,8 +47,11 @@ try {
       Atomics.wait(ctl, CTL.tail, tail);
       continue;
     }
-    if (Atomics.compareExchange(ctl, CTL.claim, claim, (claim + 1) | 0) !== claim) continue;
+    // Read the entry before claiming it: while `claim` has not moved, its request is in flight and
+    // unclaimed, so at most POOL_SLOTS - 1 others are and the ring cannot wrap onto it; once claimed,
+    // the other workers may finish everything else and the I/O thread may reuse the entry.
     const slot = Atomics.load(ring, claim & (POOL_SLOTS - 1));
+    if (Atomics.compareExchange(ctl, CTL.claim, claim, (claim + 1) | 0) !== claim) continue;
     let ok: boolean;
     try {
       ok = perform(slot);

@@ -120,20 +120,27 @@ export class IoPool implements BlockIoQueue {
   complete(): void {
     sys.eventfdRead(this.completionFd);
     const { slots } = this.l;
+    let failure: unknown;
     for (const [slot, done] of this.inFlight) {
       if (Atomics.load(slots, slot * SLOT_I32) !== STATE.done) continue;
       const ok = slots[slot * SLOT_I32 + 3] === 1;
       Atomics.store(slots, slot * SLOT_I32, STATE.free);
       this.inFlight.delete(slot);
       this.free.push(slot);
-      done(ok);
+      try {
+        done(ok);
+      } catch (e) {
+        failure ??= e;
+      }
     }
+    // Every finished request is answered before a failing callback's error goes on.
+    if (failure !== undefined) throw failure;
   }
 
   drain(): void {
     const { slots } = this.l;
+    const deadline = Date.now() + DRAIN_TIMEOUT_MS; // for the whole drain, not each request
     for (const slot of [...this.inFlight.keys()]) {
-      const deadline = Date.now() + DRAIN_TIMEOUT_MS;
       while (Atomics.load(slots, slot * SLOT_I32) === STATE.submitted) {
         if (Date.now() > deadline) throw new Error('disk I/O worker did not finish a request in 60 s');
         Atomics.wait(slots, slot * SLOT_I32, STATE.submitted, 100);
@@ -156,6 +163,8 @@ export class IoPool implements BlockIoQueue {
       Atomics.notify(ctl, CTL.tail);
       Atomics.wait(ctl, CTL.exited, Atomics.load(ctl, CTL.exited), 10);
     }
-    sys.close(this.completionFd);
+    // A worker still out (stuck in a system call) may write the eventfd later: then it is left open
+    // rather than closed and its number handed to something else.
+    if (Atomics.load(ctl, CTL.exited) >= this.workers.length) sys.close(this.completionFd);
   }
 }

@@ -25,6 +25,7 @@ import {
   MMIO_QUEUE_NOTIFY,
   MMIO_WINDOW,
   type VirtioMmioSpec,
+  VirtioMmioState,
 } from '../devices/virtio/mmio.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
@@ -377,6 +378,17 @@ export class VirtioDevices {
       throw new SnapshotError('VIREO_ERR_SNAPSHOT', `cannot snapshot the devices: ${m.message}`);
     }
     return m.type === 'saved' ? m.states : [];
+  }
+
+  /**
+   * After a restore, raises again the interrupt of every device whose interrupt status is set: one
+   * raised while the irqchip state was being put back (the restored devices start before it), or
+   * still on its way into KVM when the snapshot read the irqchip, would otherwise be lost. A driver
+   * that finds nothing to do treats it as spurious.
+   */
+  reassertInterrupts(): void {
+    for (const slot of this.slots)
+      if (new VirtioMmioState(slot.mmio.state).s.get('interruptStatus') !== 0) sys.eventfdWrite(slot.irqFd);
   }
 
   /** Lets the I/O thread go on after hold(). */

@@ -432,6 +432,7 @@ export class Vm extends TypedEmitter<VmEvents> {
         applyVcpu(vcpu, st);
       });
       await devicesReady;
+      devices.reassertInterrupts();
       // Every state is in place: a resumed VM's threads enter the guest as soon as each is built,
       // without waiting for the round trip of its 'ready' message.
       if (restore.resume)
