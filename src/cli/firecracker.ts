@@ -255,8 +255,9 @@ export async function firecrackerMain(argv: string[]): Promise<number> {
         throw new VireoError('VIREO_ERR_CONFIG', e.message);
       });
     const configFile = str('config-file');
+    // With a config file the VM starts at once and its I/O thread with it: no prewarm, which could
+    // still be loading its native modules when a bad file ends the process (Node aborts then).
     if (configFile === undefined && !args.has('no-api')) warmUpWhenServed(api, loadVmm);
-    else prewarmIoThread();
     if (configFile !== undefined) {
       let text: string;
       try {
