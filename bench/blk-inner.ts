@@ -294,6 +294,31 @@ export interface GuestMarks {
 }
 const BLK_MARKS: GuestMarks = { name: 'blkbench', start: BLKBENCH_START, result: BLKBENCH_MARK };
 
+/** QEMU -M microvm with KVM, one vCPU, a serial console on stdio and virtio 1.x over MMIO, as vireo's guests get. */
+export function qemuMicrovmArgs(memMiB: number): string[] {
+  return [
+    '-M',
+    'microvm',
+    '-enable-kvm',
+    '-cpu',
+    'host',
+    '-m',
+    String(memMiB),
+    '-smp',
+    '1',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-no-reboot',
+    // virtio 1.x over MMIO (version 2), as vireo; QEMU's default for virtio-mmio is the legacy interface.
+    '-global',
+    'virtio-mmio.force-legacy=false',
+  ];
+}
+
 /** One boot of a guest benchmark: RunResult with the guest's result line as `result`. */
 export type GuestRun = Omit<RunResult, 'imageWritten' | 'blkbench'> & { result: Record<string, unknown> | null };
 
@@ -541,25 +566,7 @@ async function main(): Promise<void> {
   ];
   const qemuDrive = `if=none,id=d0,file=${img},format=raw,cache=writeback,aio=threads`;
   const qemuArgs = [
-    '-M',
-    'microvm',
-    '-enable-kvm',
-    '-cpu',
-    'host',
-    '-m',
-    String(MEM),
-    '-smp',
-    '1',
-    '-nodefaults',
-    '-no-user-config',
-    '-display',
-    'none',
-    '-serial',
-    'stdio',
-    '-no-reboot',
-    // virtio 1.x over MMIO (version 2), as vireo; QEMU's default for virtio-mmio is the legacy interface.
-    '-global',
-    'virtio-mmio.force-legacy=false',
+    ...qemuMicrovmArgs(MEM),
     '-drive',
     qemuDrive,
     '-device',
