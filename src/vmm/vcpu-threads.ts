@@ -14,35 +14,60 @@ const parkedIo: Worker[] = [];
 /** A larger young generation: start-up allocates a few MiB, and each scavenge costs milliseconds. */
 const WORKER_OPTIONS = { resourceLimits: { maxYoungGenerationSizeMb: 64 } };
 
+/**
+ * Park a new worker on `list`. A parked thread must not keep the process alive if it is never
+ * used; and one that fails or ends while parked (a module that would not load, say) leaves the
+ * list, so nobody takes a dead thread and waits forever for its answer: the taker starts a fresh
+ * one, whose failure then reaches the taker's own listeners.
+ */
+function park(list: Worker[], url: URL): void {
+  const w = new Worker(url, WORKER_OPTIONS);
+  w.unref();
+  const leave = (): void => {
+    const i = list.indexOf(w);
+    if (i >= 0) list.splice(i, 1);
+  };
+  w.once('exit', leave);
+  // Only while parked: once taken, errors are the owner's to handle.
+  const onError = (): void => leave();
+  w.on('error', onError);
+  parkedErrorListeners.set(w, onError);
+  list.push(w);
+}
+
+const parkedErrorListeners = new WeakMap<Worker, () => void>();
+
+function take(list: Worker[], url: URL): Worker {
+  const w = list.shift();
+  if (w === undefined) return new Worker(url, WORKER_OPTIONS);
+  const onError = parkedErrorListeners.get(w);
+  if (onError) w.off('error', onError);
+  w.ref();
+  return w;
+}
+
 export function prewarmVcpuThreads(count: number): void {
-  while (parked.length < count) {
-    const w = new Worker(VCPU_THREAD_URL, WORKER_OPTIONS);
-    // A parked thread must not keep the process alive if it is never used.
-    w.unref();
-    parked.push(w);
-  }
+  while (parked.length < count) park(parked, VCPU_THREAD_URL);
 }
 
 /** A parked thread if there is one, else a new one. The caller owns it. */
 export function takeVcpuThread(): Worker {
-  const w = parked.shift() ?? new Worker(VCPU_THREAD_URL, WORKER_OPTIONS);
-  w.ref();
-  return w;
+  return take(parked, VCPU_THREAD_URL);
 }
 
 /** Start an I/O thread for the next VM with virtio devices (one at most is kept parked). */
 export function prewarmIoThread(): void {
-  if (parkedIo.length > 0) return;
-  const w = new Worker(IO_THREAD_URL, WORKER_OPTIONS);
-  w.unref();
-  parkedIo.push(w);
+  if (parkedIo.length === 0) park(parkedIo, IO_THREAD_URL);
 }
 
 /** The parked I/O thread if there is one, else a new one. The caller owns it. */
 export function takeIoThread(): Worker {
-  const w = parkedIo.shift() ?? new Worker(IO_THREAD_URL, WORKER_OPTIONS);
-  w.ref();
-  return w;
+  return take(parkedIo, IO_THREAD_URL);
+}
+
+/** How many threads are parked now (vCPU, I/O): for tests. */
+export function parkedThreads(): { vcpu: number; io: number } {
+  return { vcpu: parked.length, io: parkedIo.length };
 }
 
 /** Terminate parked threads nobody took (a failed start). */

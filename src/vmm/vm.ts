@@ -510,6 +510,8 @@ export class Vm extends TypedEmitter<VmEvents> {
       exited: new Promise<void>((res) =>
         worker.once('exit', () => {
           t.gone = true;
+          // A thread that ended before it was ready (it never will be): the build must not wait on it.
+          readyReject(new Error(`vCPU ${vcpu.id} thread ended before it was ready`));
           res();
         }),
       ),
