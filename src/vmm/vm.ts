@@ -244,8 +244,16 @@ export function describeExit(reason: VcpuStop, vcpu: number): { status: number; 
       return { status: 0, message: 'VM stopped' };
     case 'hlt':
       return { status: 0, message: `vCPU ${vcpu} halted (HLT exit)${regs(reason.registers)}` };
-    case 'triple-fault':
-      return { status: 1, message: `vCPU ${vcpu}: triple fault (KVM_EXIT_SHUTDOWN)${regs(reason.registers)}` };
+    case 'triple-fault': {
+      // KVM on AMD re-initialises a vCPU after a shutdown intercept (its VMCB is undefined then):
+      // what it reports is the reset state, not where the guest faulted. Say so rather than mislead.
+      const r = reason.registers;
+      const reset = /^0x0*fff0$/.test(r.rip ?? '') && (r.cs ?? '').includes('base=0xffff0000');
+      const note = reset
+        ? '\n  (these are reset values: KVM on AMD re-initialises a vCPU after a shutdown, so the state that faulted is gone)'
+        : '';
+      return { status: 1, message: `vCPU ${vcpu}: triple fault (KVM_EXIT_SHUTDOWN)${regs(r)}${note}` };
+    }
     case 'fail-entry':
       return {
         status: 1,
