@@ -64,8 +64,8 @@ async function bootLinux(cpus: number, memMiB: number, steps: object[] = SHELL_A
   // With two emulated CPUs the lane also, now and then, makes a running SMP guest triple-fault in the
   // middle of its boot (after SMP bring-up, around the initramfs unpacking), on either vCPU. QEMU with
   // KVM does the same in the same lane: a 2-vCPU QEMU microvm booting this kernel and initramfs stopped
-  // in that phase 1 time in 16, vireo 2 in 20 (runs interleaved in one lane, `-smp 2`, `--cpus 2`);
-  // 1-vCPU guests on a 1-CPU lane never did. So a triple fault of a multi-vCPU guest before its
+  // in that phase in 1 of 16 boots interleaved with 16 of vireo's (`-smp 2` / `--cpus 2`, none of
+  // vireo's failed that time; 2 of 20 in another lane); 1-vCPU guests on a 1-CPU lane never did. So a triple fault of a multi-vCPU guest before its
   // banner is retried like a hung lane, with the reason printed; a second and a third in a row fail.
   for (let attempt = 1; ; attempt++) {
     let r: Awaited<ReturnType<typeof runNested>>;
