@@ -11,6 +11,7 @@ import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
+import { laneTripleFault } from './support/lane-fault.js';
 
 const session = join(repoRoot, 'dist', 'test', 'support', 'guest-session.js');
 
@@ -60,13 +61,7 @@ async function bootLinux(cpus: number, memMiB: number, steps: object[] = SHELL_A
   // The lane itself (QEMU's emulated SVM and the outer kernel's kvm-amd) occasionally hangs: the outer
   // machine stops making progress (even SIGKILL cannot take a thread out of its KVM_RUN) and never
   // reports a status. That is the test bench failing, not vireo: say so and try again, twice at most.
-  //
-  // With two emulated CPUs the lane also, now and then, makes a running SMP guest triple-fault in the
-  // middle of its boot (after SMP bring-up, around the initramfs unpacking), on either vCPU. QEMU with
-  // KVM does the same in the same lane: a 2-vCPU QEMU microvm booting this kernel and initramfs stopped
-  // in that phase in 1 of 16 boots interleaved with 16 of vireo's (`-smp 2` / `--cpus 2`, none of
-  // vireo's failed that time; 2 of 20 in another lane); 1-vCPU guests on a 1-CPU lane never did. So a triple fault of a multi-vCPU guest before its
-  // banner is retried like a hung lane, with the reason printed; a second and a third in a row fail.
+  // A guest that triple-faults mid-boot in a 2-CPU lane is the lane's failure too (support/lane-fault.ts).
   for (let attempt = 1; ; attempt++) {
     let r: Awaited<ReturnType<typeof runNested>>;
     try {
@@ -83,13 +78,9 @@ async function bootLinux(cpus: number, memMiB: number, steps: object[] = SHELL_A
     process.stderr.write(
       `linux ${cpus} vCPU: nested boot ${r.timings.bootMs} ms, session marks ${JSON.stringify(s.marks)}\n`,
     );
-    const laneTripleFault =
-      cpus > 1 && s.marks['vireo guest ready'] === undefined && /triple fault \(KVM_EXIT_SHUTDOWN\)/.test(s.stderr);
-    if (laneTripleFault && attempt < 3) {
-      const last = s.output.trimEnd().split('\n').slice(-1)[0] ?? '';
-      process.stderr.write(
-        `linux ${cpus} vCPU: the guest triple-faulted mid-boot in the lane (${s.stderr.split('\n')[0]}; last guest line: ${last.slice(0, 160)}); attempt ${attempt + 1} of 3\n`,
-      );
+    const fault = cpus > 1 ? laneTripleFault(s, 'vireo guest ready') : undefined;
+    if (fault && attempt < 3) {
+      process.stderr.write(`linux ${cpus} vCPU: ${fault}; attempt ${attempt + 1} of 3\n`);
       continue;
     }
     return s;

@@ -17,6 +17,7 @@ import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
+import { laneTripleFault } from './support/lane-fault.js';
 
 const NS = 'vireo-net';
 const TAP = 'vtap0';
@@ -202,7 +203,13 @@ async function runLane(): Promise<LaneReport> {
         `no report from the lane (status ${r.status}):\n${r.output.slice(-3000)}\n${r.console.slice(-2000)}`,
       );
       process.stderr.write(`linux-net: nested boot ${r.timings.bootMs} ms, command ${r.timings.commandMs} ms\n`);
-      return JSON.parse(line.slice('@@net-lane '.length)) as LaneReport;
+      const report = JSON.parse(line.slice('@@net-lane '.length)) as LaneReport;
+      const fault = laneTripleFault(report.session, 'vireo guest ready');
+      if (fault && attempt < 3) {
+        process.stderr.write(`linux-net: ${fault}; attempt ${attempt + 1} of 3\n`);
+        continue;
+      }
+      return report;
     } catch (e) {
       // The lane itself (QEMU's emulated SVM) occasionally hangs: that is the bench, not vireo.
       if (!(e instanceof NestedError) || attempt === 3) throw e;
@@ -214,7 +221,7 @@ async function runLane(): Promise<LaneReport> {
 function checkLane(r: LaneReport): void {
   const s = r.session;
   assert.ok(s, `the lane did not run the guest: ${r.error}`);
-  const tail = `\n--- guest output ---\n${s.output.slice(-5000)}\n--- vireo stderr ---\n${s.stderr.slice(-3000)}`;
+  const tail = `\n--- vireo stderr ---\n${s.stderr.slice(-3000)}\n--- guest output ---\n${s.output.slice(-5000)}`;
   assert.doesNotMatch(
     s.stderr,
     /unknown option '--net'/,

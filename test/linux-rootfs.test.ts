@@ -22,6 +22,7 @@ import { runNested } from '../src/kit/nested.js';
 import { prepareRootfs, ROOTFS_MARKER } from '../src/kit/rootfs.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
+import { laneTripleFault } from './support/lane-fault.js';
 
 const NS = 'vireo-rootfs';
 const TAP = 'vtap0';
@@ -256,7 +257,13 @@ async function runLane(): Promise<LaneReport> {
           `no report from the lane (status ${r.status}):\n${r.output.slice(-3000)}\n${r.console.slice(-2000)}`,
         );
       process.stderr.write(`linux-rootfs: nested boot ${r.timings.bootMs} ms, command ${r.timings.commandMs} ms\n`);
-      return JSON.parse(line.slice('@@rootfs-lane '.length)) as LaneReport;
+      const report = JSON.parse(line.slice('@@rootfs-lane '.length)) as LaneReport;
+      const fault = laneTripleFault(report.session, ROOTFS_MARKER);
+      if (fault && attempt < 3) {
+        process.stderr.write(`linux-rootfs: ${fault}; attempt ${attempt + 1} of 3\n`);
+        continue;
+      }
+      return report;
     } catch (e) {
       if (!(e instanceof NestedError) || attempt === 3) throw e;
       process.stderr.write(`nested lane failed (${e.message.slice(0, 300)}); attempt ${attempt + 1} of 3\n`);
@@ -274,7 +281,7 @@ else
     const r = await runLane();
     const s = r.session;
     assert.ok(s, `the lane did not run the guest: ${r.error}`);
-    const tail = `\n--- guest output ---\n${s.output.slice(-6000)}\n--- vireo stderr ---\n${s.stderr.slice(-3000)}`;
+    const tail = `\n--- vireo stderr ---\n${s.stderr.slice(-3000)}\n--- guest output ---\n${s.output.slice(-6000)}`;
     assert.equal(s.failed, undefined, `${s.failed}${tail}`);
     const state = s.output.match(/@@state (\S+) root=(\S+)\s+(\S+) rng=(\S+) hwrng=(\d+) failed=(\d+)/);
     assert.ok(state, `systemd state line${tail}`);
