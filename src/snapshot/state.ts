@@ -46,7 +46,10 @@ export interface SnapshotBody {
     regions: MemoryFileRegion[];
     /** The memory image this snapshot's state goes with (its memory file's tag, or a merge's result). */
     id: string;
-    /** Full, or Diff: the memory file holds only the pages changed since image `parent`. */
+    /**
+     * Full, or Diff: the memory file holds only the pages changed since image `parent` (a Diff with no
+     * parent was taken against boot: its file is a full image).
+     */
     type: 'Full' | 'Diff';
     parent?: string | undefined;
   };

@@ -183,7 +183,7 @@ function checkMemoryTag(tag: MemoryTag, body: SnapshotBody, path: string): void 
   if (tag.id !== body.memory.id)
     throw new SnapshotError(
       'VIREO_ERR_SNAPSHOT',
-      `memory file ${path} holds memory image ${tag.id}, but the snapshot goes with image ${body.memory.id}${body.memory.type === 'Diff' ? ` (a diff of ${body.memory.parent}): merge the diffs up to it onto the base` : ''}: give the memory file written with the snapshot`,
+      `memory file ${path} holds memory image ${tag.id}, but the snapshot goes with image ${body.memory.id}${body.memory.type === 'Diff' && body.memory.parent !== undefined ? ` (a diff of ${body.memory.parent}): merge the diffs up to it onto the base` : ''}: give the memory file written with the snapshot`,
     );
 }
 
@@ -586,12 +586,10 @@ export class Vm extends TypedEmitter<VmEvents> {
         'VIREO_ERR_SNAPSHOT',
         'diff snapshots need dirty page tracking: create the VM with trackDirtyPages (track_dirty_pages in machine-config)',
       );
+    // A Diff holds the pages changed since this VM's previous snapshot or restore. With neither, it is
+    // a diff against boot, as in Firecracker: memory nobody wrote is zero, so that image is the whole
+    // memory with its zero pages as holes — a full image, restorable on its own (and tagged so).
     const parent = this.image;
-    if (type === 'Diff' && parent === undefined)
-      throw new SnapshotError(
-        'VIREO_ERR_SNAPSHOT',
-        'a diff holds the pages changed since the previous snapshot, and this VM has none: take a Full snapshot first',
-      );
     const kvm = this.kvm as Kvm;
     const vm = this.vm as KvmVm;
     const t0 = performance.now();
