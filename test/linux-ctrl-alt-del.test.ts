@@ -7,22 +7,14 @@
  * exits with status 0. Nothing else in the session asks for a reboot.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
+import { GUEST_SESSION, type GuestSession } from './support/lane.js';
 
-const session = join(repoRoot, 'dist', 'test', 'support', 'guest-session.js');
-
-interface Session {
-  status: number | null;
-  failed?: string;
-  marks: Record<string, number>;
-  output: string;
-  stderr: string;
-}
+const session = GUEST_SESSION;
 
 test('Ctrl+Alt+Del from the console reboots Linux: vireo exits 0 through the i8042 reset', {
   timeout: 25 * 60_000,
@@ -64,7 +56,7 @@ test('Ctrl+Alt+Del from the console reboots Linux: vireo exits 0 through the i80
   }
   const line = r.output.split('\n').find((l) => l.startsWith('@@guest-session '));
   assert.ok(line, `no session report; nested output:\n${r.output.slice(-3000)}\nconsole:\n${r.console.slice(-2000)}`);
-  const s = JSON.parse(line.slice('@@guest-session '.length)) as Session;
+  const s = JSON.parse(line.slice('@@guest-session '.length)) as GuestSession;
   process.stderr.write(`linux-ctrl-alt-del: nested boot ${r.timings.bootMs} ms, marks ${JSON.stringify(s.marks)}\n`);
   const tail = `\n--- guest output ---\n${s.output.slice(-3000)}\n--- vireo stderr ---\n${s.stderr}`;
   assert.equal(s.failed, undefined, `${s.failed}${tail}`);

@@ -5,22 +5,14 @@
  * answer comes back through hvc0, and `poweroff -f` ends vireo with 0.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
+import { GUEST_SESSION, type GuestSession } from './support/lane.js';
 
-const session = join(repoRoot, 'dist', 'test', 'support', 'guest-session.js');
-
-interface Session {
-  status: number | null;
-  failed?: string;
-  marks: Record<string, number>;
-  output: string;
-  stderr: string;
-}
+const session = GUEST_SESSION;
 
 const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
@@ -55,7 +47,7 @@ test('Linux on hvc0: a command typed into the virtio-console is answered there; 
   }
   const line = out.split('\n').find((l) => l.startsWith('@@guest-session '));
   assert.ok(line, `no session report:\n${out.slice(-3000)}`);
-  const s = JSON.parse(line.slice('@@guest-session '.length)) as Session;
+  const s = JSON.parse(line.slice('@@guest-session '.length)) as GuestSession;
   const tail = `\n--- guest output ---\n${s.output.slice(-4000)}\n--- vireo stderr ---\n${s.stderr.slice(-2000)}`;
   assert.equal(s.failed, undefined, `${s.failed}${tail}`);
   const m = s.output.match(/@@hvc tty=(\S+) active=(.*?) sum=42/);

@@ -5,22 +5,16 @@
  * power off cleanly (status 0).
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
-import { laneTripleFault } from './support/lane-fault.js';
+import { GUEST_SESSION, type GuestSession, laneTripleFault } from './support/lane.js';
 
-const session = join(repoRoot, 'dist', 'test', 'support', 'guest-session.js');
+const session = GUEST_SESSION;
 
-interface Session {
-  status: number | null;
-  failed?: string;
-  marks: Record<string, number>;
-  output: string;
-  stderr: string;
+interface Session extends GuestSession {
   /** The outer machine's console (its kernel's messages), for a failure report. */
   lane?: string;
 }
@@ -61,7 +55,7 @@ async function bootLinux(cpus: number, memMiB: number, steps: object[] = SHELL_A
   // The lane itself (QEMU's emulated SVM and the outer kernel's kvm-amd) occasionally hangs: the outer
   // machine stops making progress (even SIGKILL cannot take a thread out of its KVM_RUN) and never
   // reports a status. That is the test bench failing, not vireo: say so and try again, twice at most.
-  // A guest that triple-faults mid-boot in a 2-CPU lane is the lane's failure too (support/lane-fault.ts).
+  // A guest that triple-faults mid-boot in a 2-CPU lane is the lane's failure too (support/lane.ts).
   for (let attempt = 1; ; attempt++) {
     let r: Awaited<ReturnType<typeof runNested>>;
     try {

@@ -17,7 +17,7 @@ import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
-import { laneTripleFault } from './support/lane-fault.js';
+import { GUEST_SESSION, type GuestSession, laneTripleFault } from './support/lane.js';
 
 const NS = 'vireo-net';
 const TAP = 'vtap0';
@@ -27,18 +27,10 @@ const UP_PORT = 5001;
 const DOWN_PORT = 5002;
 const BYTES = 4 << 20;
 const self = fileURLToPath(import.meta.url);
-const guestSession = fileURLToPath(new URL('./support/guest-session.js', import.meta.url));
-
-interface Session {
-  status: number | null;
-  failed?: string;
-  marks: Record<string, number>;
-  output: string;
-  stderr: string;
-}
+const guestSession = GUEST_SESSION;
 
 interface LaneReport {
-  session?: Session;
+  session?: GuestSession;
   upload?: { bytes: number; sha: string };
   downloadSha?: string;
   error?: string;
@@ -162,7 +154,7 @@ async function lane(): Promise<void> {
     );
     const line = r.stdout.split('\n').find((l) => l.startsWith('@@guest-session '));
     if (!line) throw new Error(`no guest session report (status ${r.status}):\n${r.stdout.slice(-3000)}\n${r.stderr}`);
-    report.session = JSON.parse(line.slice('@@guest-session '.length)) as Session;
+    report.session = JSON.parse(line.slice('@@guest-session '.length)) as GuestSession;
   } catch (e) {
     report.error = e instanceof Error ? e.message : String(e);
   } finally {

@@ -22,7 +22,7 @@ import { runNested } from '../src/kit/nested.js';
 import { prepareRootfs, ROOTFS_MARKER } from '../src/kit/rootfs.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
-import { laneTripleFault } from './support/lane-fault.js';
+import { GUEST_SESSION, type GuestSession, laneTripleFault } from './support/lane.js';
 
 const NS = 'vireo-rootfs';
 const TAP = 'vtap0';
@@ -31,18 +31,10 @@ const UP_PORT = 5001;
 const VSOCK_PORT = 5200;
 const BYTES = 1 << 20;
 const self = fileURLToPath(import.meta.url);
-const guestSession = fileURLToPath(new URL('./support/guest-session.js', import.meta.url));
-
-interface Session {
-  status: number | null;
-  failed?: string;
-  marks: Record<string, number>;
-  output: string;
-  stderr: string;
-}
+const guestSession = GUEST_SESSION;
 
 interface LaneReport {
-  session?: Session;
+  session?: GuestSession;
   upload?: { bytes: number; sha: string };
   vsock?: string;
   copyMs?: number;
@@ -212,7 +204,7 @@ async function lane(): Promise<void> {
     await closed;
     const line = out.split('\n').find((l) => l.startsWith('@@guest-session '));
     if (!line) throw new Error(`no guest session report:\n${out.slice(-3000)}`);
-    report.session = JSON.parse(line.slice('@@guest-session '.length)) as Session;
+    report.session = JSON.parse(line.slice('@@guest-session '.length)) as GuestSession;
   } catch (e) {
     report.error = e instanceof Error ? e.message : String(e);
   } finally {

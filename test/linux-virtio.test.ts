@@ -5,22 +5,14 @@
  * inflates to the target it is given.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
+import { GUEST_SESSION, type GuestSession } from './support/lane.js';
 
-const session = join(repoRoot, 'dist', 'test', 'support', 'guest-session.js');
-
-interface Session {
-  status: number | null;
-  failed?: string;
-  marks: Record<string, number>;
-  output: string;
-  stderr: string;
-}
+const session = GUEST_SESSION;
 
 /** Runs `inner` (a shell script) in the lane, up to 3 times when the lane itself hangs. */
 async function inLane(script: string): Promise<string> {
@@ -87,7 +79,7 @@ test('virtio-blk (rw and ro), virtio-rng and virtio-balloon under Linux', { time
   const out = await inLane(script);
   const line = out.split('\n').find((l) => l.startsWith('@@guest-session '));
   assert.ok(line, `no session report:\n${out.slice(-3000)}`);
-  const s = JSON.parse(line.slice('@@guest-session '.length)) as Session;
+  const s = JSON.parse(line.slice('@@guest-session '.length)) as GuestSession;
   const g = s.output;
   assert.equal(s.failed, undefined, `${s.failed}\n${g.slice(-4000)}\nstderr: ${s.stderr}`);
   assert.match(g, /size=131072 ro=1 serial=rootdisk/, 'capacity, read-only flag and serial (GET_ID)');

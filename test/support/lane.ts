@@ -1,4 +1,25 @@
 /**
+ * What the Linux lane tests share: the guest-session script (test/support/guest-session.ts) they run
+ * inside the lane, the report it prints, and the lane's own failure that a run may meet.
+ */
+import { fileURLToPath } from 'node:url';
+
+/** The compiled guest-session script: it types into a `vireo run` console and prints a GuestSession. */
+export const GUEST_SESSION = fileURLToPath(new URL('./guest-session.js', import.meta.url));
+
+/** What guest-session prints after `@@guest-session `. */
+export interface GuestSession {
+  /** vireo's exit status (null: killed). */
+  status: number | null;
+  /** The first step that did not happen, if any. */
+  failed?: string;
+  /** When each expected text was seen (ms after vireo started). */
+  marks: Record<string, number>;
+  output: string;
+  stderr: string;
+}
+
+/**
  * The nested lane's own failure that a test run through it may meet: with two emulated CPUs (QEMU
  * 7.2's multi-threaded TCG emulating SVM) a guest now and then triple-faults in the middle of its boot,
  * on any vCPU, 1-vCPU guests included; the outer machine itself has been seen to reset the same way.
@@ -8,14 +29,8 @@
  * shown it. Tests whose lane has two CPUs retry such a run like a hung lane, saying why; a third in a
  * row fails.
  */
-export interface LaneSession {
-  marks: Record<string, number>;
-  stderr: string;
-  output: string;
-}
-
 /** Why the session looks like the lane's triple fault (before `banner` was seen), or undefined. */
-export function laneTripleFault(s: LaneSession | undefined, banner: string): string | undefined {
+export function laneTripleFault(s: GuestSession | undefined, banner: string): string | undefined {
   if (s === undefined || s.marks[banner] !== undefined) return undefined;
   const fault = s.stderr.match(/vCPU \d+: triple fault \(KVM_EXIT_SHUTDOWN\)/);
   if (!fault) return undefined;
