@@ -506,6 +506,84 @@ if (!isMainThread && parentPort) {
 // ---------------------------------------------------------------------------------------------
 
 /**
+ * The I/O thread's CPU profiler for a suite's vireo runs (`on`: VIREO_BENCH_*_PROFILE=1): the preload
+ * file for `node --require`, cleared before each run and summarised after it.
+ */
+export function ioThreadProfiler(
+  work: string,
+  on: boolean,
+): {
+  preload: string | undefined;
+  reset(): void;
+  take(): ProfileSummary[] | undefined;
+} {
+  const out = join(work, 'io-thread.cpuprofile');
+  const preload = join(work, 'profile-io-thread.cjs');
+  if (on) writeFileSync(preload, profilerPreload(out));
+  return {
+    preload: on ? preload : undefined,
+    reset: () => rmSync(out, { force: true }),
+    take: () => (on && existsSync(out) ? [summarizeProfile('io-thread', out)] : undefined),
+  };
+}
+
+/** `vireo run` of the kit's kernel with one vCPU and the given device options, through the launcher. */
+export function vireoKitArgs(o: {
+  launcher: string;
+  preload: string | undefined;
+  kernel: string;
+  initrd: string;
+  memMiB: number;
+  devices: string[];
+  cmdline: string;
+}): string[] {
+  return [
+    ...(o.preload ? ['--require', o.preload] : []),
+    o.launcher,
+    'run',
+    '--native',
+    '--kernel',
+    o.kernel,
+    '--initrd',
+    o.initrd,
+    '--mem',
+    String(o.memMiB),
+    '--cpus',
+    '1',
+    ...o.devices,
+    '--cmdline',
+    o.cmdline,
+  ];
+}
+
+/** A peer VMM: its command, arguments and environment. */
+export type Peer = [string, string[], NodeJS.ProcessEnv];
+
+/**
+ * `runs` rounds of `once` over every peer, interleaved and in alternating order, so drift in the
+ * emulated machine hits all alike; results by peer name.
+ */
+export async function interleaved<R>(
+  suite: string,
+  peers: Record<string, Peer>,
+  runs: number,
+  once: (name: string, peer: Peer) => Promise<R>,
+): Promise<Record<string, R[]>> {
+  const results: Record<string, R[]> = {};
+  for (let i = 0; i < runs; i++) {
+    const names = Object.keys(peers);
+    if (i % 2 === 1) names.reverse();
+    for (const name of names) {
+      process.stderr.write(`[${suite}] run ${i + 1}/${runs}: ${name}\n`);
+      const list = results[name] ?? [];
+      list.push(await once(name, peers[name] as Peer));
+      results[name] = list;
+    }
+  }
+  return results;
+}
+
+/**
  * Writes `dir`/vireo.mjs, which runs `vireo` (its argv) from the same compiled tree as this script
  * (bin/vireo.js always loads dist/), and returns its path.
  */
@@ -542,28 +620,16 @@ async function main(): Promise<void> {
     'quiet vireo.exit=poweroff rdinit=/blkbench-init',
     `blkbench.mib=${p.mib} blkbench.secs=${p.secs} blkbench.qd=${p.qd}`,
   ].join(' ');
-  const launcherFile = writeVireoLauncher(work);
-  const profFile = join(work, 'io-thread.cpuprofile');
-  const preload = join(work, 'profile-io-thread.cjs');
-  if (profile) writeFileSync(preload, profilerPreload(profFile));
-  const vireoArgs = [
-    ...(profile ? ['--require', preload] : []),
-    launcherFile,
-    'run',
-    '--native',
-    '--kernel',
-    kit.kernel,
-    '--initrd',
+  const prof = ioThreadProfiler(work, profile);
+  const vireoArgs = vireoKitArgs({
+    launcher: writeVireoLauncher(work),
+    preload: prof.preload,
+    kernel: kit.kernel,
     initrd,
-    '--mem',
-    String(MEM),
-    '--cpus',
-    '1',
-    '--drive',
-    `path=${img},id=d0`,
-    '--cmdline',
+    memMiB: MEM,
+    devices: ['--drive', `path=${img},id=d0`],
     cmdline,
-  ];
+  });
   const qemuDrive = `if=none,id=d0,file=${img},format=raw,cache=writeback,aio=threads`;
   const qemuArgs = [
     ...qemuMicrovmArgs(MEM),
@@ -578,30 +644,20 @@ async function main(): Promise<void> {
     '-append',
     cmdline,
   ];
-  const peers: Record<string, [string, string[], NodeJS.ProcessEnv]> = {
+  const peers: Record<string, Peer> = {
     vireo: [process.execPath, vireoArgs, { ...process.env, VIREO_VERBOSE: '1' }],
     'qemu-microvm': ['qemu-system-x86_64', qemuArgs, process.env],
   };
-  const results: Record<string, RunResult[]> = {};
+  let results: Record<string, RunResult[]>;
   try {
-    for (let i = 0; i < p.runs; i++) {
-      // Interleaved, and the order alternates, so drift in the emulated machine hits both alike.
-      const names = Object.keys(peers);
-      if (i % 2 === 1) names.reverse();
-      for (const name of names) {
-        const [cmd, args, env] = peers[name] as [string, string[], NodeJS.ProcessEnv];
-        resetImage(img, p.mib);
-        rmSync(profFile, { force: true });
-        process.stderr.write(`[blk] run ${i + 1}/${p.runs}: ${name}\n`);
-        const { result, ...r } = await runGuest(cmd, args, env, withKvmStats);
-        const res: RunResult = { ...r, blkbench: result, imageWritten: imageTagged(img, p.mib) };
-        if (profile && name === 'vireo' && existsSync(profFile))
-          res.profile = [summarizeProfile('io-thread', profFile)];
-        const list = results[name] ?? [];
-        list.push(res);
-        results[name] = list;
-      }
-    }
+    results = await interleaved('blk', peers, p.runs, async (name, [cmd, args, env]) => {
+      resetImage(img, p.mib);
+      prof.reset();
+      const { result, ...r } = await runGuest(cmd, args, env, withKvmStats);
+      const res: RunResult = { ...r, blkbench: result, imageWritten: imageTagged(img, p.mib) };
+      if (name === 'vireo') res.profile = prof.take();
+      return res;
+    });
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

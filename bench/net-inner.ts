@@ -21,7 +21,7 @@
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,12 +31,14 @@ import {
   ensureDebugfs,
   type GuestMarks,
   type GuestRun,
+  interleaved,
+  ioThreadProfiler,
   kitInitWith,
+  type Peer,
   type ProfileSummary,
-  profilerPreload,
   qemuMicrovmArgs,
   runGuest,
-  summarizeProfile,
+  vireoKitArgs,
   writeVireoLauncher,
 } from './blk-inner.js';
 import { benchBuildDir } from './build.js';
@@ -193,28 +195,16 @@ async function main(): Promise<void> {
     'quiet vireo.exit=poweroff rdinit=/netbench-init',
     `netbench.secs=${p.secs}`,
   ].join(' ');
-  const launcherFile = writeVireoLauncher(work);
-  const profFile = join(work, 'io-thread.cpuprofile');
-  const preload = join(work, 'profile-io-thread.cjs');
-  if (profile) writeFileSync(preload, profilerPreload(profFile));
-  const vireoArgs = [
-    ...(profile ? ['--require', preload] : []),
-    launcherFile,
-    'run',
-    '--native',
-    '--kernel',
-    kit.kernel,
-    '--initrd',
+  const prof = ioThreadProfiler(work, profile);
+  const vireoArgs = vireoKitArgs({
+    launcher: writeVireoLauncher(work),
+    preload: prof.preload,
+    kernel: kit.kernel,
     initrd,
-    '--mem',
-    String(MEM),
-    '--cpus',
-    '1',
-    '--net',
-    `tap=${TAP},mac=${GUEST_MAC}`,
-    '--cmdline',
+    memMiB: MEM,
+    devices: ['--net', `tap=${TAP},mac=${GUEST_MAC}`],
     cmdline,
-  ];
+  });
   const qemuArgs = [
     ...qemuMicrovmArgs(MEM),
     '-netdev',
@@ -230,31 +220,21 @@ async function main(): Promise<void> {
   ];
   // Both run in the namespace (`ip netns exec` execs the VMM: the pid stays the VMM's, for KVM's statistics).
   const inNs = (cmd: string, args: string[]): [string, string[]] => ['ip', ['netns', 'exec', NS, cmd, ...args]];
-  const peers: Record<string, [string, string[], NodeJS.ProcessEnv]> = {
+  const peers: Record<string, Peer> = {
     vireo: [...inNs(process.execPath, vireoArgs), { ...process.env, VIREO_VERBOSE: '1' }],
     'qemu-microvm': [...inNs('qemu-system-x86_64', qemuArgs), process.env],
   };
-  const results: Record<string, NetRun[]> = {};
   let server: ReturnType<typeof spawn> | undefined;
+  let results: Record<string, NetRun[]>;
   try {
     server = await startHostSide();
-    for (let i = 0; i < p.runs; i++) {
-      // Interleaved, and the order alternates, so drift in the emulated machine hits both alike.
-      const names = Object.keys(peers);
-      if (i % 2 === 1) names.reverse();
-      for (const name of names) {
-        const [cmd, args, env] = peers[name] as [string, string[], NodeJS.ProcessEnv];
-        rmSync(profFile, { force: true });
-        process.stderr.write(`[net] run ${i + 1}/${p.runs}: ${name}\n`);
-        const { result, ...r } = await runGuest(cmd, args, env, withKvmStats, NET_MARKS);
-        const res: NetRun = { ...r, netbench: result };
-        if (profile && name === 'vireo' && existsSync(profFile))
-          res.profile = [summarizeProfile('io-thread', profFile)];
-        const list = results[name] ?? [];
-        list.push(res);
-        results[name] = list;
-      }
-    }
+    results = await interleaved('net', peers, p.runs, async (name, [cmd, args, env]) => {
+      prof.reset();
+      const { result, ...r } = await runGuest(cmd, args, env, withKvmStats, NET_MARKS);
+      const res: NetRun = { ...r, netbench: result };
+      if (name === 'vireo') res.profile = prof.take();
+      return res;
+    });
   } finally {
     server?.kill('SIGTERM');
     spawnSync('ip', ['netns', 'del', NS]);
