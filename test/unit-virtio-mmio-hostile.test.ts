@@ -47,7 +47,7 @@ function readAllRegisters(drv: MockMmioDriver): number[] {
   return out;
 }
 
-/** The shared register state without the queueSel slot, to see that a write changed nothing else. */
+/** The whole shared register state, to see that a write changed nothing. */
 function stateBytes(drv: MockMmioDriver): Uint8Array {
   return drv.transport.st.s.snapshot();
 }
@@ -239,7 +239,8 @@ describe('virtio-mmio configuration space', () => {
         if (!inActual) drv.transport.write(o, new Uint8Array(size).fill(0xff));
       }
     assert.deepEqual(drv.readConfig(0, 8), before);
-    for (let o = R.CONFIG + 8; o < MMIO_WINDOW; o += 8) assert.deepEqual([...drv.readConfig(o - R.CONFIG, 8)], [0, 0, 0, 0, 0, 0, 0, 0]);
+    for (let o = R.CONFIG + 8; o < MMIO_WINDOW; o += 8)
+      assert.deepEqual([...drv.readConfig(o - R.CONFIG, 8)], [0, 0, 0, 0, 0, 0, 0, 0]);
     drv.transport.write(R.CONFIG + 4, Uint8Array.of(0xff, 0xff, 0xff, 0xff));
     assert.equal(control.actualMiB(), (0xffffffff * BALLOON_PAGE) / (1024 * 1024), 'all ones is 2^32-1 pages, not -1');
     drv.transport.write(R.CONFIG + 4, Uint8Array.of(0, 0, 0, 0x80));
