@@ -1,13 +1,19 @@
 /**
  * PIO and MMIO buses: devices registered on address ranges, accesses dispatched by address.
  * An access that no device claims is harmless: reads return all ones, writes are dropped,
- * and both are counted.
+ * and both are counted. A device only ever sees bytes inside its own range: an access that runs
+ * past the end of a range is split there, and the bytes beyond go to whatever lies next (another
+ * device, or nothing), as separate byte lanes on a real bus would. An access that starts where no
+ * device is stays unclaimed as a whole.
  */
 
 import { hex } from '../common/address.js';
 import { VireoError } from '../common/errors.js';
 
-/** What a device on a bus implements: accesses relative to its base, data in little-endian bytes. */
+/**
+ * What a device on a bus implements: accesses relative to its base, data in little-endian bytes.
+ * The bus guarantees 0 <= offset and offset + data.length <= the range's length, with 1 to 8 bytes.
+ */
 export interface BusDevice {
   read(offset: number, data: Uint8Array): void;
   write(offset: number, data: Uint8Array): void;
@@ -52,7 +58,7 @@ export class Bus {
   }
 
   /** The device covering addr, or undefined. */
-  find(addr: number): { device: BusDevice; base: number; name: string } | undefined {
+  find(addr: number): { device: BusDevice; base: number; end: number; name: string } | undefined {
     const rs = this.ranges;
     let lo = 0;
     let hi = rs.length - 1;
@@ -67,6 +73,7 @@ export class Bus {
   }
 
   read(addr: number, data: Uint8Array): void {
+    if (data.length === 0) return;
     const r = this.find(addr);
     if (r === undefined) {
       data.fill(0xff);
@@ -74,17 +81,31 @@ export class Bus {
       this.onUnclaimed?.(addr, false);
       return;
     }
-    r.device.read(addr - r.base, data);
+    const inside = r.end - addr;
+    if (data.length <= inside) {
+      r.device.read(addr - r.base, data);
+      return;
+    }
+    // Straddles the end of the range: each side answers for its own bytes (rare, so the views are fine).
+    r.device.read(addr - r.base, data.subarray(0, inside));
+    this.read(r.end, data.subarray(inside));
   }
 
   write(addr: number, data: Uint8Array): void {
+    if (data.length === 0) return;
     const r = this.find(addr);
     if (r === undefined) {
       this.counters.unclaimedWrites++;
       this.onUnclaimed?.(addr, true);
       return;
     }
-    r.device.write(addr - r.base, data);
+    const inside = r.end - addr;
+    if (data.length <= inside) {
+      r.device.write(addr - r.base, data);
+      return;
+    }
+    r.device.write(addr - r.base, data.subarray(0, inside));
+    this.write(r.end, data.subarray(inside));
   }
 
   get names(): string[] {

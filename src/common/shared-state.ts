@@ -33,6 +33,14 @@ export class SharedState<K extends string> {
     return Atomics.load(this.i32, this.index[k]);
   }
 
+  /**
+   * The slot as an unsigned 32-bit value. Registers a guest writes are u32 on the wire but kept as
+   * int32 here: anything used as an index, a selector or a count must be read back this way.
+   */
+  u32(k: K): number {
+    return Atomics.load(this.i32, this.index[k]) >>> 0;
+  }
+
   set(k: K, v: number): void {
     Atomics.store(this.i32, this.index[k], v);
   }

@@ -8,7 +8,15 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'no
 import { join } from 'node:path';
 import { buildDir, guestSrcDir } from '../support/cc.js';
 
-export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'modes64' | 'pvh';
+export type GuestName =
+  | 'hello64'
+  | 'storm64'
+  | 'hostile64'
+  | 'user64'
+  | 'multiboot'
+  | 'aout-kludge'
+  | 'modes64'
+  | 'pvh';
 
 interface Recipe {
   sources: string[];
@@ -19,6 +27,7 @@ interface Recipe {
 const RECIPES: Record<GuestName, Recipe> = {
   hello64: { sources: ['hello64.S'], kind: 'elf64' },
   storm64: { sources: ['storm64.S'], kind: 'elf64' },
+  hostile64: { sources: ['hostile64.S'], kind: 'elf64' },
   user64: { sources: ['user64.S'], kind: 'elf64' },
   modes64: { sources: ['modes64.S'], kind: 'elf64' },
   multiboot: { sources: ['multiboot-entry.S', 'multiboot.c'], kind: 'mb32' },

@@ -16,30 +16,36 @@ const SLP_EN = 0x2000;
 
 export type PmRequest = 'poweroff' | 'reset' | { sleep: number };
 
-function readLe(data: Uint8Array, value: number): void {
-  for (let i = 0; i < data.length; i++) data[i] = (value >> (8 * i)) & 0xff;
+/**
+ * Byte lanes of a little-endian register block: byte `offset + i` of `value`. The bus keeps accesses
+ * inside the block; anything past 4 bytes of `value` reads as 0 (no shift count wraps at 32).
+ */
+function readLe(offset: number, data: Uint8Array, value: number): void {
+  for (let i = 0; i < data.length; i++) {
+    const b = offset + i;
+    data[i] = b < 4 ? (value >>> (8 * b)) & 0xff : 0;
+  }
 }
 
-function littleEndian(data: Uint8Array): number {
-  let v = 0;
-  for (let i = data.length - 1; i >= 0; i--) v = (v << 8) | (data[i] as number);
-  return v >>> 0;
-}
-
-/** PM1a_EVT_BLK: status (offset 0, 16 bits) and enable (offset 2, 16 bits). */
+/**
+ * PM1a_EVT_BLK: status (offset 0, 16 bits) and enable (offset 2, 16 bits). Each byte of an access
+ * goes to its own register byte, so byte, word and dword accesses at any offset agree.
+ */
 export class Pm1Event implements BusDevice {
   private status = 0;
   private enable = 0;
 
   read(offset: number, data: Uint8Array): void {
-    const word = offset < 2 ? this.status : this.enable;
-    readLe(data, word >> (8 * (offset & 1)));
+    readLe(offset, data, ((this.status & 0xffff) | ((this.enable & 0xffff) << 16)) >>> 0);
   }
 
   write(offset: number, data: Uint8Array): void {
-    const v = (littleEndian(data) << (8 * (offset & 1))) & 0xffff;
-    if (offset < 2) this.status &= ~v;
-    else this.enable = (this.enable & ~(0xff << (8 * (offset & 1)))) | v;
+    for (let i = 0; i < data.length; i++) {
+      const b = offset + i;
+      const v = data[i] as number;
+      if (b < 2) this.status &= ~(v << (8 * b));
+      else if (b < 4) this.enable = (this.enable & ~(0xff << (8 * (b - 2)))) | (v << (8 * (b - 2)));
+    }
   }
 }
 
@@ -53,13 +59,16 @@ export class Pm1Control implements BusDevice {
   ) {}
 
   read(offset: number, data: Uint8Array): void {
-    readLe(data, (this.control | SCI_EN) >> (8 * offset));
+    readLe(offset, data, (this.control | SCI_EN) & 0xffff);
   }
 
   write(offset: number, data: Uint8Array): void {
-    const v = (littleEndian(data) << (8 * offset)) & 0xffff;
-    const mask = (data.length >= 2 ? 0xffff : 0xff) << (8 * offset);
-    const next = (this.control & ~mask) | v;
+    // Merge every byte of the access first: SLP_TYP and SLP_EN written together act together.
+    let next = this.control;
+    for (let i = 0; i < data.length; i++) {
+      const b = offset + i;
+      if (b < 2) next = (next & ~(0xff << (8 * b))) | ((data[i] as number) << (8 * b));
+    }
     if (next & SLP_EN) {
       const typ = (next >> SLP_TYP_SHIFT) & SLP_TYP_MASK;
       this.onRequest(typ === this.s5 ? 'poweroff' : { sleep: typ });
@@ -78,7 +87,7 @@ export class ResetRegister implements BusDevice {
   ) {}
 
   read(_offset: number, data: Uint8Array): void {
-    readLe(data, this.last);
+    readLe(0, data, this.last);
   }
 
   write(_offset: number, data: Uint8Array): void {

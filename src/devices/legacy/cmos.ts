@@ -156,6 +156,9 @@ export class Cmos implements BusDevice {
       default:
         return; // day of week is derived; alarms are not modelled
     }
+    // Out-of-range BCD digits roll fields over; repeated year writes can run past what a Date holds
+    // (NaN): keep the clock as it was rather than store a NaN offset.
+    if (!Number.isFinite(d.getTime())) return;
     this.setOffset(d.getTime() - this.now());
   }
 

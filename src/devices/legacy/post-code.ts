@@ -29,7 +29,9 @@ export class PostCode implements BusDevice {
 
   write(_offset: number, data: Uint8Array): void {
     const code = data[0] as number;
-    const n = this.state.add('count', 1);
+    // The count is an int32 slot that a guest can run past 2^31 (rep outsb moves a page per exit):
+    // taken unsigned, the history slot stays in 0..63 and never lands on the lock or the fields.
+    const n = this.state.add('count', 1) >>> 0;
     this.state.set('last', code);
     this.state.u8[HISTORY_OFFSET + (n % HISTORY)] = code;
     this.onCode?.(code);
@@ -37,7 +39,7 @@ export class PostCode implements BusDevice {
 
   /** The recorded codes, oldest first (at most the last 64). */
   static history(state: SharedState<PostCodeField>): number[] {
-    const n = state.get('count');
+    const n = state.u32('count');
     const out: number[] = [];
     for (let i = Math.max(0, n - HISTORY); i < n; i++) out.push(state.u8[HISTORY_OFFSET + (i % HISTORY)] as number);
     return out;

@@ -62,7 +62,8 @@ export class BalloonControl {
 
   /** What the guest says it has given back. */
   actualMiB(): number {
-    return (this.s.get('actualPages') * BALLOON_PAGE) / (1024 * 1024);
+    // The guest writes `actual` as a u32 (config offset 4); kept in an int32 slot, read it unsigned.
+    return (this.s.u32('actualPages') * BALLOON_PAGE) / (1024 * 1024);
   }
 
   /** Ask the guest for fresh statistics (answered asynchronously; statsUpdates counts answers). */

@@ -98,6 +98,12 @@ const FIELDS = [
 ] as const;
 type Field = (typeof FIELDS)[number];
 
+/**
+ * Every register the guest writes is a u32 kept in an int32 slot: selectors and indexes are read back
+ * with `>>> 0` (SharedState.u32) and range-checked, so bit 31 never turns into a negative index.
+ */
+const isQueueIndex = (i: number): boolean => Number.isInteger(i) && i >= 0 && i < MMIO_MAX_QUEUES;
+
 /** Per-queue register slots, in the extra bytes. */
 const Q = { num: 0, ready: 1, descLo: 2, descHi: 3, availLo: 4, availHi: 5, usedLo: 6, usedHi: 7 } as const;
 const Q_SLOTS = 8;
@@ -127,18 +133,22 @@ export class VirtioMmioState {
     this.configView = new DataView(this.s.buffer, base + QUEUE_BYTES, MMIO_CONFIG_SIZE);
   }
 
+  /** A queue register as an unsigned 32-bit value; 0 for a queue index the transport does not have. */
   q(index: number, slot: number): number {
-    return Atomics.load(this.queues, index * Q_SLOTS + slot);
+    if (!isQueueIndex(index)) return 0;
+    return Atomics.load(this.queues, index * Q_SLOTS + slot) >>> 0;
   }
+  /** Sets a queue register; a queue index the transport does not have changes nothing. */
   setQ(index: number, slot: number, v: number): void {
+    if (!isQueueIndex(index)) return;
     Atomics.store(this.queues, index * Q_SLOTS + slot, v);
   }
 
   layout(index: number): QueueLayout {
     const addr = (lo: number, hi: number): number => {
-      const h = this.q(index, hi) >>> 0;
+      const h = this.q(index, hi);
       // Above 2^53 cannot be RAM; checkLayout will refuse it.
-      return h >= 0x200000 ? Number.MAX_SAFE_INTEGER : h * 0x100000000 + (this.q(index, lo) >>> 0);
+      return h >= 0x200000 ? Number.MAX_SAFE_INTEGER : h * 0x100000000 + this.q(index, lo);
     };
     return {
       size: this.q(index, Q.num),
@@ -149,7 +159,7 @@ export class VirtioMmioState {
   }
 
   driverFeatures(): bigint {
-    return (BigInt(this.s.get('driverFeaturesHi') >>> 0) << 32n) | BigInt(this.s.get('driverFeaturesLo') >>> 0);
+    return (BigInt(this.s.u32('driverFeaturesHi')) << 32n) | BigInt(this.s.u32('driverFeaturesLo'));
   }
 
   /** Mark a protocol error: DEVICE_NEEDS_RESET plus a configuration interrupt (§2.1.2). */
@@ -170,6 +180,9 @@ export class VirtioMmioState {
 export function createVirtioMmioSpec(device: VirtioDevice): VirtioMmioSpec {
   if (device.queueMaxSizes.length > MMIO_MAX_QUEUES) throw new Error('virtio-mmio: too many queues');
   if (device.configSpace.length > MMIO_CONFIG_SIZE) throw new Error('virtio-mmio: configuration space too large');
+  for (const [o, l] of device.configWritable ?? [])
+    if (!(Number.isInteger(o) && Number.isInteger(l) && o >= 0 && l > 0 && o + l <= device.configSpace.length))
+      throw new Error(`virtio-mmio: writable configuration range ${o}+${l} is outside the configuration space`);
   const st = new VirtioMmioState();
   st.config.set(device.configSpace);
   return {
@@ -218,7 +231,7 @@ export class VirtioMmioTransport implements BusDevice {
 
   private readReg(offset: number): number {
     const s = this.s;
-    const sel = s.get('queueSel');
+    const sel = s.u32('queueSel');
     const hasQueue = sel < this.spec.queueMaxSizes.length;
     switch (offset) {
       case REG.MAGIC:
@@ -230,7 +243,8 @@ export class VirtioMmioTransport implements BusDevice {
       case REG.VENDOR_ID:
         return MMIO_VENDOR_ID;
       case REG.DEVICE_FEATURES: {
-        const fs = s.get('deviceFeaturesSel');
+        // Words past the second hold no feature bits (§2.2): they read as 0.
+        const fs = s.u32('deviceFeaturesSel');
         if (fs > 1) return 0;
         return Number((this.spec.features >> BigInt(32 * fs)) & 0xffffffffn);
       }
@@ -244,7 +258,11 @@ export class VirtioMmioTransport implements BusDevice {
         return s.get('status');
       case REG.SHM_LEN_LOW:
       case REG.SHM_LEN_HIGH:
-        return 0xffffffff; // no shared memory regions
+      case REG.SHM_BASE_LOW:
+      case REG.SHM_BASE_HIGH:
+        // No device here has shared memory regions, so every SHMSel names a non-existent one:
+        // its length reads as -1 and its base as 0xffffffffffffffff (§4.2.2).
+        return 0xffffffff;
       case REG.CONFIG_GENERATION:
         return s.get('configGeneration');
       default:
@@ -289,7 +307,7 @@ export class VirtioMmioTransport implements BusDevice {
         // Only while negotiating: after FEATURES_OK the features are fixed (§3.1.1).
         const st = s.get('status');
         if ((st & STATUS.DRIVER) === 0 || st & STATUS.FEATURES_OK) return;
-        const sel = s.get('driverFeaturesSel');
+        const sel = s.u32('driverFeaturesSel');
         if (sel === 0) s.set('driverFeaturesLo', v | 0);
         else if (sel === 1) s.set('driverFeaturesHi', v | 0);
         return;
@@ -311,7 +329,8 @@ export class VirtioMmioTransport implements BusDevice {
     }
     const slot = QUEUE_REG_SLOT.get(offset);
     if (slot === undefined) return;
-    const sel = s.get('queueSel');
+    // A queue the device does not have: writes to its registers change nothing (QueueNumMax reads 0).
+    const sel = s.u32('queueSel');
     if (sel >= this.spec.queueMaxSizes.length) return;
     // Queues are configured between FEATURES_OK and DRIVER_OK; later writes are ignored (§4.2.3.2).
     const st = s.get('status');
@@ -320,11 +339,14 @@ export class VirtioMmioTransport implements BusDevice {
     else this.st.setQ(sel, slot, v | 0);
   }
 
-  private writeStatus(v: number): void {
-    if (v === 0) {
+  private writeStatus(written: number): void {
+    if (written === 0) {
       this.reset();
       return;
     }
+    // The device status is one byte (§2.1); bits above it are not status bits and are dropped.
+    const v = written & 0xff;
+    if (v === 0) return;
     let activate = false;
     let failed = false;
     this.s.locked(() => {
