@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -76,6 +76,15 @@ describe('vireo run: kernel and initrd that are not regular files of a sane size
       /^vireo: initrd \S+big is 64\.0 MiB, larger than the guest's 16\.0 MiB of memory/,
     );
   });
+  test('vireo snapshot merge: a FIFO or /dev/zero as --diff', () => {
+    const reg = join(dir, 'regular.mem');
+    writeFileSync(reg, 'x');
+    refused(
+      ['snapshot', 'merge', '--base', reg, '--diff', fifo],
+      /diff memory file \S+fifo is a FIFO, not a regular file/,
+    );
+    refused(['snapshot', 'merge', '--base', reg, '--diff', '/dev/zero'], /diff memory file \/dev\/zero is a character/);
+  });
   test('an empty kernel file', () => {
     const empty = join(dir, 'empty');
     writeFileSync(empty, '');
@@ -114,6 +123,35 @@ describe('the API: kernel_image_path, initrd_path and snapshot files that are no
       );
       assert.equal((await answered(sock, 'GET', '/')).status, 200, 'the API still answers');
     }
+  });
+
+  test('PUT /snapshot/create onto a FIFO or a device node: a 400, and the node is left as it was', async () => {
+    const dev = join(dir, 'null-device'); // our own node for /dev/null: what a rename over it would destroy
+    execFileSync('mknod', [dev, 'c', '1', '3']);
+    const sock = await api('create');
+    assert.equal((await answered(sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 16 })).status, 204);
+    const boot = { kernel_image_path: guestPath('modes64'), boot_args: 'c' };
+    assert.equal((await answered(sock, 'PUT', '/boot-source', boot)).status, 204);
+    assert.equal((await answered(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status, 204);
+    assert.equal((await answered(sock, 'PATCH', '/vm', { state: 'Paused' })).status, 204);
+    for (const [body, re] of [
+      [{ snapshot_path: fifo, mem_file_path: join(dir, 'c.mem') }, /snapshot_path \S+fifo is a FIFO/],
+      [
+        { snapshot_path: join(dir, 'c.state'), mem_file_path: dev },
+        /mem_file_path \S+null-device is a character device/,
+      ],
+    ] as const) {
+      const r = await answered(sock, 'PUT', '/snapshot/create', body);
+      assert.equal(r.status, 400, r.text);
+      assert.match((r.json as { fault_message: string }).fault_message, re);
+    }
+    assert.ok(lstatSync(fifo).isFIFO(), 'the FIFO is still a FIFO');
+    assert.ok(lstatSync(dev).isCharacterDevice(), 'the device node is still a device node');
+    const ok = await answered(sock, 'PUT', '/snapshot/create', {
+      snapshot_path: join(dir, 'c.state'),
+      mem_file_path: join(dir, 'c.mem'),
+    });
+    assert.equal(ok.status, 204, ok.text);
   });
 
   test('PUT /snapshot/load: a FIFO, /dev/zero or a directory as the state or the memory file is a 400', async () => {

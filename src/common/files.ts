@@ -20,6 +20,8 @@ export interface UserFileSpec {
   hint?: string | undefined;
   /** Builds the caller's typed error from a one-line message. */
   error: (message: string) => VireoError;
+  /** Open for writing too (O_RDWR: a file updated in place); default read-only. */
+  readWrite?: boolean | undefined;
 }
 
 export interface OpenedFile {
@@ -46,7 +48,8 @@ function kindOf(st: ReturnType<typeof fstatSync>): string {
 }
 
 /**
- * Opens `path` read-only for a regular file of at most `spec.maxBytes`; the caller owns the fd.
+ * Opens `path` (read-only unless `spec.readWrite`) for a regular file of at most `spec.maxBytes`; the
+ * caller owns the fd.
  * Every refusal is one line naming the path and saying what to give instead.
  */
 export function openUserFile(path: string, spec: UserFileSpec): OpenedFile {
@@ -54,7 +57,7 @@ export function openUserFile(path: string, spec: UserFileSpec): OpenedFile {
   let fd: number;
   try {
     // (libuv adds O_CLOEXEC to every open: the fd does not leak into children.)
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    fd = openSync(path, (spec.readWrite ? constants.O_RDWR : constants.O_RDONLY) | constants.O_NONBLOCK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? String(e);
     throw fail(code === 'ENOENT' ? `${spec.what} ${path} does not exist` : `cannot open ${spec.what} ${path}: ${code}`);
