@@ -19,7 +19,7 @@ import { type FirecrackerProcess, fcRequest, startFirecracker } from './support/
 import { kvmSkipReason, runVireo } from './support/vireo.js';
 
 const skip = kvmSkipReason();
-const dir = mkdtempSync(join(tmpdir(), 'vireo-hostile-files-'));
+const dir = mkdtempSync(join(tmpdir(), 'vireo-bounded-reads-'));
 const fifo = join(dir, 'fifo');
 execFileSync('mkfifo', [fifo]);
 const aDir = join(dir, 'a-directory');
