@@ -129,7 +129,11 @@ describe('vireo run: bad input gets one clear line and a non-zero status', () =>
       ['run', '--kernel', '/etc/hostname'],
       /^vireo: \/etc\/hostname is not a kernel vireo can boot: expected a Linux bzImage, a Multiboot image or a 64-bit ELF\n$/,
     ],
-    ['empty kernel', ['run', '--kernel', '/dev/null'], /^vireo: kernel \/dev\/null is empty\n$/],
+    [
+      'a device as kernel',
+      ['run', '--kernel', '/dev/null'],
+      /^vireo: kernel \/dev\/null is a character device, not a regular file: give the path of a file\n$/,
+    ],
     ['--kernel without a file', ['run', '--kernel'], /option '--kernel <file>' argument missing/],
     ['bad --mem', ['run', '--kernel', 'k', '--mem', 'lots'], /--mem must be an integer from 1 to 1048576/],
     ['bad --cpus', ['run', '--kernel', 'k', '--cpus', '0'], /--cpus must be an integer from 1 to 254/],

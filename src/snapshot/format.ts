@@ -1,26 +1,32 @@
 /**
  * The snapshot state file: magic, format version, a JSON body (binary state as base64), and a
- * SHA-256 of everything before it. Written to a temporary name, synced and renamed, so a crash
- * mid-write leaves the previous file (or none), never half of one. Reading checks, in order: the
- * magic, the version, the length, the checksum; each failure has its own code and one clear line.
+ * SHA-256 of everything before it — a checksum against damage, not a signature: whoever can write the
+ * file can re-compute it, so the body is validated field by field (state.ts) before use. Written to a
+ * temporary name and synced; the pair writer (pair.ts) renames it into place after the memory file.
+ * Reading checks, in order: that it is a regular file of a sane size, the magic, the version, the
+ * length, the checksum; each failure has its own code and one clear line.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { closeSync, constants, fsyncSync, openSync, rmSync, writeSync } from 'node:fs';
 import { SnapshotError } from '../common/errors.js';
+import { formatSize, readUserFile } from '../common/files.js';
 
 export const SNAPSHOT_MAGIC = Buffer.from('VIREOSNP', 'latin1');
 /** Bumped on any incompatible change of the body (2: memory image ids, diff snapshots, tagged memory files). */
 export const SNAPSHOT_VERSION = 2;
 const HEADER = 16; // magic (8), version (4), body length (4)
 const DIGEST = 32;
+/**
+ * The largest state file read: 254 vCPUs (~15 KiB of state each: XSAVE, CPUID, MSRs, LAPIC as
+ * base64) and the devices come to a few MiB; anything far beyond that is not a vireo state file.
+ */
+export const STATE_FILE_MAX = 64 << 20;
 
-/** Writes `data` to `path` through a temporary file in the same directory and a rename. */
-export function writeFileAtomic(path: string, chunks: readonly Uint8Array[]): void {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
+/** Writes `chunks` to `tmp`, a new file (O_EXCL), and syncs it; on failure it is removed. */
+export function writeStateFile(tmp: string, path: string, chunks: readonly Uint8Array[]): void {
   let fd = -1;
   try {
-    fd = openSync(tmp, 'w', 0o600);
+    fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
     for (const c of chunks) {
       let off = 0;
       while (off < c.length) off += writeSync(fd, c, off);
@@ -28,12 +34,14 @@ export function writeFileAtomic(path: string, chunks: readonly Uint8Array[]): vo
     fsyncSync(fd);
     closeSync(fd);
     fd = -1;
-    renameSync(tmp, path);
   } catch (e) {
     if (fd >= 0) closeSync(fd);
     rmSync(tmp, { force: true });
     const code = (e as NodeJS.ErrnoException).code ?? String(e);
-    throw new SnapshotError('VIREO_ERR_SNAPSHOT', `cannot write snapshot file ${path}: ${code}; check the directory`);
+    throw new SnapshotError(
+      'VIREO_ERR_SNAPSHOT',
+      `cannot write snapshot file ${path}: ${code}; check the directory and free space`,
+    );
   }
 }
 
@@ -49,15 +57,13 @@ export function encodeStateFile<T>(body: T): Buffer[] {
 
 /** Reads and verifies a state file; the body is returned as parsed JSON for the caller to check. */
 export function decodeStateFile(path: string): unknown {
-  let b: Buffer;
-  try {
-    b = readFileSync(path);
-  } catch (e) {
-    throw new SnapshotError(
-      'VIREO_ERR_SNAPSHOT',
-      `cannot read snapshot ${path}: ${(e as NodeJS.ErrnoException).code}; give the snapshot_path a snapshot was written to`,
-    );
-  }
+  const b = readUserFile(path, {
+    what: 'snapshot',
+    maxBytes: STATE_FILE_MAX,
+    bound: `any vireo state file (${formatSize(STATE_FILE_MAX)})`,
+    hint: 'give the snapshot_path a snapshot was written to',
+    error: (m) => new SnapshotError('VIREO_ERR_SNAPSHOT', m),
+  });
   if (b.length < HEADER || !b.subarray(0, 8).equals(SNAPSHOT_MAGIC))
     throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', `${path} is not a vireo snapshot (bad magic)`);
   const version = b.readUInt32LE(8);

@@ -2,11 +2,12 @@
  * The memory snapshot file: guest RAM regions one after another, as a sparse file (all-zero pages
  * are holes, so a mostly empty guest writes little), then a 4 KiB tag (memory-tag.ts). A diff has the
  * same layout but holds only the pages dirtied since its parent image (holes elsewhere, also where the
- * guest's page is zero in neither). Written to a temporary name and renamed.
+ * guest's page is zero in neither). Written to a temporary name that the snapshot's pair writer
+ * (pair.ts) renames into place once the state file is written too.
  */
-import { closeSync, constants, fsyncSync, ftruncateSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { closeSync, constants, fsyncSync, ftruncateSync, openSync, rmSync, writeSync } from 'node:fs';
 import { SnapshotError } from '../common/errors.js';
+import { openUserFile } from '../common/files.js';
 import * as sys from '../kvm/sys.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { encodeTag, type MemoryTag, TAG_SIZE } from './memory-tag.js';
@@ -35,28 +36,34 @@ export type MemoryFileContent =
   | { kind: 'diff'; id: string; parent: string; pages: readonly Uint8Array[] };
 
 /**
- * Writes guest RAM to `path`. With O_DIRECT the pages go from guest memory to the disk without a copy
+ * Writes guest RAM to `tmp`, a new file (O_EXCL: never through a planted name), synced; on failure
+ * it is removed. `path` is where it will be renamed to, for messages. With O_DIRECT the pages go from guest memory to the disk without a copy
  * into the page cache (measured here: 2 GiB in 0.9 s against 6 s buffered); file systems that refuse
  * O_DIRECT get a buffered write.
  */
-export function writeMemoryFile(path: string, mem: GuestMemory, content: MemoryFileContent): MemoryFileLayout {
+export function writeMemoryFile(
+  tmp: string,
+  path: string,
+  mem: GuestMemory,
+  content: MemoryFileContent,
+): MemoryFileLayout {
   try {
-    return writeMemoryFileWith(path, mem, content, true);
+    return writeMemoryFileWith(tmp, path, mem, content, true);
   } catch (e) {
     if (!(e instanceof DirectIoRefused)) throw e;
-    return writeMemoryFileWith(path, mem, content, false);
+    return writeMemoryFileWith(tmp, path, mem, content, false);
   }
 }
 
 class DirectIoRefused extends Error {}
 
 function writeMemoryFileWith(
+  tmp: string,
   path: string,
   mem: GuestMemory,
   content: MemoryFileContent,
   direct: boolean,
 ): MemoryFileLayout {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
   const regions: MemoryFileRegion[] = [];
   let offset = 0;
   for (const d of mem.descriptors) {
@@ -66,7 +73,7 @@ function writeMemoryFileWith(
   let fd = -1;
   let written = 0;
   try {
-    const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | (direct ? constants.O_DIRECT : 0);
+    const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | (direct ? constants.O_DIRECT : 0);
     try {
       fd = openSync(tmp, flags, 0o600);
     } catch (e) {
@@ -108,7 +115,6 @@ function writeMemoryFileWith(
     fsyncSync(fd);
     closeSync(fd);
     fd = -1;
-    renameSync(tmp, path);
   } catch (e) {
     if (fd >= 0) closeSync(fd);
     rmSync(tmp, { force: true });
@@ -137,4 +143,28 @@ function writeTagPage(fd: number, at: number, tag: MemoryTag, direct: boolean): 
   } finally {
     sys.munmap(addr, TAG_SIZE);
   }
+}
+
+/**
+ * Opens a snapshot's memory file for mapping: a regular file (a FIFO cannot block the open, a
+ * directory or device is refused) whose size is what the state file lays out plus the tag. A larger
+ * file would be mapped only in part, a smaller one would fault (SIGBUS) where the guest touches the
+ * missing pages. The caller owns the fd.
+ */
+export function openMemoryFile(path: string, layoutBytes: number): number {
+  const expected = layoutBytes + TAG_SIZE;
+  const { fd, size } = openUserFile(path, {
+    what: 'memory file',
+    maxBytes: Number.MAX_SAFE_INTEGER, // the exact size is checked below, with its own message
+    hint: 'give the mem_file_path written with the snapshot',
+    error: (m) => new SnapshotError('VIREO_ERR_SNAPSHOT', m),
+  });
+  if (size !== expected) {
+    closeSync(fd);
+    throw new SnapshotError(
+      'VIREO_ERR_SNAPSHOT_CORRUPT',
+      `memory file ${path} is ${size} bytes; the snapshot lays out ${expected}: wrong or truncated file`,
+    );
+  }
+  return fd;
 }

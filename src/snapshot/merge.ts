@@ -6,8 +6,9 @@
  * image. A merge cut short leaves the "merging" mark, which a restore refuses and which the same merge,
  * run again, completes (copying the same extents twice gives the same bytes).
  */
-import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, readSync, writeSync } from 'node:fs';
 import { SnapshotError } from '../common/errors.js';
+import { openUserFile } from '../common/files.js';
 import * as sys from '../kvm/sys.js';
 import { encodeTag, type MemoryTag, readTag, TAG_SIZE } from './memory-tag.js';
 
@@ -23,15 +24,15 @@ export interface MergeResult {
 
 const CHUNK = 1 << 20;
 
-function open(path: string, flags: string, what: string): number {
-  try {
-    return openSync(path, flags);
-  } catch (e) {
-    throw new SnapshotError(
-      'VIREO_ERR_SNAPSHOT',
-      `cannot open ${what} memory file ${path}: ${(e as NodeJS.ErrnoException).code}; give the mem_file_path a snapshot was written to`,
-    );
-  }
+/** Opens a memory file (a FIFO or device is refused, not waited on; its size is checked by its tag). */
+function open(path: string, readWrite: boolean, what: string): number {
+  return openUserFile(path, {
+    what: `${what} memory file`,
+    maxBytes: Number.MAX_SAFE_INTEGER,
+    readWrite,
+    hint: 'give the mem_file_path a snapshot was written to',
+    error: (m) => new SnapshotError('VIREO_ERR_SNAPSHOT', m),
+  }).fd;
 }
 
 function writeTag(fd: number, at: number, tag: MemoryTag): void {
@@ -58,7 +59,7 @@ function dataExtents(fd: number, size: number): [number, number][] {
 
 /** Copies the memory diff at `diffPath` into the memory file at `basePath` (see the top of this file). */
 export function mergeMemoryFiles(basePath: string, diffPath: string): MergeResult {
-  const dfd = open(diffPath, 'r', 'diff');
+  const dfd = open(diffPath, false, 'diff');
   let bfd = -1;
   try {
     const diff = readTag(dfd, diffPath);
@@ -67,7 +68,7 @@ export function mergeMemoryFiles(basePath: string, diffPath: string): MergeResul
         'VIREO_ERR_SNAPSHOT',
         `${diffPath} holds a full memory image, not a diff: restore it directly, or give a diff's memory file as --diff`,
       );
-    bfd = open(basePath, 'r+', 'base');
+    bfd = open(basePath, true, 'base');
     const base = readTag(bfd, basePath);
     if (base.size !== diff.size)
       throw new SnapshotError(

@@ -3,11 +3,11 @@
  * struct bytes (exact, and what KVM itself versions); device state is each device's shared buffer
  * plus what the I/O thread reports (queue positions). Memory lives in a separate file.
  */
-import { SnapshotError } from '../common/errors.js';
 import type { DeviceSideState } from '../devices/virtio/mmio.js';
 import type { Kvm, Vm as KvmVm, Vcpu } from '../kvm/kvm.js';
 import type { CpuidEntry } from '../kvm/structs.js';
 import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
+import { validateBody } from './body-schema.js';
 import { b64, unb64 } from './format.js';
 import type { MemoryFileRegion } from './memory-file.js';
 
@@ -122,19 +122,8 @@ export function applyVm(vm: KvmVm, s: NonNullable<SnapshotBody['vm']>): void {
   vm.setRaw('clock', clock);
 }
 
-/** Checks the parts of a body a restore relies on; a clear error rather than a crash on a bad file. */
+/** Checks the whole body (body-schema.ts): a clear error naming the bad field rather than a crash. */
 export function checkBody(x: unknown, path: string): SnapshotBody {
-  const bad = (what: string): never => {
-    throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', `snapshot ${path} has no valid ${what}`);
-  };
-  if (typeof x !== 'object' || x === null) return bad('body');
-  const b = x as Partial<SnapshotBody>;
-  const c = b.config;
-  if (!c || !Number.isInteger(c.memMiB) || !Number.isInteger(c.cpus) || !Array.isArray(c.drives)) bad('configuration');
-  const m = b.memory;
-  if (!m || !Array.isArray(m.regions) || !Number.isSafeInteger(m.size) || typeof m.id !== 'string')
-    bad('memory layout');
-  if (!Array.isArray(b.vcpus) || b.vcpus.length !== c?.cpus) bad('vCPU states');
-  if (!b.devices || typeof b.devices.serial !== 'string' || !Array.isArray(b.devices.virtio)) bad('device states');
-  return b as SnapshotBody;
+  validateBody(x, path);
+  return x as SnapshotBody;
 }

@@ -2,13 +2,13 @@
  * Kernel loading and the boot vCPU's entry state. Picks the loader by what the image is:
  * a Multiboot header wins (Multiboot kernels are often also ELF), then ELF64.
  */
-import { readFileSync } from 'node:fs';
 import { type VirtioMmioAcpi, writeAcpiTables } from '../arch/x86_64/acpi.js';
 import { LAYOUT } from '../arch/x86_64/layout.js';
 import { setupLinuxLongMode, setupLinuxProtectedMode } from '../arch/x86_64/linux-entry.js';
 import { writeMpTable } from '../arch/x86_64/mptable.js';
 import { setupProtectedMode, zeroRegs } from '../arch/x86_64/regs.js';
 import { ImageError } from '../common/errors.js';
+import { formatSize, readUserFile } from '../common/files.js';
 import { PVPANIC_PORT } from '../devices/legacy/pvpanic.js';
 import type { Vcpu } from '../kvm/kvm.js';
 import { isElf, parseElf } from '../loader/elf.js';
@@ -34,22 +34,30 @@ export interface BootResult {
   entry: number;
 }
 
-function readImage(path: string, what: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ImageError(
-      code === 'ENOENT' ? `${what} ${path} does not exist` : `cannot read ${what} ${path}: ${code ?? String(e)}`,
-    );
-  }
+/**
+ * Reads a kernel or initrd whole: a regular file no larger than guest memory (anything larger could
+ * not be loaded anyway; /dev/zero or a FIFO is refused before a byte is read).
+ */
+function readImage(path: string, what: string, mem: GuestMemory): Buffer {
+  return readUserFile(path, {
+    what,
+    maxBytes: mem.size,
+    bound: `the guest's ${formatSize(mem.size)} of memory`,
+    error: (m) => new ImageError(m),
+  });
 }
 
+/**
+ * The largest file isLinuxKernel looks at: it runs before guest memory exists, so it has no bound of
+ * its own; a larger "kernel" is left to loadKernel, which refuses it against guest memory.
+ */
+const PROBE_MAX = 1 << 30;
+
 /** Whether the file is a Linux kernel (bzImage, or an ELF vmlinux/PVH kernel); false when unreadable. */
-export function isLinuxKernel(path: string): boolean {
+export function isLinuxKernel(path: string, maxBytes = PROBE_MAX): boolean {
   let image: Buffer;
   try {
-    image = readFileSync(path);
+    image = readUserFile(path, { what: 'kernel', maxBytes, error: (m) => new ImageError(m) });
   } catch {
     return false;
   }
@@ -91,9 +99,9 @@ const isLinuxVmlinux = (elf: ReturnType<typeof parseElf>): boolean =>
   elf.segments.some((s) => s.vaddr >= 0xffffffff80000000 - 2 ** 31 && s.vaddr !== s.paddr);
 
 export function loadKernel(mem: GuestMemory, boot: Vcpu, source: BootSource): BootResult {
-  const image = readImage(source.kernel, 'kernel');
+  const image = readImage(source.kernel, 'kernel', mem);
   if (image.length === 0) throw new ImageError(`kernel ${source.kernel} is empty`);
-  const initrd = source.initrd !== undefined ? readImage(source.initrd, 'initrd') : undefined;
+  const initrd = source.initrd !== undefined ? readImage(source.initrd, 'initrd', mem) : undefined;
 
   // A Linux bzImage (setup header with "HdrS").
   if (isBzImage(image)) {

@@ -20,9 +20,10 @@ import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping, PAGE_SIZE } from '../memory/guest-memory.js';
-import { b64, decodeStateFile, encodeStateFile, unb64, writeFileAtomic } from '../snapshot/format.js';
-import { writeMemoryFile } from '../snapshot/memory-file.js';
+import { b64, decodeStateFile, encodeStateFile, unb64 } from '../snapshot/format.js';
+import { openMemoryFile } from '../snapshot/memory-file.js';
 import { type MemoryTag, readTag } from '../snapshot/memory-tag.js';
+import { writeSnapshotPair } from '../snapshot/pair.js';
 import {
   applyVcpu,
   applyVm,
@@ -639,15 +640,17 @@ export class Vm extends TypedEmitter<VmEvents> {
           })
         : undefined;
       try {
-        const layout = writeMemoryFile(
-          opts.memPath,
+        const layout = writeSnapshotPair(
+          opts,
           mem,
           type === 'Diff' && dirty && parent !== undefined
             ? { kind: 'diff', id, parent, pages: dirty }
             : { kind: 'full', id },
+          (l) => {
+            body.memory = { ...body.memory, size: l.size, regions: l.regions };
+            return encodeStateFile(body);
+          },
         );
-        body.memory = { ...body.memory, size: layout.size, regions: layout.regions };
-        writeFileAtomic(opts.statePath, encodeStateFile(body));
         this.image = id;
         return {
           type,
@@ -673,15 +676,7 @@ export class Vm extends TypedEmitter<VmEvents> {
    */
   static async restore(opts: RestoreOptions): Promise<Vm> {
     const body = checkBody(decodeStateFile(opts.statePath), opts.statePath);
-    let memFd: number;
-    try {
-      memFd = openSync(opts.memPath, 'r');
-    } catch (e) {
-      throw new SnapshotError(
-        'VIREO_ERR_SNAPSHOT',
-        `cannot open memory file ${opts.memPath}: ${(e as NodeJS.ErrnoException).code}; give the mem_file_path written with the snapshot`,
-      );
-    }
+    const memFd = openMemoryFile(opts.memPath, body.memory.size);
     try {
       checkMemoryTag(readTag(memFd, opts.memPath), body, opts.memPath);
       const c = body.config;

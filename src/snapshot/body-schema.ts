@@ -1,0 +1,239 @@
+/**
+ * The schema of a state file's body, checked whole before a restore reads any of it. The file's
+ * SHA-256 is a checksum, not a signature: anyone who can write the file can re-compute it, so every
+ * field the restore path reads is checked for its type, range and size here, and a bad one is a
+ * SnapshotError naming its JSON path ($.vcpus[0].msrs[3][1]) instead of a TypeError deep in the
+ * restore. Unknown keys are refused too: a body this vireo did not write is not guessed at.
+ *
+ * Hand-written combinators rather than a compiled JSON Schema: a restore is on the clock (a few ms),
+ * and these cost nothing to set up.
+ */
+import { ramRanges } from '../arch/x86_64/layout.js';
+import { SnapshotError } from '../common/errors.js';
+import { SIZE } from '../kvm/abi.js';
+
+/** Throws on the first bad field; `at` is the JSON path of `v`. */
+type Check = (v: unknown, at: string) => void;
+
+class Bad extends Error {
+  constructor(
+    readonly at: string,
+    readonly why: string,
+  ) {
+    super(`${at}: ${why}`);
+  }
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+const int =
+  (min: number, max: number): Check =>
+  (v, at) => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max)
+      throw new Bad(at, `expected an integer from ${min} to ${max}`);
+  };
+const u16 = int(0, 0xffff);
+const u32 = int(0, 0xffffffff);
+const bool: Check = (v, at) => {
+  if (typeof v !== 'boolean') throw new Bad(at, 'expected true or false');
+};
+const str =
+  (maxLength: number): Check =>
+  (v, at) => {
+    if (typeof v !== 'string' || v.length > maxLength) throw new Bad(at, `expected a string of at most ${maxLength}`);
+  };
+const oneOf =
+  (...values: readonly string[]): Check =>
+  (v, at) => {
+    if (typeof v !== 'string' || !values.includes(v)) throw new Bad(at, `expected one of ${values.join(', ')}`);
+  };
+
+const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
+/** Base64 of exactly `bytes` bytes (a KVM struct); `allowEmpty` for state a VM without irqchip has none of. */
+const b64 =
+  (bytes: number | undefined, allowEmpty = false): Check =>
+  (v, at) => {
+    if (typeof v !== 'string' || v.length % 4 !== 0 || !B64.test(v)) throw new Bad(at, 'expected base64');
+    if (allowEmpty && v === '') return;
+    if (bytes === undefined) {
+      if (v.length > 1 << 20) throw new Bad(at, 'expected base64 of at most 768 KiB');
+      return;
+    }
+    const pad = v.endsWith('==') ? 2 : v.endsWith('=') ? 1 : 0;
+    if ((v.length / 4) * 3 - pad !== bytes) throw new Bad(at, `expected base64 of ${bytes} bytes`);
+  };
+const decimalU64: Check = (v, at) => {
+  if (typeof v !== 'string' || !/^\d{1,20}$/.test(v) || BigInt(v) > 0xffffffffffffffffn)
+    throw new Bad(at, 'expected a 64-bit unsigned integer as a decimal string');
+};
+
+const array =
+  (item: Check, min: number, max: number): Check =>
+  (v, at) => {
+    if (!Array.isArray(v) || v.length < min || v.length > max)
+      throw new Bad(at, min === max ? `expected a list of ${min}` : `expected a list of ${min} to ${max}`);
+    v.forEach((x, i) => {
+      item(x, `${at}[${i}]`);
+    });
+  };
+const tuple =
+  (...items: Check[]): Check =>
+  (v, at) => {
+    if (!Array.isArray(v) || v.length !== items.length) throw new Bad(at, `expected a list of ${items.length}`);
+    items.forEach((c, i) => {
+      c(v[i], `${at}[${i}]`);
+    });
+  };
+const nullable =
+  (c: Check): Check =>
+  (v, at) => {
+    if (v !== null) c(v, at);
+  };
+
+interface Field {
+  check: Check;
+  optional?: boolean;
+}
+const opt = (check: Check): Field => ({ check, optional: true });
+const object =
+  (fields: Record<string, Check | Field>): Check =>
+  (v, at) => {
+    if (!isObject(v)) throw new Bad(at, 'expected an object');
+    for (const key of Object.keys(v)) if (!Object.hasOwn(fields, key)) throw new Bad(`${at}.${key}`, 'unknown field');
+    for (const [key, f] of Object.entries(fields)) {
+      const { check, optional } = typeof f === 'function' ? { check: f, optional: false } : f;
+      if (!Object.hasOwn(v, key) || v[key] === undefined) {
+        if (!optional) throw new Bad(`${at}.${key}`, 'missing');
+        continue;
+      }
+      check(v[key], `${at}.${key}`);
+    }
+  };
+
+const PATH = 4096;
+const NAME = 256;
+/** More than any vireo VM has (virtio-mmio slots, KVM's 256 CPUID entries, KVM's MSR list). */
+const MAX_DEVICES = 64;
+const MAX_CPUID = 256;
+const MAX_MSRS = 4096;
+
+const config = object({
+  memMiB: int(2, 1024 * 1024),
+  cpus: int(1, 254),
+  irqchip: bool,
+  drives: array(object({ id: str(NAME), path: str(PATH), readOnly: opt(bool) }), 0, MAX_DEVICES),
+  nets: array(object({ id: str(NAME), tap: str(NAME), mac: opt(array(int(0, 255), 6, 6)) }), 0, MAX_DEVICES),
+  vsock: opt(object({ cid: u32, udsPath: str(PATH) })),
+  rng: bool,
+  balloon: opt(object({ amountMiB: int(0, 1024 * 1024), deflateOnOom: bool, statsPollingIntervalS: u32 })),
+  virtioConsole: bool,
+});
+
+const memory = object({
+  size: int(0, Number.MAX_SAFE_INTEGER),
+  regions: array(
+    object({ gpa: int(0, Number.MAX_SAFE_INTEGER), size: int(0, Number.MAX_SAFE_INTEGER), offset: int(0, 2 ** 52) }),
+    1,
+    8,
+  ),
+  id: str(NAME),
+  type: oneOf('Full', 'Diff'),
+  parent: opt(str(NAME)),
+});
+
+const cpuidEntry = object({ function: u32, index: u32, flags: u32, eax: u32, ebx: u32, ecx: u32, edx: u32 });
+const vcpu = (irqchip: boolean): Check =>
+  object({
+    cpuid: array(cpuidEntry, 0, MAX_CPUID),
+    regs: b64(SIZE.kvm_regs),
+    sregs: b64(SIZE.kvm_sregs),
+    xsave: b64(SIZE.kvm_xsave),
+    xcrs: b64(SIZE.kvm_xcrs),
+    // Without the in-kernel irqchip there is no LAPIC to save: the field is empty.
+    lapic: irqchip ? b64(SIZE.kvm_lapic_state) : b64(0, true),
+    vcpu_events: b64(SIZE.kvm_vcpu_events),
+    mp_state: b64(SIZE.kvm_mp_state),
+    msrs: array(tuple(u32, decimalU64), 0, MAX_MSRS),
+  });
+
+const vmState = object({
+  irqchip: array(b64(SIZE.kvm_irqchip), 3, 3),
+  pit2: b64(SIZE.kvm_pit_state2),
+  clock: b64(SIZE.kvm_clock_data),
+});
+
+const position = object({ nextAvail: u16, nextUsed: u16, signalledUsed: u16, inFlight: u16 });
+const devices = object({
+  serial: b64(undefined),
+  postCode: b64(undefined),
+  i8042: opt(b64(undefined)),
+  cmos: b64(undefined),
+  virtio: array(
+    object({
+      name: str(NAME),
+      mmio: b64(undefined),
+      side: object({
+        activeGen: u32,
+        resetGen: u32,
+        configWrites: u32,
+        active: bool,
+        broken: bool,
+        positions: array(nullable(position), 0, 8),
+      }),
+    }),
+    0,
+    MAX_DEVICES,
+  ),
+  balloon: opt(b64(undefined)),
+});
+
+/** The layout a restore maps: the regions of a VM of memMiB, laid out one after another in the file. */
+function checkLayout(m: { size: number; regions: { gpa: number; size: number; offset: number }[] }, memMiB: number) {
+  const want = ramRanges(memMiB * 1024 * 1024);
+  if (m.regions.length !== want.length)
+    throw new Bad('$.memory.regions', `expected ${want.length} region(s) for ${memMiB} MiB`);
+  let offset = 0;
+  m.regions.forEach((r, i) => {
+    const w = want[i] as { gpa: number; size: number };
+    if (r.gpa !== w.gpa || r.size !== w.size || r.offset !== offset)
+      throw new Bad(
+        `$.memory.regions[${i}]`,
+        `expected gpa ${w.gpa}, size ${w.size}, offset ${offset} (the layout of ${memMiB} MiB)`,
+      );
+    offset += r.size;
+  });
+  if (m.size !== offset) throw new Bad('$.memory.size', `expected ${offset}, the sum of the regions`);
+}
+
+/**
+ * Checks a decoded body against the schema and the cross-field rules (one vCPU state per vCPU, VM
+ * state present exactly with the irqchip, the memory layout of the configured size); throws
+ * SnapshotError VIREO_ERR_SNAPSHOT_CORRUPT with the path of the first bad field.
+ */
+export function validateBody(x: unknown, path: string): void {
+  try {
+    if (!isObject(x)) throw new Bad('$', 'expected an object');
+    object({
+      vireo: str(NAME),
+      createdAt: str(NAME),
+      config,
+      memory,
+      vcpus: (v, at) => {
+        if (!Array.isArray(v)) throw new Bad(at, 'expected a list');
+      },
+      vm: opt(vmState),
+      devices,
+    })(x, '$');
+    const c = x.config as { cpus: number; irqchip: boolean; memMiB: number };
+    array(vcpu(c.irqchip), c.cpus, c.cpus)(x.vcpus, '$.vcpus');
+    if (c.irqchip && x.vm === undefined) throw new Bad('$.vm', 'missing (the configuration has the irqchip)');
+    if (!c.irqchip && x.vm !== undefined) throw new Bad('$.vm', 'unexpected (the configuration has no irqchip)');
+    checkLayout(x.memory as Parameters<typeof checkLayout>[0], c.memMiB);
+  } catch (e) {
+    if (!(e instanceof Bad)) throw e;
+    throw new SnapshotError(
+      'VIREO_ERR_SNAPSHOT_CORRUPT',
+      `snapshot ${path} has a bad body at ${e.at}: ${e.why}; it was damaged or not written by this vireo`,
+    );
+  }
+}
