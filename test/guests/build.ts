@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'no
 import { join } from 'node:path';
 import { buildDir, guestSrcDir } from '../support/cc.js';
 
-export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'modes64' | 'pvh';
+export type GuestName = 'hello64' | 'storm64' | 'user64' | 'multiboot' | 'aout-kludge' | 'modes64' | 'pvh' | 'flood64';
 
 interface Recipe {
   sources: string[];
@@ -24,6 +24,7 @@ const RECIPES: Record<GuestName, Recipe> = {
   multiboot: { sources: ['multiboot-entry.S', 'multiboot.c'], kind: 'mb32' },
   'aout-kludge': { sources: ['aout-kludge.S'], kind: 'raw32' },
   pvh: { sources: ['pvh.S'], kind: 'pvh32' },
+  flood64: { sources: ['flood64.S'], kind: 'elf64' },
 };
 
 function sourceHash(recipe: Recipe): string {
