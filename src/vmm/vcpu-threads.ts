@@ -64,14 +64,24 @@ function spawnWorker(url: URL): Worker {
   return w;
 }
 
+/** How long threadsLoaded() waits at most. */
+const LOAD_WAIT_LIMIT_MS = 10_000;
+
 /** Resolves once no thread vireo started is still loading its modules: safe to exit. */
 export async function threadsLoaded(): Promise<void> {
   if (loading.size === 0) return;
   // Parked threads are unref'd: without a handle of its own the wait would let the loop drain, and
   // the process exit (status 13, a top-level await unsettled) in the middle of the very load.
   const keepAlive = setInterval(() => undefined, 1000);
+  // A load takes ~100 ms; one that never ends (a wedged worker) must not keep the process forever.
+  const givenUp = new Promise<void>((resolve) => setTimeout(resolve, LOAD_WAIT_LIMIT_MS).unref());
   try {
-    while (loading.size > 0) await Promise.all([...loading]);
+    await Promise.race([
+      (async () => {
+        while (loading.size > 0) await Promise.all([...loading]);
+      })(),
+      givenUp,
+    ]);
   } finally {
     clearInterval(keepAlive);
   }
