@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -81,6 +81,10 @@ describe('vireo-firecracker without a KVM guest', () => {
       [['--boot-timer=yes'], 'does not take a value'],
       [['--metadata', 'x.json'], 'MMDS'],
       [['positional'], "Found argument 'positional'"],
+      [['--prometheus-port', '99999'], "'--prometheus-port' expects a TCP port from 1 to 65535, got '99999'"],
+      [['--prometheus-port', '0'], "'--prometheus-port' expects a TCP port from 1 to 65535, got '0'"],
+      [['--prometheus-port=-1'], "'--prometheus-port' expects a whole number, got '-1'"],
+      [['--prometheus-port', 'abc'], "'--prometheus-port' expects a whole number, got 'abc'"],
     ] as [string[], string][]) {
       const r = run(args);
       assert.equal(r.status, 153, `${args.join(' ')}: ${r.stderr}`);
@@ -88,6 +92,26 @@ describe('vireo-firecracker without a KVM guest', () => {
       assert.ok(r.stderr.includes(text), `${args.join(' ')}: ${r.stderr}`);
       assert.equal(r.stdout, '');
     }
+  });
+
+  test('an API socket path longer than sun_path holds: refused with one line, nothing bound', () => {
+    // 108 bytes and more: the bind would cut the path and listen at a name nobody asked for.
+    const long = join(tmp, 'x'.repeat(120 - tmp.length));
+    assert.ok(Buffer.byteLength(long) > 107);
+    const r = spawnSync(process.execPath, [firecrackerBin, '--api-sock', long], {
+      encoding: 'utf8',
+      timeout: 15_000,
+      killSignal: 'SIGKILL',
+      input: '',
+    });
+    assert.equal(r.status, 1, `${r.signal ?? ''} ${r.stderr}`);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, /a Unix socket path holds at most 107 bytes/);
+    assert.deepEqual(
+      readdirSync(tmp).filter((n) => n.startsWith('xxx')),
+      [],
+      'no socket at a truncated path',
+    );
   });
 
   test('a bad configuration file: one line naming the section, exit status 152', () => {

@@ -8,6 +8,23 @@ import type { ApiServer } from './server.js';
 import { specValidator } from './spec.js';
 import type { FullVmConfiguration } from './types.js';
 
+/**
+ * `s` as one printable line of at most `max` characters: control bytes, non-ASCII and the U+FFFD
+ * of invalid UTF-8 escaped (\xNN, \u{N}). JSON.parse quotes the text around an error, which for a
+ * binary file would put raw bytes (escape sequences included) on the user's terminal.
+ */
+export function printableExcerpt(s: string, max = 200): string {
+  let out = '';
+  for (const ch of s) {
+    if (out.length >= max) return `${out}...`;
+    const c = ch.codePointAt(0) ?? 0;
+    if (c >= 0x20 && c < 0x7f) out += ch;
+    else if (c <= 0xff) out += `\\x${c.toString(16).padStart(2, '0')}`;
+    else out += `\\u{${c.toString(16)}}`;
+  }
+  return out;
+}
+
 const UNSUPPORTED_SECTIONS = ['cpu-config', 'mmds-config', 'memory-hotplug', 'pmem'] as const;
 
 /** Applies a configuration document and boots it; throws ConfigError naming the section that failed. */
@@ -16,7 +33,7 @@ export async function applyConfigFile(api: ApiServer, text: string, source = 'th
   try {
     doc = JSON.parse(text);
   } catch (e) {
-    throw new ConfigError(`${source} is not valid JSON: ${(e as Error).message}`);
+    throw new ConfigError(`${source} is not valid JSON: ${printableExcerpt((e as Error).message)}`);
   }
   const problem = specValidator().check('FullVmConfiguration', doc);
   if (problem) throw new ConfigError(`${source}: ${problem}`);

@@ -116,6 +116,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         this.vm ? Object.fromEntries(Object.entries(this.vm.stats()).map(([k, v]) => [snakeCase(k), v])) : {},
       devices: () => this.vm?.deviceCounters() ?? {},
       state: () => this.instanceState(),
+      log: () => ({ ...this.logger.counters }),
     });
   }
 

@@ -3,10 +3,15 @@
  * each with its time, level, instance id, module and message. The level filter, module filter and
  * log-origin switch are Firecracker's; records always carry their level because a JSON consumer
  * filters on it (`show_level` is accepted and reported back in GET /vm/config).
+ *
+ * Logging never stalls nor ends the API: the file is opened non-blocking (a FIFO too, as Firecracker
+ * opens it), a record its reader has no room for is dropped and counted (`missed_log_count`), and a
+ * failing write (a full disk: ENOSPC, EIO) is counted (`log_fails`) and reported once on stderr.
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
+import { openOutputFile, writeOrDrop } from '../backends/output-file.js';
 import { badRequest } from './errors.js';
 import type { LoggerConfig, LoggerLevel } from './types.js';
 
@@ -39,9 +44,29 @@ function callerOrigin(): string | undefined {
   return undefined;
 }
 
+/** Firecracker's `logger` metrics for the log (the metrics file adds its own two). */
+export interface LogWriteCounters {
+  /** Records dropped because the log's reader was behind (a full FIFO or pipe). */
+  missed_log_count: number;
+  /** Records whose write failed (ENOSPC, EIO, EBADF, ...). */
+  log_fails: number;
+}
+
+/** Writes one line to stderr without ever throwing (stderr itself may be gone). */
+export function reportOnce(line: string): void {
+  try {
+    process.stderr.write(`${line}\n`);
+  } catch {
+    // nowhere left to report to
+  }
+}
+
 export class ApiLogger {
   private logger: PinoLogger | undefined;
   private fd = -1;
+  private target = '';
+  private reportedFailure = false;
+  readonly counters: LogWriteCounters = { missed_log_count: 0, log_fails: 0 };
   private module: string | undefined;
   private showOrigin = false;
   /** The configuration as given (GET /vm/config reports it). */
@@ -58,13 +83,15 @@ export class ApiLogger {
     let fd = fallbackFd;
     if (cfg.log_path !== undefined) {
       try {
-        fd = openSync(cfg.log_path, 'a');
+        fd = openOutputFile(cfg.log_path, 'append');
       } catch (e) {
         throw badRequest(`Logger error: Failed to open target file: ${(e as Error).message}`);
       }
     }
     this.close();
     if (cfg.log_path !== undefined) this.fd = fd;
+    this.target = cfg.log_path ?? `fd ${fd}`;
+    this.reportedFailure = false;
     const level = PINO_LEVEL[cfg.level ?? 'Info'];
     this.logger = pino(
       {
@@ -73,11 +100,28 @@ export class ApiLogger {
         timestamp: pino.stdTimeFunctions.isoTime,
         formatters: { level: (label) => ({ level: label.toUpperCase() }) },
       },
-      pino.destination({ dest: fd, sync: true }),
+      // Not pino.destination: its synchronous writes wait out a full FIFO and throw on ENOSPC.
+      { write: (line: string) => this.writeLine(fd, line) },
     );
     this.module = cfg.module;
     this.showOrigin = cfg.show_log_origin ?? false;
     this.config = cfg;
+  }
+
+  /** One record, written now or dropped: never waits for the reader, never throws. */
+  private writeLine(fd: number, line: string): void {
+    const r = writeOrDrop(fd, Buffer.from(line));
+    if (r.kind === 'written') return;
+    if (r.kind === 'full') {
+      this.counters.missed_log_count++;
+      return;
+    }
+    this.counters.log_fails++;
+    if (!this.reportedFailure)
+      reportOnce(
+        `vireo: cannot write the log to ${this.target}: ${r.code}; records are dropped and counted (logger.log_fails in the metrics)`,
+      );
+    this.reportedFailure = true;
   }
 
   get enabled(): boolean {

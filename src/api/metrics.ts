@@ -5,9 +5,15 @@
  * (`put_api_requests.drive_count`, `..._fails`), vCPU exits by kind (vm.stats()), and device counters
  * (vm.deviceCounters()). The same numbers, as running totals, are served as Prometheus text (not part
  * of Firecracker's API: GET /metrics/prometheus on the API socket, or --prometheus-port).
+ *
+ * As the log, the metrics file never stalls nor ends the API: opened non-blocking, a line its reader has
+ * no room for is dropped and counted (`logger.missed_metrics_count`, Firecracker's name), a failing
+ * write (ENOSPC, EIO) is counted (`logger.metrics_fails`) and reported once on stderr.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync } from 'node:fs';
+import { openOutputFile, writeOrDrop } from '../backends/output-file.js';
 import { badRequest } from './errors.js';
+import { type LogWriteCounters, reportOnce } from './logger.js';
 import type { MetricsConfig } from './types.js';
 
 export type ApiMethod = 'get' | 'put' | 'patch';
@@ -20,6 +26,8 @@ export interface MetricsSource {
   devices(): Record<string, Record<string, number>>;
   /** The instance state as GET / reports it. */
   state(): string;
+  /** The log's write counters (Firecracker reports them in the metrics' `logger` group). */
+  log?(): LogWriteCounters;
 }
 
 export type MetricGroups = Record<string, Record<string, number>>;
@@ -33,6 +41,9 @@ export class ApiMetrics {
   private readonly requests: Record<ApiMethod, Record<string, number>> = { get: {}, put: {}, patch: {} };
   private readonly api = { requests: 0, request_errors: 0, payloads_too_large: 0 };
   private readonly flushed = { lines: 0, failures: 0 };
+  /** Firecracker's logger.missed_metrics_count and logger.metrics_fails. */
+  private readonly writes = { missed_metrics_count: 0, metrics_fails: 0 };
+  private reportedFailure = false;
   /** Totals as of the previous line, to write deltas. */
   private last: Record<string, number> = {};
   private fd = -1;
@@ -63,7 +74,7 @@ export class ApiMetrics {
   configure(cfg: MetricsConfig, intervalMs = DEFAULT_METRICS_INTERVAL_MS): void {
     if (this.config) throw badRequest('Metrics error: Reinitialization of metrics not allowed.');
     try {
-      this.fd = openSync(cfg.metrics_path, 'a');
+      this.fd = openOutputFile(cfg.metrics_path, 'append');
     } catch (e) {
       throw badRequest(`Metrics error: Cannot initialize the metrics system: ${(e as Error).message}`);
     }
@@ -81,6 +92,7 @@ export class ApiMetrics {
       patch_api_requests: { ...this.requests.patch },
       vcpu: this.source.vcpu(),
       metrics: { ...this.flushed },
+      logger: { ...(this.source.log?.() ?? { missed_log_count: 0, log_fails: 0 }), ...this.writes },
     };
     for (const [dev, counters] of Object.entries(this.source.devices())) groups[`device:${dev}`] = { ...counters };
     return groups;
@@ -113,13 +125,19 @@ export class ApiMetrics {
   flush(): boolean {
     if (this.fd < 0) return false;
     this.flushed.lines++;
-    try {
-      writeSync(this.fd, `${JSON.stringify(this.line())}\n`);
-      return true;
-    } catch {
-      this.flushed.failures++;
-      return false;
+    const r = writeOrDrop(this.fd, Buffer.from(`${JSON.stringify(this.line())}\n`));
+    if (r.kind === 'written') return true;
+    this.flushed.failures++;
+    if (r.kind === 'full') this.writes.missed_metrics_count++;
+    else {
+      this.writes.metrics_fails++;
+      if (!this.reportedFailure)
+        reportOnce(
+          `vireo: cannot write metrics to ${this.config?.metrics_path}: ${r.code}; lines are dropped and counted (logger.metrics_fails)`,
+        );
+      this.reportedFailure = true;
     }
+    return false;
   }
 
   /** The totals in Prometheus' text format. */
@@ -173,6 +191,13 @@ export class ApiMetrics {
       registers: [registry],
     });
     lines.inc(this.flushed.lines);
+    const logger = new Counter({
+      name: 'vireo_logger_events_total',
+      help: "Log records and metrics lines dropped (missed_*: the reader was behind) or failed (*_fails: ENOSPC, EIO), Firecracker's logger metrics",
+      labelNames: ['counter'] as const,
+      registers: [registry],
+    });
+    for (const [counter, v] of Object.entries(totals.logger ?? {})) logger.inc({ counter }, v);
     return registry.metrics();
   }
 

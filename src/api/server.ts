@@ -15,6 +15,9 @@ import { allRoutes } from './resources/index.js';
 import type { HttpMethod, Route, RouteResult } from './routes.js';
 import { specValidator } from './spec.js';
 
+/** sun_path holds 108 bytes including the terminating NUL (as kvm/sys.ts, not imported: the API loads no FFI). */
+export const UNIX_PATH_MAX = 107;
+
 /** Firecracker's HTTP_MAX_PAYLOAD_SIZE. */
 export const HTTP_MAX_PAYLOAD_SIZE = 51200;
 
@@ -92,6 +95,12 @@ export class ApiServer {
   async listen(): Promise<void> {
     const path = this.options.socketPath;
     if (!path) throw new ConfigError('the API server needs a socket path');
+    // Node's bind would cut a longer path to what sun_path holds and listen somewhere else.
+    const len = Buffer.byteLength(path);
+    if (len > UNIX_PATH_MAX || path.includes('\0'))
+      throw new ConfigError(
+        `cannot bind the API socket at ${path}: a Unix socket path holds at most ${UNIX_PATH_MAX} bytes without NUL (this one: ${len}); choose a shorter one`,
+      );
     if (existsSync(path))
       throw new ConfigError(`cannot bind the API socket at ${path}: the path exists; remove it or choose another`);
     const server = createServer((req, res) => this.onRequest(req, res));

@@ -5,7 +5,7 @@
  * with the guest's status, as Firecracker's does. Flags and their errors follow Firecracker's parser;
  * exit statuses are Firecracker's (153: bad arguments, 152: bad configuration, 1: other errors).
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { VmController } from '../api/controller.js';
 import { parseLevel } from '../api/logger.js';
@@ -13,7 +13,7 @@ import type { ApiServer } from '../api/server.js';
 import { apiVersion } from '../api/spec.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import type { ConsoleHandle } from '../vmm/console.js';
-import { prewarmIoThread, prewarmVcpuThreads } from '../vmm/vcpu-threads.js';
+import { prewarmIoThread, prewarmVcpuThreads, threadsLoaded } from '../vmm/vcpu-threads.js';
 
 export const VIREO_VERSION = '0.1.0';
 export const DEFAULT_API_SOCK_PATH = '/run/firecracker.socket';
@@ -101,6 +101,11 @@ export function parseFirecrackerArgs(argv: readonly string[]): Map<string, strin
     const v = out.get(n);
     if (typeof v === 'string' && !/^\d+$/.test(v)) throw new ArgError(`'--${n}' expects a whole number, got '${v}'.`);
   }
+  // Node's listen() throws (a stack trace) on a port out of range; 0 would listen on a random port
+  // nobody is told about.
+  const port = out.get('prometheus-port');
+  if (typeof port === 'string' && !(Number(port) >= 1 && Number(port) <= 65535))
+    throw new ArgError(`'--prometheus-port' expects a TCP port from 1 to 65535, got '${port}'.`);
   const level = out.get('level');
   if (typeof level === 'string' && !parseLevel(level))
     throw new ArgError(
@@ -139,8 +144,61 @@ function servePrometheus(ctl: VmController, port: number): Promise<Server> {
     server.once('error', (e) =>
       reject(new ConfigError(`cannot serve Prometheus metrics on 127.0.0.1:${port}: ${e.message}`)),
     );
-    server.listen(port, '127.0.0.1', () => resolve(server.unref()));
+    try {
+      server.listen(port, '127.0.0.1', () => resolve(server.unref()));
+    } catch (e) {
+      // listen() throws at once on a port it refuses (parseFirecrackerArgs checks the range first).
+      reject(new ConfigError(`cannot serve Prometheus metrics on 127.0.0.1:${port}: ${(e as Error).message}`));
+    }
   });
+}
+
+/** A configuration file is a few KiB; anything far larger is not one. */
+export const MAX_CONFIG_FILE_BYTES = 1 << 20;
+
+/**
+ * Reads --config-file without ever blocking: opened O_NONBLOCK (a FIFO's open would wait for a writer,
+ * its read for data, and SIGTERM could not end the process meanwhile), then refused unless fstat says
+ * it is a regular file of at most MAX_CONFIG_FILE_BYTES.
+ */
+export function readConfigFile(path: string): string {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new ConfigError(
+      `Unable to open or read from the configuration file ${path}: ${(e as NodeJS.ErrnoException).code}`,
+    );
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile())
+      throw new ConfigError(
+        `the configuration file ${path} is not a regular file (a directory, FIFO, socket or device): give a JSON file`,
+      );
+    if (st.size > MAX_CONFIG_FILE_BYTES)
+      throw new ConfigError(
+        `the configuration file ${path} is ${st.size} bytes: a configuration is at most ${MAX_CONFIG_FILE_BYTES}`,
+      );
+    // One byte more than the limit: a file that grows while read is caught too.
+    const buf = Buffer.alloc(MAX_CONFIG_FILE_BYTES + 1);
+    let len = 0;
+    for (;;) {
+      const n = readSync(fd, buf, len, buf.length - len, null);
+      if (n === 0) break;
+      len += n;
+      if (len > MAX_CONFIG_FILE_BYTES)
+        throw new ConfigError(`the configuration file ${path} is over ${MAX_CONFIG_FILE_BYTES} bytes`);
+    }
+    return buf.toString('utf8', 0, len);
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    throw new ConfigError(
+      `Unable to open or read from the configuration file ${path}: ${(e as NodeJS.ErrnoException).code}`,
+    );
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** How long a freshly served socket waits for its first request before warming up anyway. */
@@ -175,6 +233,16 @@ function warmUpWhenServed(api: ApiServer, loadVmm: () => Promise<{ prewarmRestor
 
 /** Runs Firecracker's command line; resolves with the exit status. */
 export async function firecrackerMain(argv: string[]): Promise<number> {
+  try {
+    return await firecrackerCommand(argv);
+  } finally {
+    // No exit (a bad flag, a bad file, SIGTERM) while a prewarmed thread is inside koffi's
+    // initialisation: the process would abort (SIGABRT) instead of ending with its status.
+    await threadsLoaded();
+  }
+}
+
+async function firecrackerCommand(argv: string[]): Promise<number> {
   let args: Map<string, string | true>;
   try {
     args = parseFirecrackerArgs(argv);
@@ -259,15 +327,7 @@ export async function firecrackerMain(argv: string[]): Promise<number> {
     // still be loading its native modules when a bad file ends the process (Node aborts then).
     if (configFile === undefined && !args.has('no-api')) warmUpWhenServed(api, loadVmm);
     if (configFile !== undefined) {
-      let text: string;
-      try {
-        text = readFileSync(configFile, 'utf8');
-      } catch (e) {
-        throw new ConfigError(
-          `Unable to open or read from the configuration file ${configFile}: ${(e as NodeJS.ErrnoException).code}`,
-        );
-      }
-      await applyConfigFile(api, text, configFile);
+      await applyConfigFile(api, readConfigFile(configFile), configFile);
     }
   } catch (e) {
     await ctl.shutdown();

@@ -9,6 +9,7 @@ import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';
 import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
+import { threadsLoaded } from '../vmm/vcpu-threads.js';
 import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
@@ -133,6 +134,11 @@ async function runNestedCommand(argv: readonly string[]): Promise<number> {
 }
 
 async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<number> {
+  // Before the kit is fetched or a lane started: the two ask for opposite things.
+  if (opts.nested && opts.native)
+    throw new ConfigError(
+      '--nested and --native contradict each other: give one (--nested runs in the lane, --native never does)',
+    );
   let kernel = opts.kernel;
   let initrd = opts.initrd;
   let cmdline = opts.cmdline;
@@ -210,6 +216,16 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'api') return (await import('./firecracker.js')).firecrackerMain(argv.slice(1));
   if (argv[0] === 'run') prewarmForArgs(argv);
+  try {
+    return await mainCommand(argv);
+  } finally {
+    // bin/vireo.js starts the threads before the command line is parsed (they load while vireo does):
+    // a usage error must not end the process while one is inside koffi's initialisation (SIGABRT).
+    await threadsLoaded();
+  }
+}
+
+async function mainCommand(argv: string[]): Promise<number> {
   const program = new Command();
   let status = 0;
   program

@@ -322,6 +322,19 @@ export function readable(fd: number): boolean {
   return n !== 0;
 }
 
+const POLLOUT = 0x004;
+
+/**
+ * Waits up to `timeoutMs` for `fd` to take a write (poll for POLLOUT): true when it would, or when
+ * poll reports an error or a signal (the write then reports or retries). Blocks without spinning.
+ */
+export function waitWritable(fd: number, timeoutMs: number): boolean {
+  pollFd.writeInt32LE(fd, 0);
+  pollFd.writeInt16LE(POLLOUT, 4);
+  pollFd.writeInt16LE(0, 6);
+  return (c_poll(pollFd, 1, timeoutMs) as number) !== 0;
+}
+
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;

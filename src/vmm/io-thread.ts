@@ -131,3 +131,4 @@ function run(init: IoThreadInit): void {
 }
 
 port.once('message', (init: IoThreadInit) => run(init));
+post({ type: 'loaded' });

@@ -3,7 +3,6 @@
  * data (shared buffers and fd numbers), so each vCPU worker builds its own buses over the same
  * shared device state and runs device logic without a thread hop.
  */
-import { writeSync } from 'node:fs';
 import {
   ACPI_PM1_CNT_LEN,
   ACPI_PM1_EVT_LEN,
@@ -13,6 +12,7 @@ import {
   ACPI_RESET_VALUE,
   ACPI_S5_SLP_TYP,
 } from '../arch/x86_64/acpi.js';
+import { FdSink } from '../backends/console-io.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { SharedState } from '../common/shared-state.js';
 import { Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../devices/legacy/acpi-pm.js';
@@ -21,14 +21,7 @@ import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
 import { createI8042State, I8042, I8042_BASE, I8042_IRQ, I8042_LENGTH } from '../devices/legacy/i8042.js';
 import { createPostCodeState, POST_CODE_PORT, PostCode, type PostCodeField } from '../devices/legacy/post-code.js';
 import { PVPANIC_PORT, PvPanic } from '../devices/legacy/pvpanic.js';
-import {
-  type ByteSink,
-  COM1_IRQ,
-  COM1_PORT,
-  createSerialState,
-  Serial16550,
-  type SerialField,
-} from '../devices/legacy/serial.js';
+import { COM1_IRQ, COM1_PORT, createSerialState, Serial16550, type SerialField } from '../devices/legacy/serial.js';
 import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { EXIT } from '../kvm/abi.js';
 import { irqLineRaw } from '../kvm/kvm.js';
@@ -50,6 +43,8 @@ export const STAT_FIELDS = [
   'unclaimedPioWrites',
   'unclaimedMmioReads',
   'unclaimedMmioWrites',
+  // Serial output bytes dropped because their fd was full (a reader that stopped) or failing.
+  'serialOutputDropped',
 ] as const;
 export type StatField = (typeof STAT_FIELDS)[number];
 
@@ -83,24 +78,6 @@ export function createPlatformSpec(vmFd: number, serialOutFd: number, irqchip: b
   };
 }
 
-/** Writes every byte to an fd, retrying when a non-blocking pipe is full. */
-export class FdSink implements ByteSink {
-  private readonly one = Buffer.alloc(1);
-  constructor(private readonly fd: number) {}
-  write(byte: number): void {
-    if (this.fd < 0) return;
-    this.one[0] = byte;
-    for (;;) {
-      try {
-        writeSync(this.fd, this.one);
-        return;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return;
-      }
-    }
-  }
-}
-
 export interface Platform {
   pio: Bus;
   mmio: Bus;
@@ -127,7 +104,11 @@ export function buildPlatform(spec: PlatformSpec, mem: GuestMemory): Platform {
     },
   });
   const serialState = createSerialState(spec.serial);
-  const serial = new Serial16550(serialState, irq(COM1_IRQ), new FdSink(spec.serialOutFd));
+  const serial = new Serial16550(
+    serialState,
+    irq(COM1_IRQ),
+    new FdSink(spec.serialOutFd, () => stats.add('serialOutputDropped', 1)),
+  );
   const postCodeState = createPostCodeState(spec.postCode);
   const postCode = new PostCode(postCodeState);
   pio.insert(COM1_PORT, 8, 'serial-com1', serial);

@@ -21,7 +21,7 @@ const WORKER_OPTIONS = { resourceLimits: { maxYoungGenerationSizeMb: 64 } };
  * one, whose failure then reaches the taker's own listeners.
  */
 function park(list: Worker[], url: URL): void {
-  const w = new Worker(url, WORKER_OPTIONS);
+  const w = spawnWorker(url);
   w.unref();
   const leave = (): void => {
     const i = list.indexOf(w);
@@ -37,9 +37,59 @@ function park(list: Worker[], url: URL): void {
 
 const parkedErrorListeners = new WeakMap<Worker, () => void>();
 
+/**
+ * Threads still loading their modules. A process that exits while a worker is inside koffi's native
+ * module initialisation aborts (koffi's napi_throw on a terminating environment is fatal: SIGABRT),
+ * so whatever ends the process waits for these first (threadsLoaded()).
+ */
+const loading = new Set<Promise<void>>();
+
+/** A new worker, tracked until its first message ('loaded', then anything) or its end. */
+function spawnWorker(url: URL): Worker {
+  const w = new Worker(url, WORKER_OPTIONS);
+  const loaded = new Promise<void>((resolve) => {
+    const done = (): void => {
+      w.off('message', done);
+      w.off('exit', done);
+      w.off('error', done);
+      resolve();
+    };
+    w.on('message', done);
+    w.on('exit', done);
+    // Only as a signal; while the worker is unparked, its owner's own 'error' listener handles it.
+    w.on('error', done);
+  });
+  loading.add(loaded);
+  void loaded.then(() => loading.delete(loaded));
+  return w;
+}
+
+/** How long threadsLoaded() waits at most. */
+const LOAD_WAIT_LIMIT_MS = 10_000;
+
+/** Resolves once no thread vireo started is still loading its modules: safe to exit. */
+export async function threadsLoaded(): Promise<void> {
+  if (loading.size === 0) return;
+  // Parked threads are unref'd: without a handle of its own the wait would let the loop drain, and
+  // the process exit (status 13, a top-level await unsettled) in the middle of the very load.
+  const keepAlive = setInterval(() => undefined, 1000);
+  // A load takes ~100 ms; one that never ends (a wedged worker) must not keep the process forever.
+  const givenUp = new Promise<void>((resolve) => setTimeout(resolve, LOAD_WAIT_LIMIT_MS).unref());
+  try {
+    await Promise.race([
+      (async () => {
+        while (loading.size > 0) await Promise.all([...loading]);
+      })(),
+      givenUp,
+    ]);
+  } finally {
+    clearInterval(keepAlive);
+  }
+}
+
 function take(list: Worker[], url: URL): Worker {
   const w = list.shift();
-  if (w === undefined) return new Worker(url, WORKER_OPTIONS);
+  if (w === undefined) return spawnWorker(url);
   const onError = parkedErrorListeners.get(w);
   if (onError) w.off('error', onError);
   w.ref();

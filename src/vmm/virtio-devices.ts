@@ -166,6 +166,8 @@ export interface IoThreadInit {
 }
 
 export type IoThreadMessage =
+  // Its modules (koffi among them) are loaded: the process may exit without aborting (vcpu-threads.ts).
+  | { type: 'loaded' }
   | { type: 'ready' }
   | { type: 'saved'; states: DeviceSideState[] }
   | { type: 'save-failed'; message: string }

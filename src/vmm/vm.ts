@@ -8,6 +8,7 @@ import type { Worker } from 'node:worker_threads';
 import { setupFpu, setupLapic, setupMsrs } from '../arch/x86_64/cpu.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
 import { ramRanges } from '../arch/x86_64/layout.js';
+import { openOutputFile } from '../backends/output-file.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
@@ -478,7 +479,8 @@ export class Vm extends TypedEmitter<VmEvents> {
     if (out.kind === 'fd') return out.fd;
     if (out.kind === 'none') return -1;
     try {
-      const fd = openSync(out.path, 'w');
+      // Non-blocking, as Firecracker opens it: a FIFO must not hang the build (nor the API) in open(2).
+      const fd = openOutputFile(out.path, 'truncate');
       this.ownedFds.push(fd);
       return fd;
     } catch (e) {

@@ -12,6 +12,7 @@ export type GuestName =
   | 'hello64'
   | 'storm64'
   | 'hostile64'
+  | 'flood64'
   | 'user64'
   | 'multiboot'
   | 'aout-kludge'
@@ -33,6 +34,7 @@ const RECIPES: Record<GuestName, Recipe> = {
   multiboot: { sources: ['multiboot-entry.S', 'multiboot.c'], kind: 'mb32' },
   'aout-kludge': { sources: ['aout-kludge.S'], kind: 'raw32' },
   pvh: { sources: ['pvh.S'], kind: 'pvh32' },
+  flood64: { sources: ['flood64.S'], kind: 'elf64' },
 };
 
 function sourceHash(recipe: Recipe): string {

@@ -101,6 +101,7 @@ export function canUnshareNet(): boolean {
 
 export interface FirecrackerProcess {
   socket: string;
+  pid: number | undefined;
   stdout: () => string;
   stderr: () => string;
   /** Writes to the guest's console (the process's stdin). */
@@ -136,6 +137,7 @@ export async function startFirecracker(
   }
   return {
     socket: opts.socket ?? '',
+    pid: child.pid,
     stdout: () => out,
     stderr: () => err,
     type: (text) => {

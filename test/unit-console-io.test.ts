@@ -1,0 +1,106 @@
+/**
+ * Output files and console sinks (src/backends/output-file.ts, console-io.ts): opening never blocks
+ * (a FIFO nobody reads), a full output is dropped and counted rather than waited for, a failing one
+ * (/dev/full: ENOSPC) is returned, never thrown. The end-to-end cases are in hostile-files.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, readFileSync, readSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { FdConsole, FdSink } from '../src/backends/console-io.js';
+import { openOutputFile, writeOrDrop } from '../src/backends/output-file.js';
+import * as sys from '../src/kvm/sys.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'vireo-console-io-'));
+const fds: number[] = [];
+after(() => {
+  for (const fd of fds) closeSync(fd);
+});
+
+/** A non-blocking pipe whose write end is full: [read end, write end]. */
+function fullPipe(): [number, number] {
+  const [r, w] = sys.pipe();
+  fds.push(r, w);
+  const chunk = Buffer.alloc(4096, 0x2e);
+  while (writeOrDrop(w, chunk).kind === 'written');
+  // Top up byte by byte: the last page may still take a few.
+  while (writeOrDrop(w, Buffer.of(0x2e)).kind === 'written');
+  return [r, w];
+}
+
+function drain(fd: number): number {
+  const buf = Buffer.alloc(65536);
+  let total = 0;
+  for (;;) {
+    try {
+      const n = readSync(fd, buf);
+      if (n === 0) return total;
+      total += n;
+    } catch {
+      return total;
+    }
+  }
+}
+
+describe('openOutputFile', () => {
+  test('a FIFO nobody reads opens at once (read-write), and takes writes until full', () => {
+    const path = join(tmp, 'out.fifo');
+    assert.equal(spawnSync('mkfifo', [path]).status, 0);
+    const fd = openOutputFile(path, 'append');
+    fds.push(fd);
+    assert.equal(writeOrDrop(fd, Buffer.from('one line\n')).kind, 'written');
+    let outcome = writeOrDrop(fd, Buffer.alloc(4096));
+    for (let i = 0; i < 100 && outcome.kind === 'written'; i++) outcome = writeOrDrop(fd, Buffer.alloc(4096));
+    assert.equal(outcome.kind, 'full');
+  });
+
+  test('a regular file is appended to, or truncated', () => {
+    const path = join(tmp, 'log');
+    for (const line of ['a\n', 'b\n']) {
+      const fd = openOutputFile(path, 'append');
+      assert.equal(writeOrDrop(fd, Buffer.from(line)).kind, 'written');
+      closeSync(fd);
+    }
+    assert.equal(readFileSync(path, 'utf8'), 'a\nb\n');
+    const fd = openOutputFile(path, 'truncate');
+    closeSync(fd);
+    assert.equal(readFileSync(path, 'utf8'), '');
+  });
+
+  test('/dev/full: the write fails with ENOSPC, returned, not thrown', () => {
+    const fd = openOutputFile('/dev/full', 'append');
+    fds.push(fd);
+    assert.deepEqual(writeOrDrop(fd, Buffer.from('x')), { kind: 'failed', written: 0, code: 'ENOSPC' });
+  });
+});
+
+describe('console sinks onto a full output', () => {
+  test('the serial sink drops and counts what a full pipe cannot take, and writes again once read', () => {
+    const [r, w] = fullPipe();
+    let dropped = 0;
+    const sink = new FdSink(w, () => dropped++);
+    for (let i = 0; i < 1000; i++) sink.write(0x41);
+    assert.equal(dropped, 1000);
+    assert.ok(drain(r) > 0);
+    sink.write(0x42);
+    assert.equal(dropped, 1000);
+    const buf = Buffer.alloc(4);
+    assert.equal(readSync(r, buf), 1);
+    assert.equal(buf[0], 0x42);
+  });
+
+  test('the virtio-console backend drops and counts a full output, and writes again once read', () => {
+    const [r, w] = fullPipe();
+    const con = new FdConsole({ outFd: w, inFd: -1 });
+    con.write(new Uint8Array(10_000));
+    con.write(new Uint8Array(500));
+    assert.equal(con.droppedBytes, 10_500);
+    drain(r);
+    con.write(Buffer.from('back'));
+    assert.equal(con.droppedBytes, 10_500);
+    const buf = Buffer.alloc(16);
+    assert.equal(buf.toString('utf8', 0, readSync(r, buf)), 'back');
+  });
+});
