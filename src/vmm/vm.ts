@@ -3,7 +3,7 @@
  * vCPU. Every resource has one owner here and is released by stop(), also after a failed start.
  */
 import { randomUUID } from 'node:crypto';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { setupFpu, setupLapic, setupMsrs } from '../arch/x86_64/cpu.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
