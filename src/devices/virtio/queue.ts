@@ -129,6 +129,8 @@ export class Queue {
   private nextUsed = 0;
   private signalledUsed = 0;
   private inFlight = 0;
+  /** Used elements written since the queue was made (not 16-bit: a drain can outlast a wrap). */
+  private usedCount = 0;
   /** Byte offsets of the event-idx fields. */
   private readonly usedEventAddr: number;
   private readonly availEventAddr: number;
@@ -160,6 +162,14 @@ export class Queue {
       signalledUsed: this.signalledUsed,
       inFlight: this.inFlight,
     };
+  }
+
+  /**
+   * Used elements written since this queue was made (not persisted). drainQueue() compares it before
+   * and after, so a chain a device returns out of turn (a kept one) is signalled too.
+   */
+  get usedTotal(): number {
+    return this.usedCount;
   }
 
   /** Chains popped and not yet returned. */
@@ -293,6 +303,7 @@ export class Queue {
     mem.write32(e + 4, Math.min(Math.max(0, Math.trunc(len)), 0xffffffff));
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
     this.inFlight--;
+    this.usedCount++;
   }
 
   /** Makes the used elements written so far visible to the driver (used.idx). */

@@ -41,7 +41,8 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
-import { type DescriptorChain, type Queue, readFromChain, writeToChain } from './queue.js';
+import { drainQueue, popOrArm } from './drain.js';
+import { type DescriptorChain, readFromChain, writeToChain } from './queue.js';
 
 export const VSOCK_HOST_CID = 2;
 /** CIDs a guest may not have: 0 (hypervisor), 1 (local), 2 (host), and VMADDR_CID_ANY. */
@@ -471,18 +472,11 @@ export class VirtioVsock implements VirtioDevice {
 
   private processTx(): void {
     const ctx = this.ctx;
-    const queue = ctx?.queues[TXQ];
-    if (ctx === undefined || queue === undefined) return;
-    let served = 0;
-    do {
-      queue.disableNotification(ctx.mem);
-      for (let chain = queue.pop(ctx.mem); chain !== undefined; chain = queue.pop(ctx.mem)) {
-        this.txPacket(ctx, chain);
-        queue.pushUsed(ctx.mem, chain.head, 0);
-        served++;
-      }
-    } while (queue.enableNotification(ctx.mem));
-    if (served > 0) ctx.signalUsed(TXQ);
+    if (ctx === undefined) return;
+    drainQueue(ctx, TXQ, (chain) => {
+      this.txPacket(ctx, chain);
+      return 0;
+    });
   }
 
   /** A protocol violation on (local, peer): end that connection, if any, and answer RST. */
@@ -1027,7 +1021,7 @@ export class VirtioVsock implements VirtioDevice {
     if (ctx === undefined || queue === undefined) return;
     let used = 0;
     while (this.rstQueue.length > 0 || this.rxWanted.size > 0) {
-      const chain = this.held ?? this.popRx(ctx, queue);
+      const chain = this.held ?? popOrArm(ctx.mem, queue);
       this.held = undefined;
       if (chain === undefined) {
         if (!this.rxStalled) {
@@ -1060,12 +1054,6 @@ export class VirtioVsock implements VirtioDevice {
       used++;
     }
     if (used > 0) ctx.signalUsed(RXQ);
-  }
-
-  private popRx(ctx: VirtioContext, queue: Queue): DescriptorChain | undefined {
-    const chain = queue.pop(ctx.mem);
-    if (chain !== undefined || !queue.enableNotification(ctx.mem)) return chain;
-    return queue.pop(ctx.mem);
   }
 
   /** Writes one packet into an RX chain (at least a header long); returns its length, 0 when none was due. */
@@ -1160,11 +1148,8 @@ export class VirtioVsock implements VirtioDevice {
     const queue = ctx?.queues[EVQ];
     if (!this.pendingResetEvent || ctx === undefined || queue === undefined) return;
     for (;;) {
-      const chain = queue.pop(ctx.mem);
-      if (chain === undefined) {
-        if (queue.enableNotification(ctx.mem)) continue;
-        return;
-      }
+      const chain = popOrArm(ctx.mem, queue);
+      if (chain === undefined) return;
       if (chain.error !== undefined || chain.writeLen < 4) {
         this.counters.errors++;
         queue.pushUsed(ctx.mem, chain.head, 0);
