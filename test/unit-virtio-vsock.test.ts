@@ -36,7 +36,7 @@ import {
   type VsockHeader,
   type VsockHost,
   type VsockStream,
-} from '../src/devices/virtio/vsock.js';
+} from '../src/devices/virtio/vsock/index.js';
 import * as sys from '../src/kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping } from '../src/memory/guest-memory.js';
 import { MockSplitQueue } from './support/mock-virtq.js';

@@ -17,7 +17,7 @@ import {
   type VsockListener,
   type VsockStream,
   type VsockTimer,
-} from '../devices/virtio/vsock.js';
+} from '../devices/virtio/vsock/index.js';
 import * as sys from '../kvm/sys.js';
 
 /** What the VMM opens in the main thread and posts to the I/O thread (plain data). */

@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseVsockOption } from '../backends/unix-socket.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { parseMac } from '../devices/virtio/net.js';
-import type { VsockConfig } from '../devices/virtio/vsock.js';
+import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import { prepareKit } from '../kit/kit.js';
 import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';

@@ -29,7 +29,7 @@ import {
 } from '../devices/virtio/mmio.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
-import type { VsockConfig } from '../devices/virtio/vsock.js';
+import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';

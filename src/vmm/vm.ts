@@ -15,7 +15,7 @@ import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
 import type { DeviceSideState } from '../devices/virtio/mmio.js';
-import type { VsockConfig } from '../devices/virtio/vsock.js';
+import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';

@@ -1,7 +1,7 @@
 /** Devices: drives, network interfaces, vsock, entropy and the serial console. */
 
 import { parseMac } from '../../devices/virtio/net.js';
-import { checkVsockConfig } from '../../devices/virtio/vsock.js';
+import { checkVsockConfig } from '../../devices/virtio/vsock/index.js';
 import { badRequest, checkId, deserializeError, idMismatch, unsupported } from '../errors.js';
 import { checkNoRateLimit, checkReadable, DEPRECATION, noContent, type Route, route } from '../routes.js';
 import type {

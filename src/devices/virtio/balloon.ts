@@ -6,6 +6,7 @@
  */
 import { SharedState } from '../../common/shared-state.js';
 import { bit, VIRTIO_ID, type VirtioContext, type VirtioDevice } from './device.js';
+import { drainQueue, KEPT } from './drain.js';
 import { readFromChain } from './queue.js';
 
 export const VIRTIO_BALLOON_F = { MUST_TELL_HOST: 0n, STATS_VQ: 1n, DEFLATE_ON_OOM: 2n } as const;
@@ -173,48 +174,39 @@ export class VirtioBalloon implements VirtioDevice {
     const queue = ctx?.queues[q];
     if (ctx === undefined || queue === undefined) return;
     const mem = ctx.mem;
-    let served = 0;
-    do {
-      for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
-        if (chain.error !== undefined) {
-          this.counters.malformed++;
-          queue.pushUsed(mem, chain.head, 0);
-          served++;
-          continue;
-        }
-        if (q === STATS) {
-          this.readStats(chain.readLen, readFromChain(mem, chain.readable, Math.min(chain.readLen, 10 * 64)));
-          // Keep the buffer: returning it is how the host asks for the next report.
-          if (this.statsHead !== undefined) {
-            queue.pushUsed(mem, this.statsHead, 0);
-            served++;
-          }
-          this.statsHead = chain.head;
-          continue;
-        }
-        const pfns = readFromChain(mem, chain.readable, Math.min(chain.readLen, 4 * QUEUE_SIZE * 256));
-        const dv = new DataView(pfns.buffer, pfns.byteOffset, pfns.byteLength);
-        for (let o = 0; o + 4 <= pfns.length; o += 4) {
-          const gpa = dv.getUint32(o, true) * BALLOON_PAGE;
-          // The guest is the attacker: only pages of its own RAM are ever released.
-          if (!mem.isValid(gpa, BALLOON_PAGE)) {
-            this.counters.invalidPages++;
-            continue;
-          }
-          if (q === INFLATE) {
-            this.release(gpa, BALLOON_PAGE);
-            this.counters.inflatedPages++;
-            this.control.s.add('inflated', 1);
-          } else {
-            this.counters.deflatedPages++;
-            this.control.s.add('deflated', 1);
-          }
-        }
-        queue.pushUsed(mem, chain.head, 0);
-        served++;
+    drainQueue(ctx, q, (chain) => {
+      if (chain.error !== undefined) {
+        this.counters.malformed++;
+        return 0;
       }
-    } while (queue.enableNotification(mem));
-    if (served > 0) ctx.signalUsed(q);
+      if (q === STATS) {
+        this.readStats(chain.readLen, readFromChain(mem, chain.readable, Math.min(chain.readLen, 10 * 64)));
+        // Keep the buffer: returning it is how the host asks for the next report. The one kept before
+        // goes back now (drainQueue counts it in the interrupt it raises).
+        if (this.statsHead !== undefined) queue.pushUsed(mem, this.statsHead, 0);
+        this.statsHead = chain.head;
+        return KEPT;
+      }
+      const pfns = readFromChain(mem, chain.readable, Math.min(chain.readLen, 4 * QUEUE_SIZE * 256));
+      const dv = new DataView(pfns.buffer, pfns.byteOffset, pfns.byteLength);
+      for (let o = 0; o + 4 <= pfns.length; o += 4) {
+        const gpa = dv.getUint32(o, true) * BALLOON_PAGE;
+        // The guest is the attacker: only pages of its own RAM are ever released.
+        if (!mem.isValid(gpa, BALLOON_PAGE)) {
+          this.counters.invalidPages++;
+          continue;
+        }
+        if (q === INFLATE) {
+          this.release(gpa, BALLOON_PAGE);
+          this.counters.inflatedPages++;
+          this.control.s.add('inflated', 1);
+        } else {
+          this.counters.deflatedPages++;
+          this.control.s.add('deflated', 1);
+        }
+      }
+      return 0;
+    });
   }
 
   private readStats(len: number, bytes: Uint8Array): void {

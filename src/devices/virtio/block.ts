@@ -15,6 +15,7 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
+import { drainQueue, KEPT } from './drain.js';
 import { chainRanges, chainViews, type DescriptorChain, readFromChain, type Segment } from './queue.js';
 
 export const SECTOR = 512;
@@ -181,23 +182,22 @@ export class VirtioBlock implements VirtioDevice {
     const queue = ctx?.queues[q];
     if (ctx === undefined || queue === undefined) return;
     const mem = ctx.mem;
-    let served = 0;
+    // Each chain is held until the next one shows there is a batch; the last is served once the ring
+    // is empty, inside the same interrupt.
     let held: DescriptorChain | undefined;
-    do {
-      queue.disableNotification(mem);
-      for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
-        if (held !== undefined && !this.offload(ctx, q, held)) {
+    drainQueue(
+      ctx,
+      q,
+      (chain) => {
+        if (held !== undefined && !this.offload(ctx, q, held))
           queue.pushUsed(mem, held.head, this.serve(mem, held, ctx.features));
-          served++;
-        }
         held = chain;
-      }
-    } while (queue.enableNotification(mem));
-    if (held !== undefined) {
-      queue.pushUsed(mem, held.head, this.serve(mem, held, ctx.features));
-      served++;
-    }
-    if (served > 0) ctx.signalUsed(q);
+        return KEPT;
+      },
+      () => {
+        if (held !== undefined) queue.pushUsed(mem, held.head, this.serve(mem, held, ctx.features));
+      },
+    );
   }
 
   /** The header of a request, or undefined when it has no usable header or status byte. */

@@ -13,7 +13,8 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
-import { chainViews, readFromChain } from './queue.js';
+import { drainQueue } from './drain.js';
+import { readFromChain, writeToChain } from './queue.js';
 
 export const VIRTIO_CONSOLE_F_SIZE = 0n;
 const RX = 0;
@@ -128,11 +129,7 @@ export class VirtioConsole implements VirtioDevice {
         continue;
       }
       const n = Math.min(chain.writeLen, this.pending.length);
-      let off = 0;
-      for (const v of chainViews(mem, chain.writable, 0, n)) {
-        v.set(this.pending.subarray(off, off + v.length));
-        off += v.length;
-      }
+      writeToChain(mem, chain.writable, this.pending.subarray(0, n));
       rx.pushUsed(mem, chain.head, n);
       this.counters.rxBytes += n;
       // Keep the rest (copied: the chunk is reused by the next read).
@@ -144,22 +141,16 @@ export class VirtioConsole implements VirtioDevice {
 
   private transmit(): void {
     const ctx = this.ctx;
-    const tx = ctx?.queues[TX];
-    if (ctx === undefined || tx === undefined) return;
+    if (ctx === undefined) return;
     const mem = ctx.mem;
-    let served = 0;
-    do {
-      for (let chain = tx.pop(mem); chain !== undefined; chain = tx.pop(mem)) {
-        if (chain.error !== undefined) this.counters.malformed++;
-        else {
-          const bytes = readFromChain(mem, chain.readable, Math.min(chain.readLen, MAX_TX_CHAIN));
-          this.backend.write(bytes);
-          this.counters.txBytes += bytes.length;
-        }
-        tx.pushUsed(mem, chain.head, 0);
-        served++;
+    drainQueue(ctx, TX, (chain) => {
+      if (chain.error !== undefined) this.counters.malformed++;
+      else {
+        const bytes = readFromChain(mem, chain.readable, Math.min(chain.readLen, MAX_TX_CHAIN));
+        this.backend.write(bytes);
+        this.counters.txBytes += bytes.length;
       }
-    } while (tx.enableNotification(mem));
-    if (served > 0) ctx.signalUsed(TX);
+      return 0;
+    });
   }
 }

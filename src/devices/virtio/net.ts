@@ -24,6 +24,7 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
+import { drainQueue } from './drain.js';
 import { type DescriptorChain, type Queue, type Segment, writeToChain } from './queue.js';
 
 export const VIRTIO_NET_F = {
@@ -282,19 +283,12 @@ export class VirtioNet implements VirtioDevice {
 
   private tx(): void {
     const ctx = this.ctx;
-    const queue = ctx?.queues[NET_TX];
-    if (ctx === undefined || queue === undefined) return;
+    if (ctx === undefined || ctx.queues[NET_TX] === undefined) return;
     const mem = ctx.mem;
-    let done = 0;
-    do {
-      queue.disableNotification(mem);
-      for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
-        this.send(mem, chain);
-        queue.pushUsed(mem, chain.head, 0);
-        done++;
-      }
-    } while (queue.enableNotification(mem));
-    if (done > 0) ctx.signalUsed(NET_TX);
+    drainQueue(ctx, NET_TX, (chain) => {
+      this.send(mem, chain);
+      return 0;
+    });
     // The guest is alive: a receive path paused on errors gets another chance.
     if (this.errorRun >= RX_ERROR_RUN) {
       this.errorRun = 0;

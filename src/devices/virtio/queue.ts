@@ -129,6 +129,8 @@ export class Queue {
   private nextUsed = 0;
   private signalledUsed = 0;
   private inFlight = 0;
+  /** Used elements written since the queue was made (not 16-bit: a drain can outlast a wrap). */
+  private usedCount = 0;
   /** Byte offsets of the event-idx fields. */
   private readonly usedEventAddr: number;
   private readonly availEventAddr: number;
@@ -160,6 +162,14 @@ export class Queue {
       signalledUsed: this.signalledUsed,
       inFlight: this.inFlight,
     };
+  }
+
+  /**
+   * Used elements written since this queue was made (not persisted). drainQueue() compares it before
+   * and after, so a chain a device returns out of turn (a kept one) is signalled too.
+   */
+  get usedTotal(): number {
+    return this.usedCount;
   }
 
   /** Chains popped and not yet returned. */
@@ -293,6 +303,7 @@ export class Queue {
     mem.write32(e + 4, Math.min(Math.max(0, Math.trunc(len)), 0xffffffff));
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
     this.inFlight--;
+    this.usedCount++;
   }
 
   /** Makes the used elements written so far visible to the driver (used.idx). */
@@ -338,29 +349,21 @@ export class Queue {
   }
 }
 
-/** Copies `src` into a chain's writable buffers from byte `offset`; returns the bytes copied. */
-export function writeToChain(mem: GuestMemory, bufs: readonly Segment[], src: Uint8Array, offset = 0): number {
+/**
+ * The one walk over a chain's buffers that the copy helpers share: visits [offset, offset+len) as guest
+ * ranges, in order, skipping `offset` bytes first; `visit` gets each range and the bytes visited before
+ * it. Returns the bytes visited (fewer than `len` when the chain is shorter). The buffers are the ones
+ * Queue.pop() validated; the visitor does its own access, so the memory checks stay where they were.
+ */
+export function walkChain(
+  bufs: readonly Segment[],
+  offset: number,
+  len: number,
+  visit: (addr: number, n: number, done: number) => void,
+): number {
   if (!(offset >= 0)) throw new RangeError(`negative chain offset ${offset}`);
-  let skip = offset;
-  let done = 0;
-  for (const b of bufs) {
-    if (done >= src.length) break;
-    if (skip >= b.len) {
-      skip -= b.len;
-      continue;
-    }
-    const n = Math.min(b.len - skip, src.length - done);
-    mem.slice(b.addr + skip, n).set(src.subarray(done, done + n));
-    done += n;
-    skip = 0;
-  }
-  return done;
-}
-
-/** Copies up to `len` bytes out of a chain's buffers, starting `offset` bytes in. */
-export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: number, offset = 0): Uint8Array {
-  if (!(offset >= 0) || !(len >= 0)) throw new RangeError(`bad chain range ${offset}+${len}`);
-  const out = new Uint8Array(len);
+  // A NaN or non-positive length visits nothing (chainRanges() has always answered [] for it).
+  if (!(len > 0)) return 0;
   let skip = offset;
   let done = 0;
   for (const b of bufs) {
@@ -370,10 +373,23 @@ export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: n
       continue;
     }
     const n = Math.min(b.len - skip, len - done);
-    out.set(mem.readView(b.addr + skip, n), done);
+    visit(b.addr + skip, n, done);
     done += n;
     skip = 0;
   }
+  return done;
+}
+
+/** Copies `src` into a chain's writable buffers from byte `offset`; returns the bytes copied. */
+export function writeToChain(mem: GuestMemory, bufs: readonly Segment[], src: Uint8Array, offset = 0): number {
+  return walkChain(bufs, offset, src.length, (addr, n, done) => mem.slice(addr, n).set(src.subarray(done, done + n)));
+}
+
+/** Copies up to `len` bytes out of a chain's buffers, starting `offset` bytes in. */
+export function readFromChain(mem: GuestMemory, bufs: readonly Segment[], len: number, offset = 0): Uint8Array {
+  if (!(offset >= 0) || !(len >= 0)) throw new RangeError(`bad chain range ${offset}+${len}`);
+  const out = new Uint8Array(len);
+  const done = walkChain(bufs, offset, len, (addr, n, at) => out.set(mem.readView(addr, n), at));
   return done === len ? out : out.subarray(0, done);
 }
 
@@ -398,23 +414,10 @@ export function chainViews(
  * (GuestMemoryError otherwise): what another thread needs to build its own views of them.
  */
 export function chainRanges(mem: GuestMemory, bufs: readonly Segment[], offset: number, len: number): Segment[] {
-  if (!(offset >= 0)) throw new RangeError(`negative chain offset ${offset}`);
   const out: Segment[] = [];
-  let skip = offset;
-  let left = len;
-  for (const b of bufs) {
-    if (left <= 0) break;
-    if (skip >= b.len) {
-      skip -= b.len;
-      continue;
-    }
-    const n = Math.min(b.len - skip, left);
-    if (n > 0) {
-      mem.check(b.addr + skip, n);
-      out.push({ addr: b.addr + skip, len: n });
-    }
-    left -= n;
-    skip = 0;
-  }
+  walkChain(bufs, offset, len, (addr, n) => {
+    mem.check(addr, n);
+    out.push({ addr, len: n });
+  });
   return out;
 }

@@ -3,6 +3,7 @@
  * The entropy source is passed in (the VMM gives it the host's CSPRNG).
  */
 import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_ID, type VirtioContext, type VirtioDevice } from './device.js';
+import { drainQueue } from './drain.js';
 import { chainViews } from './queue.js';
 
 /** Fills a buffer with random bytes. */
@@ -33,26 +34,21 @@ export class VirtioRng implements VirtioDevice {
 
   process(q: number): void {
     const ctx = this.ctx;
-    const queue = ctx?.queues[q];
-    if (ctx === undefined || queue === undefined) return;
+    if (ctx === undefined) return;
     const mem = ctx.mem;
-    let served = 0;
-    do {
-      for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
-        let n = 0;
-        if (chain.error !== undefined) this.counters.malformed++;
-        else {
-          for (const v of chainViews(mem, chain.writable, 0, Math.min(chain.writeLen, RNG_MAX_REQUEST))) {
-            this.source(v);
-            n += v.length;
-          }
-          this.counters.requests++;
-          this.counters.bytes += n;
-        }
-        queue.pushUsed(mem, chain.head, n);
-        served++;
+    drainQueue(ctx, q, (chain) => {
+      if (chain.error !== undefined) {
+        this.counters.malformed++;
+        return 0;
       }
-    } while (queue.enableNotification(mem));
-    if (served > 0) ctx.signalUsed(q);
+      let n = 0;
+      for (const v of chainViews(mem, chain.writable, 0, Math.min(chain.writeLen, RNG_MAX_REQUEST))) {
+        this.source(v);
+        n += v.length;
+      }
+      this.counters.requests++;
+      this.counters.bytes += n;
+      return n;
+    });
   }
 }
