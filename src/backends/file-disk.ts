@@ -4,7 +4,7 @@
  * host file system allows it.
  */
 import { closeSync, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } from 'node:fs';
-import { ConfigError } from '../common/errors.js';
+import { ConfigError, SyscallError } from '../common/errors.js';
 import type { BlockBackend } from '../devices/virtio/block.js';
 import * as sys from '../kvm/sys.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
@@ -43,7 +43,38 @@ export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
     closeSync(fd);
     throw new ConfigError(`drive image ${path} is smaller than one 512-byte sector`);
   }
+  lockImage(fd, path, readOnly);
   return { fd, path, size: st.size, readOnly };
+}
+
+/**
+ * Locks an image as QEMU does, so that two VMs never write one file system at once: a writable drive
+ * holds an exclusive OFD lock, a read-only one a shared lock (any number of read-only users). The
+ * lock lives as long as the fd (closed with the drive), also across threads, and a process that dies
+ * drops it: a restore in a new process after the first one is gone finds the image free. Closes the
+ * fd and throws ConfigError on a conflict.
+ */
+/** ENOLCK, EINVAL, EOPNOTSUPP: what a file system without OFD locks answers. */
+const NO_LOCKS = [37, 22, 95];
+
+function lockImage(fd: number, path: string, readOnly: boolean): void {
+  let held: sys.LockHolder | undefined;
+  try {
+    held = sys.lockFile(fd, readOnly ? 'shared' : 'exclusive');
+  } catch (e) {
+    // A file system without byte-range locks (some network ones): the image is used unlocked, as QEMU
+    // does with locking=auto there.
+    if (e instanceof SyscallError && NO_LOCKS.includes(e.errno)) return;
+    closeSync(fd);
+    throw new ConfigError(`cannot lock drive image ${path}: ${(e as Error).message}; check the file system`);
+  }
+  if (held === undefined) return;
+  closeSync(fd);
+  throw new ConfigError(
+    held === 'exclusive'
+      ? `disk image ${path} is in use by another VM (locked for writing); stop that VM, or give this one its own copy of the image`
+      : `disk image ${path} is in use by another VM (attached read-only there); attach it read-only here too, or stop that VM`,
+  );
 }
 
 export class FileDisk implements BlockBackend {
