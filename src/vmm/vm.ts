@@ -42,7 +42,7 @@ import {
   type VcpuStop,
   type VcpuWorkerInit,
 } from '../vcpu/protocol.js';
-import { takeVcpuThread } from './vcpu-threads.js';
+import { recycleVcpuThread, takeVcpuThread } from './vcpu-threads.js';
 import { type BalloonConfig, type DriveConfig, type NetConfig, VirtioDevices } from './virtio-devices.js';
 
 export { prewarmIoThread, prewarmVcpuThreads } from './vcpu-threads.js';
@@ -221,8 +221,10 @@ interface VcpuThread {
   ready: Promise<void>;
   exited: Promise<void>;
   paused: boolean;
-  /** The OS thread has ended (and been joined): its pthread_t must not be signalled any more. */
+  /** The OS thread has ended, or left this VM: its pthread_t must not be signalled any more. */
   gone: boolean;
+  /** It reported its stop and waits for another VM: it goes back to the pool (vcpu-threads.ts). */
+  recyclable: boolean;
 }
 
 export function describeExit(reason: VcpuStop, vcpu: number): { status: number; message: string } {
@@ -509,22 +511,25 @@ export class Vm extends TypedEmitter<VmEvents> {
       readyReject = rej;
     });
     ready.catch(() => undefined); // awaited by build(); a build that failed first must not leave it unhandled
+    let exitedResolve!: () => void;
     const t: VcpuThread = {
       vcpu,
       worker,
       control,
       thread: undefined,
       ready,
-      exited: new Promise<void>((res) =>
+      exited: new Promise<void>((res) => {
+        exitedResolve = res;
         worker.once('exit', () => {
           t.gone = true;
           // A thread that ended before it was ready (it never will be): the build must not wait on it.
           readyReject(new Error(`vCPU ${vcpu.id} thread ended before it was ready`));
           res();
-        }),
-      ),
+        });
+      }),
       paused: false,
       gone: false,
+      recyclable: false,
     };
     worker.on('message', (m: VcpuMessage) => {
       switch (m.type) {
@@ -545,6 +550,10 @@ export class Vm extends TypedEmitter<VmEvents> {
           break;
         case 'stopped':
           readyResolve();
+          // The thread is out of this VM for good (it waits for the next one): never kick it again.
+          t.gone = true;
+          t.recyclable = true;
+          exitedResolve();
           this.onVcpuStopped(m.id, m.stop);
           break;
       }
@@ -781,7 +790,8 @@ export class Vm extends TypedEmitter<VmEvents> {
       await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
       for (const t of this.threads) this.kick(t);
     }
-    if (!done) await Promise.all(this.threads.map((t) => t.worker.terminate()));
+    if (!done) await Promise.all(this.threads.filter((t) => !t.recyclable).map((t) => t.worker.terminate()));
+    for (const t of this.threads) if (t.recyclable) recycleVcpuThread(t.worker);
     await this.release();
     this._state = 'exited';
     const info = this.exitInfo ?? { reason: { kind: 'stopped' as const }, vcpu: 0, status: 0, message: 'VM stopped' };
