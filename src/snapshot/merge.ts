@@ -68,6 +68,13 @@ export function mergeMemoryFiles(basePath: string, diffPath: string): MergeResul
         `${diffPath} holds a full memory image, not a diff: restore it directly, or give a diff's memory file as --diff`,
       );
     bfd = open(basePath, 'r+', 'base');
+    // A VM restored from the base maps it and reads its pages not yet copied straight from it (it holds
+    // a shared lock while it runs): merging in place would change that guest's RAM under it.
+    if (sys.lockFile(bfd, 'exclusive') !== undefined)
+      throw new SnapshotError(
+        'VIREO_ERR_SNAPSHOT',
+        `memory file ${basePath} is in use by a running VM restored from it: stop that VM first (merging in place would change its RAM), or merge onto a copy`,
+      );
     const base = readTag(bfd, basePath);
     if (base.size !== diff.size)
       throw new SnapshotError(

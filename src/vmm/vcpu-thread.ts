@@ -9,7 +9,7 @@ import { Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { CTRL_STATE, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
-import { runLoop } from '../vcpu/run-loop.js';
+import { explainStop, runLoop } from '../vcpu/run-loop.js';
 import { buildPlatform, createPlatformSpec, type PlatformSpec } from './platform.js';
 
 if (!parentPort) throw new Error('vcpu-thread must run as a worker');
@@ -41,7 +41,7 @@ function run(init: VcpuWorkerInit<PlatformSpec>): void {
     };
   }
   Atomics.store(control, CTRL_STATE, State.EXITED);
-  post({ type: 'stopped', id, stop });
+  post({ type: 'stopped', id, stop: explainStop(stop, init.memory) });
 }
 
 /**

@@ -19,7 +19,7 @@ import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';
 import * as sys from '../kvm/sys.js';
-import { GuestMemory, GuestMemoryMapping, PAGE_SIZE } from '../memory/guest-memory.js';
+import { GuestMemory, GuestMemoryMapping, memoryFileLostMessage, PAGE_SIZE } from '../memory/guest-memory.js';
 import { b64, decodeStateFile, encodeStateFile, unb64, writeFileAtomic } from '../snapshot/format.js';
 import { writeMemoryFile } from '../snapshot/memory-file.js';
 import { type MemoryTag, readTag } from '../snapshot/memory-tag.js';
@@ -151,6 +151,7 @@ export interface RestoreOptions {
 interface RestoreSource {
   body: SnapshotBody;
   memFd: number;
+  memPath: string;
   /** Let the vCPUs run as soon as their threads are built. */
   resume: boolean;
 }
@@ -244,6 +245,8 @@ export function describeExit(reason: VcpuStop, vcpu: number): { status: number; 
       return { status: 0, message: `guest requested a reset (${reason.source}); the VM ends` };
     case 'stopped':
       return { status: 0, message: 'VM stopped' };
+    case 'memory-file-lost':
+      return { status: 1, message: memoryFileLostMessage(reason.path) };
     case 'hlt':
       return { status: 0, message: `vCPU ${vcpu} halted (HLT exit)${regs(reason.registers)}` };
     case 'triple-fault': {
@@ -360,8 +363,10 @@ export class Vm extends TypedEmitter<VmEvents> {
     this.vm = vm;
     vm.setTssAddr(0xfffbd000);
     this.mapping = restore
-      ? GuestMemoryMapping.mapFile(restore.memFd, restore.body.memory.regions)
+      ? GuestMemoryMapping.mapFile(restore.memFd, restore.body.memory.regions, restore.memPath)
       : GuestMemoryMapping.allocate(ramRanges(cfg.memMiB * MiB));
+    // The VMM itself met a truncated memory file (the SIGBUS guard answered): this VM's RAM is gone.
+    this.mapping.watchLoss((path) => this.onVcpuStopped(0, { kind: 'memory-file-lost', path }));
     if (cfg.trackDirtyPages) this.mapping.trackDirty();
     const slotFlags = cfg.trackDirtyPages ? KVM_MEM_LOG_DIRTY_PAGES : 0;
     this.mapping.descriptors.forEach((d, slot) => {
@@ -711,7 +716,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       });
       vm.image = body.memory.id;
       try {
-        await vm.build({ body, memFd, resume: opts.resume === true });
+        await vm.build({ body, memFd, memPath: opts.memPath, resume: opts.resume === true });
       } catch (e) {
         await vm.stop();
         throw e;
