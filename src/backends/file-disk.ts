@@ -4,7 +4,7 @@
  * host file system allows it.
  */
 import { closeSync, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } from 'node:fs';
-import { ConfigError, SyscallError } from '../common/errors.js';
+import { ConfigError } from '../common/errors.js';
 import type { BlockBackend } from '../devices/virtio/block.js';
 import * as sys from '../kvm/sys.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
@@ -54,9 +54,6 @@ export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
  * drops it: a restore in a new process after the first one is gone finds the image free. Closes the
  * fd and throws ConfigError on a conflict.
  */
-/** ENOLCK, EINVAL, EOPNOTSUPP: what a file system without OFD locks answers. */
-const NO_LOCKS = [37, 22, 95];
-
 function lockImage(fd: number, path: string, readOnly: boolean): void {
   let held: sys.LockHolder | undefined;
   try {
@@ -64,7 +61,7 @@ function lockImage(fd: number, path: string, readOnly: boolean): void {
   } catch (e) {
     // A file system without byte-range locks (some network ones): the image is used unlocked, as QEMU
     // does with locking=auto there.
-    if (e instanceof SyscallError && NO_LOCKS.includes(e.errno)) return;
+    if (sys.locksUnsupported(e)) return;
     closeSync(fd);
     throw new ConfigError(`cannot lock drive image ${path}: ${(e as Error).message}; check the file system`);
   }

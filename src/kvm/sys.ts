@@ -185,6 +185,11 @@ export function lockFile(fd: number, kind: LockHolder): LockHolder | undefined {
   return held === F_RDLCK ? 'shared' : 'exclusive';
 }
 
+/** Whether lockFile() failed because the file system has no OFD locks (ENOLCK, EINVAL, EOPNOTSUPP). */
+export function locksUnsupported(e: unknown): boolean {
+  return e instanceof SyscallError && (e.errno === 37 || e.errno === 22 || e.errno === 95);
+}
+
 /** Drops this open file's OFD lock (closing its last fd does the same). */
 export function unlockFile(fd: number): void {
   if ((c_fcntlPtr(fd, F_OFD_SETLK, flock(F_UNLCK)) as number) < 0)

@@ -287,6 +287,16 @@ export class GuestMemory {
   }
 }
 
+/** A shared lock on a memory file; a file system without OFD locks goes unlocked (as drive images do). */
+function lockShared(fd: number): sys.LockHolder | undefined {
+  try {
+    return sys.lockFile(fd, 'shared');
+  } catch (e) {
+    if (sys.locksUnsupported(e)) return undefined;
+    throw e;
+  }
+}
+
 /** Anonymous host mappings that back guest RAM; the owner of the memory, in the main thread. */
 export class GuestMemoryMapping {
   readonly descriptors: RegionDescriptor[];
@@ -339,7 +349,7 @@ export class GuestMemoryMapping {
     const own = sys.dupFd(fd);
     const guards: number[] = [];
     try {
-      if (sys.lockFile(own, 'shared') !== undefined)
+      if (lockShared(own) !== undefined)
         throw new VireoError(
           'VIREO_ERR_SNAPSHOT',
           `memory file ${path} is being written (another process holds it locked for writing): wait for that to finish, then restore`,

@@ -57,6 +57,16 @@ function dataExtents(fd: number, size: number): [number, number][] {
 }
 
 /** Copies the memory diff at `diffPath` into the memory file at `basePath` (see the top of this file). */
+/** Whether another open file holds a lock that keeps an exclusive one from this fd (none without OFD locks). */
+function exclusiveHeldElsewhere(fd: number): boolean {
+  try {
+    return sys.lockFile(fd, 'exclusive') !== undefined;
+  } catch (e) {
+    if (sys.locksUnsupported(e)) return false;
+    throw e;
+  }
+}
+
 export function mergeMemoryFiles(basePath: string, diffPath: string): MergeResult {
   const dfd = open(diffPath, 'r', 'diff');
   let bfd = -1;
@@ -70,7 +80,7 @@ export function mergeMemoryFiles(basePath: string, diffPath: string): MergeResul
     bfd = open(basePath, 'r+', 'base');
     // A VM restored from the base maps it and reads its pages not yet copied straight from it (it holds
     // a shared lock while it runs): merging in place would change that guest's RAM under it.
-    if (sys.lockFile(bfd, 'exclusive') !== undefined)
+    if (exclusiveHeldElsewhere(bfd))
       throw new SnapshotError(
         'VIREO_ERR_SNAPSHOT',
         `memory file ${basePath} is in use by a running VM restored from it: stop that VM first (merging in place would change its RAM), or merge onto a copy`,
