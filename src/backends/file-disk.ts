@@ -43,7 +43,35 @@ export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
     closeSync(fd);
     throw new ConfigError(`drive image ${path} is smaller than one 512-byte sector`);
   }
+  lockImage(fd, path, readOnly);
   return { fd, path, size: st.size, readOnly };
+}
+
+/**
+ * Locks an image as QEMU does, so that two VMs never write one file system at once: a writable drive
+ * holds an exclusive OFD lock, a read-only one a shared lock (any number of read-only users). The
+ * lock lives as long as the fd (closed with the drive), also across threads, and a process that dies
+ * drops it: a restore in a new process after the first one is gone finds the image free. Closes the
+ * fd and throws ConfigError on a conflict.
+ */
+function lockImage(fd: number, path: string, readOnly: boolean): void {
+  let held: sys.LockHolder | undefined;
+  try {
+    held = sys.lockFile(fd, readOnly ? 'shared' : 'exclusive');
+  } catch (e) {
+    // A file system without byte-range locks (some network ones): the image is used unlocked, as QEMU
+    // does with locking=auto there.
+    if (sys.locksUnsupported(e)) return;
+    closeSync(fd);
+    throw new ConfigError(`cannot lock drive image ${path}: ${(e as Error).message}; check the file system`);
+  }
+  if (held === undefined) return;
+  closeSync(fd);
+  throw new ConfigError(
+    held === 'exclusive'
+      ? `disk image ${path} is in use by another VM (locked for writing); stop that VM, or give this one its own copy of the image`
+      : `disk image ${path} is in use by another VM (attached read-only there); attach it read-only here too, or stop that VM`,
+  );
 }
 
 export class FileDisk implements BlockBackend {

@@ -33,6 +33,14 @@ const DRAIN_TIMEOUT_MS = 60_000;
 /** How long close() waits for the workers to leave (one that never loaded is given up on). */
 const CLOSE_TIMEOUT_MS = 5_000;
 
+/**
+ * Workers a closed pool left, for the next pool in this thread (the I/O thread serves one VM after
+ * another): a thread that ends leaks what koffi allocated for it (3 MiB, three mappings), so one per
+ * disk per VM grew a long-lived process without bound. Past this many, a worker ends.
+ */
+const idleWorkers: Worker[] = [];
+const MAX_IDLE_WORKERS = 16;
+
 export interface PoolLayout {
   ctl: Int32Array;
   ring: Int32Array;
@@ -79,8 +87,9 @@ export class IoPool implements BlockIoQueue {
     const data: PoolWorkerData = { sab: this.sab, fd, completionFd: this.completionFd, memory: [...memory] };
     try {
       for (let i = 0; i < workers; i++) {
-        const w = new Worker(new URL('./io-pool-worker.js', import.meta.url), { workerData: data });
+        const w = idleWorkers.pop() ?? new Worker(new URL('./io-pool-worker.js', import.meta.url));
         w.unref();
+        w.postMessage(data);
         this.workers.push(w);
       }
     } catch (e) {
@@ -165,6 +174,13 @@ export class IoPool implements BlockIoQueue {
     }
     // A worker still out (stuck in a system call) may write the eventfd later: then it is left open
     // rather than closed and its number handed to something else.
-    if (Atomics.load(ctl, CTL.exited) >= this.workers.length) sys.close(this.completionFd);
+    if (Atomics.load(ctl, CTL.exited) >= this.workers.length) {
+      sys.close(this.completionFd);
+      // Every worker is out of this pool and waits for the next one.
+      for (const w of this.workers.splice(0)) {
+        if (idleWorkers.length < MAX_IDLE_WORKERS) idleWorkers.push(w);
+        else void w.terminate();
+      }
+    }
   }
 }

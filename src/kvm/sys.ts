@@ -23,6 +23,7 @@ const c_pthread_kill = libc.func('pthread_kill', 'int', ['uint64_t', 'int']);
 const c_sigaction = libc.func('sigaction', 'int', ['int', 'void *', 'void *']);
 const c_dlsym = libc.func('dlsym', 'uintptr_t', ['uintptr_t', 'str']);
 const c_fcntl = libc.func('fcntl', 'int', ['int', 'int', 'int']);
+const c_fcntlPtr = libc.func('fcntl', 'int', ['int', 'int', 'void *']);
 const c_epoll_create1 = libc.func('epoll_create1', 'int', ['int']);
 const c_epoll_ctl = libc.func('epoll_ctl', 'int', ['int', 'int', 'int', 'void *']);
 const c_epoll_wait = libc.func('epoll_wait', 'int', ['int', 'void *', 'int', 'int']);
@@ -140,6 +141,59 @@ export function setNonBlocking(fd: number): void {
   const O_NONBLOCK = 0o4000;
   const flags = c_fcntl(fd, F_GETFL, 0) as number;
   if (flags < 0 || (c_fcntl(fd, F_SETFL, flags | O_NONBLOCK) as number) < 0) throw new SyscallError('fcntl', errno());
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+const F_OFD_GETLK = 36;
+const F_OFD_SETLK = 37;
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+
+/** A second fd for the same open file description (close-on-exec): it shares the file's OFD locks. */
+export function dupFd(fd: number): number {
+  const r = c_fcntl(fd, F_DUPFD_CLOEXEC, 0) as number;
+  if (r < 0) throw new SyscallError('fcntl(F_DUPFD_CLOEXEC)', errno());
+  return r;
+}
+
+/** struct flock (x86_64): short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid. */
+function flock(type: number): Buffer {
+  const b = Buffer.alloc(32); // l_whence SEEK_SET, l_start 0, l_len 0 (the whole file), l_pid 0 (OFD locks need 0)
+  b.writeInt16LE(type, 0);
+  return b;
+}
+
+/** What holds a lock that conflicts with ours. */
+export type LockHolder = 'shared' | 'exclusive';
+
+/**
+ * Takes an open-file-description lock on the whole file (fcntl F_OFD_SETLK, as QEMU locks its images):
+ * shared or exclusive, without waiting. OFD locks belong to the open file, not the process, so two
+ * opens in one process conflict as two processes do, and the lock goes when the last fd of that open
+ * file closes (also when the process dies). Returns undefined when taken, else the kind of lock that
+ * stands in the way (F_OFD_GETLK; 'exclusive' when it went away in between and cannot be told).
+ */
+export function lockFile(fd: number, kind: LockHolder): LockHolder | undefined {
+  const type = kind === 'shared' ? F_RDLCK : F_WRLCK;
+  if ((c_fcntlPtr(fd, F_OFD_SETLK, flock(type)) as number) === 0) return undefined;
+  const e = errno();
+  if (e !== EAGAIN && e !== 13 /* EACCES */) throw new SyscallError('fcntl(F_OFD_SETLK)', e);
+  const probe = flock(type);
+  if ((c_fcntlPtr(fd, F_OFD_GETLK, probe) as number) < 0) throw new SyscallError('fcntl(F_OFD_GETLK)', errno());
+  const held = probe.readInt16LE(0);
+  return held === F_RDLCK ? 'shared' : 'exclusive';
+}
+
+/** Whether lockFile() failed because the file system has no OFD locks (ENOLCK, EINVAL, EOPNOTSUPP). */
+export function locksUnsupported(e: unknown): boolean {
+  return e instanceof SyscallError && (e.errno === 37 || e.errno === 22 || e.errno === 95);
+}
+
+/** Drops this open file's OFD lock (closing its last fd does the same). */
+export function unlockFile(fd: number): void {
+  if ((c_fcntlPtr(fd, F_OFD_SETLK, flock(F_UNLCK)) as number) < 0)
+    throw new SyscallError('fcntl(F_OFD_SETLK)', errno());
 }
 
 /** The calling thread's pthread_t, so another thread can signal it out of KVM_RUN. */
@@ -513,4 +567,60 @@ export function timerfdSet(fd: number, ms: number): void {
     spec.writeBigInt64LE(BigInt((t % 1000) * 1_000_000), 24);
   }
   if ((c_timerfd_settime(fd, 0, spec, null) as number) < 0) throw new SyscallError('timerfd_settime', errno());
+}
+
+// --- memguard: SIGBUS on guest RAM mapped from a file (src/native/memguard.c) ---------------------
+
+interface MemGuardLib {
+  install: () => number;
+  add: (start: number, len: number) => number;
+  remove: (slot: number) => void;
+  faults: (slot: number) => number | bigint;
+}
+let memguardLib: MemGuardLib | undefined;
+
+/** The native guard, loaded (and its handler installed, once per process) on first use. */
+function memguard(): MemGuardLib {
+  if (memguardLib) return memguardLib;
+  const path = new URL('../../native/memguard.so', import.meta.url).pathname;
+  let lib: ReturnType<typeof koffi.load>;
+  try {
+    lib = koffi.load(path);
+  } catch (e) {
+    throw new SyscallError(
+      'dlopen(memguard.so)',
+      2,
+      `${path}: ${(e as Error).message.split('\n')[0]}; build vireo with npm run build (it needs gcc)`,
+    );
+  }
+  const g: MemGuardLib = {
+    install: lib.func('memguard_install', 'int', []) as () => number,
+    add: lib.func('memguard_add', 'int', ['uintptr_t', 'size_t']) as (start: number, len: number) => number,
+    remove: lib.func('memguard_remove', 'void', ['int']) as (slot: number) => void,
+    faults: lib.func('memguard_faults', 'uint64_t', ['int']) as (slot: number) => number | bigint,
+  };
+  if (g.install() !== 0) throw new SyscallError('sigaction(SIGBUS)', errno());
+  memguardLib = g;
+  return g;
+}
+
+/**
+ * Guards [addr, addr+len) (guest RAM mapped from a file): a SIGBUS there (the file was truncated
+ * under the mapping) gets a zero page instead of ending the process, and is counted. Returns the
+ * guard's slot for guardFaults() and unguardMemory().
+ */
+export function guardMemory(addr: number, len: number): number {
+  const slot = memguard().add(addr, len);
+  if (slot < 0) throw new SyscallError('memguard_add', 12, 'too many guarded guest memory regions');
+  return slot;
+}
+
+/** Removes a guard (before its memory is unmapped). */
+export function unguardMemory(slot: number): void {
+  memguard().remove(slot);
+}
+
+/** How many SIGBUS faults the guard of `slot` has answered. */
+export function guardFaults(slot: number): number {
+  return Number(memguard().faults(slot));
 }

@@ -6,6 +6,7 @@
  * each thread builds its own views from the same `RegionDescriptor`s.
  */
 
+import { closeSync, fstatSync } from 'node:fs';
 import { hex } from '../common/address.js';
 import { GuestMemoryError, VireoError } from '../common/errors.js';
 import * as sys from '../kvm/sys.js';
@@ -22,6 +23,38 @@ export interface RegionDescriptor {
    * KVM logs the guest's own writes separately (KVM_GET_DIRTY_LOG).
    */
   dirty?: SharedArrayBuffer | undefined;
+  /** Mapped from a file (a restored VM's memory snapshot): where, for telling when it is lost. */
+  file?: BackingFile | undefined;
+}
+
+/** The file behind a file-backed region. */
+export interface BackingFile {
+  /** An fd of the mapping's own (valid in every thread; it holds the file's shared lock). */
+  fd: number;
+  path: string;
+  /** Where the region starts in the file. */
+  offset: number;
+}
+
+/** How a VM whose memory file was truncated under it ends: one line, with what to do. */
+export function memoryFileLostMessage(path: string): string {
+  return `guest memory file ${path} was truncated or removed while the VM ran; the VM is stopped (its RAM is lost): a memory file must stay unchanged while a VM restored from it runs (vireo holds a shared lock on it); restore again from an intact copy`;
+}
+
+/**
+ * The path of a file-backed region's file when it no longer covers the region (truncated while the
+ * VM ran: the pages not yet copied are gone), else undefined. Any thread may ask.
+ */
+export function lostBackingFile(descriptors: readonly RegionDescriptor[]): string | undefined {
+  for (const d of descriptors) {
+    if (d.file === undefined) continue;
+    try {
+      if (fstatSync(d.file.fd).size < d.file.offset + d.size) return d.file.path;
+    } catch {
+      return d.file.path;
+    }
+  }
+  return undefined;
 }
 
 export const PAGE_SIZE = 4096;
@@ -254,6 +287,16 @@ export class GuestMemory {
   }
 }
 
+/** A shared lock on a memory file; a file system without OFD locks goes unlocked (as drive images do). */
+function lockShared(fd: number): sys.LockHolder | undefined {
+  try {
+    return sys.lockFile(fd, 'shared');
+  } catch (e) {
+    if (sys.locksUnsupported(e)) return undefined;
+    throw e;
+  }
+}
+
 /** Anonymous host mappings that back guest RAM; the owner of the memory, in the main thread. */
 export class GuestMemoryMapping {
   readonly descriptors: RegionDescriptor[];
@@ -291,10 +334,26 @@ export class GuestMemoryMapping {
    * Guest RAM backed by a memory snapshot file, mapped MAP_PRIVATE: pages are read from the file on
    * first touch and copied on first write, so the cost of mapping does not grow with the guest's
    * size and the file is never modified. Region i starts at `offsets[i]` in the file.
+   *
+   * The pages not yet copied stay the file's: the file must not change while the VM runs. The mapping
+   * holds a shared OFD lock on it (on an fd of its own, until release()) so that a writer that asks
+   * (vireo's own, or `lslocks`) sees it in use; and it guards the regions against SIGBUS, which is
+   * what an access gets once the file is truncated (see lost()).
    */
-  static mapFile(fd: number, ranges: readonly { gpa: number; size: number; offset: number }[]): GuestMemoryMapping {
+  static mapFile(
+    fd: number,
+    ranges: readonly { gpa: number; size: number; offset: number }[],
+    path: string,
+  ): GuestMemoryMapping {
     const out: RegionDescriptor[] = [];
+    const own = sys.dupFd(fd);
+    const guards: number[] = [];
     try {
+      if (lockShared(own) !== undefined)
+        throw new VireoError(
+          'VIREO_ERR_SNAPSHOT',
+          `memory file ${path} is being written (another process holds it locked for writing): wait for that to finish, then restore`,
+        );
       for (const { gpa, size, offset } of ranges) {
         if (size <= 0 || size % 4096 !== 0 || gpa % 4096 !== 0 || offset % 4096 !== 0)
           throw new VireoError('VIREO_ERR_MEMORY_LAYOUT', `memory region ${hex(gpa)}+${hex(size)} is not page aligned`);
@@ -306,13 +365,49 @@ export class GuestMemoryMapping {
           fd,
           offset,
         );
-        out.push({ gpa, size, hostAddr });
+        out.push({ gpa, size, hostAddr, file: { fd: own, path, offset } });
+        guards.push(sys.guardMemory(hostAddr, size));
       }
     } catch (e) {
+      for (const g of guards) sys.unguardMemory(g);
       for (const d of out) sys.munmap(d.hostAddr, d.size);
+      closeSync(own);
       throw e;
     }
-    return new GuestMemoryMapping(out);
+    const m = new GuestMemoryMapping(out);
+    m.file = { fd: own, path, guards };
+    return m;
+  }
+
+  private file: { fd: number; path: string; guards: number[] } | undefined;
+  private watch: NodeJS.Timeout | undefined;
+
+  /**
+   * The memory file's path when guest RAM mapped from it was lost while the VM ran: an access got
+   * SIGBUS (answered with a zero page by the guard), or the file is now shorter than the mapping.
+   * Undefined for anonymous memory and for a file that is intact.
+   */
+  lost(): string | undefined {
+    const f = this.file;
+    if (f === undefined || this.released) return undefined;
+    if (f.guards.some((g) => sys.guardFaults(g) > 0)) return f.path;
+    return lostBackingFile(this.descriptors);
+  }
+
+  /**
+   * Calls `onLost(path)` once, soon after the VMM's own access to file-backed RAM met a truncated
+   * file (the guard counts those; polling the counters costs one native call per region a tick).
+   * Nothing to watch for anonymous memory. Stops at release().
+   */
+  watchLoss(onLost: (path: string) => void, everyMs = 100): void {
+    const f = this.file;
+    if (f === undefined || this.watch !== undefined) return;
+    this.watch = setInterval(() => {
+      if (this.released || !f.guards.some((g) => sys.guardFaults(g) > 0)) return;
+      clearInterval(this.watch);
+      onLost(f.path);
+    }, everyMs);
+    this.watch.unref();
   }
 
   /**
@@ -326,6 +421,10 @@ export class GuestMemoryMapping {
   release(): void {
     if (this.released) return;
     this.released = true;
+    clearInterval(this.watch);
+    for (const g of this.file?.guards ?? []) sys.unguardMemory(g);
     for (const d of this.descriptors) sys.munmap(d.hostAddr, d.size);
+    // Closing the last fd of the open file drops its lock.
+    if (this.file) closeSync(this.file.fd);
   }
 }

@@ -57,6 +57,16 @@ function dataExtents(fd: number, size: number): [number, number][] {
   return out;
 }
 
+/** Whether another open file holds a lock that keeps an exclusive one from this fd (none without OFD locks). */
+function exclusiveHeldElsewhere(fd: number): boolean {
+  try {
+    return sys.lockFile(fd, 'exclusive') !== undefined;
+  } catch (e) {
+    if (sys.locksUnsupported(e)) return false;
+    throw e;
+  }
+}
+
 /** Copies the memory diff at `diffPath` into the memory file at `basePath` (see the top of this file). */
 export function mergeMemoryFiles(basePath: string, diffPath: string): MergeResult {
   const dfd = open(diffPath, false, 'diff');
@@ -69,6 +79,13 @@ export function mergeMemoryFiles(basePath: string, diffPath: string): MergeResul
         `${diffPath} holds a full memory image, not a diff: restore it directly, or give a diff's memory file as --diff`,
       );
     bfd = open(basePath, true, 'base');
+    // A VM restored from the base maps it and reads its pages not yet copied straight from it (it holds
+    // a shared lock while it runs): merging in place would change that guest's RAM under it.
+    if (exclusiveHeldElsewhere(bfd))
+      throw new SnapshotError(
+        'VIREO_ERR_SNAPSHOT',
+        `memory file ${basePath} is in use by a running VM restored from it: stop that VM first (merging in place would change its RAM), or merge onto a copy`,
+      );
     const base = readTag(bfd, basePath);
     if (base.size !== diff.size)
       throw new SnapshotError(

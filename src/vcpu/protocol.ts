@@ -29,6 +29,8 @@ export type VcpuStop =
   | { kind: 'crash'; data: string[] }
   | { kind: 'panic'; source: 'pvpanic' }
   | { kind: 'stopped' }
+  /** Guest RAM mapped from a memory file was lost: the file was truncated while the VM ran. */
+  | { kind: 'memory-file-lost'; path: string }
   | { kind: 'error'; code: string; message: string; registers?: RegisterDump };
 
 export type VcpuStopKind = VcpuStop['kind'];

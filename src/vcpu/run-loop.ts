@@ -9,6 +9,7 @@ import { VireoError } from '../common/errors.js';
 import { EXIT, IOCTL, KVM_EXIT_IO_OUT, OFFSET } from '../kvm/abi.js';
 import type { Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
+import { lostBackingFile, type RegionDescriptor } from '../memory/guest-memory.js';
 import { Cmd, CTRL_CMD, CTRL_STATE, type RegisterDump, State, type VcpuStop } from './protocol.js';
 
 const R = OFFSET.kvm_run;
@@ -189,4 +190,21 @@ function handleOtherExit(vcpu: Vcpu): VcpuStop | undefined {
         registers: dumpRegisters(vcpu),
       };
   }
+}
+
+/**
+ * What a failure of a restored VM's vCPU means when its memory file was truncated while it ran: the
+ * guest met a page that is gone. KVM_RUN then fails with EFAULT (or, where KVM emulates the access,
+ * the guest takes a fault it cannot handle: a triple fault); either way the raw report would hide the
+ * cause. Other stops are returned as they are.
+ */
+export function explainStop(stop: VcpuStop, memory: readonly RegionDescriptor[]): VcpuStop {
+  const failed =
+    stop.kind === 'error' ||
+    stop.kind === 'triple-fault' ||
+    stop.kind === 'internal-error' ||
+    stop.kind === 'fail-entry';
+  if (!failed) return stop;
+  const path = lostBackingFile(memory);
+  return path === undefined ? stop : { kind: 'memory-file-lost', path };
 }

@@ -127,8 +127,13 @@ function run(init: IoThreadInit): void {
     if (side.lastError) errors.push(`${slot.name}: ${side.lastError}`);
   });
   post({ type: 'stopped', counters, errors });
-  port.close();
 }
 
-port.once('message', (init: IoThreadInit) => run(init));
+/** One VM after another, as the vCPU threads do (vcpu-thread.ts): an ended thread leaks native memory. */
+function serve(init: IoThreadInit): void {
+  run(init);
+  port.once('message', serve);
+}
+
+port.once('message', serve);
 post({ type: 'loaded' });

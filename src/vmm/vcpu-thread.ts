@@ -2,14 +2,14 @@
  * Worker entry: one vCPU's thread. It loads its modules and warms its code as soon as it is spawned
  * (vireo spawns it early, while the main thread is still building the VM, or parks it ahead of a
  * restore), then waits for its init message, builds its view of memory and the platform, and runs
- * the vCPU until told to stop.
+ * the vCPU until told to stop; then it waits for the next VM.
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import { Vcpu } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { CTRL_STATE, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
-import { runLoop } from '../vcpu/run-loop.js';
+import { explainStop, runLoop } from '../vcpu/run-loop.js';
 import { buildPlatform, createPlatformSpec, type PlatformSpec } from './platform.js';
 
 if (!parentPort) throw new Error('vcpu-thread must run as a worker');
@@ -41,11 +41,19 @@ function run(init: VcpuWorkerInit<PlatformSpec>): void {
     };
   }
   Atomics.store(control, CTRL_STATE, State.EXITED);
-  post({ type: 'stopped', id, stop });
-  port.close();
+  post({ type: 'stopped', id, stop: explainStop(stop, init.memory) });
 }
 
-port.once('message', (init: VcpuWorkerInit<PlatformSpec>) => run(init));
+/**
+ * One VM after another: once stopped, the thread waits for the next init (vcpu-threads.ts parks it
+ * again) instead of ending, because an ended thread leaks its native modules' memory.
+ */
+function serve(init: VcpuWorkerInit<PlatformSpec>): void {
+  run(init);
+  port.once('message', serve);
+}
+
+port.once('message', serve);
 // A dry run of the platform build while the thread is parked: V8 compiles functions on first
 // call, so the VM's own build (on the restore path, between the request and the guest running)
 // then runs compiled code.

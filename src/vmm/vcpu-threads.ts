@@ -21,7 +21,10 @@ const WORKER_OPTIONS = { resourceLimits: { maxYoungGenerationSizeMb: 64 } };
  * one, whose failure then reaches the taker's own listeners.
  */
 function park(list: Worker[], url: URL): void {
-  const w = spawnWorker(url);
+  parkWorker(list, spawnWorker(url));
+}
+
+function parkWorker(list: Worker[], w: Worker): void {
   w.unref();
   const leave = (): void => {
     const i = list.indexOf(w);
@@ -113,6 +116,38 @@ export function prewarmIoThread(): void {
 /** The parked I/O thread if there is one, else a new one. The caller owns it. */
 export function takeIoThread(): Worker {
   return take(parkedIo, IO_THREAD_URL);
+}
+
+/**
+ * Threads a VM is done with wait here for the next VM, up to these many: a thread that ends leaks
+ * what its native modules allocated for it (koffi keeps 3 MiB and three mappings per thread and never
+ * frees them), so ending one per VM grew a long-lived process by ~12 MiB and ~12 mappings per VM with
+ * a disk until it hit vm.max_map_count. Reused, the growth is bounded by the most threads ever in use
+ * at once; beyond these caps a returned thread ends.
+ */
+const MAX_IDLE_VCPU_THREADS = 16;
+const MAX_IDLE_IO_THREADS = 4;
+
+/**
+ * Give back a thread whose VM is done with it: it has reported that it stopped and waits for its next
+ * init message. The owner's listeners are removed; it is parked for the next VM (or ends when enough
+ * are parked). Never give back a thread that did not report its stop (it may still touch the VM).
+ */
+function giveBack(list: Worker[], w: Worker, cap: number): void {
+  for (const event of ['message', 'error', 'exit', 'messageerror', 'online'] as const) w.removeAllListeners(event);
+  if (list.length >= cap) {
+    void w.terminate();
+    return;
+  }
+  parkWorker(list, w);
+}
+
+export function recycleVcpuThread(w: Worker): void {
+  giveBack(parked, w, MAX_IDLE_VCPU_THREADS);
+}
+
+export function recycleIoThread(w: Worker): void {
+  giveBack(parkedIo, w, MAX_IDLE_IO_THREADS);
 }
 
 /** How many threads are parked now (vCPU, I/O): for tests. */

@@ -34,7 +34,7 @@ import type { Vm as KvmVm } from '../kvm/kvm.js';
 import * as sys from '../kvm/sys.js';
 import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';
 import { SharedCounters } from './device-counters.js';
-import { takeIoThread } from './vcpu-threads.js';
+import { recycleIoThread, takeIoThread } from './vcpu-threads.js';
 
 /** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
 export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
@@ -185,6 +185,8 @@ export class VirtioDevices {
   private onSaved: ((m: IoThreadMessage) => void) | undefined;
   private worker: Worker | undefined;
   private exited: Promise<void> | undefined;
+  /** The I/O thread reported its stop and waits for another VM. */
+  private recyclable = false;
   /** Device counters and errors, as reported by the I/O thread when it stopped. */
   finalCounters: Record<string, Record<string, number>> = {};
   errors: string[] = [];
@@ -346,7 +348,11 @@ export class VirtioDevices {
     };
     const w = takeIoThread();
     this.worker = w;
-    this.exited = new Promise((res) => w.once('exit', () => res()));
+    let stopped!: () => void;
+    this.exited = new Promise((res) => {
+      stopped = res;
+      w.once('exit', () => res());
+    });
     await new Promise<void>((resolve, reject) => {
       w.on('message', (m: IoThreadMessage) => {
         if (m.type === 'ready') resolve();
@@ -354,6 +360,11 @@ export class VirtioDevices {
         else if (m.type === 'stopped') {
           this.finalCounters = m.counters;
           this.errors = m.errors;
+          // Done with this VM: the thread waits for the next one (given back in stop()).
+          this.recyclable = true;
+          stopped();
+          // A failure before 'ready' ends this VM's use of the thread too.
+          reject(new Error('virtio I/O thread stopped before it was ready'));
         } else if (m.type === 'error') reject(new Error(`virtio I/O thread failed: ${m.message}`));
       });
       w.once('error', reject);
@@ -406,10 +417,14 @@ export class VirtioDevices {
       this.release();
       Atomics.store(this.control, 0, 1);
       sys.eventfdWrite(this.controlFd);
-      const t = setTimeout(() => void this.worker?.terminate(), 5000);
+      const w = this.worker;
+      const t = setTimeout(() => {
+        if (!this.recyclable) void w.terminate();
+      }, 5000);
       await this.exited;
       clearTimeout(t);
       this.worker = undefined;
+      if (this.recyclable) recycleIoThread(w);
     }
     for (const fd of this.fds.splice(0)) sys.close(fd);
     for (const d of this.disks.splice(0)) closeSync(d.fd);

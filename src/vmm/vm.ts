@@ -20,7 +20,7 @@ import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';
 import * as sys from '../kvm/sys.js';
-import { GuestMemory, GuestMemoryMapping, PAGE_SIZE } from '../memory/guest-memory.js';
+import { GuestMemory, GuestMemoryMapping, memoryFileLostMessage, PAGE_SIZE } from '../memory/guest-memory.js';
 import { b64, decodeStateFile, encodeStateFile, unb64 } from '../snapshot/format.js';
 import { openMemoryFile } from '../snapshot/memory-file.js';
 import { type MemoryTag, readTag } from '../snapshot/memory-tag.js';
@@ -44,7 +44,7 @@ import {
   type VcpuStop,
   type VcpuWorkerInit,
 } from '../vcpu/protocol.js';
-import { takeVcpuThread } from './vcpu-threads.js';
+import { recycleVcpuThread, takeVcpuThread } from './vcpu-threads.js';
 import { type BalloonConfig, type DriveConfig, type NetConfig, VirtioDevices } from './virtio-devices.js';
 
 export { prewarmIoThread, prewarmVcpuThreads } from './vcpu-threads.js';
@@ -153,6 +153,7 @@ export interface RestoreOptions {
 interface RestoreSource {
   body: SnapshotBody;
   memFd: number;
+  memPath: string;
   /** Let the vCPUs run as soon as their threads are built. */
   resume: boolean;
 }
@@ -223,8 +224,10 @@ interface VcpuThread {
   ready: Promise<void>;
   exited: Promise<void>;
   paused: boolean;
-  /** The OS thread has ended (and been joined): its pthread_t must not be signalled any more. */
+  /** The OS thread has ended, or left this VM: its pthread_t must not be signalled any more. */
   gone: boolean;
+  /** It reported its stop and waits for another VM: it goes back to the pool (vcpu-threads.ts). */
+  recyclable: boolean;
 }
 
 export function describeExit(reason: VcpuStop, vcpu: number): { status: number; message: string } {
@@ -244,6 +247,8 @@ export function describeExit(reason: VcpuStop, vcpu: number): { status: number; 
       return { status: 0, message: `guest requested a reset (${reason.source}); the VM ends` };
     case 'stopped':
       return { status: 0, message: 'VM stopped' };
+    case 'memory-file-lost':
+      return { status: 1, message: memoryFileLostMessage(reason.path) };
     case 'hlt':
       return { status: 0, message: `vCPU ${vcpu} halted (HLT exit)${regs(reason.registers)}` };
     case 'triple-fault': {
@@ -360,8 +365,10 @@ export class Vm extends TypedEmitter<VmEvents> {
     this.vm = vm;
     vm.setTssAddr(0xfffbd000);
     this.mapping = restore
-      ? GuestMemoryMapping.mapFile(restore.memFd, restore.body.memory.regions)
+      ? GuestMemoryMapping.mapFile(restore.memFd, restore.body.memory.regions, restore.memPath)
       : GuestMemoryMapping.allocate(ramRanges(cfg.memMiB * MiB));
+    // The VMM itself met a truncated memory file (the SIGBUS guard answered): this VM's RAM is gone.
+    this.mapping.watchLoss((path) => this.onVcpuStopped(0, { kind: 'memory-file-lost', path }));
     if (cfg.trackDirtyPages) this.mapping.trackDirty();
     const slotFlags = cfg.trackDirtyPages ? KVM_MEM_LOG_DIRTY_PAGES : 0;
     this.mapping.descriptors.forEach((d, slot) => {
@@ -512,22 +519,25 @@ export class Vm extends TypedEmitter<VmEvents> {
       readyReject = rej;
     });
     ready.catch(() => undefined); // awaited by build(); a build that failed first must not leave it unhandled
+    let exitedResolve!: () => void;
     const t: VcpuThread = {
       vcpu,
       worker,
       control,
       thread: undefined,
       ready,
-      exited: new Promise<void>((res) =>
+      exited: new Promise<void>((res) => {
+        exitedResolve = res;
         worker.once('exit', () => {
           t.gone = true;
           // A thread that ended before it was ready (it never will be): the build must not wait on it.
           readyReject(new Error(`vCPU ${vcpu.id} thread ended before it was ready`));
           res();
-        }),
-      ),
+        });
+      }),
       paused: false,
       gone: false,
+      recyclable: false,
     };
     worker.on('message', (m: VcpuMessage) => {
       switch (m.type) {
@@ -548,6 +558,10 @@ export class Vm extends TypedEmitter<VmEvents> {
           break;
         case 'stopped':
           readyResolve();
+          // The thread is out of this VM for good (it waits for the next one): never kick it again.
+          t.gone = true;
+          t.recyclable = true;
+          exitedResolve();
           this.onVcpuStopped(m.id, m.stop);
           break;
       }
@@ -699,7 +713,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       });
       vm.image = body.memory.id;
       try {
-        await vm.build({ body, memFd, resume: opts.resume === true });
+        await vm.build({ body, memFd, memPath: opts.memPath, resume: opts.resume === true });
       } catch (e) {
         await vm.stop();
         throw e;
@@ -778,7 +792,8 @@ export class Vm extends TypedEmitter<VmEvents> {
       await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
       for (const t of this.threads) this.kick(t);
     }
-    if (!done) await Promise.all(this.threads.map((t) => t.worker.terminate()));
+    if (!done) await Promise.all(this.threads.filter((t) => !t.recyclable).map((t) => t.worker.terminate()));
+    for (const t of this.threads) if (t.recyclable) recycleVcpuThread(t.worker);
     await this.release();
     this._state = 'exited';
     const info = this.exitInfo ?? { reason: { kind: 'stopped' as const }, vcpu: 0, status: 0, message: 'VM stopped' };
