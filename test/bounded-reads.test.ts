@@ -85,6 +85,16 @@ describe('vireo run: kernel and initrd that are not regular files of a sane size
     );
     refused(['snapshot', 'merge', '--base', reg, '--diff', '/dev/zero'], /diff memory file \/dev\/zero is a character/);
   });
+  test('--drive a FIFO or /dev/zero (a FIFO blocked open(2) until a writer came)', () => {
+    refused(
+      ['run', '--kernel', guestPath('hello64'), '--drive', fifo],
+      /^vireo: drive image \S+fifo is a FIFO, not a regular file/,
+    );
+    refused(
+      ['run', '--kernel', guestPath('hello64'), '--drive', 'path=/dev/zero,ro'],
+      /^vireo: drive image \/dev\/zero is a character device, not a regular file/,
+    );
+  });
   test('an empty kernel file', () => {
     const empty = join(dir, 'empty');
     writeFileSync(empty, '');
@@ -123,6 +133,29 @@ describe('the API: kernel_image_path, initrd_path and snapshot files that are no
       );
       assert.equal((await answered(sock, 'GET', '/')).status, 200, 'the API still answers');
     }
+  });
+
+  test('a drive path_on_host that is a FIFO: InstanceStart fails with 400, the API answers on', async () => {
+    const sock = await api('drive-fifo');
+    assert.equal((await answered(sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 16 })).status, 204);
+    assert.equal(
+      (await answered(sock, 'PUT', '/boot-source', { kernel_image_path: guestPath('hello64') })).status,
+      204,
+    );
+    const drive = { drive_id: 'd0', path_on_host: fifo, is_root_device: false, is_read_only: false };
+    const put = await answered(sock, 'PUT', '/drives/d0', drive);
+    if (put.status === 204) {
+      const start = await answered(sock, 'PUT', '/actions', { action_type: 'InstanceStart' });
+      assert.equal(start.status, 400, start.text);
+      assert.match(
+        (start.json as { fault_message: string }).fault_message,
+        /drive image \S+fifo is a FIFO, not a regular file/,
+      );
+    } else {
+      assert.equal(put.status, 400, put.text);
+      assert.match((put.json as { fault_message: string }).fault_message, /fifo/);
+    }
+    assert.equal((await answered(sock, 'GET', '/')).status, 200, 'the API still answers');
   });
 
   test('PUT /snapshot/create onto a FIFO or a device node: a 400, and the node is left as it was', async () => {

@@ -3,7 +3,7 @@
  * guest memory (readv/writev on zero-copy views); discard and write-zeroes punch holes where the
  * host file system allows it.
  */
-import { closeSync, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } from 'node:fs';
+import { closeSync, constants, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } from 'node:fs';
 import { ConfigError } from '../common/errors.js';
 import type { BlockBackend } from '../devices/virtio/block.js';
 import * as sys from '../kvm/sys.js';
@@ -22,7 +22,9 @@ export interface FileDiskSpec {
 export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
   let fd: number;
   try {
-    fd = openSync(path, readOnly ? 'r' : 'r+');
+    // O_NONBLOCK: a FIFO given as an image must not block this thread (the API's) in open(2); it is
+    // refused below. On a regular file the flag changes nothing.
+    fd = openSync(path, (readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_NONBLOCK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EISDIR') throw new ConfigError(`drive image ${path} is not a regular file; give a raw image file`);
@@ -37,7 +39,14 @@ export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
   const st = fstatSync(fd);
   if (!st.isFile()) {
     closeSync(fd);
-    throw new ConfigError(`drive image ${path} is not a regular file; give a raw image file`);
+    const kind = st.isFIFO()
+      ? 'a FIFO'
+      : st.isCharacterDevice()
+        ? 'a character device'
+        : st.isBlockDevice()
+          ? 'a block device'
+          : 'not a regular file';
+    throw new ConfigError(`drive image ${path} is ${kind}, not a regular file; give a raw image file`);
   }
   if (st.size < 512) {
     closeSync(fd);
