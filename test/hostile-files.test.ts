@@ -16,13 +16,20 @@ import {
   openSync,
   readFileSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { guestPath } from './guests/build.js';
-import { type FirecrackerProcess, fcRequest, firecrackerBin, startFirecracker } from './support/fc-client.js';
+import {
+  type FirecrackerProcess,
+  fcRequest,
+  firecrackerBin,
+  startFirecracker,
+  waitForPath,
+} from './support/fc-client.js';
 import { kvmSkipReason, vireoBin } from './support/vireo.js';
 
 const skip = kvmSkipReason();
@@ -126,6 +133,48 @@ describe('logs and metrics onto hostile paths (no guest)', () => {
       .filter((l) => l.includes('cannot write the log'));
     assert.equal(reports.length, 1, fc.stderr());
     assert.match(reports[0] ?? '', /ENOSPC/);
+  });
+
+  test('the log on stderr (no log_path) that nobody reads: every request is answered, records dropped and counted', async () => {
+    // A blocking pipe as the process's fd 2 (as a supervisor that never drains stderr gives it): the
+    // reader end is open and never read, the writer end is a blocking description of its own.
+    const pipe = fifo('stderr.fifo');
+    const reader = openSync(pipe, constants.O_RDONLY | constants.O_NONBLOCK);
+    fds.push(reader);
+    const writer = openSync(pipe, constants.O_WRONLY);
+    fds.push(writer);
+    // Full already (a supervisor that restarts the VMM onto the same undrained pipe): even the first
+    // record, written before anything else in the process touched stderr, must not wait.
+    const filler = openSync(pipe, constants.O_WRONLY | constants.O_NONBLOCK);
+    fds.push(filler);
+    for (let full = false; !full; )
+      try {
+        writeSync(filler, Buffer.alloc(4096, 0x2e));
+      } catch {
+        full = true;
+      }
+    const socket = f('stderr-log.sock');
+    const child = spawn(process.execPath, [firecrackerBin, '--api-sock', socket, '--level', 'Debug'], {
+      stdio: ['ignore', 'ignore', writer],
+    });
+    const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
+    const fc: FirecrackerProcess = {
+      socket,
+      pid: child.pid,
+      stdout: () => '',
+      stderr: () => '(a pipe nobody reads)',
+      type: () => undefined,
+      exited,
+      kill: () => {
+        if (child.exitCode === null) child.kill('SIGKILL');
+      },
+    };
+    processes.push(fc);
+    await within(15_000, 'the API socket', waitForPath(socket));
+    for (let i = 0; i < 300; i++) assert.equal((await req(fc, 'GET', '/')).status, 200, `request ${i}`);
+    const prom = await req(fc, 'GET', '/metrics/prometheus');
+    assert.ok(prometheusCounter(prom.text, 'missed_log_count') > 0, prom.text);
+    assert.equal(await terminate(fc), 0);
   });
 
   test('metrics onto /dev/full: the failed line is reported once, never fatal', async () => {
