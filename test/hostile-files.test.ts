@@ -80,6 +80,38 @@ async function startApi(name: string): Promise<FirecrackerProcess> {
   return fc;
 }
 
+/** vireo-firecracker with `stderrFd` as its fd 2 (startApi gives it a pipe the test drains). */
+async function startApiOnStderr(
+  name: string,
+  args: string[],
+  stderrFd: number,
+  what: string,
+): Promise<FirecrackerProcess> {
+  const socket = f(`${name}.sock`);
+  const child = spawn(process.execPath, [firecrackerBin, '--api-sock', socket, ...args], {
+    stdio: ['ignore', 'ignore', stderrFd],
+  });
+  const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
+  const fc: FirecrackerProcess = {
+    socket,
+    pid: child.pid,
+    stdout: () => '',
+    stderr: () => what,
+    type: () => undefined,
+    exited,
+    kill: () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    },
+  };
+  processes.push(fc);
+  await within(
+    15_000,
+    `${name}: the API socket`,
+    Promise.race([waitForPath(socket), exited.then((c) => Promise.reject(new Error(`exited with ${c}`)))]),
+  );
+  return fc;
+}
+
 /** SIGTERM, then the exit status (a process that ignores it fails the test after `ms`). */
 async function terminate(fc: FirecrackerProcess, ms = 10_000): Promise<number | null> {
   assert.ok(fc.pid !== undefined);
@@ -153,27 +185,24 @@ describe('logs and metrics onto hostile paths (no guest)', () => {
       } catch {
         full = true;
       }
-    const socket = f('stderr-log.sock');
-    const child = spawn(process.execPath, [firecrackerBin, '--api-sock', socket, '--level', 'Debug'], {
-      stdio: ['ignore', 'ignore', writer],
-    });
-    const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
-    const fc: FirecrackerProcess = {
-      socket,
-      pid: child.pid,
-      stdout: () => '',
-      stderr: () => '(a pipe nobody reads)',
-      type: () => undefined,
-      exited,
-      kill: () => {
-        if (child.exitCode === null) child.kill('SIGKILL');
-      },
-    };
-    processes.push(fc);
-    await within(15_000, 'the API socket', waitForPath(socket));
+    const fc = await startApiOnStderr('stderr-log', ['--level', 'Debug'], writer, '(a pipe nobody reads)');
     for (let i = 0; i < 300; i++) assert.equal((await req(fc, 'GET', '/')).status, 200, `request ${i}`);
     const prom = await req(fc, 'GET', '/metrics/prometheus');
     assert.ok(prometheusCounter(prom.text, 'missed_log_count') > 0, prom.text);
+    assert.equal(await terminate(fc), 0);
+  });
+
+  test('stderr itself failing (/dev/full) while logs and metrics fail too: never fatal, every request answered', async () => {
+    // The log on stderr (no log_path) and the metrics on /dev/full: each failure is reported once on
+    // stderr, whose write fails as well (ENOSPC; EPIPE for a closed pipe). Node reports a failed
+    // stderr write as an 'error' event, not a throw: with no listener it ended the process (status 1).
+    const full = openSync('/dev/full', 'w');
+    fds.push(full);
+    const fc = await startApiOnStderr('stderr-full', ['--level', 'Info'], full, '(/dev/full)');
+    assert.equal((await req(fc, 'PUT', '/metrics', { metrics_path: '/dev/full' })).status, 204);
+    for (let i = 0; i < 50; i++) assert.equal((await req(fc, 'GET', '/')).status, 200, `request ${i}`);
+    const prom = await req(fc, 'GET', '/metrics/prometheus');
+    assert.ok(prometheusCounter(prom.text, 'log_fails') > 0, prom.text);
     assert.equal(await terminate(fc), 0);
   });
 
