@@ -13,6 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ImageError } from '../src/common/errors.js';
+import { readUserFile } from '../src/common/files.js';
 import { Vm } from '../src/vmm/vm.js';
 import { guestPath } from './guests/build.js';
 import { type FirecrackerProcess, fcRequest, startFirecracker } from './support/fc-client.js';
@@ -216,5 +218,22 @@ describe('the API: kernel_image_path, initrd_path and snapshot files that are no
       assert.doesNotMatch(msg, /EISDIR|TypeError|\n/);
       assert.equal((await answered(sock, 'GET', '/')).status, 200, 'the API still answers');
     }
+  });
+});
+
+describe('readUserFile: a file larger than one Node buffer holds', () => {
+  test('a 5 GiB image under a larger bound (a big guest) is one VireoError line, not a raw RangeError', () => {
+    const big = join(dir, 'five-gib');
+    writeFileSync(big, '');
+    truncateSync(big, 5 * 1024 ** 3); // sparse: nothing is written
+    let err: unknown;
+    try {
+      readUserFile(big, { what: 'initrd', maxBytes: 16 * 1024 ** 3, error: (m) => new ImageError(m) });
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(err instanceof ImageError, `expected an ImageError, got ${String(err)}`);
+    assert.match(err.message, /initrd .*five-gib is 5\.0 GiB/);
+    assert.equal(err.message.split('\n').length, 1);
   });
 });

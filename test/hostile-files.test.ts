@@ -16,13 +16,20 @@ import {
   openSync,
   readFileSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { guestPath } from './guests/build.js';
-import { type FirecrackerProcess, fcRequest, firecrackerBin, startFirecracker } from './support/fc-client.js';
+import {
+  type FirecrackerProcess,
+  fcRequest,
+  firecrackerBin,
+  startFirecracker,
+  waitForPath,
+} from './support/fc-client.js';
 import { kvmSkipReason, vireoBin } from './support/vireo.js';
 
 const skip = kvmSkipReason();
@@ -70,6 +77,38 @@ async function startApi(name: string): Promise<FirecrackerProcess> {
   const socket = f(`${name}.sock`);
   const fc = await startFirecracker(['--api-sock', socket], { socket });
   processes.push(fc);
+  return fc;
+}
+
+/** vireo-firecracker with `stderrFd` as its fd 2 (startApi gives it a pipe the test drains). */
+async function startApiOnStderr(
+  name: string,
+  args: string[],
+  stderrFd: number,
+  what: string,
+): Promise<FirecrackerProcess> {
+  const socket = f(`${name}.sock`);
+  const child = spawn(process.execPath, [firecrackerBin, '--api-sock', socket, ...args], {
+    stdio: ['ignore', 'ignore', stderrFd],
+  });
+  const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
+  const fc: FirecrackerProcess = {
+    socket,
+    pid: child.pid,
+    stdout: () => '',
+    stderr: () => what,
+    type: () => undefined,
+    exited,
+    kill: () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    },
+  };
+  processes.push(fc);
+  await within(
+    15_000,
+    `${name}: the API socket`,
+    Promise.race([waitForPath(socket), exited.then((c) => Promise.reject(new Error(`exited with ${c}`)))]),
+  );
   return fc;
 }
 
@@ -128,6 +167,45 @@ describe('logs and metrics onto hostile paths (no guest)', () => {
     assert.match(reports[0] ?? '', /ENOSPC/);
   });
 
+  test('the log on stderr (no log_path) that nobody reads: every request is answered, records dropped and counted', async () => {
+    // A blocking pipe as the process's fd 2 (as a supervisor that never drains stderr gives it): the
+    // reader end is open and never read, the writer end is a blocking description of its own.
+    const pipe = fifo('stderr.fifo');
+    const reader = openSync(pipe, constants.O_RDONLY | constants.O_NONBLOCK);
+    fds.push(reader);
+    const writer = openSync(pipe, constants.O_WRONLY);
+    fds.push(writer);
+    // Full already (a supervisor that restarts the VMM onto the same undrained pipe): even the first
+    // record, written before anything else in the process touched stderr, must not wait.
+    const filler = openSync(pipe, constants.O_WRONLY | constants.O_NONBLOCK);
+    fds.push(filler);
+    for (let full = false; !full; )
+      try {
+        writeSync(filler, Buffer.alloc(4096, 0x2e));
+      } catch {
+        full = true;
+      }
+    const fc = await startApiOnStderr('stderr-log', ['--level', 'Debug'], writer, '(a pipe nobody reads)');
+    for (let i = 0; i < 300; i++) assert.equal((await req(fc, 'GET', '/')).status, 200, `request ${i}`);
+    const prom = await req(fc, 'GET', '/metrics/prometheus');
+    assert.ok(prometheusCounter(prom.text, 'missed_log_count') > 0, prom.text);
+    assert.equal(await terminate(fc), 0);
+  });
+
+  test('stderr itself failing (/dev/full) while logs and metrics fail too: never fatal, every request answered', async () => {
+    // The log on stderr (no log_path) and the metrics on /dev/full: each failure is reported once on
+    // stderr, whose write fails as well (ENOSPC; EPIPE for a closed pipe). Node reports a failed
+    // stderr write as an 'error' event, not a throw: with no listener it ended the process (status 1).
+    const full = openSync('/dev/full', 'w');
+    fds.push(full);
+    const fc = await startApiOnStderr('stderr-full', ['--level', 'Info'], full, '(/dev/full)');
+    assert.equal((await req(fc, 'PUT', '/metrics', { metrics_path: '/dev/full' })).status, 204);
+    for (let i = 0; i < 50; i++) assert.equal((await req(fc, 'GET', '/')).status, 200, `request ${i}`);
+    const prom = await req(fc, 'GET', '/metrics/prometheus');
+    assert.ok(prometheusCounter(prom.text, 'log_fails') > 0, prom.text);
+    assert.equal(await terminate(fc), 0);
+  });
+
   test('metrics onto /dev/full: the failed line is reported once, never fatal', async () => {
     const fc = await startApi('devfull');
     assert.equal((await req(fc, 'PUT', '/metrics', { metrics_path: '/dev/full' })).status, 204);
@@ -175,6 +253,28 @@ describe('configuration files that are not files', () => {
     assert.match(r.stderr.trimEnd(), /^[\x20-\x7e]*$/, JSON.stringify(r.stderr));
     assert.ok(r.stderr.length < 600, `bounded: ${r.stderr.length} characters`);
     assert.match(r.stderr, /\\x1b/);
+  });
+
+  test('valid JSON whose keys or values hold control characters: the message escapes them, one line', () => {
+    const evil = '\u001b[2Jevil\nsecond line';
+    const docs = [
+      // The schema check quotes an unknown key.
+      { 'boot-source': { kernel_image_path: '/x' }, [evil]: 1 },
+      // A section's failure quotes a path from the document.
+      {
+        'boot-source': { kernel_image_path: `/nonexistent/${evil}` },
+        'machine-config': { vcpu_count: 1, mem_size_mib: 16 },
+      },
+    ];
+    docs.forEach((doc, i) => {
+      const path = f(`controls-${i}.json`);
+      writeFileSync(path, JSON.stringify(doc));
+      const r = run(['--no-api', '--config-file', path]);
+      assert.equal(r.status, 152, r.stderr);
+      assert.equal(r.stderr.trim().split('\n').length, 1, JSON.stringify(r.stderr));
+      assert.ok(!r.stderr.includes('\u001b'), JSON.stringify(r.stderr));
+      assert.match(r.stderr, /\\x1b\[2Jevil\\x0asecond line/);
+    });
   });
 });
 

@@ -219,3 +219,18 @@ test('property: a re-signed, mutated body restores or fails with a VireoError, n
   process.stderr.write(`mutated bodies: ${seen.restored} restored, ${seen.refused} refused\n`);
   assert.ok(seen.restored > 0 && seen.refused > 0, `both outcomes reached: ${JSON.stringify(seen)}`);
 });
+
+test('device-side counters as save() writes them (int32: negative past 2^31 config writes) restore', {
+  skip,
+}, async () => {
+  // The I/O thread keeps activeGen, resetGen and configWrites as it reads them from the transport's
+  // int32 slots (SharedState.get): a guest that wrote its config space 2^31 times (the balloon's
+  // `actual`, one MMIO exit each) has a negative configWrites, and a snapshot records just that.
+  const b = clone() as Obj;
+  const side = at(b, 'devices', 'virtio', 0, 'side') as Obj;
+  side.configWrites = -0x8000_0000;
+  side.activeGen = -3;
+  side.resetGen = -2;
+  const e = await tryRestore(resigned(b));
+  assert.equal(e, undefined, `a body vireo writes must restore: ${String((e as Error | undefined)?.message)}`);
+});

@@ -5,10 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Worker } from 'node:worker_threads';
 import { FdConsole, FdSink } from '../src/backends/console-io.js';
 import { openOutputFile, writeOrDrop } from '../src/backends/output-file.js';
 import * as sys from '../src/kvm/sys.js';
@@ -102,5 +104,54 @@ describe('console sinks onto a full output', () => {
     assert.equal(con.droppedBytes, 10_500);
     const buf = Buffer.alloc(16);
     assert.equal(buf.toString('utf8', 0, readSync(r, buf)), 'back');
+  });
+});
+
+describe('console sinks onto a full blocking output, kicked', () => {
+  test('a kick (the vCPU stop signal) during the wait for a full blocking output does not leave the thread in write(2)', async () => {
+    // A blocking description of a FIFO (a user's stdout), its pipe full, its reader never reading.
+    const path = join(tmp, 'kicked.fifo');
+    assert.equal(spawnSync('mkfifo', [path]).status, 0);
+    const reader = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    const writer = openSync(path, constants.O_WRONLY);
+    const filler = openSync(path, constants.O_WRONLY | constants.O_NONBLOCK);
+    fds.push(reader, writer, filler);
+    while (writeOrDrop(filler, Buffer.alloc(4096, 0x2e)).kind === 'written');
+    while (writeOrDrop(filler, Buffer.of(0x2e)).kind === 'written');
+    sys.installKickSignal();
+    const consoleIo = new URL('../src/backends/console-io.js', import.meta.url).href;
+    const sysUrl = new URL('../src/kvm/sys.js', import.meta.url).href;
+    // The serial port's sink on a thread of its own, as on a vCPU thread: one byte onto the full output.
+    const worker = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       (async () => {
+         const { FdSink } = await import(workerData.consoleIo);
+         const sys = await import(workerData.sysUrl);
+         parentPort.postMessage({ thread: sys.pthreadSelf() });
+         let dropped = 0;
+         new FdSink(workerData.fd, () => dropped++).write(0x41);
+         parentPort.postMessage({ done: dropped });
+       })();`,
+      { eval: true, workerData: { fd: writer, consoleIo, sysUrl } },
+    );
+    const thread = await new Promise<bigint>((resolve) =>
+      worker.on('message', (m: { thread?: bigint }) => {
+        if (m.thread !== undefined) resolve(m.thread);
+      }),
+    );
+    const done = new Promise<number>((resolve) =>
+      worker.on('message', (m: { done?: number }) => {
+        if (m.done !== undefined) resolve(m.done);
+      }),
+    );
+    // Kicks as Vm.stop sends them, while the sink waits its 50 ms for the output.
+    const kicks = setInterval(() => sys.pthreadKill(thread, sys.KICK_SIGNAL), 2);
+    const outcome = await Promise.race([done, sleep(3000).then(() => 'stuck' as const)]);
+    clearInterval(kicks);
+    if (outcome === 'stuck') drain(reader); // lets the blocked write finish, so the worker can end
+    await done;
+    await worker.terminate();
+    assert.notEqual(outcome, 'stuck', 'the sink was still in write(2) on the full output 3 s after the kicks');
+    assert.equal(outcome, 1, 'the byte the full output could not take is dropped and counted');
   });
 });

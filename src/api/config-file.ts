@@ -25,6 +25,20 @@ export function printableExcerpt(s: string, max = 200): string {
   return out;
 }
 
+/**
+ * `s` with its control characters (C0, DEL, C1) escaped as \xNN, the rest as it is: the schema's and
+ * the API's messages quote keys, ids and paths from the document, and a key holding ESC or a newline
+ * would drive the user's terminal or split the one line.
+ */
+export function escapeControls(s: string): string {
+  let out = '';
+  for (const ch of s) {
+    const c = ch.charCodeAt(0);
+    out += c < 0x20 || (c >= 0x7f && c <= 0x9f) ? `\\x${c.toString(16).padStart(2, '0')}` : ch;
+  }
+  return out;
+}
+
 const UNSUPPORTED_SECTIONS = ['cpu-config', 'mmds-config', 'memory-hotplug', 'pmem'] as const;
 
 /** Applies a configuration document and boots it; throws ConfigError naming the section that failed. */
@@ -36,7 +50,7 @@ export async function applyConfigFile(api: ApiServer, text: string, source = 'th
     throw new ConfigError(`${source} is not valid JSON: ${printableExcerpt((e as Error).message)}`);
   }
   const problem = specValidator().check('FullVmConfiguration', doc);
-  if (problem) throw new ConfigError(`${source}: ${problem}`);
+  if (problem) throw new ConfigError(`${source}: ${escapeControls(problem)}`);
   const cfg = doc as FullVmConfiguration;
   for (const s of UNSUPPORTED_SECTIONS)
     if (cfg[s] !== undefined && !(Array.isArray(cfg[s]) && cfg[s].length === 0))
@@ -59,7 +73,7 @@ export async function applyConfigFile(api: ApiServer, text: string, source = 'th
     const r = await api.dispatch(method, encodeURI(path), JSON.stringify(body));
     if (r.status >= 400) {
       const fault = (JSON.parse(r.body) as { fault_message?: string }).fault_message ?? r.body;
-      throw new ConfigError(`${source}, ${what}: ${fault}`);
+      throw new ConfigError(`${source}, ${escapeControls(what)}: ${escapeControls(fault)}`);
     }
   }
 }

@@ -52,8 +52,19 @@ export interface LogWriteCounters {
   log_fails: number;
 }
 
-/** Writes one line to stderr without ever throwing (stderr itself may be gone). */
+let stderrGuarded = false;
+
+/**
+ * Writes one line to stderr without ever throwing or ending the process (stderr itself may be gone).
+ * A failed write to process.stderr (ENOSPC on a full disk, EPIPE on a closed pipe) is not thrown: it
+ * comes as an 'error' event, which with no listener ends the process. The one listener added here
+ * drops it: the log's own failure is counted already, and there is nowhere left to report this one.
+ */
 export function reportOnce(line: string): void {
+  if (!stderrGuarded) {
+    process.stderr.on('error', () => undefined);
+    stderrGuarded = true;
+  }
   try {
     process.stderr.write(`${line}\n`);
   } catch {

@@ -6,6 +6,7 @@
  * read takes exactly the size fstat gave, so a file that grows meanwhile is not read past it and one
  * that shrinks is an error rather than a silently short image.
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import type { VireoError } from './errors.js';
 
@@ -30,6 +31,8 @@ export interface OpenedFile {
 }
 
 const MiB = 1024 * 1024;
+/** The largest Buffer Node allocates (4 GiB on Node 20). */
+const MAX_LENGTH = bufferConstants.MAX_LENGTH;
 
 /** "12.5 MiB", "4096 bytes": sizes in messages. */
 export function formatSize(n: number): string {
@@ -84,7 +87,20 @@ export function readUserFile(path: string, spec: UserFileSpec): Buffer {
   const fail = (m: string): VireoError => spec.error(spec.hint ? `${m}; ${spec.hint}` : m);
   const { fd, size } = openUserFile(path, spec);
   try {
-    const out = Buffer.allocUnsafe(size);
+    // A bound above what one Buffer holds (a guest of more than 4 GiB) must not reach allocUnsafe,
+    // whose RangeError (or an allocation failure) would escape raw.
+    if (size > MAX_LENGTH)
+      throw fail(
+        `${spec.what} ${path} is ${formatSize(size)}, more than vireo reads whole (${formatSize(MAX_LENGTH)})${spec.hint ? '' : ': give a smaller file'}`,
+      );
+    let out: Buffer;
+    try {
+      out = Buffer.allocUnsafe(size);
+    } catch {
+      throw fail(
+        `cannot read ${spec.what} ${path}: no memory for its ${formatSize(size)}${spec.hint ? '' : ': free some or give a smaller file'}`,
+      );
+    }
     let at = 0;
     while (at < size) {
       let n: number;

@@ -380,13 +380,21 @@ const POLLOUT = 0x004;
 
 /**
  * Waits up to `timeoutMs` for `fd` to take a write (poll for POLLOUT): true when it would, or when
- * poll reports an error or a signal (the write then reports or retries). Blocks without spinning.
+ * poll reports an error on the fd (POLLERR, POLLHUP: the write then reports it). Blocks without
+ * spinning. A signal (a vCPU kick) does not end the wait: poll goes on for the time left. When poll
+ * itself fails the answer is false: the fd may be a blocking one, whose write would then wait for
+ * its reader in the kernel, where a kick (SA_RESTART) never gets the thread back.
  */
 export function waitWritable(fd: number, timeoutMs: number): boolean {
-  pollFd.writeInt32LE(fd, 0);
-  pollFd.writeInt16LE(POLLOUT, 4);
-  pollFd.writeInt16LE(0, 6);
-  return (c_poll(pollFd, 1, timeoutMs) as number) !== 0;
+  const deadline = Date.now() + timeoutMs;
+  for (let wait = timeoutMs; ; wait = Math.max(0, deadline - Date.now())) {
+    pollFd.writeInt32LE(fd, 0);
+    pollFd.writeInt16LE(POLLOUT, 4);
+    pollFd.writeInt16LE(0, 6);
+    const n = c_poll(pollFd, 1, wait) as number;
+    if (n >= 0) return n > 0;
+    if (errno() !== EINTR || wait === 0) return false;
+  }
 }
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;

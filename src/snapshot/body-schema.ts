@@ -34,6 +34,11 @@ const int =
   };
 const u16 = int(0, 0xffff);
 const u32 = int(0, 0xffffffff);
+/**
+ * A counter the I/O thread copies from a transport's int32 slot (SharedState.get): negative once the
+ * guest has run it past 2^31 (configWrites counts every config-space write), and saved as such.
+ */
+const i32 = int(-0x8000_0000, 0x7fff_ffff);
 const bool: Check = (v, at) => {
   if (typeof v !== 'boolean') throw new Bad(at, 'expected true or false');
 };
@@ -173,9 +178,9 @@ const devices = object({
       name: str(NAME),
       mmio: b64(undefined),
       side: object({
-        activeGen: u32,
-        resetGen: u32,
-        configWrites: u32,
+        activeGen: i32,
+        resetGen: i32,
+        configWrites: i32,
         active: bool,
         broken: bool,
         positions: array(nullable(position), 0, 8),
