@@ -206,6 +206,23 @@ describe('logs and metrics onto hostile paths (no guest)', () => {
     assert.equal(await terminate(fc), 0);
   });
 
+  test('--boot-timer with stderr on /dev/full: the line at the first guest exit fails, the VMM lives on', async () => {
+    // The boot-timer line is written to stderr when the guest first exits, outside the logger's guard:
+    // a failed write there came as an unhandled 'error' event and ended the VMM with its guest.
+    const full = openSync('/dev/full', 'w');
+    fds.push(full);
+    const fc = await startApiOnStderr('boot-timer-full', ['--level', 'Off', '--boot-timer'], full, '(/dev/full)');
+    assert.equal((await req(fc, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 16 })).status, 204);
+    assert.equal(
+      (await req(fc, 'PUT', '/boot-source', { kernel_image_path: guestPath('modes64'), boot_args: 'e' })).status,
+      204,
+    );
+    assert.equal((await req(fc, 'PUT', '/actions', { action_type: 'InstanceStart' })).status, 204);
+    await sleep(1500); // the guest's first exit and the boot-timer line
+    for (let i = 0; i < 5; i++) assert.equal((await req(fc, 'GET', '/')).status, 200, `request ${i} after the boot`);
+    assert.equal(await terminate(fc), 0);
+  });
+
   test('metrics onto /dev/full: the failed line is reported once, never fatal', async () => {
     const fc = await startApi('devfull');
     assert.equal((await req(fc, 'PUT', '/metrics', { metrics_path: '/dev/full' })).status, 204);

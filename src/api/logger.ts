@@ -12,6 +12,7 @@ import { closeSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { openOutputFile, writeOrDrop } from '../backends/output-file.js';
+import { guardStderr } from '../common/stdio.js';
 import { badRequest } from './errors.js';
 import type { LoggerConfig, LoggerLevel } from './types.js';
 
@@ -52,8 +53,6 @@ export interface LogWriteCounters {
   log_fails: number;
 }
 
-let stderrGuarded = false;
-
 /**
  * Writes one line to stderr without ever throwing or ending the process (stderr itself may be gone).
  * A failed write to process.stderr (ENOSPC on a full disk, EPIPE on a closed pipe) is not thrown: it
@@ -61,10 +60,7 @@ let stderrGuarded = false;
  * drops it: the log's own failure is counted already, and there is nowhere left to report this one.
  */
 export function reportOnce(line: string): void {
-  if (!stderrGuarded) {
-    process.stderr.on('error', () => undefined);
-    stderrGuarded = true;
-  }
+  guardStderr();
   try {
     process.stderr.write(`${line}\n`);
   } catch {

@@ -12,6 +12,7 @@ import { parseLevel } from '../api/logger.js';
 import type { ApiServer } from '../api/server.js';
 import { apiVersion } from '../api/spec.js';
 import { ConfigError, VireoError } from '../common/errors.js';
+import { guardStderr } from '../common/stdio.js';
 import type { ConsoleHandle } from '../vmm/console.js';
 import { prewarmIoThread, prewarmVcpuThreads, threadsLoaded } from '../vmm/vcpu-threads.js';
 
@@ -233,6 +234,7 @@ function warmUpWhenServed(api: ApiServer, loadVmm: () => Promise<{ prewarmRestor
 
 /** Runs Firecracker's command line; resolves with the exit status. */
 export async function firecrackerMain(argv: string[]): Promise<number> {
+  guardStderr();
   try {
     return await firecrackerCommand(argv);
   } finally {

@@ -2,6 +2,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseVsockOption } from '../backends/unix-socket.js';
 import { ConfigError, VireoError } from '../common/errors.js';
+import { guardStderr } from '../common/stdio.js';
 import { parseMac } from '../devices/virtio/net.js';
 import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import { prepareKit } from '../kit/kit.js';
@@ -214,6 +215,7 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
 }
 
 export async function main(argv: string[]): Promise<number> {
+  guardStderr();
   if (argv[0] === 'api') return (await import('./firecracker.js')).firecrackerMain(argv.slice(1));
   if (argv[0] === 'run') prewarmForArgs(argv);
   try {
