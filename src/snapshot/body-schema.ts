@@ -3,50 +3,28 @@
  * SHA-256 is a checksum, not a signature: anyone who can write the file can re-compute it, so every
  * field the restore path reads is checked for its type, range and size here, and a bad one is a
  * SnapshotError naming its JSON path ($.vcpus[0].msrs[3][1]) instead of a TypeError deep in the
- * restore. Unknown keys are refused too: a body this vireo did not write is not guessed at.
- *
- * Hand-written combinators rather than a compiled JSON Schema: a restore is on the clock (a few ms),
- * and these cost nothing to set up.
+ * restore. Unknown keys are refused too: a body this vireo did not write is not guessed at. The
+ * combinators are common/schema.ts's, shared with each device's own state record check.
  */
 import { ramRanges } from '../arch/x86_64/layout.js';
 import { SnapshotError } from '../common/errors.js';
+import {
+  array,
+  SchemaError as Bad,
+  bool,
+  type Check,
+  int,
+  isObject,
+  nullable,
+  object,
+  oneOf,
+  opt,
+  str,
+  tuple,
+  u16,
+  u32,
+} from '../common/schema.js';
 import { SIZE } from '../kvm/abi.js';
-
-/** Throws on the first bad field; `at` is the JSON path of `v`. */
-type Check = (v: unknown, at: string) => void;
-
-class Bad extends Error {
-  constructor(
-    readonly at: string,
-    readonly why: string,
-  ) {
-    super(`${at}: ${why}`);
-  }
-}
-
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-
-const int =
-  (min: number, max: number): Check =>
-  (v, at) => {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max)
-      throw new Bad(at, `expected an integer from ${min} to ${max}`);
-  };
-const u16 = int(0, 0xffff);
-const u32 = int(0, 0xffffffff);
-const bool: Check = (v, at) => {
-  if (typeof v !== 'boolean') throw new Bad(at, 'expected true or false');
-};
-const str =
-  (maxLength: number): Check =>
-  (v, at) => {
-    if (typeof v !== 'string' || v.length > maxLength) throw new Bad(at, `expected a string of at most ${maxLength}`);
-  };
-const oneOf =
-  (...values: readonly string[]): Check =>
-  (v, at) => {
-    if (typeof v !== 'string' || !values.includes(v)) throw new Bad(at, `expected one of ${values.join(', ')}`);
-  };
 
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
 /** Base64 of exactly `bytes` bytes (a KVM struct); `allowEmpty` for state a VM without irqchip has none of. */
@@ -66,49 +44,6 @@ const decimalU64: Check = (v, at) => {
   if (typeof v !== 'string' || !/^\d{1,20}$/.test(v) || BigInt(v) > 0xffffffffffffffffn)
     throw new Bad(at, 'expected a 64-bit unsigned integer as a decimal string');
 };
-
-const array =
-  (item: Check, min: number, max: number): Check =>
-  (v, at) => {
-    if (!Array.isArray(v) || v.length < min || v.length > max)
-      throw new Bad(at, min === max ? `expected a list of ${min}` : `expected a list of ${min} to ${max}`);
-    v.forEach((x, i) => {
-      item(x, `${at}[${i}]`);
-    });
-  };
-const tuple =
-  (...items: Check[]): Check =>
-  (v, at) => {
-    if (!Array.isArray(v) || v.length !== items.length) throw new Bad(at, `expected a list of ${items.length}`);
-    items.forEach((c, i) => {
-      c(v[i], `${at}[${i}]`);
-    });
-  };
-const nullable =
-  (c: Check): Check =>
-  (v, at) => {
-    if (v !== null) c(v, at);
-  };
-
-interface Field {
-  check: Check;
-  optional?: boolean;
-}
-const opt = (check: Check): Field => ({ check, optional: true });
-const object =
-  (fields: Record<string, Check | Field>): Check =>
-  (v, at) => {
-    if (!isObject(v)) throw new Bad(at, 'expected an object');
-    for (const key of Object.keys(v)) if (!Object.hasOwn(fields, key)) throw new Bad(`${at}.${key}`, 'unknown field');
-    for (const [key, f] of Object.entries(fields)) {
-      const { check, optional } = typeof f === 'function' ? { check: f, optional: false } : f;
-      if (!Object.hasOwn(v, key) || v[key] === undefined) {
-        if (!optional) throw new Bad(`${at}.${key}`, 'missing');
-        continue;
-      }
-      check(v[key], `${at}.${key}`);
-    }
-  };
 
 const PATH = 4096;
 const NAME = 256;
