@@ -15,15 +15,20 @@ import {
   type Check,
   int,
   isObject,
-  nullable,
   object,
   oneOf,
   opt,
   str,
   tuple,
-  u16,
   u32,
 } from '../common/schema.js';
+import { checkBalloonState } from '../devices/virtio/balloon-state.js';
+import { checkBlockState } from '../devices/virtio/block-state.js';
+import { checkConsoleState } from '../devices/virtio/console-state.js';
+import { checkNetState } from '../devices/virtio/net-state.js';
+import { checkRngState } from '../devices/virtio/rng-state.js';
+import { deviceSideStateCheck } from '../devices/virtio/side-state.js';
+import { checkVsockState } from '../devices/virtio/vsock/state.js';
 import { SIZE } from '../kvm/abi.js';
 
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -97,28 +102,33 @@ const vmState = object({
   clock: b64(SIZE.kvm_clock_data),
 });
 
-const position = object({ nextAvail: u16, nextUsed: u16, signalledUsed: u16, inFlight: u16 });
+/** Each virtio device kind's own record check, by the slot name's kind (virtio-blk:ID → virtio-blk). */
+const DEVICE_RECORDS: Record<string, Check> = {
+  'virtio-blk': checkBlockState,
+  'virtio-net': checkNetState,
+  'virtio-rng': checkRngState,
+  'virtio-console': checkConsoleState,
+  'virtio-vsock': checkVsockState,
+  'virtio-balloon': checkBalloonState,
+};
+/** A virtio slot: its side record's device part is checked by the kind its name says. */
+const virtioSlot =
+  (mmio: Check): Check =>
+  (v, at) => {
+    const kind = isObject(v) && typeof v.name === 'string' ? v.name.split(':')[0] : undefined;
+    const device = kind === undefined ? undefined : DEVICE_RECORDS[kind];
+    if (device === undefined) {
+      str(NAME)(isObject(v) ? v.name : undefined, `${at}.name`);
+      throw new Bad(`${at}.name`, `expected a virtio device name (${Object.keys(DEVICE_RECORDS).join(', ')})`);
+    }
+    object({ name: str(NAME), mmio, side: deviceSideStateCheck(device) })(v, at);
+  };
 const devices = object({
   serial: b64(undefined),
   postCode: b64(undefined),
   i8042: opt(b64(undefined)),
   cmos: b64(undefined),
-  virtio: array(
-    object({
-      name: str(NAME),
-      mmio: b64(undefined),
-      side: object({
-        activeGen: u32,
-        resetGen: u32,
-        configWrites: u32,
-        active: bool,
-        broken: bool,
-        positions: array(nullable(position), 0, 8),
-      }),
-    }),
-    0,
-    MAX_DEVICES,
-  ),
+  virtio: array(virtioSlot(b64(undefined)), 0, MAX_DEVICES),
   balloon: opt(b64(undefined)),
 });
 
