@@ -22,9 +22,15 @@ import {
   tuple,
   u32,
 } from '../common/schema.js';
+import { checkCmosState } from '../devices/legacy/cmos-state.js';
+import { checkI8042State } from '../devices/legacy/i8042-state.js';
+import { checkPostCodeState } from '../devices/legacy/post-code-state.js';
+import { checkSerialState } from '../devices/legacy/serial-state.js';
+import { checkBalloonControlState } from '../devices/virtio/balloon-control-state.js';
 import { checkBalloonState } from '../devices/virtio/balloon-state.js';
 import { checkBlockState } from '../devices/virtio/block-state.js';
 import { checkConsoleState } from '../devices/virtio/console-state.js';
+import { checkMmioTransportState } from '../devices/virtio/mmio-state.js';
 import { checkNetState } from '../devices/virtio/net-state.js';
 import { checkRngState } from '../devices/virtio/rng-state.js';
 import { deviceSideStateCheck } from '../devices/virtio/side-state.js';
@@ -124,12 +130,12 @@ const virtioSlot =
     object({ name: str(NAME), mmio, side: deviceSideStateCheck(device) })(v, at);
   };
 const devices = object({
-  serial: b64(undefined),
-  postCode: b64(undefined),
-  i8042: opt(b64(undefined)),
-  cmos: b64(undefined),
-  virtio: array(virtioSlot(b64(undefined)), 0, MAX_DEVICES),
-  balloon: opt(b64(undefined)),
+  serial: checkSerialState,
+  postCode: checkPostCodeState,
+  i8042: checkI8042State,
+  cmos: checkCmosState,
+  virtio: array(virtioSlot(checkMmioTransportState), 0, MAX_DEVICES),
+  balloon: opt(checkBalloonControlState),
 });
 
 /** The layout a restore maps: the regions of a VM of memMiB, laid out one after another in the file. */

@@ -17,11 +17,15 @@ import { Bus, type IrqLine } from '../bus/bus.js';
 import { SharedState } from '../common/shared-state.js';
 import { Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../devices/legacy/acpi-pm.js';
 import { CMOS_BASE, CMOS_LENGTH, Cmos, type CmosField, createCmosState } from '../devices/legacy/cmos.js';
+import { type CmosState, restoreCmosState, saveCmosState } from '../devices/legacy/cmos-state.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
 import { createI8042State, I8042, I8042_BASE, I8042_IRQ, I8042_LENGTH } from '../devices/legacy/i8042.js';
+import { type I8042State, restoreI8042State, saveI8042State } from '../devices/legacy/i8042-state.js';
 import { createPostCodeState, POST_CODE_PORT, PostCode, type PostCodeField } from '../devices/legacy/post-code.js';
+import { type PostCodeState, restorePostCodeState, savePostCodeState } from '../devices/legacy/post-code-state.js';
 import { PVPANIC_PORT, PvPanic } from '../devices/legacy/pvpanic.js';
 import { COM1_IRQ, COM1_PORT, createSerialState, Serial16550, type SerialField } from '../devices/legacy/serial.js';
+import { restoreSerialState, type SerialState, saveSerialState } from '../devices/legacy/serial-state.js';
 import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { EXIT } from '../kvm/abi.js';
 import { irqLineRaw } from '../kvm/kvm.js';
@@ -76,6 +80,35 @@ export function createPlatformSpec(vmFd: number, serialOutFd: number, irqchip: b
     stats: new SharedState(STAT_FIELDS).buffer,
     irqchip,
   };
+}
+
+/**
+ * The legacy devices' records for a snapshot (the vCPUs paused). The ACPI PM registers and pvpanic
+ * are not among them: pvpanic holds no state, and the PM1 event/control and reset registers are
+ * per vCPU thread, not shared (a guest only writes them to power off or reset, which ends the VM).
+ */
+export interface PlatformState {
+  serial: SerialState;
+  postCode: PostCodeState;
+  i8042: I8042State;
+  cmos: CmosState;
+}
+
+export function savePlatformState(spec: PlatformSpec): PlatformState {
+  return {
+    serial: saveSerialState(createSerialState(spec.serial)),
+    postCode: savePostCodeState(createPostCodeState(spec.postCode)),
+    i8042: saveI8042State(createI8042State(spec.i8042)),
+    cmos: saveCmosState(createCmosState(spec.cmos)),
+  };
+}
+
+/** Puts saved records into the platform's shared state, before any thread builds its buses over it. */
+export function restorePlatformState(spec: PlatformSpec, state: PlatformState): void {
+  restoreSerialState(createSerialState(spec.serial), state.serial);
+  restorePostCodeState(createPostCodeState(spec.postCode), state.postCode);
+  restoreI8042State(createI8042State(spec.i8042), state.i8042);
+  restoreCmosState(createCmosState(spec.cmos), state.cmos);
 }
 
 export interface Platform {
