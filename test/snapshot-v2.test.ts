@@ -62,6 +62,11 @@ test('a format-2 body converts to format 3 records, exactly (no KVM needed)', ()
   assert.equal(d.cmos.ram.slice(0x15 * 2, 0x17 * 2), '8002');
   assert.equal(d.cmos.ram.slice(0x17 * 2, 0x19 * 2), '0004');
   assert.deepEqual(
+    d.acpiPm,
+    { version: 1, pm1Status: 0, pm1Enable: 0, pm1Control: 1, resetRegister: 0 },
+    'not in format 2: as at power-on',
+  );
+  assert.deepEqual(
     d.virtio.map((v) => [v.name, v.mmio.queues.length, v.side.device]),
     [
       ['virtio-rng', 1, { version: 1 }],

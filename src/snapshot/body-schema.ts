@@ -22,6 +22,7 @@ import {
   tuple,
   u32,
 } from '../common/schema.js';
+import { checkAcpiPmState } from '../devices/legacy/acpi-pm-state.js';
 import { checkCmosState } from '../devices/legacy/cmos-state.js';
 import { checkI8042State } from '../devices/legacy/i8042-state.js';
 import { checkPostCodeState } from '../devices/legacy/post-code-state.js';
@@ -134,6 +135,7 @@ const devices = object({
   postCode: checkPostCodeState,
   i8042: checkI8042State,
   cmos: checkCmosState,
+  acpiPm: checkAcpiPmState,
   virtio: array(virtioSlot(checkMmioTransportState), 0, MAX_DEVICES),
   balloon: opt(checkBalloonControlState),
 });

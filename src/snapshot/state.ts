@@ -5,6 +5,7 @@
  */
 import { SnapshotError } from '../common/errors.js';
 import { SchemaError } from '../common/schema.js';
+import type { AcpiPmState } from '../devices/legacy/acpi-pm-state.js';
 import type { CmosState } from '../devices/legacy/cmos-state.js';
 import type { I8042State } from '../devices/legacy/i8042-state.js';
 import type { PostCodeState } from '../devices/legacy/post-code-state.js';
@@ -73,6 +74,7 @@ export interface SnapshotDevices {
   postCode: PostCodeState;
   i8042: I8042State;
   cmos: CmosState;
+  acpiPm: AcpiPmState;
   /** In slot order: the transport's registers, the I/O-thread side (queue positions, the device's own record). */
   virtio: { name: string; mmio: MmioTransportState; side: DeviceSideState }[];
   /** The balloon's host side, when there is a balloon. */

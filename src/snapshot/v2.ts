@@ -7,6 +7,8 @@
  * layout: it describes what v2 files hold.
  */
 import { SchemaError as Bad, type Check, isObject, object, opt, str } from '../common/schema.js';
+import { createAcpiPmState } from '../devices/legacy/acpi-pm.js';
+import { saveAcpiPmState } from '../devices/legacy/acpi-pm-state.js';
 import { createI8042State } from '../devices/legacy/i8042.js';
 import { saveI8042State } from '../devices/legacy/i8042-state.js';
 import { BALLOON_STAT_TAGS } from '../devices/virtio/balloon.js';
@@ -265,6 +267,8 @@ export function upgradeV2Body(body: unknown): void {
     postCode: postCode(devices.postCode, '$.devices.postCode'),
     i8042: i8042(devices.i8042, '$.devices.i8042'),
     cmos: cmos(devices.cmos, '$.devices.cmos'),
+    // Format 2 did not keep the ACPI PM registers (each vCPU thread had its own): as at power-on.
+    acpiPm: saveAcpiPmState(createAcpiPmState()),
     virtio,
     balloon: balloon(devices.balloon, '$.devices.balloon'),
   };
