@@ -11,8 +11,11 @@ import { type CmosField, RAM_OFFSET } from './cmos.js';
 
 export const CMOS_STATE_VERSION = 1;
 const RAM_SIZE = 128;
-/** ±2^52 ms (~140,000 years): any offset a Date can reach, in the safe-integer range. */
-const MAX_OFFSET = 2 ** 52;
+/**
+ * Any safe integer: the guest's clock writes keep the year within 0–16599 (BCD digits up to 0xf),
+ * an offset far below this, and the two int32 slots hold any safe integer.
+ */
+const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
 
 export interface CmosState {
   version: 1;
