@@ -98,6 +98,20 @@ test('the transport record names its registers; a bad one is refused with the fi
       () => checkRecord(check, { ...side, device: { version: 9 } }, 'side'),
       corrupt(/at \$\.device\.version/),
     );
+    // The device side checks the record itself too, and the device its own part.
+    const fresh = new MockMmioDriver(rng());
+    try {
+      assert.throws(
+        () => fresh.side.restore({ ...side, activeGen: -1 }),
+        corrupt(/virtio device side state is bad at \$\.activeGen/),
+      );
+      assert.throws(
+        () => fresh.side.restore({ ...side, device: { version: 1, x: 1 } }),
+        corrupt(/virtio-rng state is bad at \$\.x/),
+      );
+    } finally {
+      fresh.release();
+    }
   } finally {
     drv.release();
   }

@@ -8,6 +8,7 @@
  * sets DEVICE_NEEDS_RESET and raises a configuration interrupt instead of failing.
  */
 import type { BusDevice } from '../../bus/bus.js';
+import { checkRecord } from '../../common/schema.js';
 import { SharedState } from '../../common/shared-state.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import {
@@ -22,7 +23,7 @@ import {
   type VirtioDevice,
 } from './device.js';
 import { checkLayout, Queue, QueueError, type QueueLayout, type QueuePosition } from './queue.js';
-import type { DeviceSideState } from './side-state.js';
+import { type DeviceSideState, deviceSideStateCheck } from './side-state.js';
 
 export type { DeviceSideState } from './side-state.js';
 
@@ -415,6 +416,9 @@ const QUEUE_REG_SLOT = new Map<number, number>([
  * context. Any error from the device while serving a queue marks the device DEVICE_NEEDS_RESET; it
  * never escapes to the VMM.
  */
+/** The side record's own fields; its `device` part is the device's to check (restoreState). */
+const SIDE_CHECK = deviceSideStateCheck(() => {});
+
 export class VirtioMmioDeviceSide {
   readonly st: VirtioMmioState;
   private activeGen = 0;
@@ -497,11 +501,12 @@ export class VirtioMmioDeviceSide {
   }
 
   /**
-   * Continues from a snapshot: the shared registers are already restored (mmio-state.ts), and the
-   * state was checked with the whole body (body-schema.ts); the device takes its own record, then
-   * the queues are rebuilt where they stood.
+   * Continues from a snapshot: the shared registers are already restored (mmio-state.ts); the
+   * record is checked (a restore checked it with the whole body already, body-schema.ts), the device
+   * takes its own part (and checks it), then the queues are rebuilt where they stood.
    */
   restore(state: DeviceSideState): void {
+    checkRecord<DeviceSideState>(SIDE_CHECK, state, 'virtio device side');
     this.activeGen = state.activeGen | 0;
     this.resetGen = state.resetGen | 0;
     this.configWrites = state.configWrites | 0;
