@@ -1,7 +1,8 @@
 /**
  * State shared between threads: a SharedArrayBuffer with named int32 slots and a lock.
  * Device state lives here so that any vCPU thread can run the device's logic without waiting
- * on another thread, and so a snapshot is a copy of the buffer.
+ * on another thread. The layout is each device's own business: a snapshot keeps the device's named
+ * record (its *-state.ts), never these bytes.
  */
 
 export class SharedState<K extends string> {
@@ -84,7 +85,7 @@ export class SharedState<K extends string> {
     }
   }
 
-  /** A plain copy of every field and the extra bytes, for snapshots and tests. */
+  /** A plain copy of every field and the extra bytes, for tests. */
   snapshot(): Uint8Array {
     return new Uint8Array(this.buffer.slice(0));
   }

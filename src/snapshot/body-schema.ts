@@ -3,55 +3,40 @@
  * SHA-256 is a checksum, not a signature: anyone who can write the file can re-compute it, so every
  * field the restore path reads is checked for its type, range and size here, and a bad one is a
  * SnapshotError naming its JSON path ($.vcpus[0].msrs[3][1]) instead of a TypeError deep in the
- * restore. Unknown keys are refused too: a body this vireo did not write is not guessed at.
- *
- * Hand-written combinators rather than a compiled JSON Schema: a restore is on the clock (a few ms),
- * and these cost nothing to set up.
+ * restore. Unknown keys are refused too: a body this vireo did not write is not guessed at. The
+ * combinators are common/schema.ts's, shared with each device's own state record check.
  */
 import { ramRanges } from '../arch/x86_64/layout.js';
 import { SnapshotError } from '../common/errors.js';
+import {
+  array,
+  SchemaError as Bad,
+  bool,
+  type Check,
+  int,
+  isObject,
+  object,
+  oneOf,
+  opt,
+  str,
+  tuple,
+  u32,
+} from '../common/schema.js';
+import { checkAcpiPmState } from '../devices/legacy/acpi-pm-state.js';
+import { checkCmosState } from '../devices/legacy/cmos-state.js';
+import { checkI8042State } from '../devices/legacy/i8042-state.js';
+import { checkPostCodeState } from '../devices/legacy/post-code-state.js';
+import { checkSerialState } from '../devices/legacy/serial-state.js';
+import { checkBalloonControlState } from '../devices/virtio/balloon-control-state.js';
+import { checkBalloonState } from '../devices/virtio/balloon-state.js';
+import { checkBlockState } from '../devices/virtio/block-state.js';
+import { checkConsoleState } from '../devices/virtio/console-state.js';
+import { checkMmioTransportState } from '../devices/virtio/mmio-state.js';
+import { checkNetState } from '../devices/virtio/net-state.js';
+import { checkRngState } from '../devices/virtio/rng-state.js';
+import { deviceSideStateCheck } from '../devices/virtio/side-state.js';
+import { checkVsockState } from '../devices/virtio/vsock/state.js';
 import { SIZE } from '../kvm/abi.js';
-
-/** Throws on the first bad field; `at` is the JSON path of `v`. */
-type Check = (v: unknown, at: string) => void;
-
-class Bad extends Error {
-  constructor(
-    readonly at: string,
-    readonly why: string,
-  ) {
-    super(`${at}: ${why}`);
-  }
-}
-
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-
-const int =
-  (min: number, max: number): Check =>
-  (v, at) => {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max)
-      throw new Bad(at, `expected an integer from ${min} to ${max}`);
-  };
-const u16 = int(0, 0xffff);
-const u32 = int(0, 0xffffffff);
-/**
- * A counter the I/O thread copies from a transport's int32 slot (SharedState.get): negative once the
- * guest has run it past 2^31 (configWrites counts every config-space write), and saved as such.
- */
-const i32 = int(-0x8000_0000, 0x7fff_ffff);
-const bool: Check = (v, at) => {
-  if (typeof v !== 'boolean') throw new Bad(at, 'expected true or false');
-};
-const str =
-  (maxLength: number): Check =>
-  (v, at) => {
-    if (typeof v !== 'string' || v.length > maxLength) throw new Bad(at, `expected a string of at most ${maxLength}`);
-  };
-const oneOf =
-  (...values: readonly string[]): Check =>
-  (v, at) => {
-    if (typeof v !== 'string' || !values.includes(v)) throw new Bad(at, `expected one of ${values.join(', ')}`);
-  };
 
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
 /** Base64 of exactly `bytes` bytes (a KVM struct); `allowEmpty` for state a VM without irqchip has none of. */
@@ -71,49 +56,6 @@ const decimalU64: Check = (v, at) => {
   if (typeof v !== 'string' || !/^\d{1,20}$/.test(v) || BigInt(v) > 0xffffffffffffffffn)
     throw new Bad(at, 'expected a 64-bit unsigned integer as a decimal string');
 };
-
-const array =
-  (item: Check, min: number, max: number): Check =>
-  (v, at) => {
-    if (!Array.isArray(v) || v.length < min || v.length > max)
-      throw new Bad(at, min === max ? `expected a list of ${min}` : `expected a list of ${min} to ${max}`);
-    v.forEach((x, i) => {
-      item(x, `${at}[${i}]`);
-    });
-  };
-const tuple =
-  (...items: Check[]): Check =>
-  (v, at) => {
-    if (!Array.isArray(v) || v.length !== items.length) throw new Bad(at, `expected a list of ${items.length}`);
-    items.forEach((c, i) => {
-      c(v[i], `${at}[${i}]`);
-    });
-  };
-const nullable =
-  (c: Check): Check =>
-  (v, at) => {
-    if (v !== null) c(v, at);
-  };
-
-interface Field {
-  check: Check;
-  optional?: boolean;
-}
-const opt = (check: Check): Field => ({ check, optional: true });
-const object =
-  (fields: Record<string, Check | Field>): Check =>
-  (v, at) => {
-    if (!isObject(v)) throw new Bad(at, 'expected an object');
-    for (const key of Object.keys(v)) if (!Object.hasOwn(fields, key)) throw new Bad(`${at}.${key}`, 'unknown field');
-    for (const [key, f] of Object.entries(fields)) {
-      const { check, optional } = typeof f === 'function' ? { check: f, optional: false } : f;
-      if (!Object.hasOwn(v, key) || v[key] === undefined) {
-        if (!optional) throw new Bad(`${at}.${key}`, 'missing');
-        continue;
-      }
-      check(v[key], `${at}.${key}`);
-    }
-  };
 
 const PATH = 4096;
 const NAME = 256;
@@ -167,29 +109,35 @@ const vmState = object({
   clock: b64(SIZE.kvm_clock_data),
 });
 
-const position = object({ nextAvail: u16, nextUsed: u16, signalledUsed: u16, inFlight: u16 });
+/** Each virtio device kind's own record check, by the slot name's kind (virtio-blk:ID → virtio-blk). */
+const DEVICE_RECORDS: Record<string, Check> = {
+  'virtio-blk': checkBlockState,
+  'virtio-net': checkNetState,
+  'virtio-rng': checkRngState,
+  'virtio-console': checkConsoleState,
+  'virtio-vsock': checkVsockState,
+  'virtio-balloon': checkBalloonState,
+};
+/** A virtio slot: its side record's device part is checked by the kind its name says. */
+const virtioSlot =
+  (mmio: Check): Check =>
+  (v, at) => {
+    const kind = isObject(v) && typeof v.name === 'string' ? v.name.split(':')[0] : undefined;
+    const device = kind === undefined ? undefined : DEVICE_RECORDS[kind];
+    if (device === undefined) {
+      str(NAME)(isObject(v) ? v.name : undefined, `${at}.name`);
+      throw new Bad(`${at}.name`, `expected a virtio device name (${Object.keys(DEVICE_RECORDS).join(', ')})`);
+    }
+    object({ name: str(NAME), mmio, side: deviceSideStateCheck(device) })(v, at);
+  };
 const devices = object({
-  serial: b64(undefined),
-  postCode: b64(undefined),
-  i8042: opt(b64(undefined)),
-  cmos: b64(undefined),
-  virtio: array(
-    object({
-      name: str(NAME),
-      mmio: b64(undefined),
-      side: object({
-        activeGen: i32,
-        resetGen: i32,
-        configWrites: i32,
-        active: bool,
-        broken: bool,
-        positions: array(nullable(position), 0, 8),
-      }),
-    }),
-    0,
-    MAX_DEVICES,
-  ),
-  balloon: opt(b64(undefined)),
+  serial: checkSerialState,
+  postCode: checkPostCodeState,
+  i8042: checkI8042State,
+  cmos: checkCmosState,
+  acpiPm: checkAcpiPmState,
+  virtio: array(virtioSlot(checkMmioTransportState), 0, MAX_DEVICES),
+  balloon: opt(checkBalloonControlState),
 });
 
 /** The layout a restore maps: the regions of a VM of memMiB, laid out one after another in the file. */

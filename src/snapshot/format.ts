@@ -12,8 +12,13 @@ import { SnapshotError } from '../common/errors.js';
 import { formatSize, readUserFile } from '../common/files.js';
 
 export const SNAPSHOT_MAGIC = Buffer.from('VIREOSNP', 'latin1');
-/** Bumped on any incompatible change of the body (2: memory image ids, diff snapshots, tagged memory files). */
-export const SNAPSHOT_VERSION = 2;
+/**
+ * Bumped on any incompatible change of the body (2: memory image ids, diff snapshots, tagged memory
+ * files; 3: device state as named, versioned records instead of raw buffer layouts).
+ */
+export const SNAPSHOT_VERSION = 3;
+/** The versions this vireo reads: 2's device layouts are known exactly and converted (v2.ts). */
+export const SNAPSHOT_VERSIONS_READ = [2, 3] as const;
 const HEADER = 16; // magic (8), version (4), body length (4)
 const DIGEST = 32;
 /**
@@ -55,8 +60,8 @@ export function encodeStateFile<T>(body: T): Buffer[] {
   return [head, json, digest];
 }
 
-/** Reads and verifies a state file; the body is returned as parsed JSON for the caller to check. */
-export function decodeStateFile(path: string): unknown {
+/** Reads and verifies a state file; the body is returned as parsed JSON for the caller to check, with its format version. */
+export function decodeStateFile(path: string): { version: number; body: unknown } {
   const b = readUserFile(path, {
     what: 'snapshot',
     maxBytes: STATE_FILE_MAX,
@@ -67,10 +72,10 @@ export function decodeStateFile(path: string): unknown {
   if (b.length < HEADER || !b.subarray(0, 8).equals(SNAPSHOT_MAGIC))
     throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', `${path} is not a vireo snapshot (bad magic)`);
   const version = b.readUInt32LE(8);
-  if (version !== SNAPSHOT_VERSION)
+  if (!(SNAPSHOT_VERSIONS_READ as readonly number[]).includes(version))
     throw new SnapshotError(
       'VIREO_ERR_SNAPSHOT_VERSION',
-      `snapshot ${path} has format version ${version}; this vireo reads version ${SNAPSHOT_VERSION} — restore it with the vireo that wrote it`,
+      `snapshot ${path} has format version ${version}; this vireo reads versions ${SNAPSHOT_VERSIONS_READ.join(' and ')} (it writes ${SNAPSHOT_VERSION}) — restore it with the vireo that wrote it`,
     );
   const len = b.readUInt32LE(12);
   if (b.length !== HEADER + len + DIGEST)
@@ -84,7 +89,7 @@ export function decodeStateFile(path: string): unknown {
   if (!digest.equals(b.subarray(HEADER + len)))
     throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', `snapshot ${path} fails its checksum: the file is corrupted`);
   try {
-    return JSON.parse(b.subarray(HEADER, HEADER + len).toString('utf8'));
+    return { version, body: JSON.parse(b.subarray(HEADER, HEADER + len).toString('utf8')) };
   } catch {
     throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', `snapshot ${path} has an unreadable body`);
   }

@@ -1,15 +1,25 @@
 /**
  * What a snapshot holds, and the capture/apply of KVM state. vCPU and VM state are kept as KVM's own
- * struct bytes (exact, and what KVM itself versions); device state is each device's shared buffer
- * plus what the I/O thread reports (queue positions). Memory lives in a separate file.
+ * struct bytes (exact, and what KVM itself versions); device state is each device's named, versioned
+ * record (its *-state.ts beside it), never a buffer layout. Memory lives in a separate file.
  */
-import type { DeviceSideState } from '../devices/virtio/mmio.js';
+import { SnapshotError } from '../common/errors.js';
+import { SchemaError } from '../common/schema.js';
+import type { AcpiPmState } from '../devices/legacy/acpi-pm-state.js';
+import type { CmosState } from '../devices/legacy/cmos-state.js';
+import type { I8042State } from '../devices/legacy/i8042-state.js';
+import type { PostCodeState } from '../devices/legacy/post-code-state.js';
+import type { SerialState } from '../devices/legacy/serial-state.js';
+import type { BalloonControlState } from '../devices/virtio/balloon-control-state.js';
+import type { MmioTransportState } from '../devices/virtio/mmio-state.js';
+import type { DeviceSideState } from '../devices/virtio/side-state.js';
 import type { Kvm, Vm as KvmVm, Vcpu } from '../kvm/kvm.js';
 import type { CpuidEntry } from '../kvm/structs.js';
 import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
 import { validateBody } from './body-schema.js';
-import { b64, unb64 } from './format.js';
+import { b64, decodeStateFile, unb64 } from './format.js';
 import type { MemoryFileRegion } from './memory-file.js';
+import { upgradeV2Body } from './v2.js';
 
 /** The configuration a restore rebuilds the VM from (paths of drives, TAP names, vsock socket). */
 export interface SnapshotConfig {
@@ -55,15 +65,20 @@ export interface SnapshotBody {
   };
   vcpus: VcpuState[];
   vm: { irqchip: string[]; pit2: string; clock: string } | undefined;
-  devices: {
-    serial: string;
-    postCode: string;
-    /** The i8042's registers and output buffer (absent in snapshots made before it was shared). */
-    i8042?: string;
-    cmos: string;
-    virtio: { name: string; mmio: string; side: DeviceSideState }[];
-    balloon: string | undefined;
-  };
+  devices: SnapshotDevices;
+}
+
+/** Every device's record (format 3). */
+export interface SnapshotDevices {
+  serial: SerialState;
+  postCode: PostCodeState;
+  i8042: I8042State;
+  cmos: CmosState;
+  acpiPm: AcpiPmState;
+  /** In slot order: the transport's registers, the I/O-thread side (queue positions, the device's own record). */
+  virtio: { name: string; mmio: MmioTransportState; side: DeviceSideState }[];
+  /** The balloon's host side, when there is a balloon. */
+  balloon: BalloonControlState | undefined;
 }
 
 /** Reads every piece of a (paused) vCPU's state. */
@@ -126,4 +141,23 @@ export function applyVm(vm: KvmVm, s: NonNullable<SnapshotBody['vm']>): void {
 export function checkBody(x: unknown, path: string): SnapshotBody {
   validateBody(x, path);
   return x as SnapshotBody;
+}
+
+/**
+ * Reads a state file of any version this vireo reads: a format-2 body's raw device layouts become
+ * format 3's records (v2.ts), then the whole body is checked as one this vireo wrote.
+ */
+export function readSnapshotBody(path: string): SnapshotBody {
+  const { version, body } = decodeStateFile(path);
+  if (version === 2)
+    try {
+      upgradeV2Body(body);
+    } catch (e) {
+      if (!(e instanceof SchemaError)) throw e;
+      throw new SnapshotError(
+        'VIREO_ERR_SNAPSHOT_CORRUPT',
+        `snapshot ${path} (format 2) has a bad body at ${e.at}: ${e.why}; it was damaged or not written by vireo`,
+      );
+    }
+  return checkBody(body, path);
 }

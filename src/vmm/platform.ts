@@ -15,13 +15,18 @@ import {
 import { FdSink } from '../backends/console-io.js';
 import { Bus, type IrqLine } from '../bus/bus.js';
 import { SharedState } from '../common/shared-state.js';
-import { Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../devices/legacy/acpi-pm.js';
+import { createAcpiPmState, Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../devices/legacy/acpi-pm.js';
+import { type AcpiPmState, restoreAcpiPmState, saveAcpiPmState } from '../devices/legacy/acpi-pm-state.js';
 import { CMOS_BASE, CMOS_LENGTH, Cmos, type CmosField, createCmosState } from '../devices/legacy/cmos.js';
+import { type CmosState, restoreCmosState, saveCmosState } from '../devices/legacy/cmos-state.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../devices/legacy/debug-exit.js';
 import { createI8042State, I8042, I8042_BASE, I8042_IRQ, I8042_LENGTH } from '../devices/legacy/i8042.js';
+import { type I8042State, restoreI8042State, saveI8042State } from '../devices/legacy/i8042-state.js';
 import { createPostCodeState, POST_CODE_PORT, PostCode, type PostCodeField } from '../devices/legacy/post-code.js';
+import { type PostCodeState, restorePostCodeState, savePostCodeState } from '../devices/legacy/post-code-state.js';
 import { PVPANIC_PORT, PvPanic } from '../devices/legacy/pvpanic.js';
 import { COM1_IRQ, COM1_PORT, createSerialState, Serial16550, type SerialField } from '../devices/legacy/serial.js';
+import { restoreSerialState, type SerialState, saveSerialState } from '../devices/legacy/serial-state.js';
 import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { EXIT } from '../kvm/abi.js';
 import { irqLineRaw } from '../kvm/kvm.js';
@@ -58,6 +63,8 @@ export interface PlatformSpec {
   cmos: SharedArrayBuffer;
   /** The i8042's registers and output buffer (the main thread injects keys into it). */
   i8042: SharedArrayBuffer;
+  /** The ACPI PM1 and reset registers (one copy for every vCPU thread). */
+  acpiPm: SharedArrayBuffer;
   stats: SharedArrayBuffer;
   /** Whether the in-kernel irqchip exists (device interrupts need it). */
   irqchip: boolean;
@@ -73,9 +80,38 @@ export function createPlatformSpec(vmFd: number, serialOutFd: number, irqchip: b
     postCode: createPostCodeState().buffer,
     cmos: createCmosState().buffer,
     i8042: createI8042State().buffer,
+    acpiPm: createAcpiPmState().buffer,
     stats: new SharedState(STAT_FIELDS).buffer,
     irqchip,
   };
+}
+
+/** The legacy devices' records for a snapshot (the vCPUs paused); pvpanic and debug-exit hold no state. */
+export interface PlatformState {
+  serial: SerialState;
+  postCode: PostCodeState;
+  i8042: I8042State;
+  cmos: CmosState;
+  acpiPm: AcpiPmState;
+}
+
+export function savePlatformState(spec: PlatformSpec): PlatformState {
+  return {
+    serial: saveSerialState(createSerialState(spec.serial)),
+    postCode: savePostCodeState(createPostCodeState(spec.postCode)),
+    i8042: saveI8042State(createI8042State(spec.i8042)),
+    cmos: saveCmosState(createCmosState(spec.cmos)),
+    acpiPm: saveAcpiPmState(createAcpiPmState(spec.acpiPm)),
+  };
+}
+
+/** Puts saved records into the platform's shared state, before any thread builds its buses over it. */
+export function restorePlatformState(spec: PlatformSpec, state: PlatformState): void {
+  restoreSerialState(createSerialState(spec.serial), state.serial);
+  restorePostCodeState(createPostCodeState(spec.postCode), state.postCode);
+  restoreI8042State(createI8042State(spec.i8042), state.i8042);
+  restoreCmosState(createCmosState(spec.cmos), state.cmos);
+  restoreAcpiPmState(createAcpiPmState(spec.acpiPm), state.acpiPm);
 }
 
 export interface Platform {
@@ -133,9 +169,10 @@ export function buildPlatform(spec: PlatformSpec, mem: GuestMemory): Platform {
     if (r === 'poweroff') stop ??= { kind: 'shutdown', source: 'acpi' };
     else if (r === 'reset') stop ??= { kind: 'reset', source: 'acpi' };
   };
-  pio.insert(ACPI_PM1A_EVT, ACPI_PM1_EVT_LEN, 'acpi-pm1-evt', new Pm1Event());
-  pio.insert(ACPI_PM1A_CNT, ACPI_PM1_CNT_LEN, 'acpi-pm1-cnt', new Pm1Control(ACPI_S5_SLP_TYP, onPm));
-  pio.insert(ACPI_RESET_PORT, 1, 'acpi-reset', new ResetRegister(ACPI_RESET_VALUE, onPm));
+  const acpiPm = createAcpiPmState(spec.acpiPm);
+  pio.insert(ACPI_PM1A_EVT, ACPI_PM1_EVT_LEN, 'acpi-pm1-evt', new Pm1Event(acpiPm));
+  pio.insert(ACPI_PM1A_CNT, ACPI_PM1_CNT_LEN, 'acpi-pm1-cnt', new Pm1Control(ACPI_S5_SLP_TYP, onPm, acpiPm));
+  pio.insert(ACPI_RESET_PORT, 1, 'acpi-reset', new ResetRegister(ACPI_RESET_VALUE, onPm, acpiPm));
   const cmosState = createCmosState(spec.cmos);
   pio.insert(CMOS_BASE, CMOS_LENGTH, 'cmos-rtc', new Cmos(cmosState));
   pio.insert(

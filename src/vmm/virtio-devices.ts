@@ -16,6 +16,11 @@ import { closeVsock, createVsockDevice, openVsock, type VsockSpec } from '../bac
 import { hex } from '../common/address.js';
 import { ConfigError, SnapshotError } from '../common/errors.js';
 import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
+import {
+  type BalloonControlState,
+  restoreBalloonControlState,
+  saveBalloonControlState,
+} from '../devices/virtio/balloon-control-state.js';
 import { VirtioBlock } from '../devices/virtio/block.js';
 import { VirtioConsole } from '../devices/virtio/console.js';
 import type { VirtioDevice } from '../devices/virtio/device.js';
@@ -27,6 +32,11 @@ import {
   type VirtioMmioSpec,
   VirtioMmioState,
 } from '../devices/virtio/mmio.js';
+import {
+  type MmioTransportState,
+  restoreMmioTransportState,
+  saveMmioTransportState,
+} from '../devices/virtio/mmio-state.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
 import type { VsockConfig } from '../devices/virtio/vsock/index.js';
@@ -173,6 +183,18 @@ export type IoThreadMessage =
   | { type: 'save-failed'; message: string }
   | { type: 'stopped'; counters: Record<string, Record<string, number>>; errors: string[] }
   | { type: 'error'; message: string };
+
+/** One slot's records in a snapshot: the transport's registers and the I/O-thread side. */
+export interface VirtioDeviceRecords {
+  name: string;
+  mmio: MmioTransportState;
+  side: DeviceSideState;
+}
+
+export interface VirtioDevicesState {
+  virtio: VirtioDeviceRecords[];
+  balloon: BalloonControlState | undefined;
+}
 
 export class VirtioDevices {
   readonly slots: VirtioSlot[] = [];
@@ -402,6 +424,37 @@ export class VirtioDevices {
   reassertInterrupts(): void {
     for (const slot of this.slots)
       if (new VirtioMmioState(slot.mmio.state).s.get('interruptStatus') !== 0) sys.eventfdWrite(slot.irqFd);
+  }
+
+  /** Every device's records for a snapshot, from the side states hold() returned (the VM paused). */
+  saveStates(sides: DeviceSideState[]): VirtioDevicesState {
+    return {
+      virtio: this.slots.map((slot, i) => ({
+        name: slot.name,
+        mmio: saveMmioTransportState(slot.mmio),
+        side: sides[i] as DeviceSideState,
+      })),
+      balloon: this.balloon ? saveBalloonControlState(this.balloon) : undefined,
+    };
+  }
+
+  /**
+   * Puts saved records into the devices' shared state before the I/O thread starts (it takes the
+   * side records, start()). The records must be this configuration's devices, in slot order.
+   */
+  restoreStates(state: VirtioDevicesState): void {
+    if (
+      state.virtio.length !== this.slots.length ||
+      state.virtio.some((v, i) => v.name !== (this.slots[i] as VirtioSlot).name)
+    )
+      throw new SnapshotError(
+        'VIREO_ERR_SNAPSHOT',
+        'the snapshot and its configuration disagree on the virtio devices',
+      );
+    this.slots.forEach((slot, i) => {
+      restoreMmioTransportState(slot.mmio, (state.virtio[i] as VirtioDeviceRecords).mmio, `${slot.name} transport`);
+    });
+    if (state.balloon && this.balloon) restoreBalloonControlState(this.balloon, state.balloon);
   }
 
   /** Lets the I/O thread go on after hold(). */

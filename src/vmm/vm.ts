@@ -14,14 +14,13 @@ import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
-import type { DeviceSideState } from '../devices/virtio/mmio.js';
 import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';
 import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping, memoryFileLostMessage, PAGE_SIZE } from '../memory/guest-memory.js';
-import { b64, decodeStateFile, encodeStateFile, unb64 } from '../snapshot/format.js';
+import { encodeStateFile } from '../snapshot/format.js';
 import { openMemoryFile } from '../snapshot/memory-file.js';
 import { type MemoryTag, readTag } from '../snapshot/memory-tag.js';
 import { writeSnapshotPair } from '../snapshot/pair.js';
@@ -30,7 +29,7 @@ import {
   applyVm,
   captureVcpu,
   captureVm,
-  checkBody,
+  readSnapshotBody,
   type SnapshotBody,
   type VcpuState,
 } from '../snapshot/state.js';
@@ -55,8 +54,10 @@ import {
   createPlatformSpec,
   type Platform,
   type PlatformSpec,
+  restorePlatformState,
   STAT_FIELDS,
   type StatField,
+  savePlatformState,
 } from './platform.js';
 
 export type SerialConfig =
@@ -156,14 +157,6 @@ interface RestoreSource {
   memPath: string;
   /** Let the vCPUs run as soon as their threads are built. */
   resume: boolean;
-}
-
-/** Copies saved bytes back into a shared device buffer (same layout: same vireo version). */
-function copyInto(buffer: SharedArrayBuffer, saved: string): void {
-  const bytes = unb64(saved);
-  if (bytes.length !== buffer.byteLength)
-    throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', 'a device state in the snapshot has the wrong size');
-  new Uint8Array(buffer).set(bytes);
 }
 
 /** Refuses a memory file that is not the whole image the state goes with, saying what to do. */
@@ -407,21 +400,9 @@ export class Vm extends TypedEmitter<VmEvents> {
       this.platformSpec.virtio = devices.platformSpec();
     }
     if (restore) {
-      // Device registers as they were: the shared buffers get their saved bytes back.
-      const d = restore.body.devices;
-      copyInto(this.platformSpec.serial, d.serial);
-      copyInto(this.platformSpec.postCode, d.postCode);
-      copyInto(this.platformSpec.cmos, d.cmos);
-      if (d.i8042 !== undefined) copyInto(this.platformSpec.i8042, d.i8042);
-      if (d.virtio.length !== devices.slots.length)
-        throw new SnapshotError(
-          'VIREO_ERR_SNAPSHOT',
-          'the snapshot and its configuration disagree on the virtio devices',
-        );
-      devices.slots.forEach((slot, i) => {
-        copyInto(slot.mmio.state, (d.virtio[i] as { mmio: string }).mmio);
-      });
-      if (d.balloon && devices.balloon) copyInto(devices.balloon.buffer, d.balloon);
+      // Device registers as they were: each device's record goes back into its shared state.
+      restorePlatformState(this.platformSpec, restore.body.devices);
+      devices.restoreStates(restore.body.devices);
     }
     // Restoring, the I/O thread (a new worker: tens of ms) starts first, to load while the rest is built.
     const devicesReady = restore
@@ -632,18 +613,7 @@ export class Vm extends TypedEmitter<VmEvents> {
         memory: { size: 0, regions: [], id: randomUUID(), type, parent: type === 'Diff' ? parent : undefined },
         vcpus: this.vcpus.map((v, i) => captureVcpu(kvm, v, this.cpuids[i] as CpuidEntry[], cfg.irqchip)),
         vm: cfg.irqchip ? captureVm(vm) : undefined,
-        devices: {
-          serial: b64(new Uint8Array(spec.serial)),
-          postCode: b64(new Uint8Array(spec.postCode)),
-          i8042: b64(new Uint8Array(spec.i8042)),
-          cmos: b64(new Uint8Array(spec.cmos)),
-          virtio: devices.slots.map((slot, i) => ({
-            name: slot.name,
-            mmio: b64(new Uint8Array(slot.mmio.state)),
-            side: sides[i] as DeviceSideState,
-          })),
-          balloon: devices.balloon ? b64(new Uint8Array(devices.balloon.buffer)) : undefined,
-        },
+        devices: { ...savePlatformState(spec), ...devices.saveStates(sides) },
       };
       const t1 = performance.now();
       const mem = this.memory as GuestMemory;
@@ -691,7 +661,7 @@ export class Vm extends TypedEmitter<VmEvents> {
    * for any guest size and the file is never written.
    */
   static async restore(opts: RestoreOptions): Promise<Vm> {
-    const body = checkBody(decodeStateFile(opts.statePath), opts.statePath);
+    const body = readSnapshotBody(opts.statePath);
     const memFd = openMemoryFile(opts.memPath, body.memory.size);
     try {
       checkMemoryTag(readTag(memFd, opts.memPath), body, opts.memPath);

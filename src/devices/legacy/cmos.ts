@@ -30,7 +30,7 @@ const REG_D_VRT = 0x80;
 
 const FIELDS = ['index', 'offsetLo', 'offsetHi'] as const;
 export type CmosField = (typeof FIELDS)[number];
-const RAM_OFFSET = SharedState.bytesOffset(FIELDS.length);
+export const RAM_OFFSET = SharedState.bytesOffset(FIELDS.length);
 
 export function createCmosState(buffer?: SharedArrayBuffer): SharedState<CmosField> {
   const s = new SharedState(FIELDS, 128, buffer);

@@ -27,11 +27,12 @@ export const CTR_KBDINT = 0x01;
 export const CTR_XLATE = 0x40;
 
 const CMD_READ_CTR = 0x20;
-const CMD_WRITE_CTR = 0x60;
+/** Controller commands whose data byte follows (i8042-state.ts names them). */
+export const CMD_WRITE_CTR = 0x60;
 const CMD_SELF_TEST = 0xaa;
 const CMD_KBD_TEST = 0xab;
 const CMD_READ_OUTP = 0xd0;
-const CMD_WRITE_OUTP = 0xd1;
+export const CMD_WRITE_OUTP = 0xd1;
 const CMD_PULSE_RESET = 0xfe;
 
 /**
@@ -48,7 +49,7 @@ export const CTRL_ALT_DEL = {
 
 const FIELDS = ['status', 'ctr', 'outputPort', 'pendingWrite', 'head', 'count', 'irqs', 'dropped'] as const;
 export type I8042Field = (typeof FIELDS)[number];
-const BUF_OFFSET = SharedState.bytesOffset(FIELDS.length);
+export const BUF_OFFSET = SharedState.bytesOffset(FIELDS.length);
 
 export function createI8042State(buffer?: SharedArrayBuffer): SharedState<I8042Field> {
   const s = new SharedState(FIELDS, I8042_BUFFER_SIZE, buffer);

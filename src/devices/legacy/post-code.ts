@@ -6,10 +6,10 @@ import type { BusDevice } from '../../bus/bus.js';
 import { SharedState } from '../../common/shared-state.js';
 
 export const POST_CODE_PORT = 0x80;
-const HISTORY = 64;
+export const HISTORY = 64;
 const FIELDS = ['count', 'last'] as const;
 export type PostCodeField = (typeof FIELDS)[number];
-const HISTORY_OFFSET = SharedState.bytesOffset(FIELDS.length);
+export const HISTORY_OFFSET = SharedState.bytesOffset(FIELDS.length);
 
 export function createPostCodeState(buffer?: SharedArrayBuffer): SharedState<PostCodeField> {
   const s = new SharedState(FIELDS, HISTORY, buffer);

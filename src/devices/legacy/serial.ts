@@ -86,8 +86,9 @@ const FIELDS = [
 ] as const;
 export type SerialField = (typeof FIELDS)[number];
 
-const RX_OFFSET = SharedState.bytesOffset(FIELDS.length);
-const HOST_OFFSET = RX_OFFSET + 64;
+/** Where the receive FIFO and the host ring sit in the extra bytes (serial-state.ts reads them too). */
+export const RX_OFFSET = SharedState.bytesOffset(FIELDS.length);
+export const HOST_OFFSET = RX_OFFSET + 64;
 
 /** Where transmitted bytes go. */
 export interface ByteSink {

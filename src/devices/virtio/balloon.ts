@@ -5,7 +5,8 @@
  * shared buffer, so the VMM thread never waits on the I/O thread.
  */
 import { SharedState } from '../../common/shared-state.js';
-import { bit, VIRTIO_ID, type VirtioContext, type VirtioDevice } from './device.js';
+import { checkBalloonRecord } from './balloon-state.js';
+import { bit, type DeviceStateRecord, VIRTIO_ID, type VirtioContext, type VirtioDevice } from './device.js';
 import { drainQueue, KEPT } from './drain.js';
 import { readFromChain } from './queue.js';
 
@@ -81,6 +82,12 @@ export class BalloonControl {
     return out;
   }
 
+  /** Forgets every statistic (a restore then records the saved ones). */
+  clearStats(): void {
+    this.stats.fill(0);
+    this.present.fill(0);
+  }
+
   recordStat(tag: number, value: number): void {
     if (tag < 0 || tag >= BALLOON_STAT_TAGS.length) return;
     this.stats[tag] = value;
@@ -110,6 +117,8 @@ export class VirtioBalloon implements VirtioDevice {
   private statsAsked = 0;
   /** The stats buffer the driver left with us, returned when the host wants fresh numbers. */
   private statsHead: number | undefined;
+  /** From a snapshot: what the driver had been told, taken at the next activation. */
+  private fromSnapshot: { target: number; statsAsked: number | undefined } | undefined;
 
   constructor(
     private readonly control: BalloonControl,
@@ -125,9 +134,11 @@ export class VirtioBalloon implements VirtioDevice {
 
   activate(ctx: VirtioContext): void {
     this.ctx = ctx;
-    this.target = -1;
+    // A fresh activation announces the target; a restored one goes on from what the driver knows.
+    this.target = this.fromSnapshot?.target ?? -1;
     this.statsHead = undefined;
-    this.statsAsked = this.control.s.get('statsRequests');
+    this.statsAsked = this.fromSnapshot?.statsAsked ?? this.control.s.get('statsRequests');
+    this.fromSnapshot = undefined;
     this.hostWake();
     this.process(INFLATE);
     this.process(DEFLATE);
@@ -142,6 +153,23 @@ export class VirtioBalloon implements VirtioDevice {
   reset(): void {
     this.ctx = undefined;
     this.statsHead = undefined;
+  }
+
+  saveState(): DeviceStateRecord {
+    const active = this.ctx !== undefined;
+    return {
+      version: 1,
+      announcedTargetPages: active && this.target !== -1 ? this.target >>> 0 : null,
+      statsRequestsSeen: active ? this.statsAsked >>> 0 : null,
+    };
+  }
+
+  restoreState(state: unknown): void {
+    checkBalloonRecord(state);
+    this.fromSnapshot = {
+      target: state.announcedTargetPages === null ? -1 : state.announcedTargetPages | 0,
+      statsAsked: state.statsRequestsSeen === null ? undefined : state.statsRequestsSeen | 0,
+    };
   }
 
   configWritten(): void {

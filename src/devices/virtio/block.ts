@@ -4,8 +4,10 @@
  * answers VIRTIO_BLK_S_IOERR, an unknown request VIRTIO_BLK_S_UNSUPP; the queue goes on either way.
  */
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import { restoreBlockState, saveBlockState } from './block-state.js';
 import {
   bit,
+  type DeviceStateRecord,
   hasFeature,
   POLL_IN,
   type Poller,
@@ -165,6 +167,14 @@ export class VirtioBlock implements VirtioDevice {
   /** Before a snapshot: every request in flight is finished and answered, so none is lost. */
   quiesce(): void {
     this.backend.io?.drain();
+  }
+
+  saveState(): DeviceStateRecord {
+    return saveBlockState();
+  }
+
+  restoreState(state: unknown): void {
+    restoreBlockState(state);
   }
 
   close(): void {

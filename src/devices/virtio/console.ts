@@ -4,8 +4,12 @@
  * receive buffers posted, so a guest that stops reading applies back-pressure to the host instead
  * of making the device buffer without bound.
  */
+
+import { fromHex, toHex } from '../../common/hex.js';
+import { CONSOLE_INPUT_CHUNK, checkConsoleRecord } from './console-state.js';
 import {
   bit,
+  type DeviceStateRecord,
   POLL_IN,
   type Poller,
   VIRTIO_F_RING_EVENT_IDX,
@@ -43,7 +47,7 @@ export class VirtioConsole implements VirtioDevice {
   private poller: Poller | undefined;
   private watching = false;
   private eof = false;
-  private readonly chunk = new Uint8Array(4096);
+  private readonly chunk = new Uint8Array(CONSOLE_INPUT_CHUNK);
 
   constructor(
     private readonly backend: ConsoleBackend,
@@ -69,6 +73,17 @@ export class VirtioConsole implements VirtioDevice {
   reset(): void {
     this.ctx = undefined;
     this.watch(false);
+  }
+
+  /** Input read from the host but not delivered yet goes with the snapshot (its fd has given it up). */
+  saveState(): DeviceStateRecord {
+    return { version: 1, pendingInput: toHex(this.pending) };
+  }
+
+  /** Called before the restored device is activated: activation delivers the input. */
+  restoreState(state: unknown): void {
+    checkConsoleRecord(state);
+    this.pending = fromHex(state.pendingInput);
   }
 
   close(): void {

@@ -68,6 +68,12 @@ export interface Poller {
   remove(fd: number): void;
 }
 
+/**
+ * A device's own persisted state (beside each device: block-state.ts, console-state.ts, …): named
+ * fields of plain JSON values and a version, so a new field is a new version, not a broken snapshot.
+ */
+export type DeviceStateRecord = { readonly version: number } & { readonly [field: string]: unknown };
+
 /** Counters every device keeps; named so metrics can show them. */
 export type DeviceCounters = Record<string, number>;
 
@@ -104,6 +110,16 @@ export interface VirtioDevice {
    * stood: re-attach host connections (vsock resets its transport, as the spec asks after migration).
    */
   restored?(): void;
+  /**
+   * The device's own state for a snapshot (the VM paused, the device quiesced), beyond what the
+   * transport keeps (registers, configuration space, queue positions).
+   */
+  saveState?(): DeviceStateRecord;
+  /**
+   * Before the restored device is re-activated: check `state` (SnapshotError
+   * VIREO_ERR_SNAPSHOT_CORRUPT naming the bad field) and take it.
+   */
+  restoreState?(state: unknown): void;
   /** The driver reset the device: drop queues and anything in flight, stay usable. */
   reset(): void;
   /** Release host resources for good. */

@@ -8,6 +8,7 @@
  * sets DEVICE_NEEDS_RESET and raises a configuration interrupt instead of failing.
  */
 import type { BusDevice } from '../../bus/bus.js';
+import { checkRecord } from '../../common/schema.js';
 import { SharedState } from '../../common/shared-state.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import {
@@ -22,17 +23,9 @@ import {
   type VirtioDevice,
 } from './device.js';
 import { checkLayout, Queue, QueueError, type QueueLayout, type QueuePosition } from './queue.js';
+import { type DeviceSideState, deviceSideStateCheck } from './side-state.js';
 
-/** The I/O-thread side of a device in a snapshot: what the shared registers do not hold. */
-export interface DeviceSideState {
-  activeGen: number;
-  resetGen: number;
-  configWrites: number;
-  active: boolean;
-  broken: boolean;
-  /** Per queue, where the device stood; null where the queue is not in use. */
-  positions: (QueuePosition | null)[];
-}
+export type { DeviceSideState } from './side-state.js';
 
 export const MMIO_MAGIC = 0x74726976; // "virt"
 export const MMIO_VERSION = 2;
@@ -75,7 +68,7 @@ const REG = {
   CONFIG_GENERATION: 0x0fc,
 } as const;
 
-const FIELDS = [
+export const FIELDS = [
   'status',
   'deviceFeaturesSel',
   'driverFeaturesSel',
@@ -96,7 +89,8 @@ const FIELDS = [
   /** Protocol errors seen (each set DEVICE_NEEDS_RESET). */
   'protocolErrors',
 ] as const;
-type Field = (typeof FIELDS)[number];
+export type MmioField = (typeof FIELDS)[number];
+type Field = MmioField;
 
 /**
  * Every register the guest writes is a u32 kept in an int32 slot: selectors and indexes are read back
@@ -104,8 +98,8 @@ type Field = (typeof FIELDS)[number];
  */
 const isQueueIndex = (i: number): boolean => Number.isInteger(i) && i >= 0 && i < MMIO_MAX_QUEUES;
 
-/** Per-queue register slots, in the extra bytes. */
-const Q = { num: 0, ready: 1, descLo: 2, descHi: 3, availLo: 4, availHi: 5, usedLo: 6, usedHi: 7 } as const;
+/** Per-queue register slots, in the extra bytes (mmio-state.ts names them). */
+export const Q = { num: 0, ready: 1, descLo: 2, descHi: 3, availLo: 4, availHi: 5, usedLo: 6, usedHi: 7 } as const;
 const Q_SLOTS = 8;
 const QUEUE_BYTES = MMIO_MAX_QUEUES * Q_SLOTS * 4;
 
@@ -422,6 +416,9 @@ const QUEUE_REG_SLOT = new Map<number, number>([
  * context. Any error from the device while serving a queue marks the device DEVICE_NEEDS_RESET; it
  * never escapes to the VMM.
  */
+/** The side record's own fields; its `device` part is the device's to check (restoreState). */
+const SIDE_CHECK = deviceSideStateCheck(() => {});
+
 export class VirtioMmioDeviceSide {
   readonly st: VirtioMmioState;
   private activeGen = 0;
@@ -491,20 +488,29 @@ export class VirtioMmioDeviceSide {
         })
       : [];
     return {
-      activeGen: this.activeGen,
-      resetGen: this.resetGen,
-      configWrites: this.configWrites,
+      version: 1,
+      // The generations are int32 slots in the registers, kept unsigned in the record.
+      activeGen: this.activeGen >>> 0,
+      resetGen: this.resetGen >>> 0,
+      configWrites: this.configWrites >>> 0,
       active: this.ctx !== undefined,
       broken: this.broken,
       positions,
+      device: this.device.saveState?.() ?? { version: 1 },
     };
   }
 
-  /** Continues from a snapshot: the shared registers are already restored; rebuild the queues where they stood. */
+  /**
+   * Continues from a snapshot: the shared registers are already restored (mmio-state.ts); the
+   * record is checked (a restore checked it with the whole body already, body-schema.ts), the device
+   * takes its own part (and checks it), then the queues are rebuilt where they stood.
+   */
   restore(state: DeviceSideState): void {
-    this.activeGen = state.activeGen;
-    this.resetGen = state.resetGen;
-    this.configWrites = state.configWrites;
+    checkRecord<DeviceSideState>(SIDE_CHECK, state, 'virtio device side');
+    this.activeGen = state.activeGen | 0;
+    this.resetGen = state.resetGen | 0;
+    this.configWrites = state.configWrites | 0;
+    this.device.restoreState?.(state.device);
     if (state.active) this.activate(state.positions);
     this.broken = state.broken;
     if (state.active && !state.broken) this.guard(() => this.device.restored?.());

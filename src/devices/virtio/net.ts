@@ -15,6 +15,7 @@ import { ConfigError } from '../../common/errors.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import {
   bit,
+  type DeviceStateRecord,
   hasFeature,
   POLL_IN,
   type Poller,
@@ -25,6 +26,7 @@ import {
   type VirtioDevice,
 } from './device.js';
 import { drainQueue } from './drain.js';
+import { restoreNetState, saveNetState } from './net-state.js';
 import { type DescriptorChain, type Queue, type Segment, writeToChain } from './queue.js';
 
 export const VIRTIO_NET_F = {
@@ -220,6 +222,14 @@ export class VirtioNet implements VirtioDevice {
     this.ctx = undefined;
     this.dropHeld();
     this.setOffloads(0);
+  }
+
+  saveState(): DeviceStateRecord {
+    return saveNetState();
+  }
+
+  restoreState(state: unknown): void {
+    restoreNetState(state);
   }
 
   close(): void {

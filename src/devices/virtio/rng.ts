@@ -2,9 +2,17 @@
  * virtio-rng (virtio 1.2 §5.4): fills each device-writable buffer with host randomness.
  * The entropy source is passed in (the VMM gives it the host's CSPRNG).
  */
-import { bit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_ID, type VirtioContext, type VirtioDevice } from './device.js';
+import {
+  bit,
+  type DeviceStateRecord,
+  VIRTIO_F_RING_EVENT_IDX,
+  VIRTIO_ID,
+  type VirtioContext,
+  type VirtioDevice,
+} from './device.js';
 import { drainQueue } from './drain.js';
 import { chainViews } from './queue.js';
+import { restoreRngState, saveRngState } from './rng-state.js';
 
 /** Fills a buffer with random bytes. */
 export type EntropySource = (buf: Uint8Array) => void;
@@ -30,6 +38,14 @@ export class VirtioRng implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
+  }
+
+  saveState(): DeviceStateRecord {
+    return saveRngState();
+  }
+
+  restoreState(state: unknown): void {
+    restoreRngState(state);
   }
 
   process(q: number): void {

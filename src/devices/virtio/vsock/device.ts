@@ -13,6 +13,7 @@
  */
 import {
   bit,
+  type DeviceStateRecord,
   type Poller,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
@@ -32,6 +33,7 @@ import {
   VSOCK_MAX_GUEST_CID,
   VSOCK_MIN_GUEST_CID,
 } from './packet.js';
+import { restoreVsockState, saveVsockState } from './state.js';
 
 /** Feature bit: stream sockets (§5.10.3; with no bit offered, stream is implied). */
 export const VIRTIO_VSOCK_F_STREAM = 0n;
@@ -128,6 +130,14 @@ export class VirtioVsock implements VirtioDevice {
     this.ctx = undefined;
     this.held = undefined; // its queue is gone with the reset
     this.dropAll();
+  }
+
+  saveState(): DeviceStateRecord {
+    return saveVsockState();
+  }
+
+  restoreState(state: unknown): void {
+    restoreVsockState(state);
   }
 
   close(): void {
