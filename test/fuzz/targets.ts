@@ -1,0 +1,5 @@
+/** Every fuzz target, in the order they run. */
+import type { TargetSpec } from './harness.js';
+import { mmioTarget, virtioTargets } from './virtio.js';
+
+export const TARGETS: readonly TargetSpec[] = [...virtioTargets, mmioTarget];
