@@ -1,5 +1,6 @@
 /** Every fuzz target, in the order they run. */
 import type { TargetSpec } from './harness.js';
+import { legacyTarget } from './legacy.js';
 import { mmioTarget, virtioTargets } from './virtio.js';
 
-export const TARGETS: readonly TargetSpec[] = [...virtioTargets, mmioTarget];
+export const TARGETS: readonly TargetSpec[] = [...virtioTargets, mmioTarget, legacyTarget];
