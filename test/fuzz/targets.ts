@@ -1,6 +1,7 @@
 /** Every fuzz target, in the order they run. */
 import type { TargetSpec } from './harness.js';
 import { legacyTarget } from './legacy.js';
+import { loaderTarget } from './loaders.js';
 import { mmioTarget, virtioTargets } from './virtio.js';
 
-export const TARGETS: readonly TargetSpec[] = [...virtioTargets, mmioTarget, legacyTarget];
+export const TARGETS: readonly TargetSpec[] = [...virtioTargets, mmioTarget, legacyTarget, loaderTarget];
