@@ -24,7 +24,8 @@ export const oob = (what: string): Verdict => ({ kind: 'oob', what });
 /** A target once set up: it owns what it allocated (guest memory, temp files) until close(). */
 export interface Target<T> {
   readonly arbitrary: fc.Arbitrary<T>;
-  run(input: T): Verdict;
+  /** Synchronous for the device and parser targets; a promise for the API's (its handlers are async). */
+  run(input: T): Verdict | Promise<Verdict>;
   close?(): void;
 }
 
@@ -35,13 +36,15 @@ export interface TargetSpec {
    * number, where a case is slow enough that 10k would not fit test/fuzz.test.ts's budget.
    */
   readonly ciCases: number;
+  /** Whether run() returns a promise. */
+  readonly async?: boolean;
   /** Set-up is lazy so that `--target` pays only for the one it runs. */
   create(): Target<unknown>;
 }
 
 /** Declares a target with its input type checked against its arbitrary and run function. */
-export function target<T>(name: string, ciCases: number, create: () => Target<T>): TargetSpec {
-  return { name, ciCases, create: create as () => Target<unknown> };
+export function target<T>(name: string, ciCases: number, create: () => Target<T>, async = false): TargetSpec {
+  return { name, ciCases, async, create: create as () => Target<unknown> };
 }
 
 /**
@@ -87,43 +90,43 @@ export interface RunOptions {
 }
 
 /** Runs one target: cases counted up to the first finding (shrinking's re-runs are not counted). */
-export function runTarget(spec: TargetSpec, opts: RunOptions): Report {
+export async function runTarget(spec: TargetSpec, opts: RunOptions): Promise<Report> {
   const t = spec.create();
   const r: Report = { name: spec.name, cases: 0, crashes: 0, oob: 0, refused: 0, ms: 0, seed: opts.seed };
   let found = false;
   const start = performance.now();
   try {
-    const details = fc.check(
-      fc.property(t.arbitrary, (input) => {
-        const v = t.run(input);
+    const judge = (v: Verdict): boolean => {
+      if (!found) {
+        r.cases++;
+        if (v.kind === 'refused') r.refused++;
+      }
+      if (v.kind === 'crash' || v.kind === 'oob') {
         if (!found) {
-          r.cases++;
-          if (v.kind === 'refused') r.refused++;
+          if (v.kind === 'crash') r.crashes++;
+          else r.oob++;
         }
-        if (v.kind === 'crash' || v.kind === 'oob') {
-          if (!found) {
-            if (v.kind === 'crash') r.crashes++;
-            else r.oob++;
-          }
-          found = true;
-          return false;
-        }
-        return true;
-      }),
-      {
-        seed: opts.seed,
-        numRuns: opts.numRuns ?? Number.MAX_SAFE_INTEGER,
-        ...(opts.timeLimitMs !== undefined
-          ? { interruptAfterTimeLimit: opts.timeLimitMs, markInterruptAsFailure: false }
-          : {}),
-        ...(opts.path !== undefined ? { path: opts.path } : {}),
-      },
-    );
+        found = true;
+        return false;
+      }
+      return true;
+    };
+    const property = spec.async
+      ? fc.asyncProperty(t.arbitrary, async (input) => judge(await t.run(input)))
+      : fc.property(t.arbitrary, (input) => judge(t.run(input) as Verdict));
+    const details = await fc.check(property as fc.IAsyncProperty<[unknown]>, {
+      seed: opts.seed,
+      numRuns: opts.numRuns ?? Number.MAX_SAFE_INTEGER,
+      ...(opts.timeLimitMs !== undefined
+        ? { interruptAfterTimeLimit: opts.timeLimitMs, markInterruptAsFailure: false }
+        : {}),
+      ...(opts.path !== undefined ? { path: opts.path } : {}),
+    });
     if (details.failed && details.counterexample) {
       r.path = details.counterexamplePath ?? undefined;
       r.counterexample = details.counterexample[0];
       try {
-        r.verdict = t.run(details.counterexample[0]);
+        r.verdict = await t.run(details.counterexample[0]);
       } catch (e) {
         r.verdict = crash(e);
       }

@@ -30,7 +30,7 @@ const share = (minutes * 60_000) / chosen.length;
 let findings = 0;
 for (const t of chosen) {
   const seed = values.seed !== undefined ? Number(values.seed) : (Math.random() * 2 ** 31) | 0;
-  const r = runTarget(t, {
+  const r = await runTarget(t, {
     seed,
     timeLimitMs: share,
     ...(values.path !== undefined ? { path: values.path, numRuns: 1 } : {}),

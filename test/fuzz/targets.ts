@@ -1,7 +1,15 @@
 /** Every fuzz target, in the order they run. */
+import { apiTarget, configFileTarget } from './api.js';
 import type { TargetSpec } from './harness.js';
 import { legacyTarget } from './legacy.js';
 import { loaderTarget } from './loaders.js';
 import { mmioTarget, virtioTargets } from './virtio.js';
 
-export const TARGETS: readonly TargetSpec[] = [...virtioTargets, mmioTarget, legacyTarget, loaderTarget];
+export const TARGETS: readonly TargetSpec[] = [
+  ...virtioTargets,
+  mmioTarget,
+  legacyTarget,
+  loaderTarget,
+  apiTarget,
+  configFileTarget,
+];

@@ -1,0 +1,302 @@
+/**
+ * The Firecracker API (src/api: route matching, JSON parsing, the ajv check against the spec, the
+ * controller's handlers) and the --config-file parser, on mutated valid bodies: a value anywhere in
+ * the document replaced by a hostile one (wrong types, huge and negative numbers, long strings, paths
+ * that are not files, deep nesting), fields dropped or added, and the JSON text itself cut or bent. A
+ * request may be answered with any status but 500 ("Internal error": an exception the handlers did not
+ * turn into an ApiError); the config file may fail only with a VireoError. Every case gets a fresh
+ * controller whose KVM path does not exist, so an InstanceStart that passes every check fails there
+ * instead of booting; every path a body names is inside the target's temporary directory, /dev/null
+ * or does not exist, so no case writes outside it.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { applyConfigFile } from '../../src/api/config-file.js';
+import { VmController } from '../../src/api/controller.js';
+import { ApiServer } from '../../src/api/server.js';
+import { crash, isClean, OK, refused, target, type Verdict } from './harness.js';
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+/** A temporary directory with an image, a kernel-sized file and a sub-directory, made once per target. */
+function sandbox() {
+  const dir = mkdtempSync(join(tmpdir(), 'vireo-fuzz-api-'));
+  const f = (n: string) => join(dir, n);
+  writeFileSync(f('disk.img'), Buffer.alloc(64 * 1024));
+  writeFileSync(f('kernel'), Buffer.alloc(4096, 0x90));
+  writeFileSync(f('snap.state'), Buffer.from('VIREOSNP garbage'));
+  writeFileSync(f('snap.mem'), Buffer.alloc(4096));
+  mkdirSync(f('subdir'));
+  return { dir, f, close: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Hostile values for any position in a document; the strings are never a path outside the sandbox. */
+function hostileValues(f: (n: string) => string): fc.Arbitrary<Json> {
+  return fc.oneof(
+    fc.constantFrom<Json>(
+      null,
+      true,
+      false,
+      0,
+      -1,
+      1.5,
+      2 ** 31,
+      2 ** 32,
+      2 ** 53,
+      -(2 ** 53),
+      1e308,
+      -1e308,
+      '',
+      'x'.repeat(5000),
+      '\u0000',
+      'é',
+      '/dev/null',
+      f('missing/file'),
+      f('subdir'),
+      f('disk.img'),
+      f('snap.state'),
+      'aa:bb:cc:dd:ee:ff',
+      '01:00:00:00:00:00',
+      'InstanceStart',
+      'SendCtrlAltDel',
+      'FlushMetrics',
+      'Paused',
+      'Resumed',
+      'Full',
+      'Diff',
+      [],
+      {},
+      [[[[[[[[[[]]]]]]]]]],
+    ),
+    fc.integer(),
+    fc.string({ maxLength: 12 }),
+  );
+}
+
+/** Valid bodies per route (Firecracker's documented examples, paths in the sandbox). */
+function routes(f: (n: string) => string): [method: string, path: string, body: Json | undefined][] {
+  return [
+    ['PUT', '/boot-source', { kernel_image_path: f('kernel'), boot_args: 'console=ttyS0', initrd_path: f('disk.img') }],
+    ['PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 256, smt: false, track_dirty_pages: true }],
+    ['PATCH', '/machine-config', { vcpu_count: 1 }],
+    [
+      'PUT',
+      '/drives/rootfs',
+      {
+        drive_id: 'rootfs',
+        path_on_host: f('disk.img'),
+        is_root_device: true,
+        is_read_only: false,
+        cache_type: 'Unsafe',
+      },
+    ],
+    ['PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: f('disk.img') }],
+    [
+      'PUT',
+      '/network-interfaces/eth0',
+      { iface_id: 'eth0', host_dev_name: 'vireo-fz0', guest_mac: '06:00:ac:10:00:02' },
+    ],
+    ['PATCH', '/network-interfaces/eth0', { iface_id: 'eth0' }],
+    ['PUT', '/vsock', { guest_cid: 3, uds_path: f('v.sock') }],
+    ['PUT', '/balloon', { amount_mib: 16, deflate_on_oom: true, stats_polling_interval_s: 1 }],
+    ['PATCH', '/balloon', { amount_mib: 8 }],
+    ['PATCH', '/balloon/statistics', { stats_polling_interval_s: 2 }],
+    ['PUT', '/entropy', {}],
+    ['PUT', '/serial', { serial_out_path: f('serial.out') }],
+    ['PUT', '/logger', { log_path: f('log'), level: 'Info', show_level: true, show_log_origin: false }],
+    ['PUT', '/metrics', { metrics_path: f('metrics') }],
+    ['PUT', '/actions', { action_type: 'InstanceStart' }],
+    ['PUT', '/actions', { action_type: 'FlushMetrics' }],
+    ['PATCH', '/vm', { state: 'Paused' }],
+    ['PUT', '/snapshot/create', { snapshot_path: f('out.state'), mem_file_path: f('out.mem'), snapshot_type: 'Full' }],
+    ['PUT', '/snapshot/load', { snapshot_path: f('snap.state'), mem_file_path: f('snap.mem'), resume_vm: false }],
+    ['GET', '/', undefined],
+    ['GET', '/vm/config', undefined],
+    ['GET', '/balloon/statistics', undefined],
+    ['PUT', '/mmds', { a: 1 }],
+  ];
+}
+
+/** One edit of a document: at a path chosen by `pick`, replace, drop or add. */
+interface Edit {
+  pick: number;
+  op: 'replace' | 'drop' | 'add' | 'wrap';
+  value: Json;
+  key: string;
+}
+const editArb = (values: fc.Arbitrary<Json>): fc.Arbitrary<Edit> =>
+  fc.record({
+    pick: fc.nat(),
+    op: fc.constantFrom<Edit['op']>('replace', 'replace', 'replace', 'drop', 'add', 'wrap'),
+    value: values,
+    key: fc.oneof(
+      fc.constantFrom('vireo_unknown', '__proto__', 'constructor', 'drive_id', ''),
+      fc.string({ maxLength: 6 }),
+    ),
+  });
+
+/** Every container in a document, with its keys: the places an edit can land. */
+function places(doc: Json, out: { parent: Json[] | { [k: string]: Json }; key: string | number }[] = []) {
+  if (doc !== null && typeof doc === 'object') {
+    const entries: [string | number, Json][] = Array.isArray(doc) ? doc.map((v, i) => [i, v]) : Object.entries(doc);
+    for (const [k, v] of entries) {
+      out.push({ parent: doc, key: k });
+      places(v, out);
+    }
+  }
+  return out;
+}
+
+function applyEdits(base: Json, edits: readonly Edit[]): Json {
+  let doc = structuredClone(base) as Json;
+  for (const e of edits) {
+    const ps = places(doc);
+    // A copy: the hostile constants are shared between cases and must not be edited in place.
+    const value = structuredClone(e.value);
+    if (ps.length === 0 || e.op === 'wrap') {
+      // The whole document replaced or wrapped: an array, a scalar, nesting.
+      doc = e.op === 'wrap' ? [doc] : value;
+      continue;
+    }
+    const p = ps[e.pick % ps.length] as (typeof ps)[number];
+    const parent = p.parent as Record<string | number, Json>;
+    if (e.op === 'replace') parent[p.key] = value;
+    else if (e.op === 'drop') {
+      if (Array.isArray(p.parent)) p.parent.splice(p.key as number, 1);
+      else delete parent[p.key];
+    } else if (!Array.isArray(p.parent))
+      // defineProperty, so that a key of "__proto__" is a field of the document as JSON.parse would make it.
+      Object.defineProperty(parent, e.key, { value, enumerable: true, writable: true, configurable: true });
+  }
+  return doc;
+}
+
+/** The JSON text: usually as serialised, sometimes cut short or with one character changed. */
+interface TextEdit {
+  cut: number | null;
+  at: number | null;
+  ch: string;
+}
+const textEditArb: fc.Arbitrary<TextEdit> = fc.record({
+  cut: fc.oneof({ weight: 8, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.nat() }),
+  at: fc.oneof({ weight: 8, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.nat() }),
+  ch: fc.constantFrom('"', '{', '}', '[', ',', ':', '\\', '\u0000', '9', 'e', '\ud800'),
+});
+function bend(text: string, t: TextEdit): string {
+  let s = text;
+  if (t.at !== null && s.length > 0) {
+    const i = t.at % s.length;
+    s = s.slice(0, i) + t.ch + s.slice(i + 1);
+  }
+  if (t.cut !== null) s = s.slice(0, t.cut % (s.length + 1));
+  return s;
+}
+
+/**
+ * A logger configured without a log_path writes to stderr: thousands of lines in a test's output. Such
+ * a body gets the sandbox's log file back (the rest of it stays as mutated).
+ */
+function keepLogsInSandbox(doc: Json, f: (n: string) => string): Json {
+  if (doc !== null && typeof doc === 'object' && !Array.isArray(doc) && !('log_path' in doc))
+    Object.defineProperty(doc, 'log_path', { value: f('log'), enumerable: true, writable: true, configurable: true });
+  return doc;
+}
+
+interface Request {
+  route: number;
+  edits: Edit[];
+  text: TextEdit;
+}
+
+export const apiTarget = target(
+  'api-bodies',
+  // Each case builds a controller and runs up to four requests through ajv and the handlers (~0.3 ms
+  // a request); 10k cases fit the CI budget.
+  10_000,
+  () => {
+    const box = sandbox();
+    const rs = routes(box.f);
+    const values = hostileValues(box.f);
+    const request: fc.Arbitrary<Request> = fc.record({
+      route: fc.nat(rs.length - 1),
+      edits: fc.array(editArb(values), { maxLength: 3 }),
+      text: textEditArb,
+    });
+    return {
+      arbitrary: fc.array(request, { minLength: 1, maxLength: 4 }),
+      close: box.close,
+      async run(reqs: Request[]): Promise<Verdict> {
+        const ctl = new VmController({ id: 'fuzz', kvmPath: box.f('no-kvm') });
+        const api = new ApiServer(ctl);
+        let verdict: Verdict = OK;
+        try {
+          for (const q of reqs) {
+            const [method, path, base] = rs[q.route] as (typeof rs)[number];
+            let doc = applyEdits(base ?? {}, q.edits);
+            if (path === '/logger') doc = keepLogsInSandbox(doc, box.f);
+            const body = base === undefined && q.edits.length === 0 ? '' : JSON.stringify(doc);
+            const r = await api.dispatch(method, path, bend(body ?? 'null', q.text));
+            if (r.status >= 500) return crash(new Error(`${method} ${path} answered ${r.status}: ${r.body}`));
+            if (r.status >= 400) verdict = refused(`${r.status}`);
+          }
+        } catch (e) {
+          // dispatch answers every request; a rejection is a crash of the API thread.
+          return crash(e);
+        } finally {
+          await ctl.shutdown(); // closes the log and metrics files a case opened
+        }
+        return verdict;
+      },
+    };
+  },
+  true,
+);
+
+/** A full configuration document, as Firecracker's --config-file takes it. */
+function configDoc(f: (n: string) => string): Json {
+  return {
+    'boot-source': { kernel_image_path: f('kernel'), boot_args: 'console=ttyS0' },
+    'machine-config': { vcpu_count: 1, mem_size_mib: 128 },
+    drives: [{ drive_id: 'rootfs', path_on_host: f('disk.img'), is_root_device: true, is_read_only: true }],
+    'network-interfaces': [],
+    vsock: { guest_cid: 3, uds_path: f('v.sock') },
+    balloon: { amount_mib: 0, deflate_on_oom: false },
+    entropy: {},
+    logger: { log_path: f('log'), level: 'Warning' },
+    metrics: { metrics_path: f('metrics') },
+  };
+}
+
+export const configFileTarget = target(
+  'config-file',
+  10_000,
+  () => {
+    const box = sandbox();
+    const base = configDoc(box.f);
+    const values = hostileValues(box.f);
+    return {
+      arbitrary: fc.record({ edits: fc.array(editArb(values), { maxLength: 4 }), text: textEditArb }),
+      close: box.close,
+      async run(c: { edits: Edit[]; text: TextEdit }): Promise<Verdict> {
+        const ctl = new VmController({ id: 'fuzz', kvmPath: box.f('no-kvm') });
+        const api = new ApiServer(ctl);
+        const doc = applyEdits(base, c.edits);
+        if (doc !== null && typeof doc === 'object' && !Array.isArray(doc) && 'logger' in doc)
+          doc.logger = keepLogsInSandbox(doc.logger as Json, box.f);
+        try {
+          await applyConfigFile(api, bend(JSON.stringify(doc), c.text));
+        } catch (e) {
+          if (!isClean(e)) return crash(e);
+          // Every section passed its checks and only the boot failed (no KVM by design): parsed whole.
+          return /InstanceStart: .*no-kvm/.test((e as Error).message) ? OK : refused((e as Error).message);
+        } finally {
+          await ctl.shutdown();
+        }
+        return OK;
+      },
+    };
+  },
+  true,
+);
