@@ -9,8 +9,12 @@ import { applyConfigFile } from '../src/api/config-file.js';
 import { VmController } from '../src/api/controller.js';
 import { ApiServer } from '../src/api/server.js';
 import { ConfigError } from '../src/common/errors.js';
+import { SharedState } from '../src/common/shared-state.js';
+import { MMIO_MAGIC } from '../src/devices/virtio/mmio.js';
+import { VirtioRng } from '../src/devices/virtio/rng.js';
 import { formatReport, runTarget } from './fuzz/harness.js';
 import { TARGETS } from './fuzz/targets.js';
+import { MockMmioDriver, R } from './support/virtio-driver.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x12f022);
 
@@ -37,5 +41,21 @@ describe('directed cases', () => {
       return true;
     });
     await ctl.shutdown();
+  });
+});
+
+describe('directed cases: restored state', () => {
+  test('a state file with a device lock word set: the restore clears it, the first register access returns', () => {
+    const drv = new MockMmioDriver(new VirtioRng((b) => b.fill(1)));
+    try {
+      const bytes = new Uint8Array(drv.spec.state.slice(0));
+      new DataView(bytes.buffer).setInt32(0, 1, true); // "locked" by a thread of the process that saved it
+      SharedState.restore(drv.spec.state, bytes);
+      const t0 = performance.now();
+      assert.equal(drv.read(R.MAGIC), MMIO_MAGIC, 'before the fix this spun in SharedState.locked() for ever');
+      assert.ok(performance.now() - t0 < 100);
+    } finally {
+      drv.release();
+    }
   });
 });

@@ -11,6 +11,7 @@ import { ramRanges } from '../arch/x86_64/layout.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
+import { SharedState } from '../common/shared-state.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
 import type { DeviceSideState } from '../devices/virtio/mmio.js';
@@ -161,7 +162,7 @@ function copyInto(buffer: SharedArrayBuffer, saved: string): void {
   const bytes = unb64(saved);
   if (bytes.length !== buffer.byteLength)
     throw new SnapshotError('VIREO_ERR_SNAPSHOT_CORRUPT', 'a device state in the snapshot has the wrong size');
-  new Uint8Array(buffer).set(bytes);
+  SharedState.restore(buffer, bytes);
 }
 
 /** Refuses a memory file that is not the whole image the state goes with, saying what to do. */
