@@ -10,6 +10,7 @@ import { VmController } from '../src/api/controller.js';
 import { ApiServer } from '../src/api/server.js';
 import { ConfigError } from '../src/common/errors.js';
 import { SharedState } from '../src/common/shared-state.js';
+import { STATUS } from '../src/devices/virtio/device.js';
 import { MMIO_MAGIC } from '../src/devices/virtio/mmio.js';
 import { VirtioRng } from '../src/devices/virtio/rng.js';
 import { formatReport, runTarget } from './fuzz/harness.js';
@@ -54,6 +55,22 @@ describe('directed cases: restored state', () => {
       const t0 = performance.now();
       assert.equal(drv.read(R.MAGIC), MMIO_MAGIC, 'before the fix this spun in SharedState.locked() for ever');
       assert.ok(performance.now() - t0 < 100);
+    } finally {
+      drv.release();
+    }
+  });
+
+  test('resetGen at 2^31 - 1 (2^31 guest resets, or a restored state): the next reset does not stall the vCPU', () => {
+    const drv = new MockMmioDriver(new VirtioRng((b) => b.fill(1)));
+    try {
+      drv.transport.st.s.set('resetGen', 0x7fffffff);
+      const t0 = performance.now();
+      drv.write(R.STATUS, 0);
+      // The device side acknowledged -2^31 while the transport waited for +2^31: a 1 s stall per reset.
+      assert.ok(performance.now() - t0 < 100, `the reset took ${(performance.now() - t0).toFixed(0)} ms`);
+      assert.equal(drv.transport.st.s.get('resetAck'), -0x80000000);
+      drv.probe(16);
+      assert.ok(drv.status & STATUS.DRIVER_OK);
     } finally {
       drv.release();
     }
