@@ -6,6 +6,7 @@
  */
 import fc from 'fast-check';
 import { ACPI_PM1A_CNT, ACPI_PM1A_EVT, ACPI_RESET_PORT } from '../../src/arch/x86_64/acpi.js';
+import { SharedState } from '../../src/common/shared-state.js';
 import { CMOS_BASE } from '../../src/devices/legacy/cmos.js';
 import { DEBUG_EXIT_PORT } from '../../src/devices/legacy/debug-exit.js';
 import { I8042_BASE } from '../../src/devices/legacy/i8042.js';
@@ -67,3 +68,53 @@ export const legacyTarget = target('legacy-ports', 10_000, () => {
     },
   };
 });
+
+type StateName = 'serial' | 'postCode' | 'cmos' | 'i8042';
+interface RestoredCase {
+  /** Words of a device's saved state replaced before the restore (the lock word among them). */
+  words: { dev: StateName; index: number; value: number }[];
+  ops: PortOp[];
+  input: Uint8Array;
+}
+
+/**
+ * The legacy devices restored from a state file whose bytes are hostile but of the right size (all a
+ * snapshot body's schema checks): FIFO indices, counts and selectors of any int32 value. Port traffic
+ * and host input afterwards may not throw or hang, and stay inside each device's ports.
+ */
+export const legacyRestoreTarget = target('legacy-restored-state', 10_000, () => ({
+  arbitrary: fc.record({
+    words: fc.array(
+      fc.record({
+        dev: fc.constantFrom<StateName>('serial', 'postCode', 'cmos', 'i8042'),
+        index: fc.oneof(fc.nat(40), fc.nat()),
+        value: fc.oneof(fc.constantFrom(0, 1, -1, 0x7fffffff, -0x80000000, 16, 64, 4096, 4097), fc.integer()),
+      }),
+      { minLength: 1, maxLength: 6 },
+    ),
+    ops: fc.array(portOp, { maxLength: 30 }),
+    input: fc.uint8Array({ maxLength: 40 }),
+  }),
+  run(c: RestoredCase): Verdict {
+    const p = legacyPlatform();
+    try {
+      for (const name of ['serial', 'postCode', 'cmos', 'i8042'] as const) {
+        const st = p.states[name];
+        const bytes = st.snapshot();
+        const dv = new DataView(bytes.buffer);
+        for (const w of c.words) if (w.dev === name) dv.setInt32(4 * (w.index % (bytes.length / 4)), w.value | 0, true);
+        SharedState.restore(st.buffer, bytes); // what Vm.restore's copyInto does
+      }
+      p.serial.enqueueInput(c.input);
+      for (const o of c.ops) {
+        if (o.write) p.out(o.port, o.size, o.value);
+        else p.inp(o.port, o.size);
+      }
+      p.serial.enqueueInput(c.input);
+      for (let i = 0; i < 8; i++) p.inp(COM1_PORT, 1);
+    } catch (e) {
+      return crash(e);
+    }
+    return OK;
+  },
+}));

@@ -1,14 +1,17 @@
 /** Every fuzz target, in the order they run. */
 import { apiTarget, configFileTarget } from './api.js';
 import type { TargetSpec } from './harness.js';
-import { legacyTarget } from './legacy.js';
+import { legacyRestoreTarget, legacyTarget } from './legacy.js';
 import { loaderTarget } from './loaders.js';
+import { restoreTarget } from './restore.js';
 import { mmioTarget, virtioTargets } from './virtio.js';
 
 export const TARGETS: readonly TargetSpec[] = [
   ...virtioTargets,
   mmioTarget,
+  restoreTarget,
   legacyTarget,
+  legacyRestoreTarget,
   loaderTarget,
   apiTarget,
   configFileTarget,

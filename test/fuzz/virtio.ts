@@ -192,7 +192,7 @@ function caseArb<E>(d: DeviceFuzz<E>): fc.Arbitrary<DeviceCase<E>> {
 }
 
 /** Wraps every method of a device so that what it throws is seen before the transport hides it. */
-function observed(device: VirtioDevice, errors: unknown[]): VirtioDevice {
+export function observed(device: VirtioDevice, errors: unknown[]): VirtioDevice {
   return new Proxy(device, {
     get(t, p) {
       const v: unknown = Reflect.get(t, p, t);
@@ -226,7 +226,7 @@ export function outsideRam(log: readonly Access[]): string | undefined {
 }
 
 /** Programs every queue at its fixed layout: a driver's probe with `features`. */
-function probe(drv: MockMmioDriver, queues: number, features: bigint): boolean {
+export function probe(drv: MockMmioDriver, queues: number, features: bigint): boolean {
   if (!drv.negotiate(features)) return false;
   for (let q = 0; q < queues; q++) drv.setupQueue(q, QS, layoutOf(q));
   return drv.driverOk();
@@ -448,7 +448,7 @@ const blkChain = fc
   )
   .map(([h, data, st]) => [h, ...data, st]);
 
-function blkFuzz(readOnly: boolean): DeviceFuzz<never> {
+export function blkFuzz(readOnly: boolean): DeviceFuzz<never> {
   return {
     name: readOnly ? 'virtio-blk-ro' : 'virtio-blk',
     ciCases: 10_000,
@@ -489,7 +489,7 @@ interface RxFrame {
   len: number;
 }
 
-const netFuzz: DeviceFuzz<RxFrame> = {
+export const netFuzz: DeviceFuzz<RxFrame> = {
   name: 'virtio-net',
   ciCases: 10_000,
   queues: 2,
@@ -568,7 +568,7 @@ const stats = fc
 
 type BalloonEvent = { target: number } | { stats: true };
 
-const balloonFuzz: DeviceFuzz<BalloonEvent> = {
+export const balloonFuzz: DeviceFuzz<BalloonEvent> = {
   name: 'virtio-balloon',
   ciCases: 10_000,
   queues: 3,
@@ -609,7 +609,7 @@ const balloonFuzz: DeviceFuzz<BalloonEvent> = {
   },
 };
 
-const consoleFuzz: DeviceFuzz<never> = {
+export const consoleFuzz: DeviceFuzz<never> = {
   name: 'virtio-console',
   ciCases: 10_000,
   queues: 2,
@@ -631,7 +631,7 @@ const consoleFuzz: DeviceFuzz<never> = {
   },
 };
 
-const rngFuzz: DeviceFuzz<never> = {
+export const rngFuzz: DeviceFuzz<never> = {
   name: 'virtio-rng',
   ciCases: 10_000,
   queues: 1,

@@ -48,11 +48,14 @@ export function legacyPlatform() {
   const postCode = createPostCodeState();
   const cmosState = createCmosState();
   const cmos = new Cmos(cmosState, () => Date.UTC(2026, 0, 1));
+  const serialState = createSerialState();
+  const serial = new Serial16550(serialState, { set: () => {} }, { write: (b) => sent.push(b) });
+  const i8042State = createI8042State();
   const devices: [number, number, string, BusDevice][] = [
-    [COM1_PORT, 8, 'serial', new Serial16550(createSerialState(), { set: () => {} }, { write: (b) => sent.push(b) })],
+    [COM1_PORT, 8, 'serial', serial],
     [POST_CODE_PORT, 1, 'post-code', new PostCode(postCode)],
     [DEBUG_EXIT_PORT, 4, 'debug-exit', new DebugExit((status) => events.push(`exit${status}`))],
-    [I8042_BASE, I8042_LENGTH, 'i8042', new I8042(() => events.push('i8042-reset'), createI8042State())],
+    [I8042_BASE, I8042_LENGTH, 'i8042', new I8042(() => events.push('i8042-reset'), i8042State)],
     [ACPI_PM1A_EVT, ACPI_PM1_EVT_LEN, 'pm1-evt', new Pm1Event()],
     [ACPI_PM1A_CNT, ACPI_PM1_CNT_LEN, 'pm1-cnt', new Pm1Control(5, pm)],
     [ACPI_RESET_PORT, 1, 'reset', new ResetRegister(0x06, pm)],
@@ -71,5 +74,7 @@ export function legacyPlatform() {
     for (let i = 0; i < size; i++) d[i] = Math.floor(v / 256 ** i) & 0xff;
     bus.write(port, d);
   };
-  return { bus, devices, events, sent, inp, out, postCode, cmos };
+  /** The shared state of each device, as a snapshot saves them (src/vmm/vm.ts). */
+  const states = { serial: serialState, postCode, cmos: cmosState, i8042: i8042State };
+  return { bus, devices, events, sent, inp, out, postCode, cmos, serial, states };
 }
