@@ -97,7 +97,7 @@ export const seg = (addr: fc.Arbitrary<bigint>, len: fc.Arbitrary<number>, write
 export const inSlot = (k: number): fc.Arbitrary<bigint> =>
   fc.oneof({ weight: 6, arbitrary: fc.constant(BigInt(slotAddr(k))) }, { weight: 1, arbitrary: addrArb });
 
-interface ChainCase {
+export interface ChainCase {
   q: number;
   segs: Seg[];
   /** Per descriptor, flags and next written instead of the chain's own (null: leave them). */
@@ -108,7 +108,7 @@ interface ChainCase {
   indirectLen: number | null;
 }
 
-interface DeviceCase<E> {
+export interface DeviceCase<E> {
   /** Offered features the driver drops (it may also ask for ones not offered). */
   drop: bigint;
   extra: bigint;
