@@ -4,12 +4,14 @@ import type { TargetSpec } from './harness.js';
 import { legacyRestoreTarget, legacyTarget } from './legacy.js';
 import { loaderTarget } from './loaders.js';
 import { restoreTarget } from './restore.js';
+import { snapshotTarget } from './snapshot.js';
 import { mmioTarget, virtioTargets } from './virtio.js';
 
 export const TARGETS: readonly TargetSpec[] = [
   ...virtioTargets,
   mmioTarget,
   restoreTarget,
+  snapshotTarget,
   legacyTarget,
   legacyRestoreTarget,
   loaderTarget,
