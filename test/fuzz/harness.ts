@@ -72,6 +72,8 @@ export interface Report {
   oob: number;
   refused: number;
   ms: number;
+  /** The longest case (a guest-driven stall shows here before it is long enough to be a finding). */
+  slowestMs: number;
   seed: number;
   /** On a finding: fast-check's path (replay with seed + path), the shrunk input and its verdict. */
   path?: string | undefined;
@@ -89,14 +91,22 @@ export interface RunOptions {
   path?: string;
 }
 
+/** A case longer than this is a finding (generous: a loaded CI machine must not make one). */
+export const STALL_MS = 5000;
+
 /** Runs one target: cases counted up to the first finding (shrinking's re-runs are not counted). */
 export async function runTarget(spec: TargetSpec, opts: RunOptions): Promise<Report> {
   const t = spec.create();
-  const r: Report = { name: spec.name, cases: 0, crashes: 0, oob: 0, refused: 0, ms: 0, seed: opts.seed };
+  const r: Report = { name: spec.name, cases: 0, crashes: 0, oob: 0, refused: 0, ms: 0, slowestMs: 0, seed: opts.seed };
   let found = false;
   const start = performance.now();
   try {
-    const judge = (v: Verdict): boolean => {
+    const judge = (verdict: Verdict, ms: number): boolean => {
+      // A case this long is a stall a guest or a file can cause (a vCPU or the API thread held for
+      // seconds): a finding, though nothing threw.
+      const v =
+        ms > STALL_MS && verdict.kind !== 'crash' ? crash(new Error(`the case took ${Math.round(ms)} ms`)) : verdict;
+      if (!found) r.slowestMs = Math.max(r.slowestMs, ms);
       if (!found) {
         r.cases++;
         if (v.kind === 'refused') r.refused++;
@@ -112,8 +122,14 @@ export async function runTarget(spec: TargetSpec, opts: RunOptions): Promise<Rep
       return true;
     };
     const property = spec.async
-      ? fc.asyncProperty(t.arbitrary, async (input) => judge(await t.run(input)))
-      : fc.property(t.arbitrary, (input) => judge(t.run(input) as Verdict));
+      ? fc.asyncProperty(t.arbitrary, async (input) => {
+          const t0 = performance.now();
+          return judge(await t.run(input), performance.now() - t0);
+        })
+      : fc.property(t.arbitrary, (input) => {
+          const t0 = performance.now();
+          return judge(t.run(input) as Verdict, performance.now() - t0);
+        });
     const details = await fc.check(property as fc.IAsyncProperty<[unknown]>, {
       seed: opts.seed,
       numRuns: opts.numRuns ?? Number.MAX_SAFE_INTEGER,
@@ -142,7 +158,7 @@ export async function runTarget(spec: TargetSpec, opts: RunOptions): Promise<Rep
 /** The line issue 12 asks for, and what a finding needs to be reproduced. */
 export function formatReport(r: Report): string {
   const rate = r.ms > 0 ? Math.round((r.cases * 1000) / r.ms) : 0;
-  let line = `${r.name}: ${r.cases} cases, ${r.crashes} crashes, ${r.oob} out-of-bounds (${r.refused} refused, ${(r.ms / 1000).toFixed(1)} s, ${rate}/s, seed ${r.seed})`;
+  let line = `${r.name}: ${r.cases} cases, ${r.crashes} crashes, ${r.oob} out-of-bounds (${r.refused} refused, ${(r.ms / 1000).toFixed(1)} s, ${rate}/s, slowest ${r.slowestMs.toFixed(1)} ms, seed ${r.seed})`;
   if (r.verdict !== undefined) {
     const v = r.verdict;
     const what =
