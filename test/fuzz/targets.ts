@@ -6,9 +6,11 @@ import { loaderTarget } from './loaders.js';
 import { restoreTarget } from './restore.js';
 import { snapshotTarget } from './snapshot.js';
 import { mmioTarget, virtioTargets } from './virtio.js';
+import { vsockTarget } from './vsock.js';
 
 export const TARGETS: readonly TargetSpec[] = [
   ...virtioTargets,
+  vsockTarget,
   mmioTarget,
   restoreTarget,
   snapshotTarget,
