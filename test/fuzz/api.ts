@@ -28,7 +28,65 @@ function sandbox() {
   writeFileSync(f('snap.state'), Buffer.from('VIREOSNP garbage'));
   writeFileSync(f('snap.mem'), Buffer.alloc(4096));
   mkdirSync(f('subdir'));
-  return { dir, f, close: () => rmSync(dir, { recursive: true, force: true }) };
+  // Relative paths in a body resolve here, and nowhere else, while the target runs.
+  const cwd = process.cwd();
+  process.chdir(dir);
+  /** Keeps every path a document names inside the sandbox (see confine). */
+  const allowed = new Set([
+    dir,
+    '/dev/null',
+    ...[
+      'disk.img',
+      'kernel',
+      'snap.state',
+      'snap.mem',
+      'subdir',
+      'missing/file',
+      'v.sock',
+      'serial.out',
+      'log',
+      'metrics',
+      'out.state',
+      'out.mem',
+      'no-kvm',
+    ].map(f),
+  ]);
+  return {
+    dir,
+    f,
+    confine: (text: string) => confine(text, allowed),
+    close: () => {
+      process.chdir(cwd);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * The handlers open, create and append to the paths a body names (log_path, metrics_path,
+ * serial_out_path, snapshot files) and the process may run as root: a mutated or bent path would
+ * land anywhere ("/x", "../x", "/tmp/dir}log"). Every string holding a "/" that is not one of the
+ * sandbox's own paths has its slashes replaced, so it names a file in the sandbox (the working
+ * directory); text that is not JSON reaches no handler and is left as it is.
+ */
+function confine(text: string, allowed: ReadonlySet<string>): string {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return text;
+  }
+  const fix = (v: unknown): unknown => {
+    if (typeof v === 'string') return allowed.has(v) || !/[/\\]|\.\./.test(v) ? v : v.replace(/[/\\.]/g, '_');
+    if (Array.isArray(v)) return v.map(fix);
+    if (v !== null && typeof v === 'object') {
+      const o = v as Record<string, unknown>;
+      for (const k of Object.keys(o))
+        Object.defineProperty(o, k, { value: fix(o[k]), enumerable: true, writable: true, configurable: true });
+    }
+    return v;
+  };
+  return JSON.stringify(fix(doc));
 }
 
 /** Hostile values for any position in a document; the strings are never a path outside the sandbox. */
@@ -161,7 +219,7 @@ export const apiTarget = target(
             let doc = applyEdits(base ?? {}, q.edits);
             if (path === '/logger') doc = keepLogsInSandbox(doc, box.f);
             const body = base === undefined && q.edits.length === 0 ? '' : JSON.stringify(doc);
-            const r = await api.dispatch(method, path, bend(body ?? 'null', q.text));
+            const r = await api.dispatch(method, path, box.confine(bend(body ?? 'null', q.text)));
             if (r.status >= 500) return crash(new Error(`${method} ${path} answered ${r.status}: ${r.body}`));
             if (r.status >= 400) verdict = refused(`${r.status}`);
           }
@@ -210,7 +268,7 @@ export const configFileTarget = target(
         if (doc !== null && typeof doc === 'object' && !Array.isArray(doc) && 'logger' in doc)
           doc.logger = keepLogsInSandbox(doc.logger as Json, box.f);
         try {
-          await applyConfigFile(api, bend(JSON.stringify(doc), c.text));
+          await applyConfigFile(api, box.confine(bend(JSON.stringify(doc), c.text)));
         } catch (e) {
           if (!isClean(e)) return crash(e);
           // Every section passed its checks and only the boot failed (no KVM by design): parsed whole.
