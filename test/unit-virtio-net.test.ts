@@ -11,8 +11,6 @@ import { VireoError } from '../src/common/errors.js';
 import {
   bit,
   POLL_ERR,
-  POLL_IN,
-  type Poller,
   STATUS,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
@@ -20,7 +18,6 @@ import {
 import {
   NET_MAX_FRAME,
   NET_OFFLOAD,
-  type NetBackend,
   offloadsFor,
   parseMac,
   VIRTIO_NET_F,
@@ -28,76 +25,12 @@ import {
   VirtioNet,
 } from '../src/devices/virtio/net.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/devices/virtio/queue.js';
+import { ALL_OFFLOADS, FakePoller, FakeTap } from './support/fake-net.js';
 import type { MockSplitQueue } from './support/mock-virtq.js';
 import { MockMmioDriver, R } from './support/virtio-driver.js';
 
 const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
-const ALL_OFFLOADS = NET_OFFLOAD.CSUM | NET_OFFLOAD.TSO4 | NET_OFFLOAD.TSO6 | NET_OFFLOAD.ECN | NET_OFFLOAD.UFO;
 const HDR = VIRTIO_NET_HDR_LEN;
-
-const errno = (code: string): Error => Object.assign(new Error(`${code} (fake)`), { code });
-
-/** A TAP stand-in: frames for the guest wait in `inbox`; what the guest sends lands in `sent`. */
-class FakeTap implements NetBackend {
-  readonly fd = 1000;
-  inbox: Uint8Array[] = [];
-  sent: Buffer[] = [];
-  offloadCalls: number[] = [];
-  reads = 0;
-  readErrors = 0;
-  writeErrors = 0;
-  constructor(readonly offloads = ALL_OFFLOADS) {}
-  read(all: readonly Uint8Array[], count: number): number | undefined {
-    const bufs = all.slice(0, count);
-    this.reads++;
-    if (this.readErrors > 0) {
-      this.readErrors--;
-      throw errno('EIO');
-    }
-    const f = this.inbox.shift();
-    if (f === undefined) return undefined;
-    let off = 0;
-    for (const b of bufs) {
-      if (off >= f.length) break;
-      const n = Math.min(b.length, f.length - off);
-      b.set(f.subarray(off, off + n));
-      off += n;
-    }
-    return f.length; // as the contract says: more than the buffers hold when it did not fit
-  }
-  write(all: readonly Uint8Array[], count: number): number {
-    const bufs = all.slice(0, count);
-    if (this.writeErrors > 0) {
-      this.writeErrors--;
-      throw errno('EIO');
-    }
-    const b = Buffer.concat(bufs);
-    this.sent.push(b);
-    return b.length;
-  }
-  setOffloads(flags: number): void {
-    this.offloadCalls.push(flags);
-  }
-}
-
-/** An epoll stand-in; like epoll it refuses to add an fd twice. */
-class FakePoller implements Poller {
-  readonly handlers = new Map<number, (events: number) => void>();
-  add(fd: number, _events: number, handler: (events: number) => void): void {
-    if (this.handlers.has(fd)) throw errno('EEXIST');
-    this.handlers.set(fd, handler);
-  }
-  modify(): void {}
-  remove(fd: number): void {
-    if (!this.handlers.delete(fd)) throw errno('ENOENT');
-  }
-  watching(fd: number): boolean {
-    return this.handlers.has(fd);
-  }
-  fire(fd: number, events = POLL_IN): void {
-    this.handlers.get(fd)?.(events);
-  }
-}
 
 interface Rig {
   tap: FakeTap;

@@ -70,7 +70,17 @@ export async function applyConfigFile(api: ApiServer, text: string, source = 'th
   steps.push(['InstanceStart', 'PUT', '/actions', { action_type: 'InstanceStart' }]);
 
   for (const [what, method, path, body] of steps) {
-    const r = await api.dispatch(method, encodeURI(path), JSON.stringify(body));
+    // encodeURI throws a URIError on a lone surrogate, which JSON lets an id carry ("\ud800"):
+    // refused with the message the API gives any id that is not letters, digits and underscores.
+    let url: string;
+    try {
+      url = encodeURI(path);
+    } catch {
+      throw new ConfigError(
+        `${source}, ${what}: API Resource IDs can only contain alphanumeric characters and underscores.`,
+      );
+    }
+    const r = await api.dispatch(method, url, JSON.stringify(body));
     if (r.status >= 400) {
       const fault = (JSON.parse(r.body) as { fault_message?: string }).fault_message ?? r.body;
       throw new ConfigError(`${source}, ${escapeControls(what)}: ${escapeControls(fault)}`);

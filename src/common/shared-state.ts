@@ -89,4 +89,14 @@ export class SharedState<K extends string> {
   snapshot(): Uint8Array {
     return new Uint8Array(this.buffer.slice(0));
   }
+
+  /**
+   * Puts saved bytes (a snapshot's) back into a state buffer of the same size. The lock word is left
+   * clear: no thread of this process holds it, and a set one from a state file would make every
+   * locked() on it spin for ever (a vCPU's first access to the device never returning).
+   */
+  static restore(buffer: SharedArrayBuffer, bytes: Uint8Array): void {
+    new Uint8Array(buffer).set(bytes);
+    Atomics.store(new Int32Array(buffer, 0, 1), 0, 0);
+  }
 }

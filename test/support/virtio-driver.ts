@@ -44,6 +44,8 @@ export const R = {
 export class MockMmioDriver {
   readonly mapping: GuestMemoryMapping;
   readonly mem: GuestMemory;
+  /** The transport's and device's view of the same mappings (a RecordingMemory when a test audits them). */
+  readonly deviceMem: GuestMemory;
   readonly spec: VirtioMmioSpec;
   readonly transport: VirtioMmioTransport;
   readonly side: VirtioMmioDeviceSide;
@@ -59,19 +61,22 @@ export class MockMmioDriver {
     device: VirtioDevice | ((memory: RegionDescriptor[]) => VirtioDevice),
     memBytes = 4 << 20,
     trackDirty = false,
+    /** Builds the device side's view of guest memory, for tests that audit every access it makes. */
+    deviceMemory?: (regions: RegionDescriptor[]) => GuestMemory,
   ) {
     this.mapping = GuestMemoryMapping.allocate([{ gpa: 0, size: memBytes }]);
     if (trackDirty) this.mapping.trackDirty();
     this.mem = new GuestMemory(this.mapping.descriptors);
+    this.deviceMem = deviceMemory ? deviceMemory(this.mapping.descriptors) : this.mem;
     this.device = typeof device === 'function' ? device(this.mapping.descriptors) : device;
     this.spec = createVirtioMmioSpec(this.device);
     let side: VirtioMmioDeviceSide | undefined;
-    this.transport = new VirtioMmioTransport(this.spec, this.mem, {
+    this.transport = new VirtioMmioTransport(this.spec, this.deviceMem, {
       notifyQueue: (q) => side?.process(q),
       wake: () => side?.poll(),
       interrupt: () => this.interrupts++,
     });
-    side = new VirtioMmioDeviceSide(this.spec, this.device, this.mem, () => this.interrupts++);
+    side = new VirtioMmioDeviceSide(this.spec, this.device, this.deviceMem, () => this.interrupts++);
     this.side = side;
   }
 

@@ -391,7 +391,9 @@ export class VirtioMmioTransport implements BusDevice {
       for (const f of ['status', 'driverFeaturesLo', 'driverFeaturesHi', 'interruptStatus', 'queueSel'] as const)
         this.s.set(f, 0);
       this.st.queues.fill(0);
-      gen = this.s.add('resetGen', 1) + 1;
+      // As int32, the way get() reads it back: past 2^31 resets (or from a restored state) the sum would
+      // never equal the acknowledgement and every reset would stall the vCPU for the whole deadline.
+      gen = (this.s.add('resetGen', 1) + 1) | 0;
     });
     this.hooks.wake();
     const deadline = Date.now() + 1000;
