@@ -37,8 +37,8 @@ import {
   type VsockHost,
   type VsockStream,
 } from '../src/devices/virtio/vsock/index.js';
-import * as sys from '../src/kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping } from '../src/memory/guest-memory.js';
+import * as sys from '../src/os/sys.js';
 import { MockSplitQueue } from './support/mock-virtq.js';
 
 const GUEST_CID = 3;

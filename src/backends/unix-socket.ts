@@ -18,7 +18,7 @@ import {
   type VsockStream,
   type VsockTimer,
 } from '../devices/virtio/vsock/index.js';
-import * as sys from '../kvm/sys.js';
+import * as sys from '../os/sys.js';
 
 /** What the VMM opens in the main thread and posts to the I/O thread (plain data). */
 export interface VsockSpec extends VsockConfig {

@@ -41,8 +41,8 @@ import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
 import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
-import * as sys from '../kvm/sys.js';
 import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
 import { recycleIoThread, takeIoThread } from './vcpu-threads.js';
 
