@@ -12,6 +12,9 @@ import { openOutputFile } from '../backends/output-file.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
+import type { BalloonConfig } from '../config/balloon.js';
+import type { DriveConfig } from '../config/drive.js';
+import type { NetConfig } from '../config/net.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
 import type { VsockConfig } from '../devices/virtio/vsock/index.js';
@@ -44,7 +47,7 @@ import {
   type VcpuWorkerInit,
 } from '../vcpu/protocol.js';
 import { recycleVcpuThread, takeVcpuThread } from './vcpu-threads.js';
-import { type BalloonConfig, type DriveConfig, type NetConfig, VirtioDevices } from './virtio-devices.js';
+import { VirtioDevices } from './virtio-devices.js';
 
 export { prewarmIoThread, prewarmVcpuThreads } from './vcpu-threads.js';
 
