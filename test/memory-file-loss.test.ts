@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import * as sys from '../src/kvm/sys.js';
+import * as sys from '../src/os/sys.js';
 import { mergeMemoryFiles } from '../src/snapshot/merge.js';
 import { Vm } from '../src/vmm/vm.js';
 import { guestPath } from './guests/build.js';

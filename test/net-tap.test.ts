@@ -36,7 +36,7 @@ import {
   VIRTIO_NET_S_LINK_UP,
   VirtioNet,
 } from '../src/devices/virtio/net.js';
-import * as sys from '../src/kvm/sys.js';
+import * as sys from '../src/os/sys.js';
 import { compileAndRunC } from './support/cc.js';
 import type { MockSplitQueue } from './support/mock-virtq.js';
 import { MockMmioDriver, R } from './support/virtio-driver.js';

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import { FdConsole, FdSink } from '../src/backends/console-io.js';
 import { openOutputFile, writeOrDrop } from '../src/backends/output-file.js';
-import * as sys from '../src/kvm/sys.js';
+import * as sys from '../src/os/sys.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'vireo-console-io-'));
 const fds: number[] = [];
@@ -120,7 +120,7 @@ describe('console sinks onto a full blocking output, kicked', () => {
     while (writeOrDrop(filler, Buffer.of(0x2e)).kind === 'written');
     sys.installKickSignal();
     const consoleIo = new URL('../src/backends/console-io.js', import.meta.url).href;
-    const sysUrl = new URL('../src/kvm/sys.js', import.meta.url).href;
+    const sysUrl = new URL('../src/os/sys.js', import.meta.url).href;
     // The serial port's sink on a thread of its own, as on a vCPU thread: one byte onto the full output.
     const worker = new Worker(
       `const { parentPort, workerData } = require('node:worker_threads');

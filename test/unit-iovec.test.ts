@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import * as sys from '../src/kvm/sys.js';
+import * as sys from '../src/os/sys.js';
 
 const PAGE = 4096;
 

@@ -61,7 +61,7 @@ test('a truncated memory file reads as zeros in a worker thread; the loss is cou
 
 test('a SIGBUS outside guarded memory still ends the process', () => {
   const path = fileOf('b.mem');
-  const sysUrl = new URL('../src/kvm/sys.js', import.meta.url).href;
+  const sysUrl = new URL('../src/os/sys.js', import.meta.url).href;
   // Installs the guard (by guarding one range), then touches an unguarded mapping of a truncated file.
   const script = `
     import { openSync, truncateSync } from 'node:fs';

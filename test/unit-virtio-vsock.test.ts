@@ -12,15 +12,9 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
-import {
-  closeVsock,
-  createVsockDevice,
-  openVsock,
-  parseVsockOption,
-  UnixVsockHost,
-  type VsockSpec,
-} from '../src/backends/unix-socket.js';
+import { closeVsock, openVsock, UnixVsockHost, type VsockSpec } from '../src/backends/unix-socket.js';
 import { MiB } from '../src/common/address.js';
+import { parseVsockOption } from '../src/config/vsock.js';
 import { POLL_IN, type Poller, type VirtioContext } from '../src/devices/virtio/device.js';
 import { Queue, type QueueLayout } from '../src/devices/virtio/queue.js';
 import {
@@ -37,8 +31,9 @@ import {
   type VsockHost,
   type VsockStream,
 } from '../src/devices/virtio/vsock/index.js';
-import * as sys from '../src/kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping } from '../src/memory/guest-memory.js';
+import * as sys from '../src/os/sys.js';
+import { createVsockDevice } from '../src/vmm/virtio-devices.js';
 import { MockSplitQueue } from './support/mock-virtq.js';
 
 const GUEST_CID = 3;

@@ -6,8 +6,10 @@
  * Firecracker words them.
  */
 import { TypedEmitter } from '../common/emitter.js';
+import type { BalloonConfig } from '../config/balloon.js';
+import type { DriveConfig } from '../config/drive.js';
+import type { NetConfig } from '../config/net.js';
 import { formatMac, parseMac } from '../devices/virtio/net.js';
-import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
 import type { SerialConfig, Vm, VmConfig, VmExit } from '../vmm/vm.js';
 import { badRequest, notSupportedPostBoot, notSupportedPreBoot, stateError } from './errors.js';
 import { ApiLogger } from './logger.js';

@@ -15,7 +15,7 @@ import { allRoutes } from './resources/index.js';
 import type { HttpMethod, Route, RouteResult } from './routes.js';
 import { specValidator } from './spec.js';
 
-/** sun_path holds 108 bytes including the terminating NUL (as kvm/sys.ts, not imported: the API loads no FFI). */
+/** sun_path holds 108 bytes including the terminating NUL (as os/socket.ts, not imported: the API loads no FFI). */
 export const UNIX_PATH_MAX = 107;
 
 /** Firecracker's HTTP_MAX_PAYLOAD_SIZE. */

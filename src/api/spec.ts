@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Ajv, ErrorObject, ValidateFunction } from 'ajv';
-import { cacheRoot } from '../kit/util.js';
+import { cacheRoot } from '../common/paths.js';
 
 /**
  * yaml and ajv load on first use, not with this module: together they take ~100 ms to load, and the

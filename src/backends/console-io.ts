@@ -7,7 +7,7 @@
 import { readSync } from 'node:fs';
 import type { ByteSink } from '../devices/legacy/serial.js';
 import type { ConsoleBackend } from '../devices/virtio/console.js';
-import { waitWritable } from '../kvm/sys.js';
+import { waitWritable } from '../os/poll.js';
 import { type WriteOutcome, writeOrDrop } from './output-file.js';
 
 export { openOutputFile } from './output-file.js';

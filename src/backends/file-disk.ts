@@ -6,8 +6,8 @@
 import { closeSync, constants, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } from 'node:fs';
 import { ConfigError } from '../common/errors.js';
 import type { BlockBackend } from '../devices/virtio/block.js';
-import * as sys from '../kvm/sys.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { IoPool } from './io-pool.js';
 
 /** What the VMM opens in the main thread and posts to the I/O thread. */

@@ -6,8 +6,8 @@
  */
 import { fdatasyncSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
-import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { readvFull, writevFull } from './file-disk.js';
 import { CTL, OP_CODE, POOL_SLOTS, type PoolWorkerData, poolLayout, SLOT_F64, SLOT_I32, STATE } from './io-pool.js';
 

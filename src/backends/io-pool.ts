@@ -12,8 +12,8 @@
 import { Worker } from 'node:worker_threads';
 import type { BlockIoOp, BlockIoQueue } from '../devices/virtio/block.js';
 import type { Segment } from '../devices/virtio/queue.js';
-import * as sys from '../kvm/sys.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 
 /** Slots (requests in flight at once); a power of two. */
 export const POOL_SLOTS = 64;

@@ -8,7 +8,7 @@
 import { readvSync, writevSync } from 'node:fs';
 import { ConfigError, errnoName, SyscallError } from '../common/errors.js';
 import { NET_IOV_MAX, NET_OFFLOAD, type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
-import * as sys from '../kvm/sys.js';
+import * as sys from '../os/sys.js';
 
 const IOC_WRITE = 1;
 const IOC_READ = 2;

@@ -11,14 +11,13 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import { ConfigError, SyscallError } from '../common/errors.js';
 import {
   checkVsockConfig,
-  VirtioVsock,
   type VsockConfig,
   type VsockHost,
   type VsockListener,
   type VsockStream,
   type VsockTimer,
 } from '../devices/virtio/vsock/index.js';
-import * as sys from '../kvm/sys.js';
+import * as sys from '../os/sys.js';
 
 /** What the VMM opens in the main thread and posts to the I/O thread (plain data). */
 export interface VsockSpec extends VsockConfig {
@@ -102,11 +101,6 @@ export class UnixVsockHost implements VsockHost {
   }
 }
 
-/** The virtio-vsock device over Unix sockets, for a spec from openVsock() (on the I/O thread, or for its features). */
-export function createVsockDevice(spec: VsockSpec): VirtioVsock {
-  return new VirtioVsock(new UnixVsockHost(spec), spec);
-}
-
 /** Whether a process still owns a Unix socket path: only a refused connect proves it stale. */
 function socketAlive(path: string): boolean {
   try {
@@ -167,23 +161,4 @@ export function closeVsock(spec: VsockSpec): void {
   } catch {
     // already gone
   }
-}
-
-/** `cid=N,uds=PATH` (the CLI's --vsock value; also `guest_cid=` and `uds_path=` as Firecracker names them). */
-export function parseVsockOption(v: string): VsockConfig {
-  let cid: number | undefined;
-  let udsPath: string | undefined;
-  for (const part of v.split(',')) {
-    const eq = part.indexOf('=');
-    const k = eq < 0 ? part : part.slice(0, eq);
-    const val = eq < 0 ? '' : part.slice(eq + 1);
-    if ((k === 'cid' || k === 'guest_cid') && /^[0-9]{1,10}$/.test(val)) cid = Number(val);
-    else if ((k === 'uds' || k === 'uds_path' || k === 'path') && val) udsPath = val;
-    else throw new ConfigError(`unknown vsock option "${part}": use cid=N,uds=PATH`);
-  }
-  if (cid === undefined || udsPath === undefined) throw new ConfigError('--vsock needs cid=N,uds=PATH');
-  const config = { cid, udsPath };
-  const why = checkVsockConfig(config);
-  if (why) throw new ConfigError(why);
-  return config;
 }

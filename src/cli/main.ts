@@ -1,8 +1,11 @@
 /** The `vireo` command line. */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { parseVsockOption } from '../backends/unix-socket.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { guardStderr } from '../common/stdio.js';
+import type { BalloonConfig } from '../config/balloon.js';
+import type { DriveConfig } from '../config/drive.js';
+import type { NetConfig } from '../config/net.js';
+import { parseVsockOption } from '../config/vsock.js';
 import { parseMac } from '../devices/virtio/net.js';
 import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import { prepareKit } from '../kit/kit.js';
@@ -11,7 +14,6 @@ import { detectFlavour } from '../kvm/kvm.js';
 import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
 import { threadsLoaded } from '../vmm/vcpu-threads.js';
-import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
 import { type SerialConfig, Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
 import { prewarmForArgs } from './prewarm.js';

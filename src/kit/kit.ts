@@ -5,6 +5,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { cacheRoot } from '../common/paths.js';
 import {
   aptUpdate,
   busyboxApplets,
@@ -19,7 +20,7 @@ import {
   withSizes,
 } from './debian.js';
 import { InitramfsBuilder, outbElf } from './initramfs.js';
-import { cacheRoot, KitError, type ProgressFn, publishDir, readJson, scratchDirFor } from './util.js';
+import { KitError, type ProgressFn, publishDir, readJson, scratchDirFor } from './util.js';
 
 /** The guest kit's modules (their dependency closure is added, dependencies first). */
 export const KIT_MODULES = [

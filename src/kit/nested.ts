@@ -10,10 +10,11 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { cacheRoot } from '../common/paths.js';
 import type { KernelModule } from './debian.js';
 import { InitramfsBuilder } from './initramfs.js';
 import { addBusyboxBase, type KernelBuildSpec, type KitOptions, prepareKernelBuild } from './kit.js';
-import { cacheRoot, NestedError } from './util.js';
+import { NestedError } from './util.js';
 
 /** Modules the outer machine loads (their dependency closure is added, dependencies first). */
 export const NESTED_MODULES = [

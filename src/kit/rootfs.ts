@@ -23,9 +23,10 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { cacheRoot } from '../common/paths.js';
 import { type KitOptions, prepareKit } from './kit.js';
 import { rootfsFiles } from './rootfs-config.js';
-import { cacheRoot, KitError, type ProgressFn, publishDir, readJson, runTool, scratchDirFor } from './util.js';
+import { KitError, type ProgressFn, publishDir, readJson, runTool, scratchDirFor } from './util.js';
 
 export const ROOTFS_SUITE = 'bookworm';
 /** Bump when what a build produces changes, so cached images are rebuilt. */

@@ -2,8 +2,6 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
 import { VireoError } from '../common/errors.js';
 
 /** Building the guest kit failed (a tool, the Debian mirror, a package's contents). */
@@ -126,13 +124,6 @@ export function runTool(
       );
     });
   });
-}
-
-/** vireo's cache: $VIREO_CACHE_DIR, else ${XDG_CACHE_HOME:-~/.cache}/vireo. */
-export function cacheRoot(): string {
-  if (process.env.VIREO_CACHE_DIR) return process.env.VIREO_CACHE_DIR;
-  const xdg = process.env.XDG_CACHE_HOME;
-  return join(xdg?.startsWith('/') ? xdg : join(homedir(), '.cache'), 'vireo');
 }
 
 /** A fresh scratch directory next to `finalDir` (same file system, so it can be renamed into place). */

@@ -1,9 +1,10 @@
 /**
- * Kvm → Vm → Vcpu: typed handles over /dev/kvm. The only module (with sys.ts) that issues ioctls.
+ * Kvm → Vm → Vcpu: typed handles over /dev/kvm. The only module that issues KVM ioctls (through src/os/).
  * Each handle owns its fd (and the vCPU its kvm_run mapping) and releases them in close().
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { KvmUnavailableError, SyscallError, VireoError } from '../common/errors.js';
+import * as sys from '../os/sys.js';
 import {
   CAP,
   type CapName,
@@ -35,7 +36,6 @@ import {
   type Regs,
   type Sregs,
 } from './structs.js';
-import * as sys from './sys.js';
 
 export type KvmFlavour = 'vmx' | 'svm' | 'pvm' | 'unknown';
 

@@ -9,7 +9,7 @@
 import { closeSync, fstatSync } from 'node:fs';
 import { hex } from '../common/address.js';
 import { GuestMemoryError, VireoError } from '../common/errors.js';
-import * as sys from '../kvm/sys.js';
+import * as sys from '../os/sys.js';
 
 export interface RegionDescriptor {
   /** Guest-physical start. */

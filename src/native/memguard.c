@@ -10,7 +10,7 @@
  * counters and stops that VM with a clear message. Faults elsewhere go to the previous handler (or the
  * default action, which ends the process as before).
  *
- * Loaded with koffi (src/kvm/sys.ts); built by `npm run build` into dist/native/memguard.so. One copy
+ * Loaded with koffi (src/os/memguard.ts); built by `npm run build` into dist/native/memguard.so. One copy
  * per process: every thread's dlopen returns the same library, so the table is process-wide.
  */
 #define _GNU_SOURCE

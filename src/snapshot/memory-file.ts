@@ -8,8 +8,8 @@
 import { closeSync, constants, fsyncSync, ftruncateSync, openSync, rmSync, writeSync } from 'node:fs';
 import { SnapshotError } from '../common/errors.js';
 import { openUserFile } from '../common/files.js';
-import * as sys from '../kvm/sys.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { encodeTag, type MemoryTag, TAG_SIZE } from './memory-tag.js';
 
 const PAGE = 4096;

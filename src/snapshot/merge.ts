@@ -9,7 +9,7 @@
 import { closeSync, fsyncSync, readSync, writeSync } from 'node:fs';
 import { SnapshotError } from '../common/errors.js';
 import { openUserFile } from '../common/files.js';
-import * as sys from '../kvm/sys.js';
+import * as sys from '../os/sys.js';
 import { encodeTag, type MemoryTag, readTag, TAG_SIZE } from './memory-tag.js';
 
 export interface MergeResult {

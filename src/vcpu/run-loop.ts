@@ -8,8 +8,8 @@ import type { Bus } from '../bus/bus.js';
 import { VireoError } from '../common/errors.js';
 import { EXIT, IOCTL, KVM_EXIT_IO_OUT, OFFSET } from '../kvm/abi.js';
 import type { Vcpu } from '../kvm/kvm.js';
-import * as sys from '../kvm/sys.js';
 import { lostBackingFile, type RegionDescriptor } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { Cmd, CTRL_CMD, CTRL_STATE, type RegisterDump, State, type VcpuStop } from './protocol.js';
 
 const R = OFFSET.kvm_run;

@@ -15,7 +15,7 @@
 import { closeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { type Readable, Writable } from 'node:stream';
-import * as sys from '../kvm/sys.js';
+import * as sys from '../os/sys.js';
 import type { SerialConfig, Vm } from './vm.js';
 
 export interface ConsoleStreams {

@@ -6,8 +6,8 @@
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import type { Poller } from '../devices/virtio/device.js';
 import { type DeviceSideState, VirtioMmioDeviceSide } from '../devices/virtio/mmio.js';
-import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
 import { buildDevice, type IoThreadInit, type IoThreadMessage } from './virtio-devices.js';
 

@@ -30,8 +30,8 @@ import { restoreSerialState, type SerialState, saveSerialState } from '../device
 import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { EXIT } from '../kvm/abi.js';
 import { irqLineRaw } from '../kvm/kvm.js';
-import { eventfdWrite } from '../kvm/sys.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
+import { eventfdWrite } from '../os/eventfd.js';
 import type { VcpuStop } from '../vcpu/protocol.js';
 import type { VirtioPlatformSpec } from './virtio-devices.js';
 

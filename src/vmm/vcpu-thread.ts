@@ -6,8 +6,8 @@
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import { Vcpu } from '../kvm/kvm.js';
-import * as sys from '../kvm/sys.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { CTRL_STATE, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
 import { explainStop, runLoop } from '../vcpu/run-loop.js';
 import { buildPlatform, createPlatformSpec, type PlatformSpec } from './platform.js';

@@ -12,9 +12,12 @@ import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
 import { type ConsoleIoSpec, FdConsole } from '../backends/console-io.js';
 import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk.js';
 import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
-import { closeVsock, createVsockDevice, openVsock, type VsockSpec } from '../backends/unix-socket.js';
+import { closeVsock, openVsock, UnixVsockHost, type VsockSpec } from '../backends/unix-socket.js';
 import { hex } from '../common/address.js';
 import { ConfigError, SnapshotError } from '../common/errors.js';
+import type { BalloonConfig } from '../config/balloon.js';
+import type { DriveConfig } from '../config/drive.js';
+import type { NetConfig } from '../config/net.js';
 import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
 import {
   type BalloonControlState,
@@ -39,38 +42,15 @@ import {
 } from '../devices/virtio/mmio-state.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
-import type { VsockConfig } from '../devices/virtio/vsock/index.js';
+import { VirtioVsock, type VsockConfig } from '../devices/virtio/vsock/index.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
-import * as sys from '../kvm/sys.js';
 import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
 import { recycleIoThread, takeIoThread } from './vcpu-threads.js';
 
 /** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
 export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
-
-export interface DriveConfig {
-  /** Drive id (Firecracker's drive_id); also the serial the guest reads with GET_ID. */
-  id: string;
-  path: string;
-  readOnly?: boolean | undefined;
-}
-
-export interface BalloonConfig {
-  /** Initial target: MiB the guest should give back. */
-  amountMiB: number;
-  deflateOnOom: boolean;
-  /** Ask the guest for statistics every this many seconds (0: never; they can still be requested). */
-  statsPollingIntervalS: number;
-}
-
-/** A network interface on a host TAP (Firecracker's iface_id, host_dev_name, guest_mac). */
-export interface NetConfig {
-  id: string;
-  tap: string;
-  /** 6 bytes; default 52:54:00:12:34:56, the last byte counting up per interface. */
-  mac?: number[] | undefined;
-}
 
 export interface VirtioConfig {
   drives?: DriveConfig[] | undefined;
@@ -107,6 +87,11 @@ const DISK_IO_THREADS = diskThreads(process.env.VIREO_DISK_THREADS);
 function diskThreads(v: string | undefined): number {
   const n = v === undefined || v === '' ? 2 : Number(v);
   return Number.isInteger(n) && n >= 0 && n <= 16 ? n : 2;
+}
+
+/** The virtio-vsock device over Unix sockets, for a spec from openVsock() (on the I/O thread, or for its features). */
+export function createVsockDevice(spec: VsockSpec): VirtioVsock {
+  return new VirtioVsock(new UnixVsockHost(spec), spec);
 }
 
 export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[] = []): VirtioDevice {

@@ -12,14 +12,17 @@ import { openOutputFile } from '../backends/output-file.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
+import type { BalloonConfig } from '../config/balloon.js';
+import type { DriveConfig } from '../config/drive.js';
+import type { NetConfig } from '../config/net.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
 import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';
-import * as sys from '../kvm/sys.js';
 import { GuestMemory, GuestMemoryMapping, memoryFileLostMessage, PAGE_SIZE } from '../memory/guest-memory.js';
+import * as sys from '../os/sys.js';
 import { encodeStateFile } from '../snapshot/format.js';
 import { openMemoryFile } from '../snapshot/memory-file.js';
 import { type MemoryTag, readTag } from '../snapshot/memory-tag.js';
@@ -44,7 +47,7 @@ import {
   type VcpuWorkerInit,
 } from '../vcpu/protocol.js';
 import { recycleVcpuThread, takeVcpuThread } from './vcpu-threads.js';
-import { type BalloonConfig, type DriveConfig, type NetConfig, VirtioDevices } from './virtio-devices.js';
+import { VirtioDevices } from './virtio-devices.js';
 
 export { prewarmIoThread, prewarmVcpuThreads } from './vcpu-threads.js';
 
