@@ -5,6 +5,7 @@
  */
 import { SnapshotError } from '../common/errors.js';
 import { SchemaError } from '../common/schema.js';
+import type { BalloonConfig, DriveConfig, NetConfig } from '../config/index.js';
 import type { AcpiPmState } from '../devices/legacy/acpi-pm-state.js';
 import type { CmosState } from '../devices/legacy/cmos-state.js';
 import type { I8042State } from '../devices/legacy/i8042-state.js';
@@ -15,7 +16,6 @@ import type { MmioTransportState } from '../devices/virtio/mmio-state.js';
 import type { DeviceSideState } from '../devices/virtio/side-state.js';
 import type { Kvm, Vm as KvmVm, Vcpu } from '../kvm/kvm.js';
 import type { CpuidEntry } from '../kvm/structs.js';
-import type { BalloonConfig, DriveConfig, NetConfig } from '../vmm/virtio-devices.js';
 import { validateBody } from './body-schema.js';
 import { b64, decodeStateFile, unb64 } from './format.js';
 import type { MemoryFileRegion } from './memory-file.js';
