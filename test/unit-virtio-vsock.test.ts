@@ -16,11 +16,11 @@ import {
   closeVsock,
   createVsockDevice,
   openVsock,
-  parseVsockOption,
   UnixVsockHost,
   type VsockSpec,
 } from '../src/backends/unix-socket.js';
 import { MiB } from '../src/common/address.js';
+import { parseVsock as parseVsockOption } from '../src/config/index.js';
 import { POLL_IN, type Poller, type VirtioContext } from '../src/devices/virtio/device.js';
 import { Queue, type QueueLayout } from '../src/devices/virtio/queue.js';
 import {

@@ -10,7 +10,6 @@
 import { lstatSync, unlinkSync } from 'node:fs';
 import { ConfigError, SyscallError } from '../common/errors.js';
 import {
-  checkVsockConfig,
   VirtioVsock,
   type VsockConfig,
   type VsockHost,
@@ -120,12 +119,11 @@ function socketAlive(path: string): boolean {
 }
 
 /**
- * Checks the configuration and binds the listener at udsPath (in the main thread). A socket left behind
- * by a process that is gone (nobody accepts on it) is replaced; anything else at the path is an error.
+ * Binds the listener at udsPath (in the main thread; the configuration was checked by validateVsock,
+ * config/vsock.ts). A socket left behind by a process that is gone (nobody accepts on it) is replaced;
+ * anything else at the path is an error.
  */
 export function openVsock(config: VsockConfig): VsockSpec {
-  const why = checkVsockConfig(config);
-  if (why) throw new ConfigError(why);
   const path = config.udsPath;
   let existing: ReturnType<typeof lstatSync> | undefined;
   try {
@@ -167,23 +165,4 @@ export function closeVsock(spec: VsockSpec): void {
   } catch {
     // already gone
   }
-}
-
-/** `cid=N,uds=PATH` (the CLI's --vsock value; also `guest_cid=` and `uds_path=` as Firecracker names them). */
-export function parseVsockOption(v: string): VsockConfig {
-  let cid: number | undefined;
-  let udsPath: string | undefined;
-  for (const part of v.split(',')) {
-    const eq = part.indexOf('=');
-    const k = eq < 0 ? part : part.slice(0, eq);
-    const val = eq < 0 ? '' : part.slice(eq + 1);
-    if ((k === 'cid' || k === 'guest_cid') && /^[0-9]{1,10}$/.test(val)) cid = Number(val);
-    else if ((k === 'uds' || k === 'uds_path' || k === 'path') && val) udsPath = val;
-    else throw new ConfigError(`unknown vsock option "${part}": use cid=N,uds=PATH`);
-  }
-  if (cid === undefined || udsPath === undefined) throw new ConfigError('--vsock needs cid=N,uds=PATH');
-  const config = { cid, udsPath };
-  const why = checkVsockConfig(config);
-  if (why) throw new ConfigError(why);
-  return config;
 }
