@@ -23,9 +23,7 @@ export {
   VireoError,
   type VireoErrorCode,
 } from './common/errors.js';
-export type { BalloonConfig } from './config/balloon.js';
-export type { DriveConfig } from './config/drive.js';
-export type { NetConfig } from './config/net.js';
+export type { BalloonConfig, DriveConfig, NetConfig } from './config/index.js';
 export type { VsockConfig } from './devices/virtio/vsock/index.js';
 export type { VcpuStop } from './vcpu/protocol.js';
 export { type ConsoleStreams, type ConsoleStreamsBuilder, createConsoleStreams } from './vmm/console-stream.js';

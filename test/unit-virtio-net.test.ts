@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { VireoError } from '../src/common/errors.js';
+import { parseMac } from '../src/config/index.js';
 import {
   bit,
   POLL_ERR,
@@ -19,7 +20,6 @@ import {
   NET_MAX_FRAME,
   NET_OFFLOAD,
   offloadsFor,
-  parseMac,
   VIRTIO_NET_F,
   VIRTIO_NET_HDR_LEN,
   VirtioNet,

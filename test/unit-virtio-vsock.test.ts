@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
 import { closeVsock, openVsock, UnixVsockHost, type VsockSpec } from '../src/backends/unix-socket.js';
 import { MiB } from '../src/common/address.js';
-import { parseVsockOption } from '../src/config/vsock.js';
+import { parseVsock as parseVsockOption } from '../src/config/index.js';
 import { POLL_IN, type Poller, type VirtioContext } from '../src/devices/virtio/device.js';
 import { Queue, type QueueLayout } from '../src/devices/virtio/queue.js';
 import {

@@ -6,11 +6,16 @@
  * Firecracker words them.
  */
 import { TypedEmitter } from '../common/emitter.js';
-import type { BalloonConfig } from '../config/balloon.js';
-import type { DriveConfig } from '../config/drive.js';
-import type { NetConfig } from '../config/net.js';
-import { formatMac, parseMac } from '../devices/virtio/net.js';
-import type { SerialConfig, Vm, VmConfig, VmExit } from '../vmm/vm.js';
+import {
+  type BalloonConfig,
+  type DriveConfig,
+  type NetConfig,
+  parseMac,
+  type SerialConfig,
+  type VmConfig,
+} from '../config/index.js';
+import { formatMac } from '../devices/virtio/net.js';
+import type { Vm, VmExit } from '../vmm/vm.js';
 import { badRequest, notSupportedPostBoot, notSupportedPreBoot, stateError } from './errors.js';
 import { ApiLogger } from './logger.js';
 import { ApiMetrics, DEFAULT_METRICS_INTERVAL_MS, snakeCase } from './metrics.js';

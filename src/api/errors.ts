@@ -2,7 +2,8 @@
  * API errors: each carries the HTTP status and the `fault_message` Firecracker would send. The
  * messages follow Firecracker's own wording where it has one, so tools that match on them keep working.
  */
-import { VireoError, type VireoErrorCode } from '../common/errors.js';
+import { ConfigError, VireoError, type VireoErrorCode } from '../common/errors.js';
+import { ID_CHARS } from '../config/index.js';
 
 export class ApiError extends VireoError {
   override name = 'ApiError';
@@ -48,9 +49,22 @@ export const invalidPathMethod = (method: string, path: string): ApiError =>
 /** Firecracker's checked_id(): ids are non-empty and only alphanumerics and underscores. */
 export function checkId(id: string | undefined): string {
   if (id === undefined || id === '') throw badRequest('The ID cannot be empty.');
-  if (!/^[\p{L}\p{N}_]+$/u.test(id))
+  if (!ID_CHARS.test(id))
     throw badRequest('API Resource IDs can only contain alphanumeric characters and underscores.');
   return id;
 }
 
 export const idMismatch = (): ApiError => badRequest('The id from the path does not match the id from the body!');
+
+/**
+ * Runs a config/ validator for a request: its ConfigError becomes a 400 whose fault_message is
+ * `prefix: message` (Firecracker's "Drive config error: ..." style).
+ */
+export function validated(prefix: string, check: () => void): void {
+  try {
+    check();
+  } catch (e) {
+    if (e instanceof ConfigError) throw badRequest(`${prefix}: ${e.message}`);
+    throw e;
+  }
+}

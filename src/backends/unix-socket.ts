@@ -9,14 +9,7 @@
  */
 import { lstatSync, unlinkSync } from 'node:fs';
 import { ConfigError, SyscallError } from '../common/errors.js';
-import {
-  checkVsockConfig,
-  type VsockConfig,
-  type VsockHost,
-  type VsockListener,
-  type VsockStream,
-  type VsockTimer,
-} from '../devices/virtio/vsock/index.js';
+import type { VsockConfig, VsockHost, VsockListener, VsockStream, VsockTimer } from '../devices/virtio/vsock/index.js';
 import * as sys from '../os/sys.js';
 
 /** What the VMM opens in the main thread and posts to the I/O thread (plain data). */
@@ -114,12 +107,11 @@ function socketAlive(path: string): boolean {
 }
 
 /**
- * Checks the configuration and binds the listener at udsPath (in the main thread). A socket left behind
- * by a process that is gone (nobody accepts on it) is replaced; anything else at the path is an error.
+ * Binds the listener at udsPath (in the main thread; the configuration was checked by validateVsock,
+ * config/vsock.ts). A socket left behind by a process that is gone (nobody accepts on it) is replaced;
+ * anything else at the path is an error.
  */
 export function openVsock(config: VsockConfig): VsockSpec {
-  const why = checkVsockConfig(config);
-  if (why) throw new ConfigError(why);
   const path = config.udsPath;
   let existing: ReturnType<typeof lstatSync> | undefined;
   try {

@@ -2,19 +2,27 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { guardStderr } from '../common/stdio.js';
-import type { BalloonConfig } from '../config/balloon.js';
-import type { DriveConfig } from '../config/drive.js';
-import type { NetConfig } from '../config/net.js';
-import { parseVsockOption } from '../config/vsock.js';
-import { parseMac } from '../devices/virtio/net.js';
-import type { VsockConfig } from '../devices/virtio/vsock/index.js';
+import {
+  type BalloonConfig,
+  type DriveConfig,
+  MAX_MEM_MIB,
+  MAX_VCPUS,
+  type NetConfig,
+  parseBalloon as parseBalloonConfig,
+  parseDrive as parseDriveConfig,
+  parseNet as parseNetConfig,
+  parseSerial as parseSerialConfig,
+  parseVsock as parseVsockConfig,
+  type SerialConfig,
+  type VsockConfig,
+} from '../config/index.js';
 import { prepareKit } from '../kit/kit.js';
 import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';
 import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
 import { threadsLoaded } from '../vmm/vcpu-threads.js';
-import { type SerialConfig, Vm } from '../vmm/vm.js';
+import { Vm } from '../vmm/vm.js';
 import { hostReport, printHostReport } from './host.js';
 import { prewarmForArgs } from './prewarm.js';
 
@@ -32,67 +40,36 @@ function positiveInt(what: string, max: number) {
   };
 }
 
-export function parseSerial(v: string): SerialConfig {
-  if (v === 'stdio') return { kind: 'stdio' };
-  if (v === 'none') return { kind: 'none' };
-  if (v.startsWith('file:') && v.length > 5) return { kind: 'file', path: v.slice(5) };
-  throw new InvalidArgumentError('use stdio, none or file:PATH');
-}
-
-/** `--drive PATH` or `--drive path=PATH[,id=ID][,ro]` (ro, readonly, readonly=on|off). */
-export function parseDrive(v: string, previous: DriveConfig[]): DriveConfig[] {
-  const id = `drive${previous.length}`;
-  if (!v.includes('=')) return [...previous, { id, path: v, readOnly: false }];
-  const d: DriveConfig = { id, path: '', readOnly: false };
-  for (const part of v.split(',')) {
-    const eq = part.indexOf('=');
-    const k = eq < 0 ? part : part.slice(0, eq);
-    const val = eq < 0 ? '' : part.slice(eq + 1);
-    if (k === 'path' && val) d.path = val;
-    else if (k === 'id' && val) d.id = val;
-    else if ((k === 'ro' || k === 'readonly') && ['', 'on', 'true', '1'].includes(val)) d.readOnly = true;
-    else if ((k === 'ro' || k === 'readonly') && ['off', 'false', '0'].includes(val)) d.readOnly = false;
-    else throw new InvalidArgumentError(`unknown drive option "${part}": use path=FILE, id=NAME, ro`);
-  }
-  if (!d.path) throw new InvalidArgumentError('a drive needs path=FILE');
-  return [...previous, d];
-}
-
-/** `--balloon MIB` or `--balloon amount=MIB[,deflate_on_oom][,stats=SECONDS]` (Firecracker's fields). */
-export function parseBalloon(v: string): BalloonConfig {
-  const b: BalloonConfig = { amountMiB: 0, deflateOnOom: false, statsPollingIntervalS: 0 };
-  const num = (k: string, val: string): number => {
-    if (!/^\d+$/.test(val)) throw new InvalidArgumentError(`balloon ${k} must be a whole number, got "${val}"`);
-    return Number(val);
+/** A config/ parser as a commander argParser: its ConfigError becomes commander's usage error. */
+function cliParser<T>(parse: (v: string) => T): (v: string) => T {
+  return (v) => {
+    try {
+      return parse(v);
+    } catch (e) {
+      if (e instanceof ConfigError) throw new InvalidArgumentError(e.message);
+      throw e;
+    }
   };
-  for (const part of v.split(',')) {
-    const [k = '', val = ''] = part.split('=', 2);
-    if (/^\d+$/.test(part)) b.amountMiB = Number(part);
-    else if (k === 'amount' || k === 'amount_mib') b.amountMiB = num(k, val);
-    else if (k === 'deflate_on_oom' && ['', 'on', 'true'].includes(val)) b.deflateOnOom = true;
-    else if (k === 'stats' || k === 'stats_polling_interval_s') b.statsPollingIntervalS = num(k, val);
-    else
-      throw new InvalidArgumentError(`unknown balloon option "${part}": use amount=MIB, deflate_on_oom, stats=SECONDS`);
-  }
-  return b;
 }
 
-/** `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]`. */
-export function parseNet(v: string, previous: NetConfig[]): NetConfig[] {
-  const n: NetConfig = { id: `net${previous.length}`, tap: '' };
-  for (const part of v.split(',')) {
-    const [k = '', val = ''] = part.split('=', 2);
-    if (k === 'tap' && val) n.tap = val;
-    else if (k === 'id' && val) n.id = val;
-    else if (k === 'mac') {
-      const mac = parseMac(val);
-      if (!mac) throw new InvalidArgumentError(`mac "${val}" is not a unicast MAC address like 52:54:00:12:34:56`);
-      n.mac = [...mac];
-    } else throw new InvalidArgumentError(`unknown net option "${part}": use tap=NAME, mac=MAC, id=ID`);
-  }
-  if (!n.tap) throw new InvalidArgumentError('a network interface needs tap=NAME');
-  return [...previous, n];
+/** `--serial stdio|none|file:PATH` (config/serial.ts). */
+export const parseSerial = cliParser(parseSerialConfig);
+
+/** `--drive PATH` or `--drive path=PATH[,id=ID][,ro]`, repeatable (config/drive.ts). */
+export function parseDrive(v: string, previous: DriveConfig[]): DriveConfig[] {
+  return [...previous, cliParser((t) => parseDriveConfig(t, previous.length))(v)];
 }
+
+/** `--balloon MIB` or `--balloon amount=MIB[,deflate_on_oom][,stats=SECONDS]` (config/balloon.ts). */
+export const parseBalloon = cliParser(parseBalloonConfig);
+
+/** `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]`, repeatable (config/net.ts). */
+export function parseNet(v: string, previous: NetConfig[]): NetConfig[] {
+  return [...previous, cliParser((t) => parseNetConfig(t, previous.length))(v)];
+}
+
+/** `--vsock cid=N,uds=PATH` (config/vsock.ts). */
+export const parseVsock = cliParser(parseVsockConfig);
 
 interface RunOptions {
   drive: DriveConfig[];
@@ -254,9 +231,9 @@ async function mainCommand(argv: string[]): Promise<number> {
     .option('--nested', 'run inside the nested lane (an emulated machine with AMD-V and a standard /dev/kvm)')
     .option('--native', 'never switch to the nested lane, even on a PVM host')
     .addOption(
-      new Option('--mem <MiB>', 'guest memory in MiB').default(128).argParser(positiveInt('--mem', 1024 * 1024)),
+      new Option('--mem <MiB>', 'guest memory in MiB').default(128).argParser(positiveInt('--mem', MAX_MEM_MIB)),
     )
-    .addOption(new Option('--cpus <n>', 'number of vCPUs').default(1).argParser(positiveInt('--cpus', 254)))
+    .addOption(new Option('--cpus <n>', 'number of vCPUs').default(1).argParser(positiveInt('--cpus', MAX_VCPUS)))
     .addOption(
       new Option('--serial <where>', 'COM1: stdio, none or file:PATH')
         .default({ kind: 'stdio' }, 'stdio')
@@ -289,13 +266,7 @@ async function mainCommand(argv: string[]): Promise<number> {
       new Option(
         '--vsock <spec>',
         'a virtio-vsock device: cid=N,uds=PATH (host: connect to PATH, send "CONNECT <port>\\n"; guest connections to CID 2 port P go to PATH_P)',
-      ).argParser((v: string) => {
-        try {
-          return parseVsockOption(v);
-        } catch (e) {
-          throw new InvalidArgumentError((e as Error).message);
-        }
-      }),
+      ).argParser(parseVsock),
     )
     .option('--boot-timer', "print the time from process start to the guest's first exit")
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')

@@ -5,9 +5,7 @@
  */
 import { SnapshotError } from '../common/errors.js';
 import { SchemaError } from '../common/schema.js';
-import type { BalloonConfig } from '../config/balloon.js';
-import type { DriveConfig } from '../config/drive.js';
-import type { NetConfig } from '../config/net.js';
+import type { BalloonConfig, DriveConfig, NetConfig } from '../config/index.js';
 import type { AcpiPmState } from '../devices/legacy/acpi-pm-state.js';
 import type { CmosState } from '../devices/legacy/cmos-state.js';
 import type { I8042State } from '../devices/legacy/i8042-state.js';

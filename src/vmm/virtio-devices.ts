@@ -15,9 +15,7 @@ import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
 import { closeVsock, openVsock, UnixVsockHost, type VsockSpec } from '../backends/unix-socket.js';
 import { hex } from '../common/address.js';
 import { ConfigError, SnapshotError } from '../common/errors.js';
-import type { BalloonConfig } from '../config/balloon.js';
-import type { DriveConfig } from '../config/drive.js';
-import type { NetConfig } from '../config/net.js';
+import type { BalloonConfig, DriveConfig, NetConfig, VsockConfig } from '../config/index.js';
 import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
 import {
   type BalloonControlState,
@@ -42,7 +40,7 @@ import {
 } from '../devices/virtio/mmio-state.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
-import { VirtioVsock, type VsockConfig } from '../devices/virtio/vsock/index.js';
+import { VirtioVsock } from '../devices/virtio/vsock/index.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
@@ -51,6 +49,8 @@ import { recycleIoThread, takeIoThread } from './vcpu-threads.js';
 
 /** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
 export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
+
+export type { BalloonConfig, DriveConfig, NetConfig } from '../config/index.js';
 
 export interface VirtioConfig {
   drives?: DriveConfig[] | undefined;
@@ -212,29 +212,22 @@ export class VirtioDevices {
     return fd;
   }
 
-  /** Adds every device the config asks for; throws ConfigError on a bad one (the caller releases). */
+  /**
+   * Adds every device the config asks for (checked by validateVmConfig: config/); throws ConfigError
+   * when a backend cannot be opened (the caller releases).
+   */
   addAll(config: VirtioConfig): void {
-    const ids = new Set<string>();
     for (const d of config.drives ?? []) {
-      if (!/^[A-Za-z0-9_]{1,64}$/.test(d.id))
-        throw new ConfigError(`drive id "${d.id}" is invalid: use 1-64 letters, digits or underscores`);
-      if (ids.has(d.id)) throw new ConfigError(`drive id "${d.id}" is given twice: each drive needs its own id`);
-      ids.add(d.id);
       const disk = openFileDisk(d.path, d.readOnly ?? false);
       this.disks.push(disk);
       this.add(`virtio-blk:${d.id}`, { kind: 'block', id: d.id, disk });
     }
-    const netIds = new Set<string>();
-    for (const n of config.nets ?? []) {
-      if (!/^[A-Za-z0-9_]{1,64}$/.test(n.id))
-        throw new ConfigError(`network interface id "${n.id}" is invalid: use 1-64 letters, digits or underscores`);
-      if (netIds.has(n.id)) throw new ConfigError(`network interface id "${n.id}" is given twice`);
-      netIds.add(n.id);
-      const mac = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + netIds.size - 1];
+    (config.nets ?? []).forEach((n, i) => {
+      const mac = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i];
       const tap = openTap(n.tap);
       this.taps.push(tap);
       this.add(`virtio-net:${n.id}`, { kind: 'net', id: n.id, tap, mac });
-    }
+    });
     if (config.rng) this.add('virtio-rng', { kind: 'rng' });
     if (config.console) this.add('virtio-console', { kind: 'console', io: config.console });
     if (config.vsock) {
@@ -244,11 +237,6 @@ export class VirtioDevices {
     }
     const b = config.balloon;
     if (b) {
-      if (!Number.isInteger(b.amountMiB) || b.amountMiB < 0)
-        throw new ConfigError(`balloon amount ${b.amountMiB} MiB is invalid: give a whole number of MiB, 0 or more`);
-      const s = b.statsPollingIntervalS;
-      if (!Number.isInteger(s) || s < 0 || s > 65535)
-        throw new ConfigError(`balloon statistics interval ${s} s is invalid: give 0 (off) to 65535 seconds`);
       this.balloon = new BalloonControl();
       this.balloon.setTargetMiB(b.amountMiB);
       this.add('virtio-balloon', {

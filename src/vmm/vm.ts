@@ -12,12 +12,17 @@ import { openOutputFile } from '../backends/output-file.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
-import type { BalloonConfig } from '../config/balloon.js';
-import type { DriveConfig } from '../config/drive.js';
-import type { NetConfig } from '../config/net.js';
+import {
+  type BalloonConfig,
+  type SerialConfig,
+  type VmConfig,
+  type VsockConfig,
+  validateBalloonTarget,
+  validateStatsInterval,
+  validateVmConfig,
+} from '../config/index.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { PostCode } from '../devices/legacy/post-code.js';
-import type { VsockConfig } from '../devices/virtio/vsock/index.js';
 import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm, type Vcpu } from '../kvm/kvm.js';
 import { type CpuidEntry, encodeCpuid, encodeMsrs } from '../kvm/structs.js';
@@ -63,42 +68,7 @@ import {
   savePlatformState,
 } from './platform.js';
 
-export type SerialConfig =
-  | { kind: 'stdio' }
-  | { kind: 'file'; path: string }
-  | { kind: 'none' }
-  | { kind: 'fd'; fd: number };
-
-export interface VmConfig {
-  kernel: string;
-  initrd?: string | undefined;
-  cmdline?: string | undefined;
-  memMiB?: number | undefined;
-  cpus?: number | undefined;
-  serial?: SerialConfig | undefined;
-  /** In-kernel irqchip and PIT (default true). */
-  irqchip?: boolean | undefined;
-  kvmPath?: string | undefined;
-  /** virtio-blk drives, in order (the first is /dev/vda in a Linux guest). */
-  drives?: DriveConfig[] | undefined;
-  nets?: NetConfig[] | undefined;
-  /** A virtio-rng device (host randomness). */
-  rng?: boolean | undefined;
-  /**
-   * A virtio-console (the guest's hvc0): output where this says; input from sendConsoleInput(), which
-   * then feeds hvc0 instead of the serial port.
-   */
-  virtioConsole?: { output: SerialConfig } | undefined;
-  /** A virtio-balloon device. */
-  balloon?: BalloonConfig | undefined;
-  /** A virtio-vsock device: guest CID and the host Unix socket path (Firecracker's hybrid vsock). */
-  vsock?: VsockConfig | undefined;
-  /**
-   * Log the pages written (by the guest through KVM, by vireo's devices through a shared map), so that
-   * snapshots can be Diff snapshots (Firecracker's track_dirty_pages). Default false.
-   */
-  trackDirtyPages?: boolean | undefined;
-}
+export type { SerialConfig, VmConfig } from '../config/index.js';
 
 /** How the VM ended, and the process exit status that goes with it. */
 export interface VmExit {
@@ -118,8 +88,7 @@ export type VmEvents = {
 
 export const VIREO_VERSION = '0.1.0';
 
-/** The longest balloon statistics interval (Firecracker's is a u16 of seconds). */
-export const MAX_STATS_INTERVAL_S = 65535;
+export { MAX_STATS_INTERVAL_S } from '../config/index.js';
 
 export interface SnapshotOptions {
   statePath: string;
@@ -305,7 +274,8 @@ export class Vm extends TypedEmitter<VmEvents> {
   private readonly ownedFds: number[] = [];
   private consoleInputFd = -1;
 
-  private constructor(config: VmConfig) {
+  /** `boot`: false for a restore, which loads no kernel. */
+  private constructor(config: VmConfig, boot = true) {
     super();
     this.exitPromise = new Promise((res) => {
       this.exitResolve = res;
@@ -327,11 +297,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       vsock: config.vsock,
       trackDirtyPages: config.trackDirtyPages ?? false,
     };
-    const { memMiB, cpus } = this.config;
-    if (!Number.isInteger(memMiB) || memMiB < 2 || memMiB > 1024 * 1024)
-      throw new ConfigError(`memory size ${memMiB} MiB is out of range: give 2 to 1048576 MiB`);
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 254)
-      throw new ConfigError(`vCPU count ${cpus} is out of range: give 1 to 254`);
+    validateVmConfig(this.config, boot);
   }
 
   get state(): VmState {
@@ -397,11 +363,8 @@ export class Vm extends TypedEmitter<VmEvents> {
       balloon: cfg.balloon,
       vsock: cfg.vsock,
     });
-    if (!devices.empty) {
-      if (!cfg.irqchip)
-        throw new ConfigError('virtio devices need the in-kernel irqchip: drop --no-irqchip or the devices');
-      this.platformSpec.virtio = devices.platformSpec();
-    }
+    // (validateVmConfig refused virtio devices without the in-kernel irqchip.)
+    if (!devices.empty) this.platformSpec.virtio = devices.platformSpec();
     if (restore) {
       // Device registers as they were: each device's record goes back into its shared state.
       restorePlatformState(this.platformSpec, restore.body.devices);
@@ -669,21 +632,24 @@ export class Vm extends TypedEmitter<VmEvents> {
     try {
       checkMemoryTag(readTag(memFd, opts.memPath), body, opts.memPath);
       const c = body.config;
-      const vm = new Vm({
-        kernel: '',
-        memMiB: c.memMiB,
-        cpus: c.cpus,
-        irqchip: c.irqchip,
-        drives: c.drives,
-        nets: c.nets,
-        vsock: c.vsock,
-        rng: c.rng,
-        balloon: c.balloon,
-        virtioConsole: c.virtioConsole ? { output: opts.serial ?? { kind: 'stdio' } } : undefined,
-        serial: opts.serial,
-        kvmPath: opts.kvmPath,
-        trackDirtyPages: opts.trackDirtyPages,
-      });
+      const vm = new Vm(
+        {
+          kernel: '',
+          memMiB: c.memMiB,
+          cpus: c.cpus,
+          irqchip: c.irqchip,
+          drives: c.drives,
+          nets: c.nets,
+          vsock: c.vsock,
+          rng: c.rng,
+          balloon: c.balloon,
+          virtioConsole: c.virtioConsole ? { output: opts.serial ?? { kind: 'stdio' } } : undefined,
+          serial: opts.serial,
+          kvmPath: opts.kvmPath,
+          trackDirtyPages: opts.trackDirtyPages,
+        },
+        false,
+      );
       vm.image = body.memory.id;
       try {
         await vm.build({ body, memFd, memPath: opts.memPath, resume: opts.resume === true });
@@ -831,7 +797,7 @@ export class Vm extends TypedEmitter<VmEvents> {
   setBalloonTarget(mib: number): void {
     const b = this.devices?.balloon;
     if (!b) throw new VireoError('VIREO_ERR_STATE', 'this VM has no balloon device');
-    if (!Number.isInteger(mib) || mib < 0) throw new ConfigError(`balloon target ${mib} MiB is invalid`);
+    validateBalloonTarget(mib, this.config.memMiB);
     b.setTargetMiB(mib);
     this.devices?.wake();
   }
@@ -845,10 +811,7 @@ export class Vm extends TypedEmitter<VmEvents> {
     const devices = this.devices;
     const b = this.config.balloon;
     if (!devices?.balloon || !b) throw new VireoError('VIREO_ERR_STATE', 'this VM has no balloon device');
-    if (!Number.isInteger(seconds) || seconds < 0 || seconds > MAX_STATS_INTERVAL_S)
-      throw new ConfigError(
-        `balloon statistics interval ${seconds} s is invalid: give a whole number of seconds up to ${MAX_STATS_INTERVAL_S}`,
-      );
+    validateStatsInterval(seconds);
     if (seconds === b.statsPollingIntervalS) return;
     if (b.statsPollingIntervalS === 0 || seconds === 0)
       throw new ConfigError(

@@ -1,7 +1,8 @@
 /** The memory balloon: GET/PUT/PATCH /balloon, GET/PATCH /balloon/statistics. */
+import { validateBalloon } from '../../config/index.js';
 import { BALLOON_PAGE } from '../../devices/virtio/balloon.js';
 import type { VmController } from '../controller.js';
-import { badRequest, unsupported } from '../errors.js';
+import { badRequest, unsupported, validated } from '../errors.js';
 import { noContent, ok, type Route, route } from '../routes.js';
 import type { Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate } from '../types.js';
 
@@ -29,6 +30,12 @@ export const balloonRoutes: Route[] = [
         throw badRequest(
           `Balloon config error: The balloon target (${body.amount_mib} MiB) is larger than the guest's memory (${ctl.machine.mem_size_mib} MiB).`,
         );
+      const config = {
+        amountMiB: body.amount_mib,
+        deflateOnOom: body.deflate_on_oom,
+        statsPollingIntervalS: body.stats_polling_interval_s ?? 0,
+      };
+      validated('Balloon config error', () => validateBalloon(config, ctl.machine.mem_size_mib));
       ctl.balloon = {
         amount_mib: body.amount_mib,
         deflate_on_oom: body.deflate_on_oom,

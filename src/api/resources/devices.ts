@@ -1,8 +1,7 @@
 /** Devices: drives, network interfaces, vsock, entropy and the serial console. */
 
-import { parseMac } from '../../devices/virtio/net.js';
-import { checkVsockConfig } from '../../devices/virtio/vsock/index.js';
-import { badRequest, checkId, deserializeError, idMismatch, unsupported } from '../errors.js';
+import { parseMac, validateDrive, validateNet, validateSerial, validateVsock } from '../../config/index.js';
+import { badRequest, checkId, deserializeError, idMismatch, unsupported, validated } from '../errors.js';
 import { checkNoRateLimit, checkReadable, DEPRECATION, noContent, type Route, route } from '../routes.js';
 import type {
   Drive,
@@ -27,6 +26,8 @@ export const deviceRoutes: Route[] = [
       if (body.socket !== undefined)
         throw unsupported('vireo does not support vhost-user block devices (`socket`): give `path_on_host`');
       if (body.path_on_host === undefined) throw deserializeError('missing field `path_on_host`');
+      const drive = { id, path: body.path_on_host, readOnly: body.is_read_only ?? false };
+      validated('Drive config error', () => validateDrive(drive));
       if (body.io_engine === 'Async')
         throw unsupported('vireo does not support the Async io_engine (`io_engine`): use Sync or leave it out');
       checkNoRateLimit(body.rate_limiter, 'rate_limiter');
@@ -79,6 +80,10 @@ export const deviceRoutes: Route[] = [
       if (body.mtu !== undefined) throw unsupported('vireo does not support setting the MTU (`mtu`): leave it out');
       checkNoRateLimit(body.rx_rate_limiter, 'rx_rate_limiter');
       checkNoRateLimit(body.tx_rate_limiter, 'tx_rate_limiter');
+      const mac = body.guest_mac === undefined ? undefined : parseMac(body.guest_mac);
+      validated('Network interface error', () =>
+        validateNet({ id, tap: body.host_dev_name, mac: mac ? [...mac] : undefined }),
+      );
       for (const other of ctl.nets.values()) {
         if (other.iface_id === id) continue;
         if (other.host_dev_name === body.host_dev_name)
@@ -114,8 +119,7 @@ export const deviceRoutes: Route[] = [
     metric: 'vsock',
     handle({ ctl, body }) {
       ctl.requirePreBoot();
-      const problem = checkVsockConfig({ cid: body.guest_cid, udsPath: body.uds_path });
-      if (problem) throw badRequest(`Vsock config error: ${problem}`);
+      validated('Vsock config error', () => validateVsock({ cid: body.guest_cid, udsPath: body.uds_path }));
       ctl.vsock = { guest_cid: body.guest_cid, uds_path: body.uds_path };
       ctl.bootPath = true;
       // vsock_id is deprecated: Firecracker accepts it and flags the response.
@@ -144,6 +148,8 @@ export const deviceRoutes: Route[] = [
       ctl.requirePreBoot();
       if (body.rate_limiter && body.rate_limiter.size > 0)
         throw unsupported('vireo does not support rate limiting the serial console (`rate_limiter`)');
+      const path = body.serial_out_path;
+      if (path !== undefined) validated('Serial config error', () => validateSerial({ kind: 'file', path }));
       ctl.serial = { ...body };
       return noContent();
     },

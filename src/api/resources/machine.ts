@@ -1,11 +1,19 @@
 /** GET/PUT/PATCH /machine-config and PUT /boot-source (pre-boot resources). */
+import { validateBoot, validateMachine } from '../../config/index.js';
 import type { VmController } from '../controller.js';
-import { badRequest, unsupported } from '../errors.js';
+import { badRequest, unsupported, validated } from '../errors.js';
 import { checkReadable, noContent, ok, type Route, route } from '../routes.js';
 import type { BootSource, MachineConfiguration } from '../types.js';
 
 /** Firecracker's x86 command line limit (bytes, with the terminating NUL). */
 export const CMDLINE_MAX_SIZE = 2048;
+
+/**
+ * Firecracker's MAX_SUPPORTED_VCPUS: its API refuses more, and its clients expect that 400, so the API
+ * keeps it as an API-level rule. vireo's machine takes up to MAX_VCPUS (254, config/machine.ts): the
+ * CLI and Vm.create allow that many.
+ */
+export const FIRECRACKER_MAX_VCPUS = 32;
 
 /** Firecracker's MachineConfigError::InvalidVcpuCount. */
 const INVALID_VCPUS =
@@ -22,7 +30,11 @@ function updateMachine(ctl: VmController, update: Partial<MachineConfiguration>,
     throw unsupported(`vireo does not support CPU templates (\`cpu_template\`: ${next.cpu_template}); use None`);
   if (next.huge_pages !== 'None')
     throw unsupported(`vireo does not support huge pages (\`huge_pages\`: ${next.huge_pages}); use None`);
-  if (next.vcpu_count < 1 || next.vcpu_count > 32 || (next.smt && next.vcpu_count > 1 && next.vcpu_count % 2 === 1))
+  if (
+    next.vcpu_count < 1 ||
+    next.vcpu_count > FIRECRACKER_MAX_VCPUS ||
+    (next.smt && next.vcpu_count > 1 && next.vcpu_count % 2 === 1)
+  )
     throw badRequest(INVALID_VCPUS);
   if (next.mem_size_mib === 0)
     throw badRequest(
@@ -32,6 +44,7 @@ function updateMachine(ctl: VmController, update: Partial<MachineConfiguration>,
     throw badRequest(
       'Machine config error: The memory size (MiB) is smaller than the previously set balloon device target size.',
     );
+  validated('Machine config error', () => validateMachine({ memMiB: next.mem_size_mib, cpus: next.vcpu_count }));
   ctl.machine = { ...next, cpu_template: next.cpu_template === 'None' ? undefined : next.cpu_template };
   ctl.bootPath = true;
 }
@@ -82,6 +95,9 @@ export const machineRoutes: Route[] = [
         throw badRequest(
           `Boot source error: The kernel command line is invalid: it is longer than ${CMDLINE_MAX_SIZE - 1} bytes`,
         );
+      validated('Boot source error', () =>
+        validateBoot({ kernel: body.kernel_image_path, initrd: body.initrd_path, cmdline: body.boot_args }),
+      );
       ctl.bootSource = { ...body };
       ctl.bootPath = true;
       return noContent();

@@ -90,13 +90,7 @@ export interface NetConfig {
   mtu?: number | undefined;
 }
 
-/** "aa:bb:cc:dd:ee:ff" → 6 bytes; undefined when it is not a unicast MAC address. */
-export function parseMac(s: string): Uint8Array | undefined {
-  if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(s)) return undefined;
-  const mac = Uint8Array.from(s.split(':').map((h) => Number.parseInt(h, 16)));
-  return (mac[0] as number) & 1 ? undefined : mac;
-}
-
+/** 6 bytes → "aa:bb:cc:dd:ee:ff" (config/net.ts parses the text form). */
 export const formatMac = (mac: Uint8Array): string => Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join(':');
 
 /** The offloads to give the backend for what the guest negotiated (each needs GUEST_CSUM, ECN needs TSO). */

@@ -42,7 +42,7 @@ const RXQ = 0;
 const TXQ = 1;
 const EVQ = 2;
 
-/** The user's configuration of the device (Firecracker's `guest_cid` and `uds_path`). */
+/** The device's configuration: config/vsock.ts's VsockConfig (the user's part) and the timeouts. */
 export interface VsockConfig {
   /** The guest's context id, 3 to 2^32 − 2. */
   cid: number;
@@ -54,16 +54,14 @@ export interface VsockConfig {
   requestTimeoutMs?: number;
 }
 
-/** Why a configuration is unusable, or undefined. Paths: the Unix socket path limit is 107 bytes. */
-export function checkVsockConfig(c: VsockConfig): string | undefined {
-  if (!Number.isInteger(c.cid) || c.cid < VSOCK_MIN_GUEST_CID || c.cid > VSOCK_MAX_GUEST_CID)
-    return `vsock guest CID ${c.cid} is out of range: give ${VSOCK_MIN_GUEST_CID} to ${VSOCK_MAX_GUEST_CID} (0-2 and 2^32-1 are reserved)`;
-  const len = Buffer.byteLength(c.udsPath, 'utf8');
-  if (len === 0 || c.udsPath.includes('\0')) return 'vsock uds path is empty or contains a NUL byte';
-  // `${udsPath}_${port}` must fit too (up to 11 more bytes) for guest-initiated connections.
-  if (len + 11 > 107)
-    return `vsock uds path ${c.udsPath} is ${len} bytes: give at most 96 (Unix socket paths hold 107, and _PORT is appended)`;
-  return undefined;
+/**
+ * The guest CID is a 64-bit field whose reserved values (0-2, 2^32-1 and above) the driver must never
+ * be given: the device's own invariant. What a user may configure is checked before a device is built
+ * (validateVsock in config/vsock.ts, with the same bounds).
+ */
+function checkCid(cid: number): void {
+  if (!Number.isInteger(cid) || cid < VSOCK_MIN_GUEST_CID || cid > VSOCK_MAX_GUEST_CID)
+    throw new RangeError(`vsock guest CID ${cid} is reserved or out of range`);
 }
 
 export class VirtioVsock implements VirtioDevice {
@@ -82,8 +80,7 @@ export class VirtioVsock implements VirtioDevice {
   private pendingResetEvent = false;
 
   constructor(host: VsockHost, config: VsockConfig) {
-    const why = checkVsockConfig(config);
-    if (why) throw new RangeError(why);
+    checkCid(config.cid);
     this.config = { connectLineTimeoutMs: 10_000, requestTimeoutMs: 5_000, ...config };
     this.cid = config.cid;
     const cfg = new DataView(new ArrayBuffer(8));
@@ -159,8 +156,7 @@ export class VirtioVsock implements VirtioDevice {
    */
   transportReset(newCid?: number): void {
     if (newCid !== undefined) {
-      const why = checkVsockConfig({ ...this.config, cid: newCid });
-      if (why) throw new RangeError(why);
+      checkCid(newCid);
       this.cid = newCid;
       this.ctx?.config.setBigUint64(0, BigInt(newCid), true);
     }
