@@ -8,9 +8,10 @@ import { describe, test } from 'node:test';
 import { applyConfigFile } from '../src/api/config-file.js';
 import { VmController } from '../src/api/controller.js';
 import { ApiServer } from '../src/api/server.js';
-import { ConfigError } from '../src/common/errors.js';
+import { ConfigError, SnapshotError } from '../src/common/errors.js';
 import { SharedState } from '../src/common/shared-state.js';
-import { COM1_PORT } from '../src/devices/legacy/serial.js';
+import { COM1_PORT, FIFO_SIZE, HOST_RING_SIZE } from '../src/devices/legacy/serial.js';
+import { restoreSerialState, saveSerialState } from '../src/devices/legacy/serial-state.js';
 import { VIRTIO_BLK_T } from '../src/devices/virtio/block.js';
 import { STATUS } from '../src/devices/virtio/device.js';
 import { MMIO_MAGIC } from '../src/devices/virtio/mmio.js';
@@ -46,6 +47,41 @@ describe('directed cases', () => {
       return true;
     });
     await ctl.shutdown();
+  });
+
+  test('serial record: a 64-byte rxFifo or an oversized hostInput is refused; one at the limits drains in bounded time', () => {
+    // Once the h12 finding (a restored rxCount/hostCount used unchecked: 6.5e8 refill rounds on one
+    // access); now the record carries bytes, and the restore takes the counts from their lengths.
+    const fresh = legacyPlatform();
+    const base = saveSerialState(fresh.states.serial);
+    for (const bad of [
+      { ...base, rxFifo: '5a'.repeat(64) },
+      { ...base, rxFifo: '5a'.repeat(FIFO_SIZE + 1) },
+      { ...base, hostInput: 'a5'.repeat(HOST_RING_SIZE + 1) },
+      { ...base, hostInput: 'a5'.repeat(1 << 20) },
+    ])
+      assert.throws(
+        () => restoreSerialState(legacyPlatform().states.serial, bad),
+        (e: unknown) => e instanceof SnapshotError && /serial state is bad at \$\.(rxFifo|hostInput)/.test(e.message),
+      );
+    const rx = Array.from({ length: FIFO_SIZE }, (_, i) => i);
+    const host = Array.from({ length: HOST_RING_SIZE }, (_, i) => (i * 7) & 0xff);
+    const p = legacyPlatform();
+    restoreSerialState(p.states.serial, {
+      ...base,
+      fcr: 0x01, // FIFO on
+      rxFifo: Buffer.from(rx).toString('hex'),
+      hostInput: Buffer.from(host).toString('hex'),
+    });
+    assert.equal(p.serial.pendingInput, FIFO_SIZE + HOST_RING_SIZE);
+    const t0 = performance.now();
+    const got: number[] = [];
+    for (let i = 0; i < FIFO_SIZE + HOST_RING_SIZE + 8 && p.inp(COM1_PORT + 5, 1) & 0x01; i++)
+      got.push(p.inp(COM1_PORT, 1));
+    assert.ok(performance.now() - t0 < 500, `draining took ${(performance.now() - t0).toFixed(0)} ms`);
+    assert.deepEqual(got, [...rx, ...host], 'every byte, in order');
+    assert.equal(p.serial.pendingInput, 0);
+    assert.equal(p.inp(COM1_PORT + 5, 1) & 0x01, 0, 'LSR: no data ready');
   });
 });
 
