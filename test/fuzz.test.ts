@@ -315,15 +315,18 @@ describe('directed cases: the QEMU CVE classes', () => {
         await once('restored-device-state', {
           device,
           served: 2,
-          words: [],
+          mmio: [],
+          control: null,
+          edits: [],
           side: {
             gens: [null, null, null],
             active: true,
             broken: false,
             positions: [
-              { at: 0, p: { nextAvail: 0xffff, nextUsed: 3, signalledUsed: 0x8000, inFlight: 0xffff } },
+              { at: 0, p: { nextAvail: 0xffff, nextUsed: 3, signalledUsed: 0x8000, inFlight: 0x8000 } },
               { at: 1, p: { nextAvail: 17, nextUsed: 0xfffe, signalledUsed: 1, inFlight: 17 } },
             ],
+            device: null,
           },
         }),
       );
