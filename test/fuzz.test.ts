@@ -8,13 +8,18 @@ import { describe, test } from 'node:test';
 import { applyConfigFile } from '../src/api/config-file.js';
 import { VmController } from '../src/api/controller.js';
 import { ApiServer } from '../src/api/server.js';
-import { ConfigError } from '../src/common/errors.js';
+import { ConfigError, SnapshotError } from '../src/common/errors.js';
+import { checkRecord } from '../src/common/schema.js';
 import { SharedState } from '../src/common/shared-state.js';
-import { COM1_PORT } from '../src/devices/legacy/serial.js';
+import { COM1_PORT, FIFO_SIZE, HOST_RING_SIZE } from '../src/devices/legacy/serial.js';
+import { restoreSerialState, saveSerialState } from '../src/devices/legacy/serial-state.js';
 import { VIRTIO_BLK_T } from '../src/devices/virtio/block.js';
 import { STATUS } from '../src/devices/virtio/device.js';
 import { MMIO_MAGIC } from '../src/devices/virtio/mmio.js';
+import { restoreMmioTransportState, saveMmioTransportState } from '../src/devices/virtio/mmio-state.js';
 import { VirtioRng } from '../src/devices/virtio/rng.js';
+import { checkRngState } from '../src/devices/virtio/rng-state.js';
+import { deviceSideStateCheck } from '../src/devices/virtio/side-state.js';
 import { formatReport, runTarget, type Verdict } from './fuzz/harness.js';
 import { TARGETS } from './fuzz/targets.js';
 import { type ChainCase, DATA, type DeviceCase, MMIO_HOLE, type Seg, SLOT } from './fuzz/virtio.js';
@@ -47,6 +52,41 @@ describe('directed cases', () => {
     });
     await ctl.shutdown();
   });
+
+  test('serial record: a 64-byte rxFifo or an oversized hostInput is refused; one at the limits drains in bounded time', () => {
+    // Once the h12 finding (a restored rxCount/hostCount used unchecked: 6.5e8 refill rounds on one
+    // access); now the record carries bytes, and the restore takes the counts from their lengths.
+    const fresh = legacyPlatform();
+    const base = saveSerialState(fresh.states.serial);
+    for (const bad of [
+      { ...base, rxFifo: '5a'.repeat(64) },
+      { ...base, rxFifo: '5a'.repeat(FIFO_SIZE + 1) },
+      { ...base, hostInput: 'a5'.repeat(HOST_RING_SIZE + 1) },
+      { ...base, hostInput: 'a5'.repeat(1 << 20) },
+    ])
+      assert.throws(
+        () => restoreSerialState(legacyPlatform().states.serial, bad),
+        (e: unknown) => e instanceof SnapshotError && /serial state is bad at \$\.(rxFifo|hostInput)/.test(e.message),
+      );
+    const rx = Array.from({ length: FIFO_SIZE }, (_, i) => i);
+    const host = Array.from({ length: HOST_RING_SIZE }, (_, i) => (i * 7) & 0xff);
+    const p = legacyPlatform();
+    restoreSerialState(p.states.serial, {
+      ...base,
+      fcr: 0x01, // FIFO on
+      rxFifo: Buffer.from(rx).toString('hex'),
+      hostInput: Buffer.from(host).toString('hex'),
+    });
+    assert.equal(p.serial.pendingInput, FIFO_SIZE + HOST_RING_SIZE);
+    const t0 = performance.now();
+    const got: number[] = [];
+    for (let i = 0; i < FIFO_SIZE + HOST_RING_SIZE + 8 && p.inp(COM1_PORT + 5, 1) & 0x01; i++)
+      got.push(p.inp(COM1_PORT, 1));
+    assert.ok(performance.now() - t0 < 500, `draining took ${(performance.now() - t0).toFixed(0)} ms`);
+    assert.deepEqual(got, [...rx, ...host], 'every byte, in order');
+    assert.equal(p.serial.pendingInput, 0);
+    assert.equal(p.inp(COM1_PORT + 5, 1) & 0x01, 0, 'LSR: no data ready');
+  });
 });
 
 describe('directed cases: restored state', () => {
@@ -77,6 +117,26 @@ describe('directed cases: restored state', () => {
       assert.ok(drv.status & STATUS.DRIVER_OK);
     } finally {
       drv.release();
+    }
+  });
+
+  test('past 2^31 resets, the device side saves a record the next restore accepts (found by restored-device-state)', () => {
+    const drv = new MockMmioDriver(new VirtioRng((b) => b.fill(1)));
+    const fresh = new MockMmioDriver(new VirtioRng((b) => b.fill(1)));
+    try {
+      drv.transport.st.s.set('resetGen', 0x7fffffff);
+      drv.write(R.STATUS, 0); // the 2^31st reset: the int32 slot wraps to -2^31
+      drv.probe(16); // (its own reset: -2^31 + 1)
+      const side = drv.side.save();
+      // The merge of w-g kept save()'s `>>> 0` (2^31 + 1 here) beside the side check's int32 range: refused.
+      assert.equal(side.resetGen, -0x80000000 + 1);
+      checkRecord(deviceSideStateCheck(checkRngState), JSON.parse(JSON.stringify(side)), 'side');
+      restoreMmioTransportState(fresh.spec, saveMmioTransportState(drv.spec));
+      fresh.side.restore(side);
+      assert.equal(fresh.side.save().resetGen, -0x80000000 + 1);
+    } finally {
+      drv.release();
+      fresh.release();
     }
   });
 });
@@ -255,15 +315,18 @@ describe('directed cases: the QEMU CVE classes', () => {
         await once('restored-device-state', {
           device,
           served: 2,
-          words: [],
+          mmio: [],
+          control: null,
+          edits: [],
           side: {
             gens: [null, null, null],
             active: true,
             broken: false,
             positions: [
-              { at: 0, p: { nextAvail: 0xffff, nextUsed: 3, signalledUsed: 0x8000, inFlight: 0xffff } },
+              { at: 0, p: { nextAvail: 0xffff, nextUsed: 3, signalledUsed: 0x8000, inFlight: 0x8000 } },
               { at: 1, p: { nextAvail: 17, nextUsed: 0xfffe, signalledUsed: 1, inFlight: 17 } },
             ],
+            device: null,
           },
         }),
       );

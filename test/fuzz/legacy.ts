@@ -6,15 +6,20 @@
  */
 import fc from 'fast-check';
 import { ACPI_PM1A_CNT, ACPI_PM1A_EVT, ACPI_RESET_PORT } from '../../src/arch/x86_64/acpi.js';
-import { SharedState } from '../../src/common/shared-state.js';
+import { restoreAcpiPmState, saveAcpiPmState } from '../../src/devices/legacy/acpi-pm-state.js';
 import { CMOS_BASE } from '../../src/devices/legacy/cmos.js';
+import { restoreCmosState, saveCmosState } from '../../src/devices/legacy/cmos-state.js';
 import { DEBUG_EXIT_PORT } from '../../src/devices/legacy/debug-exit.js';
 import { I8042_BASE } from '../../src/devices/legacy/i8042.js';
+import { restoreI8042State, saveI8042State } from '../../src/devices/legacy/i8042-state.js';
 import { POST_CODE_PORT } from '../../src/devices/legacy/post-code.js';
+import { restorePostCodeState, savePostCodeState } from '../../src/devices/legacy/post-code-state.js';
 import { PVPANIC_PORT } from '../../src/devices/legacy/pvpanic.js';
 import { COM1_PORT } from '../../src/devices/legacy/serial.js';
+import { restoreSerialState, saveSerialState } from '../../src/devices/legacy/serial-state.js';
 import { legacyPlatform } from '../support/legacy-platform.js';
-import { crash, OK, target, type Verdict } from './harness.js';
+import { crash, isClean, OK, refused, target, type Verdict } from './harness.js';
+import { applyEdits, type Edit, editArb, type Json } from './json-mutate.js';
 
 const BASES = [
   COM1_PORT,
@@ -69,49 +74,169 @@ export const legacyTarget = target('legacy-ports', 10_000, () => {
   };
 });
 
-type StateName = 'serial' | 'postCode' | 'cmos' | 'i8042';
+/** The legacy devices' records in a snapshot body (src/vmm/platform.ts PlatformState), in restore order. */
+const RECORDS = {
+  serial: { save: saveSerialState, restore: restoreSerialState },
+  postCode: { save: savePostCodeState, restore: restorePostCodeState },
+  i8042: { save: saveI8042State, restore: restoreI8042State },
+  cmos: { save: saveCmosState, restore: restoreCmosState },
+  acpiPm: { save: saveAcpiPmState, restore: restoreAcpiPmState },
+} as const;
+type RecordName = keyof typeof RECORDS;
+const NAMES = Object.keys(RECORDS) as RecordName[];
+type States = ReturnType<typeof legacyPlatform>['states'];
+const save = (states: States, name: RecordName): Json =>
+  (RECORDS[name].save as (s: unknown) => unknown)(states[name]) as Json;
+const restore = (states: States, name: RecordName, record: unknown): void =>
+  (RECORDS[name].restore as (s: unknown, r: unknown) => void)(states[name], record);
+
+/**
+ * Values a record field may hold where the device wrote something else: the edges of u8, u16, i32 and
+ * u32, fractions, hex strings at and past each device's byte limits (16-byte FIFO, 64-code history,
+ * 128-byte CMOS RAM, 4096-byte host ring), bad hex, wrong types.
+ */
+export const recordValues: fc.Arbitrary<Json> = fc.oneof(
+  { weight: 4, arbitrary: fc.constantFrom<Json>(0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000) },
+  {
+    weight: 3,
+    arbitrary: fc.constantFrom<Json>(
+      -1,
+      2 ** 31 - 1,
+      2 ** 31,
+      -(2 ** 31),
+      -(2 ** 31) - 1,
+      2 ** 32 - 1,
+      2 ** 32,
+      2 ** 53,
+    ),
+  },
+  { weight: 1, arbitrary: fc.constantFrom<Json>(1.5, -0.5, 1e308, -1e308) },
+  {
+    weight: 3,
+    arbitrary: fc.constantFrom<Json>(
+      '',
+      '00',
+      '0',
+      'FF',
+      'zz',
+      'ff'.repeat(15),
+      '5a'.repeat(16),
+      '5a'.repeat(17),
+      '00'.repeat(64),
+      '00'.repeat(65),
+      '0f'.repeat(128),
+      'a5'.repeat(4096),
+      'a5'.repeat(4097),
+      '00'.repeat(1 << 16),
+      'none',
+      'commandByte',
+      'outputPort',
+    ),
+  },
+  { weight: 2, arbitrary: fc.constantFrom<Json>(null, true, false, [], {}, '1', [1], { version: 1 }) },
+  { weight: 2, arbitrary: fc.integer() },
+  { weight: 1, arbitrary: fc.nat(255) },
+);
+
+/**
+ * A record field replaced: `field` picks among the record's keys; `value` null means a value of the
+ * field's own type within what a device could have written (`near` picks it), so the restore goes on.
+ */
+interface FieldEdit {
+  dev: RecordName;
+  field: number;
+  value: Json | null;
+  near: number;
+}
+const fieldEdit: fc.Arbitrary<FieldEdit> = fc.record({
+  dev: fc.constantFrom(...NAMES),
+  field: fc.nat(),
+  value: fc.oneof({ weight: 2, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: recordValues }),
+  near: fc.nat(),
+});
+const NEAR_NUMBERS = [0, 1, 0x0f, 0x7f, 0x80, 0xc1, 0xff];
+const NEAR_HEX = ['', '00', '5a', 'ff'.repeat(16), '0d'.repeat(64), '8a'.repeat(128), 'a5'.repeat(4096)];
+function near(current: Json, n: number): Json {
+  if (typeof current === 'boolean') return n % 2 === 0 ? !current : current;
+  if (typeof current === 'number') return NEAR_NUMBERS[n % NEAR_NUMBERS.length] as number;
+  if (typeof current === 'string' && /^[0-9a-f]*$/.test(current)) return NEAR_HEX[n % NEAR_HEX.length] as string;
+  return current;
+}
+
 interface RestoredCase {
-  /** Words of a device's saved state replaced before the restore (the lock word among them). */
-  words: { dev: StateName; index: number; value: number }[];
+  /** Traffic on the VM that took the snapshot, so the records hold FIFO bytes, codes, RAM. */
+  before: PortOp[];
+  beforeInput: Uint8Array;
+  fields: FieldEdit[];
+  /** Edits anywhere in the records (dropped and added keys, wrapped records) after the field edits. */
+  edits: Edit[];
   ops: PortOp[];
   input: Uint8Array;
 }
 
 /**
- * The legacy devices restored from a state file whose bytes are hostile but of the right size (all a
- * snapshot body's schema checks): FIFO indices, counts and selectors of any int32 value. Port traffic
- * and host input afterwards may not throw or hang, and stay inside each device's ports.
+ * The legacy devices restored from hostile records (src/devices/legacy/*-state.ts): a platform's
+ * records as savePlatformState takes them, fields replaced by values at and past their ranges and the
+ * JSON edited anywhere, then each put into a fresh platform through its device's own restore
+ * (restorePlatformState's order). A refusal (SnapshotError) is fine; a record that restores must save
+ * back as the same record, and port traffic and host input afterwards may not throw or hang, and stay
+ * inside each device's ports.
  */
 export const legacyRestoreTarget = target('legacy-restored-state', 10_000, () => ({
   arbitrary: fc.record({
-    words: fc.array(
-      fc.record({
-        dev: fc.constantFrom<StateName>('serial', 'postCode', 'cmos', 'i8042'),
-        index: fc.oneof(fc.nat(40), fc.nat()),
-        value: fc.oneof(fc.constantFrom(0, 1, -1, 0x7fffffff, -0x80000000, 16, 64, 4096, 4097), fc.integer()),
-      }),
-      { minLength: 1, maxLength: 6 },
+    before: fc.array(portOp, { maxLength: 20 }),
+    beforeInput: fc.uint8Array({ maxLength: 24 }),
+    fields: fc.oneof(
+      { weight: 1, arbitrary: fc.constant<FieldEdit[]>([]) },
+      { weight: 4, arbitrary: fc.array(fieldEdit, { minLength: 1, maxLength: 4 }) },
+    ),
+    edits: fc.oneof(
+      { weight: 4, arbitrary: fc.constant<Edit[]>([]) },
+      { weight: 1, arbitrary: fc.array(editArb(recordValues), { minLength: 1, maxLength: 2 }) },
     ),
     ops: fc.array(portOp, { maxLength: 30 }),
     input: fc.uint8Array({ maxLength: 40 }),
   }),
   run(c: RestoredCase): Verdict {
-    const p = legacyPlatform();
     try {
-      for (const name of ['serial', 'postCode', 'cmos', 'i8042'] as const) {
-        const st = p.states[name];
-        const bytes = st.snapshot();
-        const dv = new DataView(bytes.buffer);
-        for (const w of c.words) {
-          const word = w.index % (bytes.length / 4);
-          // Known, reported to the lead (h12-fuzz report, finding 3): a restored serial state's rxHead,
-          // rxCount, hostHead or hostCount (words 11-14) is used unchecked; rxCount -651488643 with
-          // hostCount 132094318 makes refillFifo loop ~6.5e8 times (24 s on one enqueueInput or port
-          // access). Left out until the restore validates the serial state.
-          if (name === 'serial' && word >= 11 && word <= 14) continue;
-          if (w.dev === name) dv.setInt32(4 * word, w.value | 0, true);
+      // The VM that took the snapshot.
+      const src = legacyPlatform();
+      src.serial.enqueueInput(c.beforeInput);
+      for (const o of c.before) {
+        if (o.write) src.out(o.port, o.size, o.value);
+        else src.inp(o.port, o.size);
+      }
+      const saved: { [k: string]: Json } = {};
+      for (const name of NAMES) saved[name] = save(src.states, name);
+      // The state file: records bent, through JSON as the body is.
+      let doc: Json = saved;
+      for (const f of c.fields) {
+        const rec = (doc as { [k: string]: Json })[f.dev];
+        if (rec === null || typeof rec !== 'object' || Array.isArray(rec)) continue;
+        const keys = Object.keys(rec);
+        const key = keys[f.field % keys.length];
+        if (key === undefined || key === 'version') continue;
+        rec[key] = f.value === null ? near(rec[key] as Json, f.near) : structuredClone(f.value);
+      }
+      doc = JSON.parse(JSON.stringify(applyEdits(doc, c.edits))) as Json;
+      const body = (doc !== null && typeof doc === 'object' && !Array.isArray(doc) ? doc : {}) as {
+        [k: string]: unknown;
+      };
+      // The restore: each record into a fresh platform, in restorePlatformState's order.
+      const p = legacyPlatform();
+      for (const name of NAMES) {
+        try {
+          restore(p.states, name, body[name]);
+        } catch (e) {
+          if (isClean(e)) return refused(String((e as Error).message));
+          throw e;
         }
-        SharedState.restore(st.buffer, bytes); // what Vm.restore's copyInto does
+      }
+      // What was restored is what the next snapshot saves: no field lost or changed on the way in.
+      for (const name of NAMES) {
+        const again = JSON.stringify(save(p.states, name));
+        if (again !== JSON.stringify(body[name]))
+          return crash(new Error(`${name}: restored ${JSON.stringify(body[name])}, saved back ${again}`));
       }
       p.serial.enqueueInput(c.input);
       for (const o of c.ops) {

@@ -130,6 +130,8 @@ export interface DeviceRig<E> {
   audit?(): string | undefined;
   /** A well-behaved request on the freshly probed device; a message when it was not served. */
   health?(drv: MockMmioDriver): string | undefined;
+  /** The balloon's host side (a snapshot keeps its record too). */
+  control?: BalloonControl;
   close?(): void;
 }
 
@@ -590,6 +592,7 @@ export const balloonFuzz: DeviceFuzz<BalloonEvent> = {
     );
     return {
       device,
+      control,
       host: (e, drv) => {
         if ('target' in e) control.setTargetMiB(e.target);
         else control.requestStats();

@@ -11,7 +11,13 @@ import {
   ACPI_RESET_PORT,
 } from '../../src/arch/x86_64/acpi.js';
 import { Bus, type BusDevice } from '../../src/bus/bus.js';
-import { Pm1Control, Pm1Event, type PmRequest, ResetRegister } from '../../src/devices/legacy/acpi-pm.js';
+import {
+  createAcpiPmState,
+  Pm1Control,
+  Pm1Event,
+  type PmRequest,
+  ResetRegister,
+} from '../../src/devices/legacy/acpi-pm.js';
 import { CMOS_BASE, CMOS_LENGTH, Cmos, createCmosState } from '../../src/devices/legacy/cmos.js';
 import { DEBUG_EXIT_PORT, DebugExit } from '../../src/devices/legacy/debug-exit.js';
 import { createI8042State, I8042, I8042_BASE, I8042_LENGTH } from '../../src/devices/legacy/i8042.js';
@@ -51,14 +57,15 @@ export function legacyPlatform() {
   const serialState = createSerialState();
   const serial = new Serial16550(serialState, { set: () => {} }, { write: (b) => sent.push(b) });
   const i8042State = createI8042State();
+  const acpiPm = createAcpiPmState();
   const devices: [number, number, string, BusDevice][] = [
     [COM1_PORT, 8, 'serial', serial],
     [POST_CODE_PORT, 1, 'post-code', new PostCode(postCode)],
     [DEBUG_EXIT_PORT, 4, 'debug-exit', new DebugExit((status) => events.push(`exit${status}`))],
     [I8042_BASE, I8042_LENGTH, 'i8042', new I8042(() => events.push('i8042-reset'), i8042State)],
-    [ACPI_PM1A_EVT, ACPI_PM1_EVT_LEN, 'pm1-evt', new Pm1Event()],
-    [ACPI_PM1A_CNT, ACPI_PM1_CNT_LEN, 'pm1-cnt', new Pm1Control(5, pm)],
-    [ACPI_RESET_PORT, 1, 'reset', new ResetRegister(0x06, pm)],
+    [ACPI_PM1A_EVT, ACPI_PM1_EVT_LEN, 'pm1-evt', new Pm1Event(acpiPm)],
+    [ACPI_PM1A_CNT, ACPI_PM1_CNT_LEN, 'pm1-cnt', new Pm1Control(5, pm, acpiPm)],
+    [ACPI_RESET_PORT, 1, 'reset', new ResetRegister(0x06, pm, acpiPm)],
     [CMOS_BASE, CMOS_LENGTH, 'cmos', cmos],
     [PVPANIC_PORT, 1, 'pvpanic', new PvPanic((e) => events.push(e))],
   ];
@@ -74,7 +81,7 @@ export function legacyPlatform() {
     for (let i = 0; i < size; i++) d[i] = Math.floor(v / 256 ** i) & 0xff;
     bus.write(port, d);
   };
-  /** The shared state of each device, as a snapshot saves them (src/vmm/vm.ts). */
-  const states = { serial: serialState, postCode, cmos: cmosState, i8042: i8042State };
+  /** The shared state of each device, as a snapshot saves them (src/vmm/platform.ts savePlatformState). */
+  const states = { serial: serialState, postCode, cmos: cmosState, i8042: i8042State, acpiPm };
   return { bus, devices, events, sent, inp, out, postCode, cmos, serial, states };
 }

@@ -491,10 +491,10 @@ export class VirtioMmioDeviceSide {
       : [];
     return {
       version: 1,
-      // The generations are int32 slots in the registers, kept unsigned in the record.
-      activeGen: this.activeGen >>> 0,
-      resetGen: this.resetGen >>> 0,
-      configWrites: this.configWrites >>> 0,
+      // As read from the registers' int32 slots (side-state.ts checks them as i32): negative past 2^31.
+      activeGen: this.activeGen,
+      resetGen: this.resetGen,
+      configWrites: this.configWrites,
       active: this.ctx !== undefined,
       broken: this.broken,
       positions,
