@@ -15,6 +15,7 @@ import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
 import { closeVsock, openVsock, UnixVsockHost, type VsockSpec } from '../backends/unix-socket.js';
 import { hex } from '../common/address.js';
 import { ConfigError, SnapshotError } from '../common/errors.js';
+import { type Disposable, DisposableStore, toDisposable } from '../common/lifecycle.js';
 import type { BalloonConfig, DriveConfig, NetConfig, VsockConfig } from '../config/index.js';
 import { BalloonControl, VirtioBalloon } from '../devices/virtio/balloon.js';
 import {
@@ -181,12 +182,13 @@ export interface VirtioDevicesState {
   balloon: BalloonControlState | undefined;
 }
 
-export class VirtioDevices {
+export class VirtioDevices implements Disposable {
   readonly slots: VirtioSlot[] = [];
-  private readonly fds: number[] = [];
-  private readonly disks: FileDiskSpec[] = [];
-  private readonly vsocks: VsockSpec[] = [];
-  private readonly taps: TapSpec[] = [];
+  /**
+   * Every fd and backend this manager opened, added as each is created (so a failed addAll releases
+   * exactly what it opened); disposed by stop() once the I/O thread is out, or by the VM's store.
+   */
+  private readonly store = new DisposableStore();
   readonly controlFd: number;
   private readonly control = new Int32Array(new SharedArrayBuffer(8));
   private onSaved: ((m: IoThreadMessage) => void) | undefined;
@@ -208,7 +210,7 @@ export class VirtioDevices {
 
   private eventfd(): number {
     const fd = sys.eventfd(0, sys.EFD_NONBLOCK);
-    this.fds.push(fd);
+    this.store.add(toDisposable(() => sys.close(fd)));
     return fd;
   }
 
@@ -219,20 +221,20 @@ export class VirtioDevices {
   addAll(config: VirtioConfig): void {
     for (const d of config.drives ?? []) {
       const disk = openFileDisk(d.path, d.readOnly ?? false);
-      this.disks.push(disk);
+      this.store.add(toDisposable(() => closeSync(disk.fd)));
       this.add(`virtio-blk:${d.id}`, { kind: 'block', id: d.id, disk });
     }
     (config.nets ?? []).forEach((n, i) => {
       const mac = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i];
       const tap = openTap(n.tap);
-      this.taps.push(tap);
+      this.store.add(toDisposable(() => closeTap(tap)));
       this.add(`virtio-net:${n.id}`, { kind: 'net', id: n.id, tap, mac });
     });
     if (config.rng) this.add('virtio-rng', { kind: 'rng' });
     if (config.console) this.add('virtio-console', { kind: 'console', io: config.console });
     if (config.vsock) {
       const vsock = openVsock(config.vsock);
-      this.vsocks.push(vsock); // closed by stop() even when add() fails
+      this.store.add(toDisposable(() => closeVsock(vsock))); // released even when add() fails
       this.add('virtio-vsock', { kind: 'vsock', vsock });
     }
     const b = config.balloon;
@@ -438,6 +440,15 @@ export class VirtioDevices {
 
   /** Stops the I/O thread and closes every fd this manager opened. Safe to call twice. */
   async stop(): Promise<void> {
+    await this.stopThread();
+    this.dispose();
+  }
+
+  /**
+   * Stops the I/O thread (it touches guest memory and polls this manager's fds: it must be out
+   * before either goes) and gives it back for another VM once it reported its stop. Safe to call twice.
+   */
+  async stopThread(): Promise<void> {
     if (this.statsTimer) clearInterval(this.statsTimer);
     if (this.worker) {
       this.release();
@@ -452,10 +463,14 @@ export class VirtioDevices {
       this.worker = undefined;
       if (this.recyclable) recycleIoThread(w);
     }
-    for (const fd of this.fds.splice(0)) sys.close(fd);
-    for (const d of this.disks.splice(0)) closeSync(d.fd);
-    for (const v of this.vsocks.splice(0)) closeVsock(v);
-    for (const t of this.taps.splice(0)) closeTap(t);
+  }
+
+  /**
+   * Closes every fd and backend this manager opened, newest first; the I/O thread must be stopped
+   * already (stop() does both). Safe to call twice.
+   */
+  dispose(): void {
+    this.store.dispose();
   }
 }
 

@@ -12,6 +12,7 @@ import { openOutputFile } from '../backends/output-file.js';
 import { MiB } from '../common/address.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
+import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import {
   type BalloonConfig,
   type SerialConfig,
@@ -270,8 +271,12 @@ export class Vm extends TypedEmitter<VmEvents> {
     balloon: BalloonConfig | undefined;
     vsock: VsockConfig | undefined;
   };
-  /** fds this VM opened and closes on release. */
-  private readonly ownedFds: number[] = [];
+  /**
+   * Everything this VM created, added at the moment each is created, released newest first by
+   * stop() (also after a failed create or restore: exactly what was created). Where order matters,
+   * it is the order of adding; build() and spawn() say why.
+   */
+  private readonly store = new DisposableStore();
   private consoleInputFd = -1;
 
   /** `boot`: false for a restore, which loads no kernel. */
@@ -319,16 +324,43 @@ export class Vm extends TypedEmitter<VmEvents> {
 
   private async build(restore?: RestoreSource): Promise<void> {
     const cfg = this.config;
+    const store = this.store;
     const kvm = Kvm.open(cfg.kvmPath);
     this.kvm = kvm;
+    // /dev/kvm last of all.
+    store.add(
+      toDisposable(() => {
+        kvm.close();
+        this.kvm = undefined;
+      }),
+    );
     kvm.requireCapabilities();
     sys.installKickSignal();
+    // Order: KVM holds the guest memory in its slots until the VM fd is closed, so the memory is
+    // unmapped after it: its store is added before the VM's handle (a store disposes newest first).
+    const memoryStore = store.add(new DisposableStore());
     const vm = kvm.createVm();
     this.vm = vm;
+    // Closes the vCPU fds (and their kvm_run mappings) with the VM fd: every thread added after this
+    // one is out of KVM_RUN and given back before it runs.
+    store.add(
+      toDisposable(() => {
+        vm.close();
+        this.vm = undefined;
+      }),
+    );
     vm.setTssAddr(0xfffbd000);
-    this.mapping = restore
+    const mapping = restore
       ? GuestMemoryMapping.mapFile(restore.memFd, restore.body.memory.regions, restore.memPath)
       : GuestMemoryMapping.allocate(ramRanges(cfg.memMiB * MiB));
+    this.mapping = mapping;
+    memoryStore.add(
+      toDisposable(() => {
+        mapping.release();
+        this.mapping = undefined;
+        this.memory = undefined;
+      }),
+    );
     // The VMM itself met a truncated memory file (the SIGBUS guard answered): this VM's RAM is gone.
     this.mapping.watchLoss((path) => this.onVcpuStopped(0, { kind: 'memory-file-lost', path }));
     if (cfg.trackDirtyPages) this.mapping.trackDirty();
@@ -346,12 +378,15 @@ export class Vm extends TypedEmitter<VmEvents> {
 
     this.serialFd = this.outputFd(cfg.serial, 'serial');
     this.platformSpec = createPlatformSpec(vm.fd, this.serialFd, cfg.irqchip);
-    const devices = new VirtioDevices(vm);
+    // Its fds and backends, each added as it opens; released by this store only after release()
+    // stopped the I/O thread (which polls them and touches guest memory).
+    const devices = store.add(new VirtioDevices(vm));
     this.devices = devices;
     let console: { outFd: number; inFd: number } | undefined;
     if (cfg.virtioConsole) {
       const [r, w] = sys.pipe();
-      this.ownedFds.push(r, w);
+      store.add(toDisposable(() => closeSync(r)));
+      store.add(toDisposable(() => closeSync(w)));
       this.consoleInputFd = w;
       console = { outFd: this.outputFd(cfg.virtioConsole.output, 'virtio-console'), inFd: r };
     }
@@ -435,7 +470,7 @@ export class Vm extends TypedEmitter<VmEvents> {
     try {
       // Non-blocking, as Firecracker opens it: a FIFO must not hang the build (nor the API) in open(2).
       const fd = openOutputFile(out.path, 'truncate');
-      this.ownedFds.push(fd);
+      this.store.add(toDisposable(() => closeSync(fd)));
       return fd;
     } catch (e) {
       throw new ConfigError(`cannot open ${what} output file ${out.path}: ${(e as NodeJS.ErrnoException).code}`);
@@ -486,6 +521,13 @@ export class Vm extends TypedEmitter<VmEvents> {
       gone: false,
       recyclable: false,
     };
+    // Given back for another VM only once it reported 'stopped' (stop() waited for that, or
+    // terminated it); added after the VM's handle, so this runs before the vCPU fds are closed.
+    this.store.add(
+      toDisposable(() => {
+        if (t.recyclable) recycleVcpuThread(worker);
+      }),
+    );
     worker.on('message', (m: VcpuMessage) => {
       switch (m.type) {
         case 'loaded':
@@ -732,7 +774,7 @@ export class Vm extends TypedEmitter<VmEvents> {
       for (const t of this.threads) this.kick(t);
     }
     if (!done) await Promise.all(this.threads.filter((t) => !t.recyclable).map((t) => t.worker.terminate()));
-    for (const t of this.threads) if (t.recyclable) recycleVcpuThread(t.worker);
+    // Every vCPU thread is out of KVM_RUN: release() may close what they used.
     await this.release();
     this._state = 'exited';
     const info = this.exitInfo ?? { reason: { kind: 'stopped' as const }, vcpu: 0, status: 0, message: 'VM stopped' };
@@ -742,18 +784,14 @@ export class Vm extends TypedEmitter<VmEvents> {
   }
 
   private async release(): Promise<void> {
-    // The I/O thread touches guest memory: it stops before the memory is unmapped.
-    await this.devices?.stop();
+    // The I/O thread touches guest memory and polls the devices' fds: it stops before the store
+    // unmaps or closes any of them.
+    await this.devices?.stopThread();
     if (this.devices) this.lastDeviceCounters = this.devices.finalCounters;
     this.devices = undefined;
-    this.vm?.close();
-    this.vm = undefined;
-    this.mapping?.release();
-    this.mapping = undefined;
-    this.memory = undefined;
-    this.kvm?.close();
-    this.kvm = undefined;
-    for (const fd of this.ownedFds.splice(0)) closeSync(fd);
+    // Newest first: the vCPU threads given back, the console and devices' fds and backends, the
+    // serial file, the VM fd with its vCPUs, guest memory, /dev/kvm.
+    this.store.dispose();
     this.serialFd = -1;
     this.consoleInputFd = -1;
   }
