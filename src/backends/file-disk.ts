@@ -5,6 +5,7 @@
  */
 import { closeSync, constants, fdatasyncSync, fstatSync, openSync, readvSync, writevSync } from 'node:fs';
 import { ConfigError } from '../common/errors.js';
+import { kindOf } from '../common/files.js';
 import type { BlockBackend } from '../devices/virtio/block.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
@@ -39,14 +40,7 @@ export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
   const st = fstatSync(fd);
   if (!st.isFile()) {
     closeSync(fd);
-    const kind = st.isFIFO()
-      ? 'a FIFO'
-      : st.isCharacterDevice()
-        ? 'a character device'
-        : st.isBlockDevice()
-          ? 'a block device'
-          : 'not a regular file';
-    throw new ConfigError(`drive image ${path} is ${kind}, not a regular file; give a raw image file`);
+    throw new ConfigError(`drive image ${path} is ${kindOf(st)}, not a regular file; give a raw image file`);
   }
   if (st.size < 512) {
     closeSync(fd);

@@ -41,7 +41,9 @@ export function formatSize(n: number): string {
   return m >= 1024 ? `${(m / 1024).toFixed(1)} GiB` : `${m.toFixed(1)} MiB`;
 }
 
-function kindOf(st: ReturnType<typeof fstatSync>): string {
+/** What a path is when it is not a regular file, for messages ("kernel X is a FIFO, not a regular file"). */
+export function kindOf(st: ReturnType<typeof fstatSync>): string {
+  if (st.isSymbolicLink()) return 'a symbolic link';
   if (st.isDirectory()) return 'a directory';
   if (st.isFIFO()) return 'a FIFO';
   if (st.isCharacterDevice()) return 'a character device';

@@ -25,6 +25,7 @@ import {
 } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { SnapshotError } from '../common/errors.js';
+import { kindOf } from '../common/files.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { writeStateFile } from './format.js';
 import { type MemoryFileContent, type MemoryFileLayout, writeMemoryFile } from './memory-file.js';
@@ -37,16 +38,6 @@ export interface SnapshotPaths {
 /** A fresh hidden name beside `path` (random: two writers never share one, and a planted one is refused by O_EXCL). */
 const sideName = (path: string, tag: string): string =>
   join(dirname(path), `.${basename(path)}.${tag}-${process.pid}-${randomBytes(4).toString('hex')}`);
-
-function describe(st: Stats): string {
-  if (st.isSymbolicLink()) return 'a symbolic link';
-  if (st.isDirectory()) return 'a directory';
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  if (st.isSocket()) return 'a socket';
-  return 'not a regular file';
-}
 
 /** The target's lstat, or undefined when there is nothing at the path yet. */
 function existing(path: string): Stats | undefined {
@@ -78,7 +69,7 @@ export function checkSnapshotTargets(p: SnapshotPaths): void {
     if (!st.isFile())
       throw new SnapshotError(
         'VIREO_ERR_SNAPSHOT',
-        `${what} ${path} is ${describe(st)}; a snapshot replaces the file at its path, so it writes only a new or regular file: give another path`,
+        `${what} ${path} is ${kindOf(st)}; a snapshot replaces the file at its path, so it writes only a new or regular file: give another path`,
       );
     found.push(st);
   }
