@@ -3,38 +3,11 @@
  * the same transport, side and device records again and reads its configuration space the same;
  * its own record is named and versioned, and a bad one is refused with the field's path.
  */
-import assert from 'node:assert/strict';
-import { test } from 'node:test';
-import { VireoError } from '../src/common/errors.js';
 import { VirtioVsock } from '../src/devices/virtio/vsock/device.js';
 import { restoreVsockState } from '../src/devices/virtio/vsock/state.js';
 import { FakeHost } from './support/fake-vsock-host.js';
-import { restoredTwin } from './support/state-twin.js';
-import { MockMmioDriver, R } from './support/virtio-driver.js';
+import { emptyRecordTests } from './support/state-twin.js';
 
 const make = () => new VirtioVsock(new FakeHost(), { cid: 3, udsPath: '/tmp/vireo-test-vsock.sock' });
 
-test('virtio-vsock: save → restore into a fresh device → save is the same, and the device reads the same', () => {
-  const drv = new MockMmioDriver(make());
-  try {
-    drv.probe(16);
-    const twin = restoredTwin(drv, make());
-    assert.deepEqual(twin.records().side.device, { version: 1 });
-    for (let o = 0; o < 0x100; o += 4) assert.equal(twin.read(R.CONFIG + o), drv.read(R.CONFIG + o), `config +${o}`);
-    assert.equal(twin.read(R.STATUS), drv.read(R.STATUS));
-  } finally {
-    drv.release();
-  }
-});
-
-test('virtio-vsock: a record of another version or with unknown fields is refused with its path', () => {
-  for (const [bad, re] of [
-    [{ version: 2 }, /virtio-vsock state is bad at \$\.version: expected state version 1/],
-    [{ version: 1, extra: 0 }, /at \$\.extra: unknown field/],
-    [[], /at \$: expected an object/],
-  ] as const)
-    assert.throws(
-      () => restoreVsockState(bad),
-      (e: unknown) => e instanceof VireoError && e.code === 'VIREO_ERR_SNAPSHOT_CORRUPT' && re.test(e.message),
-    );
-});
+emptyRecordTests('virtio-vsock', make, restoreVsockState);

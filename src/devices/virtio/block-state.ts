@@ -5,20 +5,13 @@
  * record; a snapshot is refused while any request is in flight (mmio.ts save), so none is lost. A
  * later field (a write-cache mode the guest can toggle, say) becomes version 2 here.
  */
-import { type Check, checkRecord, object, version } from '../../common/schema.js';
-import type { DeviceStateRecord } from './device.js';
+import { type EmptyDeviceState, emptyDeviceState } from './empty-state.js';
 
 export const BLOCK_STATE_VERSION = 1;
 
-export type BlockState = { version: 1 };
+export type BlockState = EmptyDeviceState;
 
-export const checkBlockState: Check = object({ version: version(BLOCK_STATE_VERSION) });
-
-export function saveBlockState(): BlockState & DeviceStateRecord {
-  return { version: 1 };
-}
-
-/** Checks `state` (SnapshotError VIREO_ERR_SNAPSHOT_CORRUPT with the field's path); there is nothing to take. */
-export function restoreBlockState(state: unknown): void {
-  checkRecord<BlockState>(checkBlockState, state, 'virtio-blk');
-}
+const codec = emptyDeviceState('virtio-blk');
+export const checkBlockState = codec.check;
+export const saveBlockState = codec.save;
+export const restoreBlockState = codec.restore;

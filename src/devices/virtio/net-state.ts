@@ -4,20 +4,13 @@
  * given back to the ring at a snapshot (heldChains) and popped again after the restore; frames on
  * the TAP meanwhile are the network's to lose, as on real hardware.
  */
-import { type Check, checkRecord, object, version } from '../../common/schema.js';
-import type { DeviceStateRecord } from './device.js';
+import { type EmptyDeviceState, emptyDeviceState } from './empty-state.js';
 
 export const NET_STATE_VERSION = 1;
 
-export type NetState = { version: 1 };
+export type NetState = EmptyDeviceState;
 
-export const checkNetState: Check = object({ version: version(NET_STATE_VERSION) });
-
-export function saveNetState(): NetState & DeviceStateRecord {
-  return { version: 1 };
-}
-
-/** Checks `state` (SnapshotError VIREO_ERR_SNAPSHOT_CORRUPT with the field's path); there is nothing to take. */
-export function restoreNetState(state: unknown): void {
-  checkRecord<NetState>(checkNetState, state, 'virtio-net');
-}
+const codec = emptyDeviceState('virtio-net');
+export const checkNetState = codec.check;
+export const saveNetState = codec.save;
+export const restoreNetState = codec.restore;

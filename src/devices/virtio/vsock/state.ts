@@ -4,20 +4,13 @@
  * (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, as Firecracker does) and starts with none; the guest CID is in
  * the configuration space (the transport record) and the snapshot's configuration.
  */
-import { type Check, checkRecord, object, version } from '../../../common/schema.js';
-import type { DeviceStateRecord } from '../device.js';
+import { type EmptyDeviceState, emptyDeviceState } from '../empty-state.js';
 
 export const VSOCK_STATE_VERSION = 1;
 
-export type VsockState = { version: 1 };
+export type VsockState = EmptyDeviceState;
 
-export const checkVsockState: Check = object({ version: version(VSOCK_STATE_VERSION) });
-
-export function saveVsockState(): VsockState & DeviceStateRecord {
-  return { version: 1 };
-}
-
-/** Checks `state` (SnapshotError VIREO_ERR_SNAPSHOT_CORRUPT with the field's path); there is nothing to take. */
-export function restoreVsockState(state: unknown): void {
-  checkRecord<VsockState>(checkVsockState, state, 'virtio-vsock');
-}
+const codec = emptyDeviceState('virtio-vsock');
+export const checkVsockState = codec.check;
+export const saveVsockState = codec.save;
+export const restoreVsockState = codec.restore;
