@@ -5,7 +5,8 @@
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import type { Poller } from '../devices/virtio/device.js';
-import { type DeviceSideState, VirtioMmioDeviceSide } from '../devices/virtio/mmio.js';
+import type { DeviceSideState } from '../devices/virtio/mmio.js';
+import { VirtioMmioDeviceSide } from '../devices/virtio/mmio-device-side.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';

@@ -5,12 +5,8 @@
  */
 import type { VirtioDevice } from '../../src/devices/virtio/device.js';
 import { STATUS, VIRTIO_F_VERSION_1 } from '../../src/devices/virtio/device.js';
-import {
-  createVirtioMmioSpec,
-  VirtioMmioDeviceSide,
-  type VirtioMmioSpec,
-  VirtioMmioTransport,
-} from '../../src/devices/virtio/mmio.js';
+import { createVirtioMmioSpec, type VirtioMmioSpec, VirtioMmioTransport } from '../../src/devices/virtio/mmio.js';
+import { VirtioMmioDeviceSide } from '../../src/devices/virtio/mmio-device-side.js';
 import type { QueueLayout } from '../../src/devices/virtio/queue.js';
 import { GuestMemory, GuestMemoryMapping, type RegionDescriptor } from '../../src/memory/guest-memory.js';
 import { MockSplitQueue } from './mock-virtq.js';
