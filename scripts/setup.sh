@@ -16,6 +16,9 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
+command -v go >/dev/null || need+=(golang-go)          # builds the guest agent (guest/agent/)
+command -v passt >/dev/null || need+=(passt)            # user-mode networking (--net user)
+command -v qemu-img >/dev/null || need+=(qemu-utils)    # checks vireo's qcow2 images
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need[*]}; run as root or install them: apt-get install ${need[*]}" >&2
