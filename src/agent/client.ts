@@ -132,6 +132,11 @@ export class AgentClient {
     return new AgentClient({ ...opts, endpoint: hybridVsockEndpoint(udsPath) });
   }
 
+  /** The access token sent on every call (set by the constructor, init or here). */
+  get accessToken(): string | undefined {
+    return this.token;
+  }
+
   set accessToken(token: string | undefined) {
     this.token = token;
   }
