@@ -238,8 +238,11 @@ test('a stream that goes silent (the front stops forwarding) fails with VIREO_ER
 test('a message over readMaxBytes is refused, not buffered', async () => {
   const c = new AgentClient({
     endpoint: hybridVsockEndpoint(front.path),
-    timeouts: { connectTimeoutMs: 2000, requestTimeoutMs: 3000, keepaliveIntervalS: 1, keepaliveGraceMs: 500 },
+    // Binary and a long keepalive: encoding 2 MiB as JSON takes the test server a second or more on a
+    // busy machine, which the silence watch would rightly call silence.
+    timeouts: { connectTimeoutMs: 2000, requestTimeoutMs: 3000, keepaliveIntervalS: 10, keepaliveGraceMs: 500 },
     limits: { readMaxBytes: 1 << 20 },
+    format: 'binary',
   });
   await assert.rejects(
     (async () => {

@@ -173,7 +173,7 @@ export class AgentClient {
       const left = until - performance.now();
       if (left <= 0) break;
       try {
-        await this.health({ timeoutMs: Math.max(1, Math.min(left, this.timeouts.requestTimeoutMs)), signal: o.signal });
+        await this.health({ timeoutMs: Math.ceil(Math.min(left, this.timeouts.requestTimeoutMs)), signal: o.signal });
         return;
       } catch (e) {
         last = e;

@@ -248,7 +248,7 @@ export async function agentHttp(
 ): Promise<AgentHttpResponse> {
   if (!(req.timeoutMs > 0))
     throw new AgentError('VIREO_ERR_AGENT', `request timeout ${req.timeoutMs} ms: give a positive number`);
-  const timeout = AbortSignal.timeout(req.timeoutMs);
+  const timeout = AbortSignal.timeout(Math.ceil(req.timeoutMs));
   const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
   const what = `${req.method} ${req.path.split('?')[0]}`;
   const timedOut = () =>

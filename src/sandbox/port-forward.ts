@@ -69,6 +69,7 @@ export function tunnel(endpoint: AgentEndpoint, guestPort: number, opts: Forward
         return;
       }
       if (head.length > 0) socket.unshift(head);
+      socket.allowHalfOpen = true; // a tunnel carries each direction's end on its own
       resolve(socket);
     });
     req.on('response', (res) => {
@@ -99,7 +100,7 @@ export async function forwardPort(
   if (!Number.isInteger(guestPort) || guestPort < 1 || guestPort > 65535)
     throw new AgentError('VIREO_ERR_AGENT', `guest port ${guestPort} is out of range: give 1 to 65535`);
   const live = new Set<Socket>();
-  const server: Server = createServer((client) => {
+  const server: Server = createServer({ allowHalfOpen: true }, (client) => {
     live.add(client);
     client.on('close', () => live.delete(client));
     client.on('error', () => client.destroy());

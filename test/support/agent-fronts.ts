@@ -32,7 +32,7 @@ export function hybridVsockFront(path: string, target: () => Socket): Promise<Hy
   const pipes: { a: Socket; b: Socket }[] = [];
   let holding = false;
   let refuse = 0;
-  const server: NetServer = createServer((host) => {
+  const server: NetServer = createServer({ allowHalfOpen: true }, (host) => {
     live.add(host);
     host.on('close', () => live.delete(host));
     let line = '';
@@ -107,7 +107,7 @@ export function hybridVsockFront(path: string, target: () => Socket): Promise<Hy
 }
 
 /** A socket to a Unix path, for `hybridVsockFront`'s target. */
-export const unixTarget = (path: string) => () => connect({ path });
+export const unixTarget = (path: string) => () => connect({ path, allowHalfOpen: true });
 
 /** A Connect (HTTP/1.1) server on a Unix socket serving what `routes` registers; `extra` serves other paths. */
 export function connectServer(
