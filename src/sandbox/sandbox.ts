@@ -256,6 +256,11 @@ export class Sandbox {
     }
   }
 
+  /** The sandbox's own directory (its vsock socket, serial log), removed by kill(); none when attached. */
+  get directory(): string | undefined {
+    return this.dir;
+  }
+
   /** The guest's serial console so far (when it goes to the sandbox's own file). */
   serialLog(): string {
     if (!this.dir) return '';
