@@ -197,6 +197,15 @@ describe('files', () => {
       sb.files.read(join(dir, 'nope')),
       (e: unknown) => e instanceof AgentHttpError && e.status === 404,
     );
+    const many = await sb.files.write([
+      { path: join(dir, 'many', 'a'), data: 'A' },
+      { path: join(dir, 'many', 'b'), data: new TextEncoder().encode('B').buffer as ArrayBuffer },
+    ]);
+    assert.deepEqual(
+      many.map((w) => w.path),
+      [join(dir, 'many', 'a'), join(dir, 'many', 'b')],
+    );
+    assert.equal((await sb.files.read(join(dir, 'many', 'a'))) + (await sb.files.read(join(dir, 'many', 'b'))), 'AB');
   });
 
   test('makeDir, list with depth, rename, remove', async () => {
