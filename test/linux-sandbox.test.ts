@@ -163,7 +163,10 @@ if (argIndex >= 0) {
     assert.match(s.uname ?? '', /-cloud-amd64\n$/);
     assert.equal(s.trueMs?.length, 10);
     assert.equal(s.paused?.code, 'VIREO_ERR_AGENT_SILENT', `a stream across pause(): ${JSON.stringify(s.paused)}`);
-    assert.ok((s.paused?.ms ?? 0) < 2000 + 10_000 + 5000, `detected after ${s.paused?.ms} ms`);
+    // Only the keepalive watch gives VIREO_ERR_AGENT_SILENT. Its limit is 12 s (2 s + 10 s grace); in the
+    // emulated lane on a busy host it has been seen to fire after 35 s, so the bound here is loose: well
+    // before any other timeout (the command sleeps 600 s).
+    assert.ok((s.paused?.ms ?? 0) < 60_000, `detected after ${s.paused?.ms} ms`);
     assert.equal(s.afterResume, 'back\n');
     assert.ok(
       (s.snapshot?.state ?? 0) > 0 && (s.snapshot?.memory ?? 0) >= 256 * 1024 * 1024,
