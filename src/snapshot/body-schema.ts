@@ -31,10 +31,10 @@ import { checkBalloonControlState } from '../devices/virtio/balloon-control-stat
 import { checkBalloonState } from '../devices/virtio/balloon-state.js';
 import { checkBlockState } from '../devices/virtio/block-state.js';
 import { checkConsoleState } from '../devices/virtio/console-state.js';
-import { checkMmioTransportState } from '../devices/virtio/mmio-state.js';
 import { checkNetState } from '../devices/virtio/net-state.js';
 import { checkRngState } from '../devices/virtio/rng-state.js';
-import { deviceSideStateCheck } from '../devices/virtio/side-state.js';
+import { checkTransportState } from '../devices/virtio/transport/common-state.js';
+import { runnerStateCheck } from '../devices/virtio/transport/runner-state.js';
 import { checkVsockState } from '../devices/virtio/vsock/state.js';
 import { SIZE } from '../kvm/abi.js';
 
@@ -128,7 +128,7 @@ const virtioSlot =
       str(NAME)(isObject(v) ? v.name : undefined, `${at}.name`);
       throw new Bad(`${at}.name`, `expected a virtio device name (${Object.keys(DEVICE_RECORDS).join(', ')})`);
     }
-    object({ name: str(NAME), mmio, side: deviceSideStateCheck(device) })(v, at);
+    object({ name: str(NAME), mmio, side: runnerStateCheck(device) })(v, at);
   };
 const devices = object({
   serial: checkSerialState,
@@ -136,7 +136,7 @@ const devices = object({
   i8042: checkI8042State,
   cmos: checkCmosState,
   acpiPm: checkAcpiPmState,
-  virtio: array(virtioSlot(checkMmioTransportState), 0, MAX_DEVICES),
+  virtio: array(virtioSlot(checkTransportState), 0, MAX_DEVICES),
   balloon: opt(checkBalloonControlState),
 });
 

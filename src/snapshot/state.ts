@@ -12,8 +12,8 @@ import type { I8042State } from '../devices/legacy/i8042-state.js';
 import type { PostCodeState } from '../devices/legacy/post-code-state.js';
 import type { SerialState } from '../devices/legacy/serial-state.js';
 import type { BalloonControlState } from '../devices/virtio/balloon-control-state.js';
-import type { MmioTransportState } from '../devices/virtio/mmio-state.js';
-import type { DeviceSideState } from '../devices/virtio/side-state.js';
+import type { TransportState } from '../devices/virtio/transport/common-state.js';
+import type { RunnerState } from '../devices/virtio/transport/runner-state.js';
 import type { Kvm, Vm as KvmVm, Vcpu } from '../kvm/kvm.js';
 import type { CpuidEntry } from '../kvm/structs.js';
 import { validateBody } from './body-schema.js';
@@ -76,7 +76,7 @@ export interface SnapshotDevices {
   cmos: CmosState;
   acpiPm: AcpiPmState;
   /** In slot order: the transport's registers, the I/O-thread side (queue positions, the device's own record). */
-  virtio: { name: string; mmio: MmioTransportState; side: DeviceSideState }[];
+  virtio: { name: string; mmio: TransportState; side: RunnerState }[];
   /** The balloon's host side, when there is a balloon. */
   balloon: BalloonControlState | undefined;
 }

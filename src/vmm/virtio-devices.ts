@@ -26,21 +26,16 @@ import {
 import { VirtioBlock } from '../devices/virtio/block.js';
 import { VirtioConsole } from '../devices/virtio/console.js';
 import type { VirtioDevice } from '../devices/virtio/device.js';
-import {
-  createVirtioMmioSpec,
-  type DeviceSideState,
-  MMIO_QUEUE_NOTIFY,
-  MMIO_WINDOW,
-  type VirtioMmioSpec,
-  VirtioMmioState,
-} from '../devices/virtio/mmio.js';
-import {
-  type MmioTransportState,
-  restoreMmioTransportState,
-  saveMmioTransportState,
-} from '../devices/virtio/mmio-state.js';
 import { VirtioNet } from '../devices/virtio/net.js';
 import { VirtioRng } from '../devices/virtio/rng.js';
+import { createTransportSpec, TransportRegisters, type TransportSpec } from '../devices/virtio/transport/common.js';
+import {
+  restoreTransportState,
+  saveTransportState,
+  type TransportState,
+} from '../devices/virtio/transport/common-state.js';
+import { MMIO_QUEUE_NOTIFY, MMIO_WINDOW } from '../devices/virtio/transport/mmio.js';
+import type { RunnerState } from '../devices/virtio/transport/runner-state.js';
 import { VirtioVsock } from '../devices/virtio/vsock/index.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import { markDirty, type RegionDescriptor } from '../memory/guest-memory.js';
@@ -134,7 +129,7 @@ export interface VirtioSlot {
   name: string;
   base: number;
   irq: number;
-  mmio: VirtioMmioSpec;
+  mmio: TransportSpec;
   device: DeviceSpec;
   irqFd: number;
   queueFds: number[];
@@ -158,14 +153,14 @@ export interface IoThreadInit {
   /** [0]: set to 1 to stop; [1]: 1 while a snapshot holds the thread still. */
   control: SharedArrayBuffer;
   /** Restoring from a snapshot: each slot's device side, in slot order. */
-  restore?: DeviceSideState[] | undefined;
+  restore?: RunnerState[] | undefined;
 }
 
 export type IoThreadMessage =
   // Its modules (koffi among them) are loaded: the process may exit without aborting (vcpu-threads.ts).
   | { type: 'loaded' }
   | { type: 'ready' }
-  | { type: 'saved'; states: DeviceSideState[] }
+  | { type: 'saved'; states: RunnerState[] }
   | { type: 'save-failed'; message: string }
   | { type: 'stopped'; counters: Record<string, Record<string, number>>; errors: string[] }
   | { type: 'error'; message: string };
@@ -173,8 +168,8 @@ export type IoThreadMessage =
 /** One slot's records in a snapshot: the transport's registers and the I/O-thread side. */
 export interface VirtioDeviceRecords {
   name: string;
-  mmio: MmioTransportState;
-  side: DeviceSideState;
+  mmio: TransportState;
+  side: RunnerState;
 }
 
 export interface VirtioDevicesState {
@@ -304,7 +299,7 @@ export class VirtioDevices implements Disposable {
       name,
       base,
       irq,
-      mmio: createVirtioMmioSpec(model),
+      mmio: createTransportSpec(model),
       device,
       irqFd,
       queueFds,
@@ -334,7 +329,7 @@ export class VirtioDevices implements Disposable {
   }
 
   /** Starts the I/O thread (once); resolves when it serves. */
-  async start(memory: RegionDescriptor[], restore?: DeviceSideState[]): Promise<void> {
+  async start(memory: RegionDescriptor[], restore?: RunnerState[]): Promise<void> {
     if (this.empty || this.worker) return;
     const init: IoThreadInit = {
       memory,
@@ -374,7 +369,7 @@ export class VirtioDevices implements Disposable {
    * Holds the I/O thread still and returns each device side's state (the VM must be paused, so no
    * request is in flight). Call release() afterwards.
    */
-  async hold(): Promise<DeviceSideState[]> {
+  async hold(): Promise<RunnerState[]> {
     if (!this.worker) return [];
     const reply = new Promise<IoThreadMessage>((res) => {
       this.onSaved = res;
@@ -398,16 +393,16 @@ export class VirtioDevices implements Disposable {
    */
   reassertInterrupts(): void {
     for (const slot of this.slots)
-      if (new VirtioMmioState(slot.mmio.state).s.get('interruptStatus') !== 0) sys.eventfdWrite(slot.irqFd);
+      if (new TransportRegisters(slot.mmio.state).s.get('interruptStatus') !== 0) sys.eventfdWrite(slot.irqFd);
   }
 
   /** Every device's records for a snapshot, from the side states hold() returned (the VM paused). */
-  saveStates(sides: DeviceSideState[]): VirtioDevicesState {
+  saveStates(sides: RunnerState[]): VirtioDevicesState {
     return {
       virtio: this.slots.map((slot, i) => ({
         name: slot.name,
-        mmio: saveMmioTransportState(slot.mmio),
-        side: sides[i] as DeviceSideState,
+        mmio: saveTransportState(slot.mmio),
+        side: sides[i] as RunnerState,
       })),
       balloon: this.balloon ? saveBalloonControlState(this.balloon) : undefined,
     };
@@ -427,7 +422,7 @@ export class VirtioDevices implements Disposable {
         'the snapshot and its configuration disagree on the virtio devices',
       );
     this.slots.forEach((slot, i) => {
-      restoreMmioTransportState(slot.mmio, (state.virtio[i] as VirtioDeviceRecords).mmio, `${slot.name} transport`);
+      restoreTransportState(slot.mmio, (state.virtio[i] as VirtioDeviceRecords).mmio, `${slot.name} transport`);
     });
     if (state.balloon && this.balloon) restoreBalloonControlState(this.balloon, state.balloon);
   }
