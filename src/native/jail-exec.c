@@ -108,7 +108,9 @@ static void bind_ro(const char *root, const struct bind *b) {
 static void build_root(const char *root, const struct bind *binds, int nbinds) {
   if (unshare(CLONE_NEWNS)) die("Failed to unshare into new mount namespace");
   if (mount(NULL, "/", NULL, MS_PRIVATE | MS_REC, NULL)) die("cannot make the mounts private");
-  if (mount(root, root, NULL, MS_BIND | MS_NOSUID, NULL)) die("Failed to bind mount the jail root directory %s", root);
+  if (mount(root, root, NULL, MS_BIND, NULL)) die("Failed to bind mount the jail root directory %s", root);
+  /* Writable (the VMM's socket goes there) and not nodev (the device nodes live there), but no set-uid. */
+  if (mount(NULL, root, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID, NULL)) die("cannot remount %s nosuid", root);
   for (int i = 0; i < nbinds; i++) bind_ro(root, &binds[i]);
   if (chdir(root)) die("Failed to chdir into chroot directory %s", root);
   if (mkdir("old_root", 0700) && errno != EEXIST) die("Failed to create the jail root directory before pivoting root");
