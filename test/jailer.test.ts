@@ -479,6 +479,49 @@ describe('vireo-jailer: what a jailed process sees from inside (a static probe a
     rmSync(join(base, 'probe-firecracker'), { recursive: true });
   });
 
+  test('cgroup v2: the cgroup under the unified hierarchy, the controller enabled down the path, the process inside', async () => {
+    const unified = readFileSync('/proc/mounts', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' '))
+      .find((f) => f[2] === 'cgroup2')?.[1];
+    assert.ok(unified, 'this host has a cgroup2 file system');
+    const offered = readFileSync(join(unified, 'cgroup.controllers'), 'utf8').trim().split(/\s+/);
+    // Whatever v2 offers here: pids on a unified host, only hugetlb on these hybrid machines.
+    const [file, value] = offered.includes('pids') ? ['pids.max', '64'] : ['hugetlb.2MB.max', '0'];
+    assert.ok(
+      offered.includes(file.split('.')[0]!),
+      `cgroup2 offers pids or hugetlb (it offers: ${offered.join(' ')})`,
+    );
+    const controller = file.split('.')[0]!;
+    const id = 'probe-cgroup-v2';
+    const parentDir = join(unified, 'vireo-jailer-test');
+    const parentExisted = existsSync(parentDir);
+    const rootHad = readFileSync(join(unified, 'cgroup.subtree_control'), 'utf8').split(/\s+/).includes(controller);
+    cleanups.push(() => {
+      rmdirSync(join(parentDir, id));
+      if (!parentExisted) rmdirSync(parentDir);
+      if (!rootHad) writeFileSync(join(unified, 'cgroup.subtree_control'), `-${controller}`);
+    });
+    const base = chrootBase();
+    const chroot = join(base, 'probe-firecracker', id, 'root');
+    const args = [...common(base, id), '--cgroup-version', '2', '--parent-cgroup', 'vireo-jailer-test'];
+    const j = jail([...args, '--cgroup', `${file}=${value}`, '--', 'hold=/go']);
+    const procs = join(parentDir, id, 'cgroup.procs');
+    for (let i = 0; i < 200 && !(existsSync(procs) && readFileSync(procs, 'utf8').trim()); i++) await sleep(20);
+    assert.deepEqual(
+      readFileSync(procs, 'utf8').trim().split('\n'),
+      [String(j.child.pid)],
+      'the jailed process is in the cgroup',
+    );
+    assert.equal(readFileSync(join(parentDir, id, file), 'utf8').trim(), value);
+    for (const dir of [unified, parentDir])
+      assert.ok(readFileSync(join(dir, 'cgroup.subtree_control'), 'utf8').split(/\s+/).includes(controller), dir);
+    writeFileSync(join(chroot, 'go'), '');
+    assert.equal(await j.exit, 0, j.stderr());
+    assertJailed(JSON.parse(j.stdout()) as Report, id);
+    rmSync(join(base, 'probe-firecracker'), { recursive: true });
+  });
+
   test('--daemonize: a session of its own, stdio on /dev/null', async () => {
     const base = chrootBase();
     const id = 'probe-daemon';
