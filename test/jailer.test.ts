@@ -141,6 +141,10 @@ describe('vireo-jailer: bad input', () => {
     [[...good.slice(0, 4), '--uid', 'nobody', ...good.slice(6)], /Invalid uid: nobody/],
     [[...good.slice(0, 6), '--gid', '-1'], /Invalid gid: -1/],
     [[...good.slice(0, 4), '--uid', '4294967296', ...good.slice(6)], /Invalid uid: 4294967296/],
+    [
+      [...good.slice(0, 6), '--gid', '4294967295'],
+      /Invalid gid: 4294967295 \(the kernel reads \(gid_t\)-1 as "leave unchanged"\)/,
+    ],
     [[...good, '--netns', join(tmp, 'no-such-netns')], /Failed to open file .*no-such-netns: ENOENT/],
     [[...good, '--netns', fakeNs], /is not a namespace file/],
     [[...good, '--chroot-base-dir', join(tmp, 'no-such-dir')], /Failed to canonicalize path/],

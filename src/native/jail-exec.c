@@ -56,15 +56,25 @@ static void die(const char *fmt, ...) {
   _exit(1);
 }
 
-static unsigned long num(const char *s, const char *what) {
+static unsigned long long num(const char *s, const char *what) {
   char *end;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
-  if (errno || end == s || *end || s[0] == '-' || v > 0xffffffffffffULL) {
+  if (errno || end == s || *end || s[0] == '-') {
     errno = 0;
     die("%s: not a number: '%s'", what, s);
   }
-  return (unsigned long)v;
+  return v;
+}
+
+/* A uid or gid: (uid_t)-1 is refused, as setresuid() and setresgid() read it as "leave unchanged". */
+static long long id_arg(const char *s, const char *what) {
+  unsigned long long v = num(s, what);
+  if (v >= 0xffffffffULL) {
+    errno = 0;
+    die("%s %s is out of range (at most 4294967294)", what, s);
+  }
+  return (long long)v;
 }
 
 /* mkdir -p of every parent of PATH (not PATH itself), mode 0755. */
@@ -150,12 +160,24 @@ static void drop_privileges(uid_t uid, gid_t gid) {
   struct __user_cap_data_struct data[2];
   memset(data, 0, sizeof data);
   if (syscall(SYS_capset, &hdr, data)) die("cannot clear capabilities");
+  uid_t ru, eu, su;
+  gid_t rg, eg, sg;
+  if (getresuid(&ru, &eu, &su) || getresgid(&rg, &eg, &sg) || ru != uid || eu != uid || su != uid || rg != gid ||
+      eg != gid || sg != gid || getgroups(0, NULL) != 0) {
+    errno = 0;
+    die("the switch to uid %u gid %u did not take", uid, gid);
+  }
+  if (uid != 0 && setuid(0) == 0) {
+    errno = 0;
+    die("root could be regained after the switch to uid %u", uid);
+  }
+  errno = 0;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("cannot set no_new_privs");
 }
 
 int main(int argc, char **argv) {
   const char *root = NULL, *netns = NULL, *pidfile = NULL;
-  long uid = -1, gid = -1;
+  long long uid = -1, gid = -1;
   int daemonize = 0, nbinds = 0, ndirs = 0, ndevs = 0, i;
   struct bind binds[MAX_ITEMS];
   const char *dirs[MAX_ITEMS];
@@ -169,8 +191,8 @@ int main(int argc, char **argv) {
 #define ROOM(c) do { if ((c) >= MAX_ITEMS) { errno = 0; die("jail-exec: too many %s", a); } } while (0)
     if (!strcmp(a, "--")) { i++; break; }
     else if (!strcmp(a, "--root")) { NEED(1); root = argv[++i]; }
-    else if (!strcmp(a, "--uid")) { NEED(1); uid = (long)num(argv[++i], "uid"); }
-    else if (!strcmp(a, "--gid")) { NEED(1); gid = (long)num(argv[++i], "gid"); }
+    else if (!strcmp(a, "--uid")) { NEED(1); uid = id_arg(argv[++i], "uid"); }
+    else if (!strcmp(a, "--gid")) { NEED(1); gid = id_arg(argv[++i], "gid"); }
     else if (!strcmp(a, "--netns")) { NEED(1); netns = argv[++i]; }
     else if (!strcmp(a, "--rlimit")) {
       NEED(2);

@@ -134,8 +134,11 @@ export function validateId(id: string): void {
   if (bad >= 0) throw new JailerError(`Invalid instance ID: invalid char (${[...id][bad]}) at position ${bad}`);
 }
 
+/** A uid or gid: a u32 as Firecracker parses it, but not 4294967295, which the kernel reads as "unchanged". */
 function u32(text: string, what: 'uid' | 'gid'): number {
   if (!/^\d{1,10}$/.test(text) || Number(text) > 0xffffffff) throw new JailerError(`Invalid ${what}: ${text}`);
+  if (Number(text) === 0xffffffff)
+    throw new JailerError(`Invalid ${what}: ${text} (the kernel reads (${what}_t)-1 as "leave unchanged")`);
   return Number(text);
 }
 
