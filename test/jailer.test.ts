@@ -217,6 +217,17 @@ describe('vireo-jailer: bad input', () => {
     assert.deepEqual(readdirSync(base), [], 'the chroot folders are removed');
   });
 
+  test('a chroot base on a nodev mount: refused before anything is made (the jail’s /dev/kvm would not open)', () => {
+    const nodev = chrootBase();
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'nodev,size=1m', 'tmpfs', nodev]);
+    cleanups.push(() => execFileSync('umount', [nodev]));
+    const r = spawnSync(process.execPath, [jailerBin, ...good, '--chroot-base-dir', nodev], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, /is on a nodev mount: the jail's \/dev\/kvm would not open/);
+    assert.deepEqual(readdirSync(nodev), []);
+  });
+
   test('a jail id already used under the base: refused, the old jail untouched', () => {
     const used = chrootBase();
     const root = join(used, 'firecracker.js', 'bad-input', 'root');

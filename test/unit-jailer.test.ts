@@ -11,7 +11,7 @@ import { after, test } from 'node:test';
 import { parseJailerArgv, validateId } from '../src/cli/jail/args.js';
 import { cgroupMounts, planCgroups } from '../src/cli/jail/cgroup.js';
 import { dependencyFolders, programKind, sharedLibraries } from '../src/cli/jail/contents.js';
-import { JAIL_EXEC } from '../src/cli/jailer.js';
+import { JAIL_EXEC, mountOptionsOf } from '../src/cli/jailer.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'vireo-unit-jailer-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -131,4 +131,17 @@ test('programs: ELF or a Node script; ldd read for the libraries, none for a sta
   assert.equal(programKind(script), 'node');
   writeFileSync(script, '#!/bin/sh\necho 1\n');
   assert.throws(() => programKind(script), /neither an ELF executable nor a Node script/);
+});
+
+test('the mount that holds a path: the longest mount point above it', () => {
+  const info = [
+    '1 0 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw',
+    '2 1 0:5 / /srv rw,nodev shared:2 - tmpfs tmpfs rw',
+    '3 2 0:6 / /srv/jail rw,noexec shared:3 - tmpfs tmpfs rw',
+    '4 1 0:7 / /srvx rw shared:4 - tmpfs tmpfs rw',
+  ].join('\n');
+  assert.deepEqual(mountOptionsOf('/srv/jailer', info), ['rw', 'nodev']);
+  assert.deepEqual(mountOptionsOf('/srv/jail/x', info), ['rw', 'noexec']);
+  assert.deepEqual(mountOptionsOf('/srvx/a', info), ['rw']);
+  assert.deepEqual(mountOptionsOf('/home', info), ['rw', 'relatime']);
 });

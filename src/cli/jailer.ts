@@ -10,7 +10,7 @@
  * and the arguments after `--`. Paths the VMM is given (the API socket, kernels, drives) are inside
  * the jail. Bad input: one line on stderr, exit status 1, nothing created.
  */
-import { copyFileSync, existsSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VireoError } from '../common/errors.js';
@@ -44,6 +44,18 @@ export function jailExecArgv(cfg: JailerConfig, contents: JailContents): string[
   if (cfg.newPidNs) a.push('--new-pid-ns', `/${cfg.execFileName}.pid`);
   if (cfg.daemonize) a.push('--daemonize');
   return [...a, '--', ...contents.program];
+}
+
+/** The per-mount options (mountinfo's sixth field) of the mount that holds `path` (canonical). */
+export function mountOptionsOf(path: string, mountinfo = readFileSync('/proc/self/mountinfo', 'utf8')): string[] {
+  let best: { point: string; opts: string[] } | undefined;
+  for (const line of mountinfo.split('\n')) {
+    const f = line.split(' ');
+    const point = (f[4] ?? '').replace(/\\040/g, ' ');
+    if (!point || !(path === point || path.startsWith(point === '/' ? '/' : `${point}/`))) continue;
+    if (!best || point.length >= best.point.length) best = { point, opts: (f[5] ?? '').split(',') };
+  }
+  return best?.opts ?? [];
 }
 
 /** Creates `dir` and its missing parents; returns the folders it created, deepest last. */
@@ -95,6 +107,13 @@ export function jailerMain(argv: readonly string[]): number {
       throw new JailerError(
         `the jail ${cfg.chrootDir} already exists (a jail id is used once): remove it or pick another id`,
       );
+    const mountOpts = mountOptionsOf(cfg.chrootBaseDir);
+    if (mountOpts.includes('nodev'))
+      throw new JailerError(
+        `${cfg.chrootBaseDir} is on a nodev mount: the jail's /dev/kvm would not open; pick a --chroot-base-dir elsewhere`,
+      );
+    if (contents.copy && mountOpts.includes('noexec'))
+      throw new JailerError(`${cfg.chrootBaseDir} is on a noexec mount: the exec file copied there would not run`);
     const cgroups = planCgroups(cfg.cgroups, cfg.cgroupVersion, cfg.parentCgroup, cfg.id);
     created.push(...mkdirs(cfg.chrootDir).map((path) => ({ path, file: false })));
     if (contents.copy) {

@@ -93,6 +93,15 @@ static void mkparents(const char *path) {
   errno = 0;
 }
 
+/* Paths inside the jail are absolute and never climb out of it. */
+static void jail_path(const char *p) {
+  size_t n = strlen(p);
+  if (p[0] != '/' || strstr(p, "/../") || (n >= 3 && !strcmp(p + n - 3, "/.."))) {
+    errno = 0;
+    die("jail-exec: %s is not an absolute path inside the jail", p);
+  }
+}
+
 static void bind_ro(const char *root, const struct bind *b) {
   char dst[4096];
   struct stat st;
@@ -217,6 +226,10 @@ int main(int argc, char **argv) {
   }
   errno = 0;
   if (!root || uid < 0 || gid < 0 || i >= argc) die("jail-exec: --root, --uid, --gid and -- PROGRAM are required");
+  for (int k = 0; k < nbinds; k++) jail_path(binds[k].dst);
+  for (int k = 0; k < ndirs; k++) jail_path(dirs[k]);
+  for (int k = 0; k < ndevs; k++) jail_path(devs[k].path);
+  if (pidfile) jail_path(pidfile);
   char **exec_argv = &argv[i];
 
   /* Nothing inherited but stdin, stdout and stderr; a closed one of those becomes the host's /dev/null
