@@ -5,25 +5,23 @@
  * memory and its slots, the irqchip, the platform and the virtio devices, the vCPUs and their
  * threads; then boot loads a kernel and sets up each vCPU, and a restore puts every saved state back.
  */
-import { closeSync } from 'node:fs';
 import { setupFpu, setupLapic, setupMsrs } from '../arch/x86_64/cpu.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
 import { ramRanges } from '../arch/x86_64/layout.js';
-import { openOutputFile } from '../backends/output-file.js';
 import { MiB } from '../common/address.js';
-import { ConfigError } from '../common/errors.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
-import { type SerialConfig, type VmConfig, validateVmConfig } from '../config/index.js';
+import { type VmConfig, validateVmConfig } from '../config/index.js';
 import { setCmosMemorySizes } from '../devices/legacy/cmos.js';
 import { KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/abi.js';
 import { Kvm, type Vm as KvmVm } from '../kvm/kvm.js';
 import type { CpuidEntry } from '../kvm/structs.js';
 import { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
-import { applyVcpu, applyVm, type SnapshotBody, type VcpuState } from '../snapshot/state.js';
+import { applyVcpu, applyVm, type VcpuState } from '../snapshot/state.js';
 import { ExitReport } from '../vcpu/exit.js';
 import { stopVcpus, VcpuHandle } from '../vcpu/handle.js';
 import { loadKernel } from './boot.js';
+import { openOutput } from './device-kind.js';
 import { Machine, type MachineOrigin, type ResolvedVmConfig, resolveVmConfig } from './machine.js';
 import {
   buildPlatform,
@@ -32,6 +30,8 @@ import {
   type PlatformSpec,
   restorePlatformState,
 } from './platform.js';
+import { ResourceAllocator } from './resources.js';
+import type { SnapshotBody } from './snapshot-body.js';
 import { recycleVcpuThread, takeVcpuThread } from './vcpu-threads.js';
 import { VirtioDevices } from './virtio-devices.js';
 
@@ -52,7 +52,6 @@ interface Assembly {
   memory: GuestMemory;
   platformSpec: PlatformSpec;
   devices: VirtioDevices;
-  consoleInputFd: number;
 }
 
 /**
@@ -67,21 +66,6 @@ class Build {
   private devices: VirtioDevices | undefined;
 
   constructor(readonly cfg: ResolvedVmConfig) {}
-
-  /** The fd a console's output goes to (-1: discarded); files are opened here and closed on release. */
-  private outputFd(out: SerialConfig, what: string): number {
-    if (out.kind === 'stdio') return 1;
-    if (out.kind === 'fd') return out.fd;
-    if (out.kind === 'none') return -1;
-    try {
-      // Non-blocking, as Firecracker opens it: a FIFO must not hang the build (nor the API) in open(2).
-      const fd = openOutputFile(out.path, 'truncate');
-      this.store.add(toDisposable(() => closeSync(fd)));
-      return fd;
-    } catch (e) {
-      throw new ConfigError(`cannot open ${what} output file ${out.path}: ${(e as NodeJS.ErrnoException).code}`);
-    }
-  }
 
   /**
    * The shared steps up to the vCPUs. Restoring, guest memory is mapped from the memory file and the
@@ -122,28 +106,17 @@ class Build {
     }
     const memory = new GuestMemory(mapping.descriptors);
 
-    const platformSpec = createPlatformSpec(vm.fd, this.outputFd(cfg.serial, 'serial'), cfg.irqchip);
+    const platformSpec = createPlatformSpec(vm.fd, openOutput(cfg.serial, 'serial', store), cfg.irqchip);
     // Its fds and backends, each added as it opens; released by this store only after the machine
-    // stopped the I/O thread (which polls them and touches guest memory).
-    const devices = store.add(new VirtioDevices(vm));
+    // stopped the I/O thread (which polls them and touches guest memory). Restoring, each device gets
+    // the window and GSI the snapshot's allocator recorded (one from before it: allocated afresh, in
+    // slot order, as then).
+    const resources = snapshot?.body.resources;
+    const devices = store.add(
+      new VirtioDevices(vm, resources ? ResourceAllocator.restore(resources) : new ResourceAllocator()),
+    );
     this.devices = devices;
-    let console: { outFd: number; inFd: number } | undefined;
-    let consoleInputFd = -1;
-    if (cfg.virtioConsole) {
-      const [r, w] = sys.pipe();
-      store.add(toDisposable(() => closeSync(r)));
-      store.add(toDisposable(() => closeSync(w)));
-      consoleInputFd = w;
-      console = { outFd: this.outputFd(cfg.virtioConsole.output, 'virtio-console'), inFd: r };
-    }
-    devices.addAll({
-      drives: cfg.drives,
-      nets: cfg.nets,
-      rng: cfg.rng,
-      console,
-      balloon: cfg.balloon,
-      vsock: cfg.vsock,
-    });
+    devices.addAll(cfg, resources ? snapshot?.body.devices.virtio.map((v) => v.transport) : undefined);
     // (validateVmConfig refused virtio devices without the in-kernel irqchip.)
     if (!devices.empty) platformSpec.virtio = devices.platformSpec();
     if (snapshot) {
@@ -151,7 +124,7 @@ class Build {
       restorePlatformState(platformSpec, snapshot.body.devices);
       devices.restoreStates(snapshot.body.devices);
     }
-    return { kvm, vm, mapping, memory, platformSpec, devices, consoleInputFd };
+    return { kvm, vm, mapping, memory, platformSpec, devices };
   }
 
   /**

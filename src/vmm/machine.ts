@@ -9,10 +9,10 @@ import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import type { DisposableStore } from '../common/lifecycle.js';
 import {
-  type BalloonConfig,
+  type DriveConfig,
+  type NetConfig,
   type SerialConfig,
   type VmConfig,
-  type VsockConfig,
   validateBalloonTarget,
   validateStatsInterval,
 } from '../config/index.js';
@@ -23,6 +23,7 @@ import type { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js'
 import type { ExitReport, VmExit } from '../vcpu/exit.js';
 import { stopVcpus, type VcpuHandle } from '../vcpu/handle.js';
 import type { BootResult } from './boot.js';
+import { consoleKind } from './kinds/console.js';
 import { type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
 import type { VirtioDevices } from './virtio-devices.js';
 
@@ -36,20 +37,21 @@ export type VmEvents = {
 
 export type VmState = 'created' | 'running' | 'paused' | 'stopping' | 'exited';
 
-/** A VmConfig with its defaults filled in (what the machine was built from). */
-export type ResolvedVmConfig = Required<Omit<VmConfig, 'initrd' | 'rng' | 'virtioConsole' | 'balloon' | 'vsock'>> & {
-  initrd: string | undefined;
-  rng: boolean;
-  virtioConsole: VmConfig['virtioConsole'];
-  balloon: BalloonConfig | undefined;
-  vsock: VsockConfig | undefined;
-};
+/**
+ * A VmConfig with the machine's defaults filled in (what the machine was built from). Device kinds'
+ * keys pass through as given: each kind reads its own (device-kind.ts).
+ */
+export type ResolvedVmConfig = VmConfig &
+  Required<Pick<VmConfig, 'cmdline' | 'memMiB' | 'cpus' | 'serial' | 'irqchip' | 'kvmPath' | 'trackDirtyPages'>> & {
+    drives: DriveConfig[];
+    nets: NetConfig[];
+    rng: boolean;
+  };
 
 /** The defaults, in one place: what Vm.create and a restore both build from. */
 export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   return {
-    kernel: config.kernel,
-    initrd: config.initrd,
+    ...config,
     cmdline: config.cmdline ?? '',
     memMiB: config.memMiB ?? 128,
     cpus: config.cpus ?? 1,
@@ -59,9 +61,6 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     drives: config.drives ?? [],
     nets: config.nets ?? [],
     rng: config.rng ?? false,
-    virtioConsole: config.virtioConsole,
-    balloon: config.balloon,
-    vsock: config.vsock,
     trackDirtyPages: config.trackDirtyPages ?? false,
   };
 }
@@ -88,8 +87,6 @@ export interface MachineParts {
   /** Releases everything above, newest first (builder.ts says in what order it was added). */
   store: DisposableStore;
   report: ExitReport;
-  /** The write end of the virtio-console's input pipe (-1: no virtio-console). */
-  consoleInputFd: number;
   origin: MachineOrigin;
   /** When the first vCPU exit happened, if one did during the build. */
   firstExitAt: () => number | undefined;
@@ -114,7 +111,6 @@ export class Machine extends TypedEmitter<VmEvents> {
   image: string | undefined;
   private readonly store: DisposableStore;
   private readonly report: ExitReport;
-  private readonly consoleInputFd: number;
   private readonly firstExit: () => number | undefined;
   private _state: VmState;
   private stopping: Promise<void> | undefined;
@@ -138,7 +134,6 @@ export class Machine extends TypedEmitter<VmEvents> {
     this.cpuids = p.cpuids;
     this.store = p.store;
     this.report = p.report;
-    this.consoleInputFd = p.consoleInputFd;
     this.origin = p.origin;
     this.firstExit = p.firstExitAt;
     this.image = p.origin.kind === 'restore' ? p.origin.image : undefined;
@@ -222,9 +217,10 @@ export class Machine extends TypedEmitter<VmEvents> {
   }
 
   sendConsoleInput(bytes: Uint8Array): number {
-    if (this.consoleInputFd < 0 || this.released) return this.sendSerialInput(bytes);
+    const console = this.released ? undefined : this.devices.host(consoleKind);
+    if (!console) return this.sendSerialInput(bytes);
     try {
-      return writeSync(this.consoleInputFd, bytes);
+      return writeSync(console.inputFd, bytes);
     } catch {
       return 0; // the guest is not reading: a full pipe drops what was typed
     }

@@ -14,10 +14,12 @@ import { encodeStateFile } from '../snapshot/format.js';
 import { openMemoryFile } from '../snapshot/memory-file.js';
 import { type MemoryTag, readTag } from '../snapshot/memory-tag.js';
 import { writeSnapshotPair } from '../snapshot/pair.js';
-import { captureVcpu, captureVm, readSnapshotBody, type SnapshotBody } from '../snapshot/state.js';
+import { captureVcpu, captureVm } from '../snapshot/state.js';
 import { buildFromSnapshot } from './builder.js';
+import { DEVICE_KINDS } from './device-registry.js';
 import type { Machine } from './machine.js';
 import { buildPlatform, createPlatformSpec, savePlatformState } from './platform.js';
+import { readSnapshotBody, type SnapshotBody } from './snapshot-body.js';
 
 export const VIREO_VERSION = '0.1.0';
 
@@ -108,17 +110,13 @@ export async function snapshotMachine(m: Machine, opts: SnapshotOptions): Promis
         memMiB: cfg.memMiB,
         cpus: cfg.cpus,
         irqchip: cfg.irqchip,
-        drives: cfg.drives,
-        nets: cfg.nets,
-        vsock: cfg.vsock,
-        rng: cfg.rng,
-        balloon: cfg.balloon,
-        virtioConsole: cfg.virtioConsole !== undefined,
+        ...Object.fromEntries(DEVICE_KINDS.map((k) => [k.configKey, k.snapshot.save(k.config(cfg))])),
       },
       memory: { size: 0, regions: [], id: randomUUID(), type, parent: type === 'Diff' ? parent : undefined },
       vcpus: m.vcpus.map((v, i) => captureVcpu(m.kvm, v.vcpu, m.cpuids[i] ?? [], cfg.irqchip)),
       vm: cfg.irqchip ? captureVm(m.vm) : undefined,
       devices: { ...savePlatformState(m.platformSpec), ...devices.saveStates(sides) },
+      resources: devices.resources.save(),
     };
     const t1 = performance.now();
     const mem = m.memory;
@@ -160,20 +158,19 @@ export async function snapshotMachine(m: Machine, opts: SnapshotOptions): Promis
   }
 }
 
-/** The configuration a snapshot's machine is rebuilt from, with what the restore itself gives. */
+/**
+ * The configuration a snapshot's machine is rebuilt from, with what the restore itself gives: each
+ * device kind maps its saved configuration back (each has passed its kind's check).
+ */
 function restoredConfig(body: SnapshotBody, opts: RestoreOptions): VmConfig {
   const c = body.config;
+  const ctx = { serial: opts.serial };
   return {
     kernel: '',
     memMiB: c.memMiB,
     cpus: c.cpus,
     irqchip: c.irqchip,
-    drives: c.drives,
-    nets: c.nets,
-    vsock: c.vsock,
-    rng: c.rng,
-    balloon: c.balloon,
-    virtioConsole: c.virtioConsole ? { output: opts.serial ?? ({ kind: 'stdio' } satisfies SerialConfig) } : undefined,
+    ...Object.fromEntries(DEVICE_KINDS.map((k) => [k.configKey, k.snapshot.restore(c[k.configKey], ctx)])),
     serial: opts.serial,
     kvmPath: opts.kvmPath,
     trackDirtyPages: opts.trackDirtyPages,
