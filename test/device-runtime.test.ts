@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { VireoError } from '../src/common/errors.js';
 import { BalloonControl } from '../src/devices/virtio/balloon.js';
 import { STATUS, VIRTIO_F_VERSION_1 } from '../src/devices/virtio/device.js';
-import { VirtioMmioTransport } from '../src/devices/virtio/mmio.js';
+import { VirtioMmioTransport } from '../src/devices/virtio/transport/mmio.js';
 import type { Vm as KvmVm } from '../src/kvm/kvm.js';
 import { GuestMemory, GuestMemoryMapping } from '../src/memory/guest-memory.js';
 import * as sys from '../src/os/sys.js';

@@ -18,7 +18,7 @@ import {
   VirtioBlock,
 } from '../src/devices/virtio/block.js';
 import { INTERRUPT_CONFIG_CHANGE, STATUS, VIRTIO_F_VERSION_1 } from '../src/devices/virtio/device.js';
-import { MMIO_MAGIC } from '../src/devices/virtio/mmio.js';
+import { MMIO_MAGIC } from '../src/devices/virtio/transport/mmio.js';
 import type { MockSplitQueue } from './support/mock-virtq.js';
 import { MockMmioDriver, R } from './support/virtio-driver.js';
 

@@ -27,7 +27,7 @@ import { type PostCodeState, restorePostCodeState, savePostCodeState } from '../
 import { PVPANIC_PORT, PvPanic } from '../devices/legacy/pvpanic.js';
 import { COM1_IRQ, COM1_PORT, createSerialState, Serial16550, type SerialField } from '../devices/legacy/serial.js';
 import { restoreSerialState, type SerialState, saveSerialState } from '../devices/legacy/serial-state.js';
-import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/mmio.js';
+import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/transport/mmio.js';
 import { EXIT } from '../kvm/abi.js';
 import { irqLineRaw } from '../kvm/kvm.js';
 import type { GuestMemory } from '../memory/guest-memory.js';

@@ -13,8 +13,8 @@ import { checkI8042State } from '../devices/legacy/i8042-state.js';
 import { checkPostCodeState } from '../devices/legacy/post-code-state.js';
 import { checkSerialState } from '../devices/legacy/serial-state.js';
 import type { BalloonControlState } from '../devices/virtio/balloon-control-state.js';
-import { checkMmioTransportState } from '../devices/virtio/mmio-state.js';
-import { deviceSideStateCheck } from '../devices/virtio/side-state.js';
+import { checkTransportState } from '../devices/virtio/transport/common-state.js';
+import { runnerStateCheck } from '../devices/virtio/transport/runner-state.js';
 import { validateBodyWith } from '../snapshot/body-schema.js';
 import { type MemoryRecord, readStateFileBody, type VcpuState, type VmStateRecord } from '../snapshot/state.js';
 import { DEVICE_KINDS, kindOfSlot } from './device-registry.js';
@@ -62,8 +62,8 @@ const virtioSlot: Check = (v, at) => {
   object({
     name: str(NAME),
     transport: opt(transport),
-    mmio: checkMmioTransportState,
-    side: deviceSideStateCheck(kind.recordCheck),
+    mmio: checkTransportState,
+    side: runnerStateCheck(kind.recordCheck),
   })(v, at);
 };
 

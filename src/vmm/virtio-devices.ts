@@ -12,19 +12,14 @@ import { hex } from '../common/address.js';
 import { SnapshotError } from '../common/errors.js';
 import { type Disposable, DisposableStore, toDisposable } from '../common/lifecycle.js';
 import type { VirtioDevice } from '../devices/virtio/device.js';
+import { createTransportSpec, TransportRegisters, type TransportSpec } from '../devices/virtio/transport/common.js';
 import {
-  createVirtioMmioSpec,
-  type DeviceSideState,
-  MMIO_QUEUE_NOTIFY,
-  MMIO_WINDOW,
-  type VirtioMmioSpec,
-  VirtioMmioState,
-} from '../devices/virtio/mmio.js';
-import {
-  type MmioTransportState,
-  restoreMmioTransportState,
-  saveMmioTransportState,
-} from '../devices/virtio/mmio-state.js';
+  restoreTransportState,
+  saveTransportState,
+  type TransportState,
+} from '../devices/virtio/transport/common-state.js';
+import { MMIO_QUEUE_NOTIFY, MMIO_WINDOW } from '../devices/virtio/transport/mmio.js';
+import type { RunnerState } from '../devices/virtio/transport/runner-state.js';
 import type { Vm as KvmVm } from '../kvm/kvm.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
@@ -58,7 +53,7 @@ export interface VirtioSlot {
   name: string;
   /** How the guest reaches it. */
   transport: SlotTransport;
-  mmio: VirtioMmioSpec;
+  mmio: TransportSpec;
   device: DeviceSpec;
   irqFd: number;
   queueFds: number[];
@@ -82,14 +77,14 @@ export interface IoThreadInit {
   /** [0]: set to 1 to stop; [1]: 1 while a snapshot holds the thread still. */
   control: SharedArrayBuffer;
   /** Restoring from a snapshot: each slot's device side, in slot order. */
-  restore?: DeviceSideState[] | undefined;
+  restore?: RunnerState[] | undefined;
 }
 
 export type IoThreadMessage =
   // Its modules (koffi among them) are loaded: the process may exit without aborting (vcpu-threads.ts).
   | { type: 'loaded' }
   | { type: 'ready' }
-  | { type: 'saved'; states: DeviceSideState[] }
+  | { type: 'saved'; states: RunnerState[] }
   | { type: 'save-failed'; message: string }
   | { type: 'stopped'; counters: Record<string, Record<string, number>>; errors: string[] }
   | { type: 'error'; message: string };
@@ -99,8 +94,8 @@ export interface VirtioDeviceRecords {
   name: string;
   /** Absent in snapshots written before the resource allocator (the slot order then decided it). */
   transport?: SlotTransport | undefined;
-  mmio: MmioTransportState;
-  side: DeviceSideState;
+  mmio: TransportState;
+  side: RunnerState;
 }
 
 /** The slots' records, and beside them each kind's host record by its key (devices.balloon). */
@@ -222,7 +217,7 @@ export class VirtioDevices implements Disposable {
     const slot: VirtioSlot = {
       name,
       transport,
-      mmio: createVirtioMmioSpec(model),
+      mmio: createTransportSpec(model),
       device,
       irqFd,
       queueFds,
@@ -252,7 +247,7 @@ export class VirtioDevices implements Disposable {
   }
 
   /** Starts the I/O thread (once); resolves when it serves. */
-  async start(memory: RegionDescriptor[], restore?: DeviceSideState[]): Promise<void> {
+  async start(memory: RegionDescriptor[], restore?: RunnerState[]): Promise<void> {
     if (this.empty || this.worker) return;
     const init: IoThreadInit = {
       memory,
@@ -292,7 +287,7 @@ export class VirtioDevices implements Disposable {
    * Holds the I/O thread still and returns each device side's state (the VM must be paused, so no
    * request is in flight). Call release() afterwards.
    */
-  async hold(): Promise<DeviceSideState[]> {
+  async hold(): Promise<RunnerState[]> {
     if (!this.worker) return [];
     const reply = new Promise<IoThreadMessage>((res) => {
       this.onSaved = res;
@@ -316,17 +311,17 @@ export class VirtioDevices implements Disposable {
    */
   reassertInterrupts(): void {
     for (const slot of this.slots)
-      if (new VirtioMmioState(slot.mmio.state).s.get('interruptStatus') !== 0) sys.eventfdWrite(slot.irqFd);
+      if (new TransportRegisters(slot.mmio.state).s.get('interruptStatus') !== 0) sys.eventfdWrite(slot.irqFd);
   }
 
   /** Every device's records for a snapshot, from the side states hold() returned (the VM paused). */
-  saveStates(sides: DeviceSideState[]): VirtioDevicesState {
+  saveStates(sides: RunnerState[]): VirtioDevicesState {
     const state: VirtioDevicesState = {
       virtio: this.slots.map((slot, i) => ({
         name: slot.name,
         transport: slot.transport,
-        mmio: saveMmioTransportState(slot.mmio),
-        side: sides[i] as DeviceSideState,
+        mmio: saveTransportState(slot.mmio),
+        side: sides[i] as RunnerState,
       })),
     };
     for (const kind of DEVICE_KINDS) this.saveHost(kind, state);
@@ -352,7 +347,7 @@ export class VirtioDevices implements Disposable {
         'the snapshot and its configuration disagree on the virtio devices',
       );
     this.slots.forEach((slot, i) => {
-      restoreMmioTransportState(slot.mmio, (state.virtio[i] as VirtioDeviceRecords).mmio, `${slot.name} transport`);
+      restoreTransportState(slot.mmio, (state.virtio[i] as VirtioDeviceRecords).mmio, `${slot.name} transport`);
     });
     for (const kind of DEVICE_KINDS) {
       const r = kind.hostRecord;
