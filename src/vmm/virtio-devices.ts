@@ -6,7 +6,6 @@
  * exits to a vCPU thread; irqfd: the I/O thread injects interrupts itself), and runs every device on
  * one I/O thread.
  */
-import type { Worker } from 'node:worker_threads';
 import type { VirtioMmioAcpi } from '../arch/x86_64/acpi.js';
 import { hex } from '../common/address.js';
 import { SnapshotError } from '../common/errors.js';
@@ -26,9 +25,9 @@ import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
 import type { AnyDeviceKind, DeviceConfigs, DeviceKind } from './device-kind.js';
 import { DEVICE_KINDS, kindOfSlot } from './device-registry.js';
+import { IoThreadHandle } from './io-thread-handle.js';
 import { balloonKind } from './kinds/balloon.js';
 import { ResourceAllocator, type SlotTransport } from './resources.js';
-import { recycleIoThread, takeIoThread } from './vcpu-threads.js';
 
 export type { BalloonConfig, DriveConfig, NetConfig } from '../config/index.js';
 
@@ -70,25 +69,6 @@ export interface VirtioPlatformSpec {
   controlFd: number;
 }
 
-export interface IoThreadInit {
-  memory: RegionDescriptor[];
-  slots: VirtioSlot[];
-  controlFd: number;
-  /** [0]: set to 1 to stop; [1]: 1 while a snapshot holds the thread still. */
-  control: SharedArrayBuffer;
-  /** Restoring from a snapshot: each slot's device side, in slot order. */
-  restore?: RunnerState[] | undefined;
-}
-
-export type IoThreadMessage =
-  // Its modules (koffi among them) are loaded: the process may exit without aborting (vcpu-threads.ts).
-  | { type: 'loaded' }
-  | { type: 'ready' }
-  | { type: 'saved'; states: RunnerState[] }
-  | { type: 'save-failed'; message: string }
-  | { type: 'stopped'; counters: Record<string, Record<string, number>>; errors: string[] }
-  | { type: 'error'; message: string };
-
 /** One slot's records in a snapshot: its transport, the transport's registers and the I/O-thread side. */
 export interface VirtioDeviceRecords {
   name: string;
@@ -109,17 +89,9 @@ export class VirtioDevices implements Disposable {
    */
   private readonly store = new DisposableStore();
   readonly controlFd: number;
-  private readonly control = new Int32Array(new SharedArrayBuffer(8));
+  private readonly thread: IoThreadHandle;
   /** Each kind's host handle, by kind name (those that have one). */
   private readonly hosts = new Map<string, unknown>();
-  private onSaved: ((m: IoThreadMessage) => void) | undefined;
-  private worker: Worker | undefined;
-  private exited: Promise<void> | undefined;
-  /** The I/O thread reported its stop and waits for another VM. */
-  private recyclable = false;
-  /** Device counters and errors, as reported by the I/O thread when it stopped. */
-  finalCounters: Record<string, Record<string, number>> = {};
-  errors: string[] = [];
 
   /** `resources`: where windows and GSIs come from (a restore passes the snapshot's allocator). */
   constructor(
@@ -127,6 +99,17 @@ export class VirtioDevices implements Disposable {
     readonly resources = new ResourceAllocator(),
   ) {
     this.controlFd = this.eventfd();
+    this.thread = new IoThreadHandle(this.controlFd);
+  }
+
+  /** Device counters, as the I/O thread reported them when it stopped. */
+  get finalCounters(): Record<string, Record<string, number>> {
+    return this.thread.finalCounters;
+  }
+
+  /** The devices' last errors, as the I/O thread reported them when it stopped. */
+  get errors(): string[] {
+    return this.thread.errors;
   }
 
   get empty(): boolean {
@@ -181,7 +164,7 @@ export class VirtioDevices implements Disposable {
 
   /** Every device's counters as the I/O thread last published them (current while it runs). */
   liveCounters(): Record<string, Record<string, number>> {
-    if (!this.worker) return this.finalCounters;
+    if (!this.thread.running) return this.finalCounters;
     const out: Record<string, Record<string, number>> = {};
     for (const slot of this.slots) out[slot.name] = new SharedCounters(slot.counterNames, slot.counters).read();
     return out;
@@ -189,7 +172,7 @@ export class VirtioDevices implements Disposable {
 
   /** Tell the I/O thread to look at host-side device state (balloon target, stats requests). */
   wake(): void {
-    if (this.worker) sys.eventfdWrite(this.controlFd);
+    if (this.thread.running) sys.eventfdWrite(this.controlFd);
   }
 
   /** Puts one device on a slot: `saved` is its transport when restoring, else one is allocated. */
@@ -248,59 +231,16 @@ export class VirtioDevices implements Disposable {
 
   /** Starts the I/O thread (once); resolves when it serves. */
   async start(memory: RegionDescriptor[], restore?: RunnerState[]): Promise<void> {
-    if (this.empty || this.worker) return;
-    const init: IoThreadInit = {
-      memory,
-      slots: this.slots,
-      controlFd: this.controlFd,
-      control: this.control.buffer as SharedArrayBuffer,
-      restore,
-    };
-    const w = takeIoThread();
-    this.worker = w;
-    let stopped!: () => void;
-    this.exited = new Promise((res) => {
-      stopped = res;
-      w.once('exit', () => res());
-    });
-    await new Promise<void>((resolve, reject) => {
-      w.on('message', (m: IoThreadMessage) => {
-        if (m.type === 'ready') resolve();
-        else if (m.type === 'saved' || m.type === 'save-failed') this.onSaved?.(m);
-        else if (m.type === 'stopped') {
-          this.finalCounters = m.counters;
-          this.errors = m.errors;
-          // Done with this VM: the thread waits for the next one (given back in stop()).
-          this.recyclable = true;
-          stopped();
-          // A failure before 'ready' ends this VM's use of the thread too.
-          reject(new Error('virtio I/O thread stopped before it was ready'));
-        } else if (m.type === 'error') reject(new Error(`virtio I/O thread failed: ${m.message}`));
-      });
-      w.once('error', reject);
-      w.once('exit', () => reject(new Error('virtio I/O thread exited before it was ready')));
-      w.postMessage(init);
-    });
+    if (this.empty) return;
+    await this.thread.start({ memory, slots: this.slots, controlFd: this.controlFd, restore });
   }
 
   /**
    * Holds the I/O thread still and returns each device side's state (the VM must be paused, so no
    * request is in flight). Call release() afterwards.
    */
-  async hold(): Promise<RunnerState[]> {
-    if (!this.worker) return [];
-    const reply = new Promise<IoThreadMessage>((res) => {
-      this.onSaved = res;
-    });
-    Atomics.store(this.control, 1, 1);
-    sys.eventfdWrite(this.controlFd);
-    const m = await reply;
-    this.onSaved = undefined;
-    if (m.type === 'save-failed') {
-      this.release();
-      throw new SnapshotError('VIREO_ERR_SNAPSHOT', `cannot snapshot the devices: ${m.message}`);
-    }
-    return m.type === 'saved' ? m.states : [];
+  hold(): Promise<RunnerState[]> {
+    return this.thread.hold();
   }
 
   /**
@@ -358,8 +298,7 @@ export class VirtioDevices implements Disposable {
 
   /** Lets the I/O thread go on after hold(). */
   release(): void {
-    Atomics.store(this.control, 1, 0);
-    Atomics.notify(this.control, 1);
+    this.thread.release();
   }
 
   /** Stops the I/O thread and closes every fd this manager opened. Safe to call twice. */
@@ -372,20 +311,8 @@ export class VirtioDevices implements Disposable {
    * Stops the I/O thread (it touches guest memory and polls this manager's fds: it must be out
    * before either goes) and gives it back for another VM once it reported its stop. Safe to call twice.
    */
-  async stopThread(): Promise<void> {
-    if (this.worker) {
-      this.release();
-      Atomics.store(this.control, 0, 1);
-      sys.eventfdWrite(this.controlFd);
-      const w = this.worker;
-      const t = setTimeout(() => {
-        if (!this.recyclable) void w.terminate();
-      }, 5000);
-      await this.exited;
-      clearTimeout(t);
-      this.worker = undefined;
-      if (this.recyclable) recycleIoThread(w);
-    }
+  stopThread(): Promise<void> {
+    return this.thread.stop();
   }
 
   /**
