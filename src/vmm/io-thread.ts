@@ -10,7 +10,8 @@ import type { RunnerState } from '../devices/virtio/transport/runner-state.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
-import { buildDevice, type IoThreadInit, type IoThreadMessage } from './virtio-devices.js';
+import type { IoThreadInit, IoThreadMessage } from './io-thread-handle.js';
+import { buildDevice } from './virtio-devices.js';
 
 if (!parentPort) throw new Error('io-thread must run as a worker');
 const port: MessagePort = parentPort;

@@ -191,7 +191,7 @@ export function buildPlatform(spec: PlatformSpec, mem: GuestMemory): Platform {
         wake: () => eventfdWrite(virtio.controlFd),
         interrupt: () => eventfdWrite(slot.irqFd),
       });
-      mmio.insert(slot.base, MMIO_WINDOW, slot.name, transport);
+      mmio.insert(slot.transport.base, MMIO_WINDOW, slot.name, transport);
     }
   }
   pio.onUnclaimed = (_a, w) => stats.add(w ? 'unclaimedPioWrites' : 'unclaimedPioReads', 1);
