@@ -52,7 +52,7 @@ func httpStatusOf(e *rpcError) int {
 	case codeNotFound:
 		return http.StatusNotFound
 	case codePermissionDenied:
-		return http.StatusUnauthorized // envd.yaml: an invalid user is 401
+		return http.StatusForbidden // the path's permissions (an unknown user is 401, in serveFiles)
 	case codeInvalidArgument, codeAlreadyExists, codeFailedPrecondition:
 		return http.StatusBadRequest
 	case codeResourceExhausted:

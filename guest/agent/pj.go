@@ -67,7 +67,9 @@ func (p Bytes) MarshalJSON() ([]byte, error) {
 // I64 is a proto int64, written as a decimal string as the JSON mapping says.
 type I64 int64
 
-func (v I64) MarshalJSON() ([]byte, error) { return []byte(`"` + strconv.FormatInt(int64(v), 10) + `"`), nil }
+func (v I64) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + strconv.FormatInt(int64(v), 10) + `"`), nil
+}
 
 // Timestamp is google.protobuf.Timestamp: RFC 3339 in UTC with nine fractional digits (the reader
 // accepts 0, 3, 6 or 9; nine is always valid).

@@ -89,6 +89,7 @@ type process struct {
 	pty    *os.File // the PTY master, or nil
 	stdin  *os.File // the write end of stdin's pipe, or nil
 
+	done   chan struct{} // closed once the process has exited and its end event went out
 	mu     sync.Mutex
 	subs   map[*subscriber]struct{}
 	ended  bool
@@ -302,7 +303,7 @@ func (a *agent) start(c *call, req *startRequest) (*process, *subscriber, *rpcEr
 	cmd := &exec.Cmd{Path: exe, Args: append([]string{cfg.Cmd}, cfg.Args...), Env: env, Dir: cwd}
 	attr := &syscall.SysProcAttr{Credential: a.credential(acct)}
 	cmd.SysProcAttr = attr
-	p := &process{config: *cfg, tag: req.Tag, cmd: cmd, subs: map[*subscriber]struct{}{}}
+	p := &process{config: *cfg, tag: req.Tag, cmd: cmd, subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
 	if p.config.Args == nil {
 		p.config.Args = []string{}
 	}
@@ -454,6 +455,7 @@ func (a *agent) run(p *process, outs []*os.File) {
 	delete(a.procs.procs, p.pid)
 	a.procs.mu.Unlock()
 	p.broadcast(procEvent{End: end}, true)
+	close(p.done)
 	for _, f := range outs {
 		f.Close()
 	}
@@ -486,8 +488,8 @@ func keepaliveInterval(h string) time.Duration {
 }
 
 // follow streams a process's events to one client until its end event, the client leaving or the
-// deadline. kill says whether the deadline kills the process (Start's) or only ends the stream.
-func (a *agent) follow(c *call, p *process, s *subscriber, send func(interface{}) error, kill bool) *rpcError {
+// deadline.
+func (a *agent) follow(c *call, p *process, s *subscriber, send func(interface{}) error) *rpcError {
 	defer p.unsubscribe(s)
 	if err := send(eventResponse{Event: procEvent{Start: &startEvent{Pid: p.pid}}}); err != nil {
 		return errf(codeCanceled, "client gone")
@@ -514,9 +516,6 @@ func (a *agent) follow(c *call, p *process, s *subscriber, send func(interface{}
 		case <-s.gone:
 			return errf(codeResourceExhausted, "the client did not read the process's output for %v", slowClient)
 		case <-c.ctx.Done():
-			if kill && c.ctx.Err() == context.DeadlineExceeded {
-				p.signal(syscall.SIGKILL)
-			}
 			return ctxError(c.ctx)
 		}
 	}

@@ -2,7 +2,10 @@ package main
 
 // The process.Process service's methods.
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+)
 
 type processInput struct {
 	Stdin Bytes `json:"stdin"`
@@ -38,7 +41,13 @@ func (a *agent) processMethods() map[string]*method {
 			if e != nil {
 				return e
 			}
-			return a.follow(c, p, sub, send, true)
+			// The call's deadline (the SDK's timeoutMs) is the command's lifetime: it is killed then
+			// even if the client gave up a moment earlier, or disconnected to reconnect later.
+			if d, ok := c.ctx.Deadline(); ok {
+				t := time.AfterFunc(time.Until(d), func() { _ = p.signal(syscall.SIGKILL) })
+				go func() { <-p.done; t.Stop() }()
+			}
+			return a.follow(c, p, sub, send)
 		}},
 		"/process.Process/Connect": {stream: func(c *call, body []byte, send func(interface{}) error) *rpcError {
 			var req struct {
@@ -55,7 +64,7 @@ func (a *agent) processMethods() map[string]*method {
 			if e != nil {
 				return e
 			}
-			return a.follow(c, p, sub, send, false)
+			return a.follow(c, p, sub, send)
 		}},
 		"/process.Process/List": {unary: func(c *call, body []byte) (interface{}, *rpcError) {
 			if e := decodeJSON(body, &empty{}); e != nil {
