@@ -60,7 +60,7 @@ func fsError(err error, what string) *rpcError {
 		return errf(codeInvalidArgument, "%s: is a directory", what)
 	case e == syscall.ENOSPC || e == syscall.EDQUOT:
 		return errf(codeResourceExhausted, "%s: no space left", what)
-	case e == syscall.ENAMETOOLONG || e == syscall.ELOOP || e == syscall.EINVAL:
+	case e == syscall.ENAMETOOLONG || e == syscall.ELOOP || e == syscall.EINVAL || e == syscall.ENXIO:
 		return errf(codeInvalidArgument, "%s: %v", what, e)
 	case e == syscall.ENOTEMPTY || e == syscall.EXDEV || e == syscall.EBUSY:
 		return errf(codeFailedPrecondition, "%s: %v", what, e)
