@@ -6,6 +6,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"os"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 const (
 	afVsock    = 40
 	vmaddrAny  = 0xffffffff
+	vmaddrHost = 2 // the host's CID: the only peer a guest agent serves
 	sockaddrVM = 16
 )
 
@@ -37,8 +39,9 @@ func (v vsockAddr) Network() string { return "vsock" }
 func (v vsockAddr) String() string  { return fmt.Sprintf("vsock:%d:%d", v.cid, v.port) }
 
 type vsockListener struct {
-	f    *os.File
-	addr vsockAddr
+	f       *os.File
+	addr    vsockAddr
+	anyPeer bool // also serve peers other than the host (vsock loopback: processes in the guest)
 }
 
 type vsockConn struct {
@@ -52,7 +55,7 @@ func (c *vsockConn) SetDeadline(t time.Time) error {
 	return c.File.SetDeadline(t)
 }
 
-func listenVsock(port uint32) (net.Listener, error) {
+func listenVsock(port uint32, anyPeer bool) (net.Listener, error) {
 	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, afVsock, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
 	if e != 0 {
 		return nil, fmt.Errorf("vsock socket: %w", e)
@@ -66,11 +69,27 @@ func listenVsock(port uint32) (net.Listener, error) {
 		syscall.Close(int(fd))
 		return nil, fmt.Errorf("vsock listen: %w", e)
 	}
-	return &vsockListener{f: os.NewFile(fd, "vsock-listener"), addr: vsockAddr{vmaddrAny, port}}, nil
+	return &vsockListener{f: os.NewFile(fd, "vsock-listener"), addr: vsockAddr{vmaddrAny, port}, anyPeer: anyPeer}, nil
 }
 
 // Accept waits in the runtime's poller (the socket is non-blocking) rather than blocking a thread.
+// Only the host is served: a guest process reaching the agent through vsock loopback would otherwise
+// run commands as root before /init has set a token.
 func (l *vsockListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.anyPeer || c.remote.cid == vmaddrHost {
+			return c, nil
+		}
+		log.Printf("refused a vsock connection from cid %d (only the host, cid %d, is served)", c.remote.cid, vmaddrHost)
+		c.Close()
+	}
+}
+
+func (l *vsockListener) accept() (*vsockConn, error) {
 	rc, err := l.f.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -112,7 +131,7 @@ func (l *vsockListener) Close() error   { return l.f.Close() }
 func (l *vsockListener) Addr() net.Addr { return l.addr }
 
 // listen opens one listener from a spec: vsock:PORT, tcp:HOST:PORT or unix:PATH.
-func listen(spec string) (net.Listener, error) {
+func listen(spec string, anyPeer bool) (net.Listener, error) {
 	kind, rest, ok := strings.Cut(spec, ":")
 	if !ok {
 		return nil, errors.New("listen: want vsock:PORT, tcp:HOST:PORT or unix:PATH")
@@ -123,7 +142,7 @@ func listen(spec string) (net.Listener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listen: bad vsock port %q", rest)
 		}
-		return listenVsock(uint32(port))
+		return listenVsock(uint32(port), anyPeer)
 	case "tcp":
 		return net.Listen("tcp", rest)
 	case "unix":

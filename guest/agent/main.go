@@ -24,6 +24,7 @@ func main() {
 	var listens listFlag
 	flag.Var(&listens, "listen", "vsock:PORT, tcp:HOST:PORT or unix:PATH (repeatable; default vsock:49983)")
 	setClock := flag.Bool("set-clock", false, "set the system clock from /init's timestamp (in a guest, as root)")
+	anyPeer := flag.Bool("vsock-any-peer", false, "serve vsock peers other than the host (CID 2)")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -45,7 +46,7 @@ func main() {
 	a := newAgent(*setClock)
 	errc := make(chan error, len(listens))
 	for _, spec := range listens {
-		l, err := listen(spec)
+		l, err := listen(spec, *anyPeer)
 		if err != nil {
 			log.Fatalf("%v", err)
 		}
