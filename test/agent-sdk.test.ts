@@ -108,6 +108,30 @@ test("a command past its timeoutMs is stopped and the SDK's TimeoutError says so
   assert.deepEqual(left, [], 'the timed-out process was killed');
 });
 
+test('large output arrives whole, and concurrent commands keep theirs apart', async () => {
+  const big = await sbx.commands.run('head -c 3000000 /dev/zero | tr "\\0" x; echo; echo end >&2');
+  assert.equal(big.stdout.length, 3_000_001);
+  assert.ok(/^x+\n$/.test(big.stdout));
+  assert.equal(big.stderr, 'end\n');
+  const runs = await Promise.all(
+    Array.from({ length: 16 }, (_, i) => sbx.commands.run(`for j in 1 2 3; do echo ${i}-$j; sleep 0.0$j; done`)),
+  );
+  runs.forEach((r, i) => {
+    assert.equal(r.stdout, `${i}-1\n${i}-2\n${i}-3\n`);
+  });
+});
+
+test('disconnect, then connect again by pid and get the later output', async () => {
+  const h = await sbx.commands.run('echo first; sleep 1.5; echo second', { background: true, timeoutMs: 20_000 });
+  for (const end = Date.now() + 10_000; !h.stdout.includes('first') && Date.now() < end; ) await sleep(20);
+  assert.equal(h.stdout, 'first\n');
+  await h.disconnect();
+  const again = await sbx.commands.connect(h.pid, { timeoutMs: 20_000 });
+  const r = await again.wait();
+  assert.equal(r.stdout, 'second\n', 'output after the reconnect');
+  assert.equal(r.exitCode, 0);
+});
+
 test('PTY: create, input, resize, exit', async () => {
   let data = '';
   const dec = new TextDecoder();
