@@ -96,10 +96,11 @@ test('malformed unary bodies are invalid_argument (HTTP 400)', async () => {
 test('wrong media types, methods and headers', async () => {
   const r = await fetch(`${agent.url}/filesystem.Filesystem/Stat`, {
     method: 'POST',
-    headers: { 'Content-Type': 'application/proto' },
+    headers: { 'Content-Type': 'text/plain' },
     body: '',
   });
   assert.equal(r.status, 415);
+  assert.equal(r.headers.get('accept-post'), 'application/json, application/proto');
   const get = await fetch(`${agent.url}/filesystem.Filesystem/Stat`);
   assert.equal(get.status, 501);
   const none = await unary('filesystem.Filesystem/Nope', '{}');

@@ -3,7 +3,8 @@ package main
 // The Connect protocol (connectrpc.com/docs/protocol) over HTTP/1.1, as e2b's SDK speaks it through
 // @connectrpc/connect-web with useBinaryFormat: false: unary calls are `POST /pkg.Service/Method` with
 // an application/json body; streams use application/connect+json and 5-byte envelopes (flags, big-endian
-// length) and end with an end-stream envelope (flag 0x02) that carries the error, if any.
+// length) and end with an end-stream envelope (flag 0x02) that carries the error, if any. The binary
+// codec (application/proto, application/connect+proto) is transcoded to the same handlers (pbwire.go).
 
 import (
 	"bufio"
@@ -143,19 +144,39 @@ func (a *agent) serveRPC(w http.ResponseWriter, r *http.Request, m *method) {
 	}
 	mt := mediaType(r.Header)
 	streaming := m.unary == nil
-	want := "application/json"
-	if streaming {
-		want = "application/connect+json"
-	}
-	if mt != want {
-		w.Header().Set("Accept-Post", want)
+	binary := false
+	switch {
+	case !streaming && mt == "application/json", streaming && mt == "application/connect+json":
+	case !streaming && mt == "application/proto", streaming && mt == "application/connect+proto":
+		binary = true
+	default:
+		if streaming {
+			w.Header().Set("Accept-Post", "application/connect+json, application/connect+proto")
+		} else {
+			w.Header().Set("Accept-Post", "application/json, application/proto")
+		}
 		w.WriteHeader(http.StatusUnsupportedMediaType)
 		return
 	}
+	path := r.URL.Path
+	// in and out transcode binary messages to and from the JSON the handlers speak.
+	in := func(b []byte) ([]byte, *rpcError) {
+		if !binary || b == nil {
+			return b, nil
+		}
+		return pbRequest(path, b)
+	}
+	out := func(res interface{}) ([]byte, error) {
+		if binary {
+			return pbResponse(path, res)
+		}
+		return json.Marshal(res)
+	}
+	respType := mt
 	d, terr := timeout(r.Header)
 	if terr != nil {
 		if streaming {
-			a.endStream(w, terr, false)
+			a.endStream(w, terr, false, respType)
 		} else {
 			writeUnaryError(w, terr)
 		}
@@ -187,27 +208,35 @@ func (a *agent) serveRPC(w http.ResponseWriter, r *http.Request, m *method) {
 			writeUnaryError(w, errf(codeResourceExhausted, "request is over %d bytes", maxUnaryBody))
 			return
 		}
+		if !binary && len(body) == 0 {
+			body = []byte("{}")
+		}
+		body, rerr := in(body)
+		if rerr != nil {
+			writeUnaryError(w, rerr)
+			return
+		}
 		res, rerr := m.unary(c, body)
 		if rerr != nil {
 			writeUnaryError(w, rerr)
 			return
 		}
-		b, err := json.Marshal(res)
+		b, err := out(res)
 		if err != nil {
 			writeUnaryError(w, errf(codeInternal, "encoding the response: %v", err))
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Type", respType)
 		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 		_, _ = w.Write(b)
 		return
 	}
 	if enc := r.Header.Get("Connect-Content-Encoding"); enc != "" && enc != "identity" {
-		a.endStream(w, errf(codeUnimplemented, "unsupported Connect-Content-Encoding %.20q", enc), false)
+		a.endStream(w, errf(codeUnimplemented, "unsupported Connect-Content-Encoding %.20q", enc), false, respType)
 		return
 	}
 	if uerr != nil {
-		a.endStream(w, uerr, false)
+		a.endStream(w, uerr, false, respType)
 		return
 	}
 	br := bufio.NewReader(r.Body)
@@ -218,38 +247,44 @@ func (a *agent) serveRPC(w http.ResponseWriter, r *http.Request, m *method) {
 				return nil, errf(codeResourceExhausted, "over %d messages in one stream", maxStreamInput)
 			}
 			n++
-			return readEnvelope(br)
+			b, e := readEnvelope(br)
+			if e != nil {
+				return nil, e
+			}
+			return in(b)
 		}
 		res, rerr := m.client(c, next)
 		if rerr == nil {
-			var b []byte
-			b, err := json.Marshal(res)
+			b, err := out(res)
 			if err != nil {
 				rerr = errf(codeInternal, "encoding the response: %v", err)
 			} else {
-				w.Header().Set("Content-Type", "application/connect+json")
+				w.Header().Set("Content-Type", respType)
 				_ = writeEnvelope(w, 0, b)
 			}
 		}
-		a.endStream(w, rerr, true)
+		a.endStream(w, rerr, true, respType)
 		return
 	}
 	body, rerr := readEnvelope(br)
 	if rerr == nil && body == nil {
 		rerr = errf(codeInvalidArgument, "the stream carries no request message")
 	}
+	if rerr == nil {
+		body, rerr = in(body)
+	}
 	if rerr != nil {
-		a.endStream(w, rerr, false)
+		a.endStream(w, rerr, false, respType)
 		return
 	}
 	started := false
 	send := func(msg interface{}) error {
-		b, err := json.Marshal(msg)
+		b, err := out(msg)
 		if err != nil {
 			return err
 		}
 		if !started {
-			w.Header().Set("Content-Type", "application/connect+json")
+			w.Header().Set("Content-Type", respType)
 			started = true
 		}
 		if err := writeEnvelope(w, 0, b); err != nil {
@@ -264,7 +299,7 @@ func (a *agent) serveRPC(w http.ResponseWriter, r *http.Request, m *method) {
 	if rerr != nil && rerr.Code == codeCanceled && r.Context().Err() != nil {
 		return // the client is gone: nobody reads an end-stream message
 	}
-	a.endStream(w, rerr, started)
+	a.endStream(w, rerr, started, respType)
 }
 
 // readEnvelope reads one enveloped message; (nil, nil) at a clean end of the stream.
@@ -295,9 +330,6 @@ func readEnvelope(br *bufio.Reader) ([]byte, *rpcError) {
 	if flags&0x02 != 0 {
 		return nil, nil // a client's end-stream envelope ends its messages
 	}
-	if size == 0 {
-		return []byte("{}"), nil
-	}
 	return body, nil
 }
 
@@ -312,10 +344,10 @@ func writeEnvelope(w io.Writer, flags byte, b []byte) error {
 	return err
 }
 
-// endStream writes the end-stream message; streams always answer HTTP 200.
-func (a *agent) endStream(w http.ResponseWriter, e *rpcError, started bool) {
+// endStream writes the end-stream message (JSON, whatever the codec); streams always answer HTTP 200.
+func (a *agent) endStream(w http.ResponseWriter, e *rpcError, started bool, contentType string) {
 	if !started {
-		w.Header().Set("Content-Type", "application/connect+json")
+		w.Header().Set("Content-Type", contentType)
 	}
 	var b []byte
 	if e != nil {
