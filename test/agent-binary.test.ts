@@ -79,8 +79,8 @@ test('Start streams binary events: start, stdout, stderr, end with a negative ex
   const events = messages.map((m) => (m as { event?: { event: { case?: string; value?: unknown } } }).event?.event);
   assert.equal(events[0]?.case, 'start');
   const out = events
-    .filter((e) => e?.case === 'data')
-    .map((e) => (e?.value as { output: { case: string; value: Uint8Array } }).output)
+    .flatMap((e) => (e?.case === 'data' ? [e.value as { output: { case: string; value: Uint8Array } }] : []))
+    .map((d) => d.output)
     .map((o) => `${o.case}:${Buffer.from(o.value).toString()}`)
     .sort();
   assert.deepEqual(out, ['stderr:err\n', 'stdout:from binary\n']);
