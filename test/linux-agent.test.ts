@@ -226,8 +226,9 @@ if (argIndex >= 0) {
     process.stderr.write(`agent e2e: nested boot ${r.timings.bootMs} ms, session marks ${JSON.stringify(s.marks)}\n`);
     const context = `\n--- guest serial ---\n${s.serial.slice(-4000)}\n--- vireo stderr ---\n${s.stderr.slice(-2000)}`;
     assert.equal(s.failed, undefined, `${s.failed}${context}`);
+    // fetch keeps connections alive: its four requests take one to four CONNECTs, each answered OK.
     assert.ok(
-      s.okLines.length >= 3 && s.okLines.every((l) => /^OK \d+\n$/.test(l)),
+      s.okLines.length >= 1 && s.okLines.every((l) => /^OK \d+\n$/.test(l)),
       `${JSON.stringify(s.okLines)}${context}`,
     );
     assert.equal(s.health, 204, context);

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -150,4 +151,43 @@ func listen(spec string, anyPeer bool) (net.Listener, error) {
 		return net.Listen("unix", rest)
 	}
 	return nil, fmt.Errorf("listen: unknown kind %q", kind)
+}
+
+// maxConns bounds the connections served at once; one over it is closed as soon as it is accepted.
+const maxConns = 512
+
+type limitListener struct {
+	net.Listener
+	sem chan struct{}
+}
+
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+func limit(l net.Listener) net.Listener {
+	return &limitListener{Listener: l, sem: make(chan struct{}, maxConns)}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.sem <- struct{}{}:
+			return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
+		default:
+			log.Printf("refused a connection: %d are open", maxConns)
+			c.Close()
+		}
+	}
 }

@@ -25,6 +25,7 @@ const (
 	subQueue         = 128 // chunks queued per stream: at most 4 MiB of output waits for one client
 	slowClient       = 30 * time.Second
 	drainAfterExit   = 200 * time.Millisecond
+	drainMax         = 2 * time.Second
 	defaultPath      = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	maxKeepaliveSecs = 3600
 )
@@ -401,12 +402,22 @@ func (a *agent) run(p *process, outs []*os.File) {
 		go func(i int, f *os.File) {
 			defer readers.Done()
 			buf := make([]byte, outChunk)
+			var hard time.Time // the latest a reader drains after the exit
+			draining := false  // this read has the drain deadline (not one set before the exit)
 			for {
 				select {
 				case <-exitedFlag:
 					// After the child exits, a grandchild may hold the pipe open: read what is
-					// there, then stop once it stays quiet.
-					_ = f.SetReadDeadline(time.Now().Add(drainAfterExit))
+					// there, then stop once it stays quiet, or at the latest drainMax after the exit.
+					if hard.IsZero() {
+						hard = time.Now().Add(drainMax)
+					}
+					d := time.Now().Add(drainAfterExit)
+					if d.After(hard) {
+						d = hard
+					}
+					_ = f.SetReadDeadline(d)
+					draining = true
 				default:
 				}
 				n, err := f.Read(buf)
@@ -425,12 +436,10 @@ func (a *agent) run(p *process, outs []*os.File) {
 				}
 				if err != nil {
 					if errors.Is(err, os.ErrDeadlineExceeded) {
-						select {
-						case <-exitedFlag:
-							return
-						default:
-							continue
+						if draining {
+							return // quiet for drainAfterExit, or drainMax reached
 						}
+						continue // the deadline run() set to wake a read begun before the exit
 					}
 					return // EOF, or EIO from a PTY master whose slave side is closed
 				}
