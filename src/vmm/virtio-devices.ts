@@ -5,12 +5,11 @@
  * thread; irqfd: the I/O thread injects interrupts itself), and runs every device on one I/O thread.
  */
 import { randomFillSync } from 'node:crypto';
-import { closeSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import type { VirtioMmioAcpi } from '../arch/x86_64/acpi.js';
 import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
 import { type ConsoleIoSpec, FdConsole } from '../backends/console-io.js';
-import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk.js';
+import { closeDisk, createBlockBackend, type DiskSpec, openDisk } from '../backends/disk.js';
 import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
 import { closeVsock, openVsock, UnixVsockHost, type VsockSpec } from '../backends/unix-socket.js';
 import { hex } from '../common/address.js';
@@ -67,7 +66,7 @@ export interface VirtioConfig {
 
 /** A device's host side, as plain data the I/O thread can rebuild it from. */
 export type DeviceSpec =
-  | { kind: 'block'; id: string; disk: FileDiskSpec }
+  | { kind: 'block'; id: string; disk: DiskSpec }
   | { kind: 'rng' }
   | { kind: 'net'; id: string; tap: TapSpec; mac: number[] }
   | { kind: 'console'; io: ConsoleIoSpec }
@@ -99,7 +98,7 @@ export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[
   switch (spec.kind) {
     case 'block':
       return new VirtioBlock(
-        new FileDisk(spec.disk, memory.length > 0 ? { memory, threads: DISK_IO_THREADS } : undefined),
+        createBlockBackend(spec.disk, memory.length > 0 ? { memory, threads: DISK_IO_THREADS } : undefined),
         { id: spec.id },
       );
     case 'rng':
@@ -220,8 +219,8 @@ export class VirtioDevices implements Disposable {
    */
   addAll(config: VirtioConfig): void {
     for (const d of config.drives ?? []) {
-      const disk = openFileDisk(d.path, d.readOnly ?? false);
-      this.store.add(toDisposable(() => closeSync(disk.fd)));
+      const disk = openDisk(d.path, d.readOnly ?? false, d.format);
+      this.store.add(toDisposable(() => closeDisk(disk)));
       this.add(`virtio-blk:${d.id}`, { kind: 'block', id: d.id, disk });
     }
     (config.nets ?? []).forEach((n, i) => {
