@@ -68,9 +68,17 @@ export class RawLayer implements DiskLayer {
     readonly size: number,
   ) {}
   readInto(bufs: Uint8Array[], position: number): void {
-    const n = this.io.readv(bufs, position);
-    zeroAfter(bufs, n);
+    readClamped(this.io, bufs, position);
   }
+}
+
+/** Fills the buffers from `position`, reading nothing past the file's end (zeroes there). */
+export function readClamped(io: ImageIo, bufs: Uint8Array[], position: number): void {
+  let total = 0;
+  for (const b of bufs) total += b.length;
+  const avail = Math.max(0, Math.min(total, io.size() - position));
+  const n = avail > 0 ? io.readv(avail === total ? bufs : sliceViews(bufs, 0, avail), position) : 0;
+  zeroAfter(bufs, n);
 }
 
 /** Zeroes the buffers after their first n bytes. */

@@ -48,6 +48,7 @@ export function readHead(io: ImageIo): Buffer {
 
 /** Whether the file starts with qcow2's magic. */
 export function hasQcow2Magic(io: ImageIo): boolean {
+  if (io.size() < 4) return false;
   const b = Buffer.alloc(4);
   return io.readv([b], 0) === 4 && b.readUInt32BE(0) === QCOW2_MAGIC;
 }

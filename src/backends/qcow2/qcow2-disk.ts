@@ -33,7 +33,7 @@ import {
   type Qcow2Header,
   ZERO_LO,
 } from './format.js';
-import { copyFrom, copyInto, type DiskLayer, type ImageIo, sliceViews, zeroAfter } from './image-io.js';
+import { copyFrom, copyInto, type DiskLayer, type ImageIo, readClamped, sliceViews, zeroAfter } from './image-io.js';
 import { Refcounts, type Reserved } from './refcounts.js';
 import { TableCache } from './table-cache.js';
 
@@ -250,7 +250,7 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
       const views = sliceViews(bufs, done, n);
       switch (m.kind) {
         case Kind.Data:
-          zeroAfter(views, this.file.readv(views, m.host + inC));
+          readClamped(this.file, views, m.host + inC);
           break;
         case Kind.Zero:
           for (const v of views) v.fill(0);
@@ -291,7 +291,7 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
   /** A whole guest cluster's current content, for a partial write to a cluster that moves. */
   private content(m: Mapping, gc: number): Buffer {
     const buf = Buffer.alloc(this.cs);
-    if (m.kind === Kind.Data) zeroAfter([buf], this.file.readv([buf], m.host));
+    if (m.kind === Kind.Data) readClamped(this.file, [buf], m.host);
     else if (m.kind === Kind.Compressed) this.inflate(m, gc).copy(buf);
     else if (m.kind === Kind.Unallocated && this.backing) this.backing.readInto([buf], gc * this.cs);
     return buf;

@@ -101,10 +101,13 @@ export class Refcounts {
     if (n < 1 || n > max) throw new Error(`qcow2: alloc(${n}) outside 1..${max}`);
     const limit = Math.floor(2 ** 52 / this.cs);
     let c = this.hint;
+    // The first free cluster the scan passes (a gap too short for this run): the next scan starts there.
+    let firstFree = -1;
     for (let k = 0; k < n; k++) {
       const x = c + k;
       if (x >= limit) throw this.err('no free cluster below 2^52 bytes');
       if (this.isReserved(x) || this.get(x) !== 0) {
+        if (k > 0 && firstFree < 0) firstFree = c;
         c = x + 1;
         k = -1;
       }
@@ -118,7 +121,7 @@ export class Refcounts {
       this.reserved.splice(this.reserved.indexOf(run), 1);
     }
     for (let k = 0; k < n; k++) this.set(c + k, 1);
-    if (c === this.hint) this.hint = c + n;
+    this.hint = firstFree >= 0 ? firstFree : c + n;
     return c * this.cs;
   }
 

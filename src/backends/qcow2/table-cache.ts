@@ -10,6 +10,7 @@ interface Entry {
 
 export class TableCache {
   private readonly map = new Map<number, Entry>();
+  private last = -1;
   constructor(
     private readonly max: number,
     private readonly load: (offset: number) => Buffer,
@@ -27,8 +28,12 @@ export class TableCache {
   get(offset: number): Buffer {
     const e = this.map.get(offset);
     if (e) {
-      this.map.delete(offset);
-      this.map.set(offset, e);
+      // Most lookups hit the table used last: it is already the newest.
+      if (offset !== this.last) {
+        this.map.delete(offset);
+        this.map.set(offset, e);
+        this.last = offset;
+      }
       return e.buf;
     }
     const buf = this.load(offset);
@@ -67,6 +72,7 @@ export class TableCache {
 
   private insert(offset: number, e: Entry): void {
     this.map.set(offset, e);
+    this.last = offset;
     let flushed = false;
     while (this.map.size > this.max) {
       let victim: number | undefined;
@@ -83,6 +89,7 @@ export class TableCache {
         continue;
       }
       this.map.delete(victim);
+      if (victim === this.last) this.last = -1;
     }
   }
 }
