@@ -169,7 +169,8 @@ export function parseHeader(head: Buffer, fileSize: number, name: string): Qcow2
     if (raw.includes(0)) throw bad(name, 'the backing file name contains a NUL byte');
   }
   const extEnd = Math.min(backingFile !== undefined ? backingOffset : cs, head.length);
-  const exts = version === 3 ? parseExtensions(head, headerLength, extEnd, name) : new Map<number, Buffer>();
+  // Version 2 images have extensions too (the backing format among them), from byte 72.
+  const exts = parseExtensions(head, headerLength, extEnd, name);
 
   const unknown = incompatible & ~0x1fn;
   if (unknown !== 0n) {

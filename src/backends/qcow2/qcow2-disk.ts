@@ -499,7 +499,8 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
     if (!tablesDirty && !refsDirty && this.pendingFree.length === 0) return;
     this.flushing = true;
     try {
-      if (tablesDirty) this.file.sync(); // 1. the data the new entries point at
+      // 1. the data the new entries point at (step 2's sync covers it when there are refcounts to write)
+      if (tablesDirty && !refsDirty) this.file.sync();
       if (rc && refsDirty) {
         rc.writeBlocks(); // 2. refcounts for every new cluster, then the table entries of new blocks
         if (rc.tableIsDirty) {
