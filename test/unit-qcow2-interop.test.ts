@@ -6,11 +6,13 @@
  * leave, and convert to raw as vireo reads them. Plus the overlay creator and the open-time refusals.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createQcow2, createQcow2Overlay } from '../src/backends/qcow2/create.js';
+import { repoRoot } from './support/cc.js';
 import { qemu, qemuCheck, qemuContent, readAll, withDisk, workload } from './support/qcow2.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vireo-qcow2-'));
@@ -235,5 +237,35 @@ describe('opening refuses what it cannot use, in one line', () => {
     );
     writeFileSync(p('fmt.raw'), Buffer.alloc(MiB));
     assert.throws(() => withDisk(p('fmt.raw'), true, () => 0, 'qcow2'), oneLine(/bad magic/));
+  });
+});
+
+describe('vireo image create', () => {
+  const vireo = (...args: string[]) =>
+    spawnSync(process.execPath, [join(repoRoot, 'bin', 'vireo.js'), 'image', 'create', ...args], { encoding: 'utf8' });
+
+  test('an empty image and an overlay over it; qemu-img sees the backing file and finds no errors', () => {
+    assert.equal(vireo('--size', '64M', p('cli-base.qcow2')).status, 0);
+    const r = vireo('--backing', p('cli-base.qcow2'), p('cli-clone.qcow2'));
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, `${p('cli-clone.qcow2')}\n`);
+    const info = qemu('qemu-img', ['info', p('cli-clone.qcow2')]).out;
+    assert.match(info, /virtual size: 64 MiB/);
+    assert.match(info, new RegExp(`backing file: ${p('cli-base.qcow2')}`));
+    assert.ok(qemuCheck(p('cli-clone.qcow2')).clean);
+  });
+
+  test('usage errors are one line and exit 2', () => {
+    for (const [args, re] of [
+      [[p('cli-clone.qcow2'), '--backing', p('cli-base.qcow2')], /exists; remove it/],
+      [['--size', '12Q', p('cli-x.qcow2')], /--size 12Q: give bytes/],
+      [['--backing', p('nowhere.img'), p('cli-y.qcow2')], /backing image .*nowhere\.img does not exist/],
+      [[p('cli-z.qcow2')], /needs --size/],
+    ] as const) {
+      const r = vireo(...args);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, re);
+      assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
+    }
   });
 });

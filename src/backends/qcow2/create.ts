@@ -4,7 +4,7 @@
  * synced and renamed into place, so a crash leaves either no image or a whole one.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ConfigError } from '../../common/errors.js';
 import { closeDisk, openDisk } from '../disk.js';
@@ -118,6 +118,7 @@ export function createQcow2(path: string, o: CreateQcow2Options): void {
  */
 export function createQcow2Overlay(path: string, backingPath: string, opts: { size?: number } = {}): void {
   const abs = resolve(backingPath);
+  if (!existsSync(abs)) throw new ConfigError(`backing image ${abs} does not exist`);
   const base = openDisk(abs, true);
   let size: number;
   let format: 'raw' | 'qcow2';
