@@ -229,6 +229,24 @@ describe('opening refuses what it cannot use, in one line', () => {
     );
   });
 
+  test("a raw image opened without a format refuses a write of qcow2's magic at its start; with format=raw it takes it", () => {
+    writeFileSync(p('probe.raw'), Buffer.alloc(MiB));
+    const magic = Buffer.alloc(512);
+    magic.writeUInt32BE(0x514649fb, 0);
+    assert.throws(
+      () => withDisk(p('probe.raw'), false, (d) => d.writev([magic], 0)),
+      /refused a write of qcow2's magic/,
+    );
+    assert.equal(
+      withDisk(p('probe.raw'), false, (d) => d.writev([magic], 512)),
+      512,
+    );
+    assert.equal(
+      withDisk(p('probe.raw'), false, (d) => d.writev([magic], 0), 'raw'),
+      512,
+    );
+  });
+
   test('format=raw reads a qcow2 file as bytes; format=qcow2 on a raw file is refused', () => {
     createQcow2(p('fmt.qcow2'), { size: MiB });
     assert.equal(

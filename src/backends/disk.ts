@@ -4,7 +4,8 @@
  * is plain data posted to the I/O thread, which builds the backend from it.
  *
  * Probing has QEMU's known risk: a raw image whose guest wrote qcow2's magic into its first sector
- * would be read as qcow2 on the next open. Give format=raw for raw images a guest can write.
+ * would be read as qcow2 on the next open (with a backing file the guest names). As QEMU does, a raw
+ * image whose format was probed refuses such writes; give format=raw to allow them.
  */
 import { closeSync } from 'node:fs';
 import type { BlockBackend } from '../devices/virtio/block.js';
@@ -21,7 +22,7 @@ export function openDisk(path: string, readOnly: boolean, format?: DiskFormat): 
   const file = openFileDisk(path, readOnly);
   try {
     const qcow2 = format === 'qcow2' || (format === undefined && hasQcow2Magic(new FdImageIo(file.fd, file.size)));
-    return qcow2 ? openQcow2(file) : { ...file, format: 'raw' };
+    return qcow2 ? openQcow2(file) : { ...file, format: 'raw', probed: format === undefined };
   } catch (e) {
     closeSync(file.fd);
     throw e;
