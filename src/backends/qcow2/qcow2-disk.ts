@@ -19,39 +19,21 @@
  * crash between steps leaves at most leaked clusters (what qemu-img check -r leaks repairs) — the
  * order qemu keeps with its refcount-before-L2 cache dependency, with the data made durable first.
  */
-import { inflateRawSync, constants as zlibConstants } from 'node:zlib';
 import type { BlockBackend } from '../../devices/virtio/block.js';
 import {
-  COMPRESSED_HI,
   COPIED_HI,
   compressedRange,
   entryOffset,
   l1Reserved,
-  l2Reserved,
   putEntry,
   Qcow2Error,
   type Qcow2Header,
   ZERO_LO,
 } from './format.js';
 import { copyFrom, copyInto, type DiskLayer, type ImageIo, readClamped, sliceViews, zeroAfter } from './image-io.js';
+import { decodeL2, inflateCluster, Kind, type Mapping, UNALLOCATED } from './mapping.js';
 import { Refcounts, type Reserved } from './refcounts.js';
 import { TableCache } from './table-cache.js';
-
-/** What a guest cluster maps to. */
-enum Kind {
-  Unallocated,
-  Zero,
-  Data,
-  Compressed,
-}
-interface Mapping {
-  kind: Kind;
-  /** Data: the host cluster; Zero: a preallocated one, or 0. */
-  host: number;
-  copied: boolean;
-  hi: number;
-  lo: number;
-}
 
 export interface Qcow2Options {
   io: ImageIo;
@@ -179,37 +161,14 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
 
   /** Decodes and checks entry i of an L2 table. */
   private decode(table: Buffer, i: number, gc: number): Mapping {
-    const hi = table.readUInt32BE(i * 8);
-    const lo = table.readUInt32BE(i * 8 + 4);
-    const copied = (hi & COPIED_HI) !== 0;
-    if (hi & COMPRESSED_HI) {
-      if (copied) throw this.err(`L2 entry for guest cluster ${gc}: compressed with bit 63 set`);
-      const { start, end } = compressedRange(hi, lo, this.h.clusterBits);
-      if (start >= this.file.size() || end > this.file.size() + 512)
-        throw this.err(`L2 entry for guest cluster ${gc}: compressed data past the end of the file`);
-      return { kind: Kind.Compressed, host: start, copied: false, hi, lo };
-    }
-    if (l2Reserved(hi, lo)) throw this.err(`L2 entry for guest cluster ${gc} has reserved bits set`);
-    const off = entryOffset(hi, lo);
-    const zero = (lo & ZERO_LO) !== 0;
-    if (zero && this.h.version === 2)
-      throw this.err(`L2 entry for guest cluster ${gc}: zero flag in a version 2 image`);
-    if (off === 0) {
-      if (copied) throw this.err(`L2 entry for guest cluster ${gc}: offset 0 with bit 63 set`);
-      return { kind: zero ? Kind.Zero : Kind.Unallocated, host: 0, copied: false, hi, lo };
-    }
-    if (off % this.cs !== 0)
-      throw this.err(`L2 entry for guest cluster ${gc}: offset 0x${off.toString(16)} is not cluster-aligned`);
-    if (off >= this.file.size())
-      throw this.err(`L2 entry for guest cluster ${gc}: offset 0x${off.toString(16)} is past the end of the file`);
-    return { kind: zero ? Kind.Zero : Kind.Data, host: off, copied, hi, lo };
+    return decodeL2(table, i, gc, this.h, this.file.size(), this.name);
   }
 
   private lookup(gc: number): Mapping {
     const l1i = Math.floor(gc / this.l2Entries);
-    if (l1i >= this.h.l1Size) return { kind: Kind.Unallocated, host: 0, copied: false, hi: 0, lo: 0 };
+    if (l1i >= this.h.l1Size) return UNALLOCATED;
     const { off } = this.l2At(l1i);
-    if (off === 0) return { kind: Kind.Unallocated, host: 0, copied: false, hi: 0, lo: 0 };
+    if (off === 0) return UNALLOCATED;
     return this.decode(this.l2().get(off), gc % this.l2Entries, gc);
   }
 
@@ -271,19 +230,7 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
   private inflate(m: Mapping, gc: number): Buffer {
     const { start, end } = compressedRange(m.hi, m.lo, this.h.clusterBits);
     if (this.inflated && this.inflated.start === start && this.inflated.end === end) return this.inflated.data;
-    const raw = Buffer.alloc(Math.min(end, this.file.size()) - start);
-    const n = this.file.readv([raw], start);
-    let data: Buffer;
-    try {
-      data = inflateRawSync(raw.subarray(0, n), {
-        maxOutputLength: this.cs,
-        finishFlush: zlibConstants.Z_SYNC_FLUSH,
-      });
-    } catch (e) {
-      throw this.err(`compressed cluster for guest cluster ${gc} does not inflate: ${(e as Error).message}`);
-    }
-    if (data.length !== this.cs)
-      throw this.err(`compressed cluster for guest cluster ${gc} inflates to ${data.length} bytes, not a cluster`);
+    const data = inflateCluster(this.file, m, gc, this.h, this.name);
     this.inflated = { start, end, data };
     return data;
   }
