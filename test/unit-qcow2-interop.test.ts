@@ -12,6 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createQcow2, createQcow2Overlay } from '../src/backends/qcow2/create.js';
+import { validateBody } from '../src/snapshot/body-schema.js';
+import { baseBody } from './fuzz/snapshot.js';
 import { repoRoot } from './support/cc.js';
 import { qemu, qemuCheck, qemuContent, readAll, withDisk, workload } from './support/qcow2.js';
 
@@ -286,4 +288,12 @@ describe('vireo image create', () => {
       assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
     }
   });
+});
+
+test("a VM snapshot's configuration keeps a drive's format (and refuses one vireo does not have)", () => {
+  const body = baseBody() as { config: { drives: unknown[] } };
+  body.config.drives = [{ id: 'clone', path: '/images/clone.qcow2', readOnly: false, format: 'qcow2' }];
+  validateBody(body, 's.state');
+  body.config.drives = [{ id: 'clone', path: '/images/clone.img', format: 'vmdk' }];
+  assert.throws(() => validateBody(body, 's.state'), /\$\.config\.drives\[0\]\.format: expected one of raw, qcow2/);
 });

@@ -68,7 +68,11 @@ const config = object({
   memMiB: int(2, 1024 * 1024),
   cpus: int(1, 254),
   irqchip: bool,
-  drives: array(object({ id: str(NAME), path: str(PATH), readOnly: opt(bool) }), 0, MAX_DEVICES),
+  drives: array(
+    object({ id: str(NAME), path: str(PATH), readOnly: opt(bool), format: opt(oneOf('raw', 'qcow2')) }),
+    0,
+    MAX_DEVICES,
+  ),
   nets: array(object({ id: str(NAME), tap: str(NAME), mac: opt(array(int(0, 255), 6, 6)) }), 0, MAX_DEVICES),
   vsock: opt(object({ cid: u32, udsPath: str(PATH) })),
   rng: bool,
