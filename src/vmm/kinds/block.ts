@@ -1,8 +1,7 @@
-/** virtio-blk: one device per drive, each over a file disk (its request threads beside the I/O thread). */
-import { closeSync } from 'node:fs';
-import { FileDisk, type FileDiskSpec, openFileDisk } from '../../backends/file-disk.js';
+/** virtio-blk: one device per drive, each over a raw or qcow2 disk (its request threads beside the I/O thread). */
+import { closeDisk, createBlockBackend, type DiskSpec, openDisk } from '../../backends/disk.js';
 import { toDisposable } from '../../common/lifecycle.js';
-import { array, bool, object, opt, str } from '../../common/schema.js';
+import { array, bool, object, oneOf, opt, str } from '../../common/schema.js';
 import type { DriveConfig } from '../../config/index.js';
 import { VirtioBlock } from '../../devices/virtio/block.js';
 import { checkBlockState } from '../../devices/virtio/block-state.js';
@@ -21,27 +20,34 @@ function diskThreads(v: string | undefined): number {
   return Number.isInteger(n) && n >= 0 && n <= 16 ? n : 2;
 }
 
-export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: FileDiskSpec }> = {
+export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }> = {
   name: 'virtio-blk',
   configKey: 'drives',
   config: (c) => (c.drives && c.drives.length > 0 ? c.drives : undefined),
   snapshot: {
     save: (c) => c ?? [],
-    check: array(object({ id: str(NAME), path: str(PATH), readOnly: opt(bool) }), 0, MAX_DEVICES),
+    check: array(
+      object({ id: str(NAME), path: str(PATH), readOnly: opt(bool), format: opt(oneOf('raw', 'qcow2')) }),
+      0,
+      MAX_DEVICES,
+    ),
     restore: (saved) => saved as DriveConfig[],
   },
   open(drives, ctx) {
     return {
       devices: drives.map((d) => {
-        const disk = openFileDisk(d.path, d.readOnly ?? false);
-        ctx.store.add(toDisposable(() => closeSync(disk.fd)));
+        const disk = openDisk(d.path, d.readOnly ?? false, d.format);
+        ctx.store.add(toDisposable(() => closeDisk(disk)));
         return { name: `virtio-blk:${d.id}`, spec: { id: d.id, disk } };
       }),
     };
   },
   build: (spec, memory) =>
-    new VirtioBlock(new FileDisk(spec.disk, memory.length > 0 ? { memory, threads: DISK_IO_THREADS } : undefined), {
-      id: spec.id,
-    }),
+    new VirtioBlock(
+      createBlockBackend(spec.disk, memory.length > 0 ? { memory, threads: DISK_IO_THREADS } : undefined),
+      {
+        id: spec.id,
+      },
+    ),
   recordCheck: checkBlockState,
 };
