@@ -19,6 +19,7 @@ command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v go >/dev/null || need+=(golang-go)          # builds the guest agent (guest/agent/)
 command -v passt >/dev/null || need+=(passt)            # user-mode networking (--net user)
 command -v qemu-img >/dev/null || need+=(qemu-utils)    # checks vireo's qcow2 images
+command -v ip >/dev/null || need+=(iproute2)           # network namespaces and TAPs in the tests
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need[*]}; run as root or install them: apt-get install ${need[*]}" >&2
@@ -38,3 +39,4 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 npm run -s build
+scripts/build-agent.sh   # the guest agent: dist/guest/vireo-agent

@@ -4,15 +4,23 @@
  * way vCPU threads do: notifications through the queue eventfds), and the counters grow as requests
  * complete — read through VirtioDevices.liveCounters() and Vm.deviceCounters(), not at exit. The
  * balloon's statistics interval changes at run time (node:test's mock timers count the requests). With
- * /dev/kvm: a running VM's Ctrl+Alt+Del and statistics-interval rules.
+ * /dev/kvm: a running VM's Ctrl+Alt+Del and statistics-interval rules. A virtio-blk drive on a qcow2
+ * overlay, opened by the device manager as a VM's drives are and served by the real I/O thread: what
+ * the driver writes reads back, the base shows through elsewhere, and after the VM's devices stop the
+ * overlay passes qemu-img check and compare.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, describe, mock, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { createQcow2Overlay } from '../src/backends/qcow2/create.js';
 import type { VireoError } from '../src/common/errors.js';
 import { BalloonControl } from '../src/devices/virtio/balloon.js';
+import { VIRTIO_BLK_S, VIRTIO_BLK_T } from '../src/devices/virtio/block.js';
 import { STATUS, VIRTIO_F_VERSION_1 } from '../src/devices/virtio/device.js';
-import { VirtioMmioTransport } from '../src/devices/virtio/mmio.js';
+import { VirtioMmioTransport } from '../src/devices/virtio/transport/mmio.js';
 import type { Vm as KvmVm } from '../src/kvm/kvm.js';
 import { GuestMemory, GuestMemoryMapping } from '../src/memory/guest-memory.js';
 import * as sys from '../src/os/sys.js';
@@ -21,6 +29,7 @@ import { VirtioDevices } from '../src/vmm/virtio-devices.js';
 import { Vm } from '../src/vmm/vm.js';
 import { guestPath } from './guests/build.js';
 import { MockSplitQueue } from './support/mock-virtq.js';
+import { qemu, qemuCheck, qemuContent } from './support/qcow2.js';
 import { kvmSkipReason } from './support/vireo.js';
 import { R } from './support/virtio-driver.js';
 
@@ -112,6 +121,130 @@ describe('live device counters from the I/O thread', () => {
       await devices.stop();
       assert.deepEqual(devices.finalCounters, live, 'the final counters are the live ones');
       assert.deepEqual(devices.liveCounters(), live, 'and read the same after the I/O thread stopped');
+    } finally {
+      await devices.stop();
+    }
+  });
+});
+
+describe('virtio-blk on a qcow2 overlay, served by the I/O thread', () => {
+  test('writes, a flush and reads through the transport; the overlay then passes qemu-img check and compare', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vireo-blk-qcow2-'));
+    const devices = new VirtioDevices(noKvm);
+    const mapping = GuestMemoryMapping.allocate([{ gpa: 0, size: 4 << 20 }]);
+    after(() => {
+      mapping.release();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    try {
+      const base = Buffer.alloc(2 << 20);
+      for (let s = 0; s < base.length / 512; s++) base.fill(s & 0xff, s * 512, s * 512 + 512);
+      writeFileSync(join(dir, 'base.raw'), base);
+      const overlay = join(dir, 'clone.qcow2');
+      createQcow2Overlay(overlay, join(dir, 'base.raw'));
+      devices.addAll({ drives: [{ id: 'clone', path: overlay }] });
+      const slot = devices.slots[0];
+      assert.ok(slot);
+      await devices.start(mapping.descriptors);
+      const mem = new GuestMemory(mapping.descriptors);
+      const t = new VirtioMmioTransport(slot.mmio, mem, {
+        notifyQueue: (q) => sys.eventfdWrite(slot.queueFds[q] as number),
+        wake: () => sys.eventfdWrite(devices.controlFd),
+        interrupt: () => sys.eventfdWrite(slot.irqFd),
+      });
+      const w32 = (reg: number, v: number): void => {
+        const b = new Uint8Array(4);
+        new DataView(b.buffer).setUint32(0, v >>> 0, true);
+        t.write(reg, b);
+      };
+      const r32 = (reg: number): number => {
+        const b = new Uint8Array(4);
+        t.read(reg, b);
+        return new DataView(b.buffer).getUint32(0, true);
+      };
+      assert.equal(r32(R.DEVICE_ID), 2, 'a block device');
+      const capacity = (): number => r32(R.CONFIG) + r32(R.CONFIG + 4) * 2 ** 32;
+      assert.equal(capacity(), base.length / 512, "the overlay has the base's size");
+      w32(R.STATUS, 0);
+      w32(R.STATUS, STATUS.ACKNOWLEDGE | STATUS.DRIVER);
+      w32(R.DEVICE_FEATURES_SEL, 0);
+      const features = r32(R.DEVICE_FEATURES);
+      w32(R.DRIVER_FEATURES_SEL, 0);
+      w32(R.DRIVER_FEATURES, features & (1 << 9)); // VIRTIO_BLK_F_FLUSH
+      w32(R.DRIVER_FEATURES_SEL, 1);
+      w32(R.DRIVER_FEATURES, Number(1n << (VIRTIO_F_VERSION_1 - 32n)));
+      w32(R.STATUS, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK);
+      const layout = MockSplitQueue.packed(16, 0x10000);
+      w32(R.QUEUE_SEL, 0);
+      w32(R.QUEUE_NUM, 16);
+      w32(R.QUEUE_DESC_LOW, layout.desc);
+      w32(R.QUEUE_DRIVER_LOW, layout.avail);
+      w32(R.QUEUE_DEVICE_LOW, layout.used);
+      w32(R.QUEUE_READY, 1);
+      const q = new MockSplitQueue(mem, layout);
+      w32(R.STATUS, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK);
+
+      let done = 0;
+      const HDR = 0x20000;
+      const DATA = 0x40000;
+      const STATUS_AT = 0x30000;
+      /** One request: header, data (len > 0), status; waits for its answer and returns the status. */
+      const request = async (type: number, sector: number, len: number, deviceWrites: boolean): Promise<number> => {
+        const hdr = new DataView(new ArrayBuffer(16));
+        hdr.setUint32(0, type, true);
+        hdr.setBigUint64(8, BigInt(sector), true);
+        mem.write(HDR, new Uint8Array(hdr.buffer));
+        mem.write8(STATUS_AT, 0xff);
+        const chain = [{ addr: HDR, len: 16, write: false }];
+        if (len > 0) chain.push({ addr: DATA, len, write: deviceWrites });
+        chain.push({ addr: STATUS_AT, len: 1, write: true });
+        assert.notEqual(q.addChain(chain), undefined, 'room in the queue');
+        w32(R.QUEUE_NOTIFY, 0);
+        done++;
+        await until(
+          `request ${done} answered`,
+          () =>
+            (devices.liveCounters()['virtio-blk:clone']?.reads ?? 0) +
+              (devices.liveCounters()['virtio-blk:clone']?.writes ?? 0) +
+              (devices.liveCounters()['virtio-blk:clone']?.flushes ?? 0) >=
+            done,
+        );
+        for (const u of q.takeUsed()) q.recycle(u.id);
+        return mem.read8(STATUS_AT);
+      };
+      const expected = Buffer.from(base);
+      // 8 sectors at sector 100 (inside the overlay's first cluster: a copy-on-write of the base's), and
+      // 128 KiB across a cluster boundary further on.
+      const a = Buffer.alloc(8 * 512, 0xa5);
+      mem.write(DATA, a);
+      assert.equal(await request(VIRTIO_BLK_T.OUT, 100, a.length, false), VIRTIO_BLK_S.OK);
+      a.copy(expected, 100 * 512);
+      const b = Buffer.alloc(128 * 1024);
+      for (let i = 0; i < b.length; i++) b[i] = (i * 13) & 0xff;
+      mem.write(DATA, b);
+      assert.equal(await request(VIRTIO_BLK_T.OUT, 1000, b.length, false), VIRTIO_BLK_S.OK);
+      b.copy(expected, 1000 * 512);
+      assert.equal(await request(VIRTIO_BLK_T.FLUSH, 0, 0, false), VIRTIO_BLK_S.OK);
+      // Read back across what was written and what still comes from the base.
+      for (const [sector, sectors] of [
+        [96, 16],
+        [990, 300],
+        [3000, 64],
+      ] as const) {
+        mem.write(DATA, new Uint8Array(sectors * 512));
+        assert.equal(await request(VIRTIO_BLK_T.IN, sector, sectors * 512, true), VIRTIO_BLK_S.OK);
+        assert.ok(
+          Buffer.from(mem.read(DATA, sectors * 512)).equals(expected.subarray(sector * 512, (sector + sectors) * 512)),
+          `sectors ${sector}+${sectors} read what the disk holds`,
+        );
+      }
+      await devices.stop();
+      const c = qemuCheck(overlay);
+      assert.ok(c.clean, c.out);
+      writeFileSync(join(dir, 'expected.raw'), expected);
+      qemu('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', overlay, join(dir, 'expected.raw')]);
+      assert.ok(qemuContent(overlay, join(dir, 'out.raw')).equals(expected));
+      assert.ok(readFileSync(join(dir, 'base.raw')).equals(base), 'the base is untouched');
     } finally {
       await devices.stop();
     }

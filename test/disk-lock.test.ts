@@ -2,6 +2,7 @@
  * Drive images are locked as QEMU locks them (OFD locks): a writable drive excludes every other user
  * of the image, read-only drives share it. Two VMs in one process and in two processes; the lock goes
  * with the VM (stop) and with the process (a restore in a new process after the first one is gone).
+ * Clones: VMs on qcow2 overlays of one base each hold their overlay and share the base read-only.
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
@@ -9,6 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { createQcow2Overlay } from '../src/backends/qcow2/create.js';
 import { Vm } from '../src/vmm/vm.js';
 import { guestPath } from './guests/build.js';
 import { repoRoot } from './support/cc.js';
@@ -131,4 +133,37 @@ test('a snapshot of a VM with a drive restores in another process once the first
   assert.equal(r.status, 0, `restore child failed: ${r.stderr}`);
   const out = JSON.parse(r.stdout.trim().split('\n').pop() as string) as { later: string; atRestore: string };
   assert.ok(BigInt(out.later) > BigInt(out.atRestore), 'the restored guest runs');
+});
+
+test('clones: VMs on qcow2 overlays of one base run together; each overlay is its own, the base is shared read-only', {
+  skip,
+}, async () => {
+  const base = join(dir, 'clone-base.raw');
+  writeFileSync(base, Buffer.alloc(1 << 20));
+  const [c1, c2] = ['c1.qcow2', 'c2.qcow2'].map((n) => join(dir, n)) as [string, string];
+  createQcow2Overlay(c1, base);
+  createQcow2Overlay(c2, base);
+  const on = async (path: string): Promise<Vm> => {
+    const vm = await Vm.create({
+      kernel: guest,
+      cmdline: 'h',
+      memMiB: 16,
+      serial: { kind: 'none' },
+      drives: [{ id: 'd0', path }],
+    });
+    vms.push(vm);
+    return vm;
+  };
+  const a = await on(c1);
+  const b = await on(c2);
+  await assert.rejects(on(c1), (e: Error) =>
+    e.message.startsWith(`disk image ${c1} is in use by another VM (locked for writing)`),
+  );
+  await assert.rejects(on(base), (e: Error) =>
+    e.message.startsWith(`disk image ${base} is in use by another VM (attached read-only there)`),
+  );
+  await a.stop();
+  await b.stop();
+  const w = await on(base);
+  await w.stop();
 });

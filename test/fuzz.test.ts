@@ -15,11 +15,11 @@ import { COM1_PORT, FIFO_SIZE, HOST_RING_SIZE } from '../src/devices/legacy/seri
 import { restoreSerialState, saveSerialState } from '../src/devices/legacy/serial-state.js';
 import { VIRTIO_BLK_T } from '../src/devices/virtio/block.js';
 import { STATUS } from '../src/devices/virtio/device.js';
-import { MMIO_MAGIC } from '../src/devices/virtio/mmio.js';
-import { restoreMmioTransportState, saveMmioTransportState } from '../src/devices/virtio/mmio-state.js';
 import { VirtioRng } from '../src/devices/virtio/rng.js';
 import { checkRngState } from '../src/devices/virtio/rng-state.js';
-import { deviceSideStateCheck } from '../src/devices/virtio/side-state.js';
+import { restoreTransportState, saveTransportState } from '../src/devices/virtio/transport/common-state.js';
+import { MMIO_MAGIC } from '../src/devices/virtio/transport/mmio.js';
+import { runnerStateCheck } from '../src/devices/virtio/transport/runner-state.js';
 import { formatReport, runTarget, type Verdict } from './fuzz/harness.js';
 import { TARGETS } from './fuzz/targets.js';
 import { type ChainCase, DATA, type DeviceCase, MMIO_HOLE, type Seg, SLOT } from './fuzz/virtio.js';
@@ -130,8 +130,8 @@ describe('directed cases: restored state', () => {
       const side = drv.side.save();
       // The merge of w-g kept save()'s `>>> 0` (2^31 + 1 here) beside the side check's int32 range: refused.
       assert.equal(side.resetGen, -0x80000000 + 1);
-      checkRecord(deviceSideStateCheck(checkRngState), JSON.parse(JSON.stringify(side)), 'side');
-      restoreMmioTransportState(fresh.spec, saveMmioTransportState(drv.spec));
+      checkRecord(runnerStateCheck(checkRngState), JSON.parse(JSON.stringify(side)), 'side');
+      restoreTransportState(fresh.spec, saveTransportState(drv.spec), 'virtio-rng transport');
       fresh.side.restore(side);
       assert.equal(fresh.side.save().resetGen, -0x80000000 + 1);
     } finally {

@@ -15,7 +15,7 @@ import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VireoError } from '../src/common/errors.js';
 import { encodeStateFile, SNAPSHOT_VERSION } from '../src/snapshot/format.js';
-import { readSnapshotBody } from '../src/snapshot/state.js';
+import { readSnapshotBody } from '../src/vmm/snapshot-body.js';
 import { Vm } from '../src/vmm/vm.js';
 import { repoRoot } from './support/cc.js';
 import { kvmSkipReason } from './support/vireo.js';

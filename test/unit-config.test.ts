@@ -131,7 +131,7 @@ describe('boot source', () => {
 });
 
 describe('drive', () => {
-  test('parse: a bare path, path=, id=, ro in every spelling', () => {
+  test('parse: a bare path, path=, id=, ro in every spelling, format=', () => {
     assert.deepEqual(parseDrive('disk.img', 0), { id: 'drive0', path: 'disk.img', readOnly: false });
     assert.deepEqual(parseDrive('path=a=b.img,id=root,ro', 3), { id: 'root', path: 'a=b.img', readOnly: true });
     assert.deepEqual(parseDrive('path=x,readonly=off', 1), { id: 'drive1', path: 'x', readOnly: false });
@@ -143,8 +143,16 @@ describe('drive', () => {
     refused(() => parseDrive('path=x,ro,readonly', 0), /ro is given more than once/);
     refused(
       () => parseDrive('path=x,cache=none', 0),
-      /^unknown drive option "cache=none": use path=FILE, id=NAME, ro$/,
+      /^unknown drive option "cache=none": use path=FILE, id=NAME, ro, format=raw\|qcow2$/,
     );
+    assert.deepEqual(parseDrive('path=c.qcow2,format=qcow2', 0), {
+      id: 'drive0',
+      path: 'c.qcow2',
+      readOnly: false,
+      format: 'qcow2',
+    });
+    assert.equal(parseDrive('path=r.img,format=raw', 0).format, 'raw');
+    refused(() => parseDrive('path=x,format=vmdk', 0), /^drive drive0: format vmdk is not raw or qcow2$/);
   });
 
   test('validate: ids of 1-64 letters, digits or underscores (any script), each once', () => {

@@ -13,6 +13,12 @@ import { fileURLToPath } from 'node:url';
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const srcRoot = join(repoRoot, 'src');
 
+/** Inside devices/, the virtio transports are a layer of their own (see the last two tests). */
+const VIRTIO = 'src/devices/virtio';
+const TRANSPORT = `${VIRTIO}/transport`;
+/** What transport/ may take from devices/virtio/: what a device is and the virtqueue, never a device. */
+const TRANSPORT_MAY_IMPORT = ['device.ts', 'queue.ts'];
+
 /** Bottom to top. */
 const ORDER = [
   'common',
@@ -121,6 +127,7 @@ test('biome.json forbids, for each folder of src/, exactly the folders it may no
   for (const o of config.overrides) {
     const group = o.linter?.rules?.style?.noRestrictedImports?.options?.patterns?.flatMap((p) => p.group);
     if (!group) continue;
+    if (o.includes.some((inc) => inc.startsWith(`${VIRTIO}/`))) continue; // the sub-layer rules, checked below
     for (const inc of o.includes) {
       const m = /^src\/([a-z0-9_-]+)\/\*\*$/.exec(inc) ?? /^src\/(index\.ts)$/.exec(inc);
       assert.ok(m, `biome.json: layer rule for unexpected includes ${inc}`);
@@ -138,4 +145,43 @@ test('biome.json forbids, for each folder of src/, exactly the folders it may no
     const got = [...(rules.get(f) ?? [])].sort();
     assert.deepEqual(got, expected, `biome.json's rule for src/${f}${f.endsWith('.ts') ? '' : '/'}`);
   }
+});
+
+test('devices/virtio/: no device sees its transport, and transport/ knows no device', () => {
+  const spec = /(?:\bfrom\s+|\bimport\s*\(\s*|\bnew URL\(\s*)['"](\.{1,2}\/[^'"]+)['"]/g;
+  const virtio = join(repoRoot, VIRTIO);
+  const transport = join(repoRoot, TRANSPORT);
+  const bad: string[] = [];
+  let transportFiles = 0;
+  for (const file of sourceFiles(virtio)) {
+    const inTransport = file.startsWith(transport + '/');
+    if (inTransport) transportFiles++;
+    for (const m of readFileSync(file, 'utf8').matchAll(spec)) {
+      const target = resolve(dirname(file), m[1]!.replace(/\.js$/, '.ts'));
+      const why = `${relative(srcRoot, file)} → ${m[1]}`;
+      if (!target.startsWith(virtio + '/')) continue; // common/, bus/, memory/: the devices/ rule
+      const intoTransport = target.startsWith(transport + '/');
+      if (!inTransport && intoTransport) bad.push(`${why} (a device importing its transport)`);
+      if (inTransport && !intoTransport && !TRANSPORT_MAY_IMPORT.includes(relative(virtio, target)))
+        bad.push(`${why} (the transport importing a device)`);
+    }
+  }
+  assert.ok(transportFiles >= 5, 'transport/ holds the common state, its record, the runner, its record and mmio');
+  assert.deepEqual(bad, []);
+});
+
+test("biome.json holds the same two rules for devices/virtio/, each on top of devices/' own", () => {
+  const config = JSON.parse(readFileSync(join(repoRoot, 'biome.json'), 'utf8')) as { overrides: Override[] };
+  const groups = (o: Override | undefined) =>
+    o?.linter?.rules?.style?.noRestrictedImports?.options?.patterns?.map((p) => p.group) ?? [];
+  const find = (includes: string[]) =>
+    config.overrides.find((o) => JSON.stringify(o.includes) === JSON.stringify(includes));
+  const devices = groups(find(['src/devices/**']));
+  assert.equal(devices.length, 1, "devices/' own rule");
+  // An override's options replace the earlier ones for its files: each sub-layer rule repeats devices/'.
+  assert.deepEqual(groups(find([`${VIRTIO}/**`, `!${TRANSPORT}/**`])), [...devices, ['**/transport/**']]);
+  assert.deepEqual(groups(find([`${TRANSPORT}/**`])), [
+    ...devices,
+    ['../*', ...TRANSPORT_MAY_IMPORT.map((f) => `!../${f.replace(/\.ts$/, '.js')}`)],
+  ]);
 });

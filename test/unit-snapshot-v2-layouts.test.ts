@@ -17,7 +17,7 @@ import { createSerialState, Serial16550 } from '../src/devices/legacy/serial.js'
 import { saveSerialState } from '../src/devices/legacy/serial-state.js';
 import { BalloonControl, VirtioBalloon } from '../src/devices/virtio/balloon.js';
 import { saveBalloonControlState } from '../src/devices/virtio/balloon-control-state.js';
-import { saveMmioTransportState } from '../src/devices/virtio/mmio-state.js';
+import { saveTransportState } from '../src/devices/virtio/transport/common-state.js';
 import { upgradeV2Body } from '../src/snapshot/v2.js';
 import { MockMmioDriver } from './support/virtio-driver.js';
 
@@ -90,7 +90,7 @@ test('the v2 conversion of a live virtio transport and the balloon control gives
     } as Record<string, unknown>;
     upgradeV2Body(body);
     const d = body.devices as { virtio: { mmio: unknown }[]; balloon: unknown; i8042: unknown };
-    assert.deepEqual(d.virtio[0]?.mmio, saveMmioTransportState(drv.spec));
+    assert.deepEqual(d.virtio[0]?.mmio, saveTransportState(drv.spec));
     assert.deepEqual(d.balloon, saveBalloonControlState(control));
     assert.deepEqual(d.i8042, saveI8042State(createI8042State()), 'an absent i8042 (older v2 files): as at power-on');
   } finally {

@@ -244,3 +244,35 @@ test('close stops the pool and releases its eventfd; the next pool reuses its th
   assert.equal(threads(), t1, 'its threads wait idle again');
   assert.equal(fds(), fd1, 'no fd left open (the eventfd is closed)');
 });
+
+test("a probed raw image refuses, on the pool too, a write that would start it with qcow2's magic", async () => {
+  const path = image('g.img', 1024 * 1024);
+  const r = rig({ ...openFileDisk(path, false), probed: true });
+  try {
+    const magic = Buffer.alloc(CHUNK);
+    magic.write('QFI\xfb', 0, 'latin1');
+    const bad = add(r, VIRTIO_BLK_T.OUT, 0, magic);
+    const elsewhere = add(r, VIRTIO_BLK_T.OUT, SECTORS, magic);
+    const plain = add(r, VIRTIO_BLK_T.OUT, 0, Buffer.alloc(CHUNK, 0x11));
+    const last = add(r, VIRTIO_BLK_T.IN, 2 * SECTORS, undefined, 512);
+    r.drv.notify(0);
+    await collect(r, 4, r.q.takeUsed());
+    assert.ok((r.disk.io?.pending ?? 0) === 0);
+    assert.equal(r.drv.mem.read8(bad.status), VIRTIO_BLK_S.IOERR, 'the magic at sector 0: refused on the pool');
+    assert.equal(r.drv.mem.read8(elsewhere.status), VIRTIO_BLK_S.OK, 'the same bytes elsewhere are data');
+    assert.equal(r.drv.mem.read8(plain.status), VIRTIO_BLK_S.OK);
+    assert.equal(r.drv.mem.read8(last.status), VIRTIO_BLK_S.OK);
+    assert.equal(readFileSync(path).readUInt32BE(0), 0x11111111, 'sector 0 holds the plain write');
+    // Inline (the device thread's own path), and not at all for a raw image given as raw.
+    assert.throws(
+      () => r.disk.writev([magic.subarray(0, 2), magic.subarray(2, 512)], 0),
+      /refused a write of qcow2's magic/,
+    );
+    const given = new FileDisk({ ...openFileDisk(image('h.img', 1024 * 1024), false) });
+    assert.equal(given.writev([magic.subarray(0, 512)], 0), 512);
+    given.close();
+  } finally {
+    r.disk.close();
+    r.drv.release();
+  }
+});

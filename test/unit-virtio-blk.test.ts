@@ -5,11 +5,17 @@
  * reads) from a failing backend: each answers VIRTIO_BLK_S_IOERR and the next request still works.
  */
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { closeDisk, createBlockBackend, openDisk } from '../src/backends/disk.js';
 import { FileDisk, openFileDisk } from '../src/backends/file-disk.js';
+import { createQcow2Overlay } from '../src/backends/qcow2/create.js';
+import { parseHeader } from '../src/backends/qcow2/format.js';
+import { FdImageIo, RawLayer } from '../src/backends/qcow2/image-io.js';
+import { readHead } from '../src/backends/qcow2/open.js';
+import { Qcow2Disk } from '../src/backends/qcow2/qcow2-disk.js';
 import {
   type BlockBackend,
   VIRTIO_BLK_F,
@@ -18,7 +24,7 @@ import {
   VirtioBlock,
 } from '../src/devices/virtio/block.js';
 import { INTERRUPT_CONFIG_CHANGE, STATUS, VIRTIO_F_VERSION_1 } from '../src/devices/virtio/device.js';
-import { MMIO_MAGIC } from '../src/devices/virtio/mmio.js';
+import { MMIO_MAGIC } from '../src/devices/virtio/transport/mmio.js';
 import type { MockSplitQueue } from './support/mock-virtq.js';
 import { MockMmioDriver, R } from './support/virtio-driver.js';
 
@@ -275,4 +281,67 @@ test('opening a drive: a missing file, a directory and a too-small file give one
   const tiny = join(dir, 'tiny.img');
   closeSync(openSync(tiny, 'w'));
   assert.throws(() => openFileDisk(tiny, false), /smaller than one 512-byte sector/);
+});
+
+test('a qcow2 overlay behind the device: quiesce (before a snapshot) writes its tables back, so the image opened afresh reads what the guest wrote; discard and write-zeroes', () => {
+  const base = image('q-base.img', 256 * 1024);
+  const overlay = join(dir, 'q-clone.qcow2');
+  createQcow2Overlay(overlay, base);
+  const spec = openDisk(overlay, false);
+  const r = rig(createBlockBackend(spec));
+  const baseFd = openSync(base, 'r');
+  /** The image as a restore in another process would find it: a fresh open of the file, no lock. */
+  const fresh = (sector: number, bytes: number): Buffer => {
+    const fd = openSync(overlay, 'r');
+    try {
+      const io = new FdImageIo(fd, fstatSync(fd).size);
+      const d = new Qcow2Disk({
+        io,
+        header: parseHeader(readHead(io), io.size(), overlay),
+        name: overlay,
+        readOnly: true,
+        backing: new RawLayer(new FdImageIo(baseFd, 256 * 1024), 256 * 1024),
+      });
+      const b = Buffer.alloc(bytes);
+      d.readv([b], sector * 512);
+      return b;
+    } finally {
+      closeSync(fd);
+    }
+  };
+  try {
+    const f = r.drv.deviceFeatures();
+    assert.ok(
+      f & (1n << VIRTIO_BLK_F.DISCARD) && f & (1n << VIRTIO_BLK_F.WRITE_ZEROES),
+      'discard and write-zeroes offered',
+    );
+    const data = Buffer.alloc(4096, 0x7e);
+    assert.equal(request(r, VIRTIO_BLK_T.OUT, 9n, data).status, VIRTIO_BLK_S.OK);
+    assert.equal(
+      request(r, VIRTIO_BLK_T.IN, 8n, undefined, 1024).data.subarray(512).equals(data.subarray(0, 512)),
+      true,
+    );
+    assert.equal(fresh(9, 512).toString('latin1').replace(/\0+$/, ''), 'sector 9', 'not yet described on disk');
+    r.dev.quiesce();
+    assert.ok(fresh(9, 4096).equals(data), 'after quiesce, a fresh open reads the write');
+    assert.equal(fresh(8, 512).toString('latin1').replace(/\0+$/, ''), 'sector 8', 'the base shows through around it');
+    // Write-zeroes over the first cluster (128 sectors) and a discard of the second: both read as zeroes.
+    const seg = (sector: number, n: number, flags: number): Buffer => {
+      const b = Buffer.alloc(16);
+      b.writeBigUInt64LE(BigInt(sector), 0);
+      b.writeUInt32LE(n, 8);
+      b.writeUInt32LE(flags, 12);
+      return b;
+    };
+    assert.equal(request(r, VIRTIO_BLK_T.WRITE_ZEROES, 0n, seg(0, 128, 1)).status, VIRTIO_BLK_S.OK);
+    assert.equal(request(r, VIRTIO_BLK_T.DISCARD, 0n, seg(128, 128, 0)).status, VIRTIO_BLK_S.OK);
+    r.dev.quiesce();
+    assert.ok(fresh(0, 256 * 512).equals(Buffer.alloc(256 * 512)), 'zeroed and discarded clusters read as zeroes');
+    assert.equal(fresh(256, 512).toString('latin1').replace(/\0+$/, ''), 'sector 256');
+  } finally {
+    r.dev.close();
+    r.drv.release();
+    closeDisk(spec);
+    closeSync(baseFd);
+  }
 });

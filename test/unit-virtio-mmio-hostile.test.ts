@@ -10,8 +10,8 @@ import fc from 'fast-check';
 import { Bus } from '../src/bus/bus.js';
 import { BALLOON_PAGE, BalloonControl, VirtioBalloon } from '../src/devices/virtio/balloon.js';
 import { STATUS, VIRTIO_F_VERSION_1 } from '../src/devices/virtio/device.js';
-import { MMIO_MAGIC, MMIO_MAX_QUEUES, MMIO_WINDOW } from '../src/devices/virtio/mmio.js';
 import { VirtioRng } from '../src/devices/virtio/rng.js';
+import { MMIO_MAGIC, MMIO_MAX_QUEUES, MMIO_WINDOW } from '../src/devices/virtio/transport/mmio.js';
 import { MockMmioDriver, R } from './support/virtio-driver.js';
 
 const SHM_SEL = 0x0ac;

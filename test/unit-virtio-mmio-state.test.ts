@@ -8,11 +8,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { VireoError } from '../src/common/errors.js';
 import { checkRecord } from '../src/common/schema.js';
-import { createVirtioMmioSpec } from '../src/devices/virtio/mmio.js';
-import { restoreMmioTransportState, saveMmioTransportState } from '../src/devices/virtio/mmio-state.js';
 import { VirtioRng } from '../src/devices/virtio/rng.js';
 import { checkRngState } from '../src/devices/virtio/rng-state.js';
-import { deviceSideStateCheck } from '../src/devices/virtio/side-state.js';
+import { createTransportSpec } from '../src/devices/virtio/transport/common.js';
+import { restoreTransportState, saveTransportState } from '../src/devices/virtio/transport/common-state.js';
+import { runnerStateCheck } from '../src/devices/virtio/transport/runner-state.js';
 import type { MockSplitQueue } from './support/mock-virtq.js';
 import { restoredTwin } from './support/state-twin.js';
 import { MockMmioDriver, R } from './support/virtio-driver.js';
@@ -54,7 +54,7 @@ test('the transport record names its registers; a bad one is refused with the fi
   const drv = new MockMmioDriver(rng());
   try {
     drv.probe(8);
-    const s = saveMmioTransportState(drv.spec);
+    const s = saveTransportState(drv.spec);
     assert.equal(s.version, 1);
     assert.equal(s.queues.length, 1, 'one record per queue the device has');
     assert.equal(s.queues[0]?.size, 8);
@@ -80,10 +80,10 @@ test('the transport record names its registers; a bad one is refused with the fi
     for (const [name, mutate, re] of cases) {
       const r = structuredClone(s) as unknown as Record<string, unknown>;
       mutate(r);
-      assert.throws(() => restoreMmioTransportState(createVirtioMmioSpec(rng()), r), corrupt(re), name);
+      assert.throws(() => restoreTransportState(createTransportSpec(rng()), r, 'virtio-mmio'), corrupt(re), name);
     }
     const side = drv.side.save();
-    const check = deviceSideStateCheck(checkRngState);
+    const check = runnerStateCheck(checkRngState);
     checkRecord(check, structuredClone(side), 'side');
     assert.throws(
       () =>
@@ -102,7 +102,7 @@ test('the transport record names its registers; a bad one is refused with the fi
     const fresh = new MockMmioDriver(rng());
     try {
       assert.throws(
-        // (negative values are legal: the side saves its int32 copies as read, see side-state.ts)
+        // (negative values are legal: the side saves its int32 copies as read, see transport/runner-state.ts)
         () => fresh.side.restore({ ...side, activeGen: 0x1_0000_0000 }),
         corrupt(/virtio device side state is bad at \$\.activeGen/),
       );

@@ -33,7 +33,7 @@ import {
 } from '../src/devices/virtio/vsock/index.js';
 import { GuestMemory, GuestMemoryMapping } from '../src/memory/guest-memory.js';
 import * as sys from '../src/os/sys.js';
-import { createVsockDevice } from '../src/vmm/virtio-devices.js';
+import { createVsockDevice } from '../src/vmm/kinds/vsock.js';
 import { MockSplitQueue } from './support/mock-virtq.js';
 
 const GUEST_CID = 3;

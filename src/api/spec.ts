@@ -82,14 +82,17 @@ export function loadSpec(): SwaggerSpec {
   if (cachedSpec) return cachedSpec;
   const text = readFileSync(findSpecPath(), 'utf8');
   const hash = createHash('sha256').update(text).digest('hex').slice(0, 16);
-  const cached = join(cacheRoot(), `firecracker-api-${hash}.json`);
+  let cached: string | undefined;
   try {
+    // No home (a jailed VMM: no HOME, no passwd entry) means no cache, not a failure.
+    cached = join(cacheRoot(), `firecracker-api-${hash}.json`);
     cachedSpec = JSON.parse(readFileSync(cached, 'utf8')) as SwaggerSpec;
     return cachedSpec;
   } catch {
     // not cached yet (or unreadable): parse it
   }
   cachedSpec = yamlParse(text) as SwaggerSpec;
+  if (cached === undefined) return cachedSpec;
   try {
     mkdirSync(dirname(cached), { recursive: true });
     const tmp = `${cached}.${process.pid}.tmp`;

@@ -17,7 +17,33 @@ export interface FileDiskSpec {
   path: string;
   size: number;
   readOnly: boolean;
+  /**
+   * The format was probed, not given: writes that would put qcow2's magic at the start are refused
+   * (EPERM), or the next open would read the guest's bytes as a qcow2 header naming any host file
+   * as its backing file. QEMU guards probed raw images the same way.
+   */
+  probed?: boolean | undefined;
 }
+
+const QCOW2_MAGIC_BYTES = [0x51, 0x46, 0x49, 0xfb];
+
+/** Whether a write at `position` would make the image start with qcow2's magic. */
+export function writesQcow2Magic(bufs: readonly Uint8Array[], position: number): boolean {
+  if (position !== 0) return false;
+  let i = 0;
+  for (const b of bufs)
+    for (const x of b) {
+      if (x !== QCOW2_MAGIC_BYTES[i]) return false;
+      if (++i === 4) return true;
+    }
+  return false;
+}
+
+/** The error a refused write ends in (virtio-blk answers it with IOERR). */
+export const probedWriteError = (path: string): Error =>
+  Object.assign(new Error(`refused a write of qcow2's magic to the start of ${path} (a probed raw image)`), {
+    code: 'EPERM',
+  });
 
 /** Opens an image for a drive; a clear ConfigError when it cannot be used. */
 export function openFileDisk(path: string, readOnly: boolean): FileDiskSpec {
@@ -83,13 +109,17 @@ export class FileDisk implements BlockBackend {
   readonly canDiscard = true;
   readonly io: IoPool | undefined;
   private readonly fd: number;
+  private readonly path: string;
+  private readonly probed: boolean;
 
   /** With `pool`, reads, writes and flushes can also run on that many threads of their own. */
   constructor(spec: FileDiskSpec, pool?: { memory: readonly RegionDescriptor[]; threads: number }) {
     this.fd = spec.fd;
+    this.path = spec.path;
     this.size = spec.size;
     this.readOnly = spec.readOnly;
-    this.io = pool && pool.threads > 0 ? new IoPool(spec.fd, pool.memory, pool.threads) : undefined;
+    this.probed = spec.probed === true;
+    this.io = pool && pool.threads > 0 ? new IoPool(spec.fd, pool.memory, pool.threads, this.probed) : undefined;
   }
 
   /** Stops the threads; the file itself belongs to whoever opened it. */
@@ -102,6 +132,7 @@ export class FileDisk implements BlockBackend {
   }
 
   writev(bufs: Uint8Array[], position: number): number {
+    if (this.probed && writesQcow2Magic(bufs, position)) throw probedWriteError(this.path);
     return writevFull(this.fd, bufs, position);
   }
 

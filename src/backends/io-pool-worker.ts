@@ -8,7 +8,7 @@ import { fdatasyncSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
-import { readvFull, writevFull } from './file-disk.js';
+import { readvFull, writesQcow2Magic, writevFull } from './file-disk.js';
 import { CTL, OP_CODE, POOL_SLOTS, type PoolWorkerData, poolLayout, SLOT_F64, SLOT_I32, STATE } from './io-pool.js';
 
 /** Serves one pool (one disk of one VM) until its stop flag is set. */
@@ -36,6 +36,7 @@ function serve(data: PoolWorkerData): void {
       total += len;
     }
     const position = args[a] as number;
+    if (!reading && data.guardMagic && writesQcow2Magic(views, position)) return false;
     const done = reading ? readvFull(data.fd, views, position) : writevFull(data.fd, views, position);
     return done === total;
   };

@@ -68,6 +68,8 @@ export interface PoolWorkerData {
   fd: number;
   completionFd: number;
   memory: RegionDescriptor[];
+  /** Refuse writes of qcow2's magic at the start (a probed raw image: file-disk.ts). */
+  guardMagic: boolean;
 }
 
 export class IoPool implements BlockIoQueue {
@@ -81,10 +83,16 @@ export class IoPool implements BlockIoQueue {
   private tail = 0;
   private closed = false;
 
-  constructor(fd: number, memory: readonly RegionDescriptor[], workers: number) {
+  constructor(fd: number, memory: readonly RegionDescriptor[], workers: number, guardMagic = false) {
     for (let i = POOL_SLOTS - 1; i >= 0; i--) this.free.push(i);
     this.completionFd = sys.eventfd(0, sys.EFD_NONBLOCK);
-    const data: PoolWorkerData = { sab: this.sab, fd, completionFd: this.completionFd, memory: [...memory] };
+    const data: PoolWorkerData = {
+      sab: this.sab,
+      fd,
+      completionFd: this.completionFd,
+      memory: [...memory],
+      guardMagic,
+    };
     try {
       for (let i = 0; i < workers; i++) {
         const w = idleWorkers.pop() ?? new Worker(new URL('./io-pool-worker.js', import.meta.url));

@@ -242,7 +242,7 @@ async function mainCommand(argv: string[]): Promise<number> {
     .addOption(
       new Option(
         '--drive <spec>',
-        'a virtio-blk disk: FILE or path=FILE[,id=NAME][,ro]; repeat for more (the first is /dev/vda)',
+        'a virtio-blk disk: FILE or path=FILE[,id=NAME][,ro][,format=raw|qcow2] (default: qcow2 by its magic, else raw); repeat for more (the first is /dev/vda)',
       )
         .default([], 'none')
         .argParser(parseDrive),
@@ -314,6 +314,21 @@ async function mainCommand(argv: string[]): Promise<number> {
     .action(async (opts: { force?: boolean; size?: string; json?: boolean }) => {
       const { rootfsCommand } = await import('./rootfs.js');
       status = await rootfsCommand(opts);
+    });
+
+  program
+    .command('image')
+    .description('make disk images: vireo image create [--backing BASE] [--size SIZE] OUT.qcow2')
+    .command('create')
+    .description(
+      'write a qcow2 (v3) image: an overlay over BASE (raw or qcow2; its writes stay in OUT, the rest reads from BASE), or an empty one of --size',
+    )
+    .argument('<out>', 'the image to write (must not exist)')
+    .option('--backing <base>', 'the backing image (stored as an absolute path)')
+    .option('--size <size>', "virtual size: bytes or with K, M, G, T (default: the backing image's)")
+    .action(async (out: string, opts: { backing?: string; size?: string }) => {
+      const { imageCreateCommand } = await import('./image.js');
+      status = imageCreateCommand(out, opts);
     });
 
   program

@@ -15,6 +15,8 @@ export type VireoErrorCode =
   | 'VIREO_ERR_GUEST_MEMORY_ACCESS'
   | 'VIREO_ERR_BUS_CONFLICT'
   | 'VIREO_ERR_BAD_IMAGE'
+  /** A qcow2 disk image is malformed or uses a feature vireo does not have (src/backends/qcow2). */
+  | 'VIREO_ERR_QCOW2'
   | 'VIREO_ERR_CONFIG'
   | 'VIREO_ERR_VCPU'
   | 'VIREO_ERR_VM'

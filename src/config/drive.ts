@@ -8,13 +8,15 @@ export interface DriveConfig {
   id: string;
   path: string;
   readOnly?: boolean | undefined;
+  /** The image's format; without it, qcow2 when the image starts with qcow2's magic, else raw. */
+  format?: 'raw' | 'qcow2' | undefined;
 }
 
 const DRIVE_OPTIONS = {
   what: 'drive',
-  keys: ['path', 'id', 'ro'],
+  keys: ['path', 'id', 'ro', 'format'],
   aliases: { readonly: 'ro' },
-  usage: 'path=FILE, id=NAME, ro',
+  usage: 'path=FILE, id=NAME, ro, format=raw|qcow2',
 } as const;
 
 /**
@@ -35,6 +37,7 @@ export function parseDrive(text: string, index: number): DriveConfig {
     path: optionString('drive', 'path', path),
     readOnly: o.has('ro') ? optionBool('drive', 'ro', o.get('ro') ?? '') : false,
   };
+  if (o.has('format')) d.format = optionString('drive', 'format', o.get('format') ?? '') as DriveConfig['format'];
   validateDrive(d);
   return d;
 }
@@ -42,6 +45,8 @@ export function parseDrive(text: string, index: number): DriveConfig {
 export function validateDrive(d: DriveConfig): void {
   validateId('drive', d.id);
   if (typeof d.path !== 'string' || d.path === '') throw new ConfigError(`drive ${d.id} needs a path`);
+  if (d.format !== undefined && d.format !== 'raw' && d.format !== 'qcow2')
+    throw new ConfigError(`drive ${d.id}: format ${String(d.format)} is not raw or qcow2`);
 }
 
 /** Each drive, and no id twice. */

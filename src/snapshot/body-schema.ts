@@ -4,7 +4,9 @@
  * field the restore path reads is checked for its type, range and size here, and a bad one is a
  * SnapshotError naming its JSON path ($.vcpus[0].msrs[3][1]) instead of a TypeError deep in the
  * restore. Unknown keys are refused too: a body this vireo did not write is not guessed at. The
- * combinators are common/schema.ts's, shared with each device's own state record check.
+ * combinators are common/schema.ts's, shared with each device's own state record check. This file
+ * checks the machine's part (vCPUs, VM state, memory layout); the devices' part is the VMM's
+ * (vmm/snapshot-body.ts), which passes its checks in.
  */
 import { ramRanges } from '../arch/x86_64/layout.js';
 import { SnapshotError } from '../common/errors.js';
@@ -13,6 +15,7 @@ import {
   SchemaError as Bad,
   bool,
   type Check,
+  type Field,
   int,
   isObject,
   object,
@@ -22,20 +25,6 @@ import {
   tuple,
   u32,
 } from '../common/schema.js';
-import { checkAcpiPmState } from '../devices/legacy/acpi-pm-state.js';
-import { checkCmosState } from '../devices/legacy/cmos-state.js';
-import { checkI8042State } from '../devices/legacy/i8042-state.js';
-import { checkPostCodeState } from '../devices/legacy/post-code-state.js';
-import { checkSerialState } from '../devices/legacy/serial-state.js';
-import { checkBalloonControlState } from '../devices/virtio/balloon-control-state.js';
-import { checkBalloonState } from '../devices/virtio/balloon-state.js';
-import { checkBlockState } from '../devices/virtio/block-state.js';
-import { checkConsoleState } from '../devices/virtio/console-state.js';
-import { checkMmioTransportState } from '../devices/virtio/mmio-state.js';
-import { checkNetState } from '../devices/virtio/net-state.js';
-import { checkRngState } from '../devices/virtio/rng-state.js';
-import { deviceSideStateCheck } from '../devices/virtio/side-state.js';
-import { checkVsockState } from '../devices/virtio/vsock/state.js';
 import { SIZE } from '../kvm/abi.js';
 
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -57,24 +46,16 @@ const decimalU64: Check = (v, at) => {
     throw new Bad(at, 'expected a 64-bit unsigned integer as a decimal string');
 };
 
-const PATH = 4096;
 const NAME = 256;
-/** More than any vireo VM has (virtio-mmio slots, KVM's 256 CPUID entries, KVM's MSR list). */
-const MAX_DEVICES = 64;
 const MAX_CPUID = 256;
 const MAX_MSRS = 4096;
 
-const config = object({
+/** The machine's own configuration keys; the devices' keys are the caller's (BodyParts.config). */
+const machineConfig = {
   memMiB: int(2, 1024 * 1024),
   cpus: int(1, 254),
   irqchip: bool,
-  drives: array(object({ id: str(NAME), path: str(PATH), readOnly: opt(bool) }), 0, MAX_DEVICES),
-  nets: array(object({ id: str(NAME), tap: str(NAME), mac: opt(array(int(0, 255), 6, 6)) }), 0, MAX_DEVICES),
-  vsock: opt(object({ cid: u32, udsPath: str(PATH) })),
-  rng: bool,
-  balloon: opt(object({ amountMiB: int(0, 1024 * 1024), deflateOnOom: bool, statsPollingIntervalS: u32 })),
-  virtioConsole: bool,
-});
+};
 
 const memory = object({
   size: int(0, Number.MAX_SAFE_INTEGER),
@@ -109,37 +90,6 @@ const vmState = object({
   clock: b64(SIZE.kvm_clock_data),
 });
 
-/** Each virtio device kind's own record check, by the slot name's kind (virtio-blk:ID → virtio-blk). */
-const DEVICE_RECORDS: Record<string, Check> = {
-  'virtio-blk': checkBlockState,
-  'virtio-net': checkNetState,
-  'virtio-rng': checkRngState,
-  'virtio-console': checkConsoleState,
-  'virtio-vsock': checkVsockState,
-  'virtio-balloon': checkBalloonState,
-};
-/** A virtio slot: its side record's device part is checked by the kind its name says. */
-const virtioSlot =
-  (mmio: Check): Check =>
-  (v, at) => {
-    const kind = isObject(v) && typeof v.name === 'string' ? v.name.split(':')[0] : undefined;
-    const device = kind === undefined ? undefined : DEVICE_RECORDS[kind];
-    if (device === undefined) {
-      str(NAME)(isObject(v) ? v.name : undefined, `${at}.name`);
-      throw new Bad(`${at}.name`, `expected a virtio device name (${Object.keys(DEVICE_RECORDS).join(', ')})`);
-    }
-    object({ name: str(NAME), mmio, side: deviceSideStateCheck(device) })(v, at);
-  };
-const devices = object({
-  serial: checkSerialState,
-  postCode: checkPostCodeState,
-  i8042: checkI8042State,
-  cmos: checkCmosState,
-  acpiPm: checkAcpiPmState,
-  virtio: array(virtioSlot(checkMmioTransportState), 0, MAX_DEVICES),
-  balloon: opt(checkBalloonControlState),
-});
-
 /** The layout a restore maps: the regions of a VM of memMiB, laid out one after another in the file. */
 function checkLayout(m: { size: number; regions: { gpa: number; size: number; offset: number }[] }, memMiB: number) {
   const want = ramRanges(memMiB * 1024 * 1024);
@@ -158,24 +108,35 @@ function checkLayout(m: { size: number; regions: { gpa: number; size: number; of
   if (m.size !== offset) throw new Bad('$.memory.size', `expected ${offset}, the sum of the regions`);
 }
 
+/** What a body holds besides the machine's own state: the VMM's part, which knows the devices. */
+export interface BodyParts {
+  /** The devices' configuration keys, beside memMiB, cpus and irqchip. */
+  config: Record<string, Check | Field>;
+  /** The devices' records. */
+  devices: Check;
+  /** Further top-level records (the resource allocator's). */
+  records: Record<string, Check | Field>;
+}
+
 /**
  * Checks a decoded body against the schema and the cross-field rules (one vCPU state per vCPU, VM
  * state present exactly with the irqchip, the memory layout of the configured size); throws
  * SnapshotError VIREO_ERR_SNAPSHOT_CORRUPT with the path of the first bad field.
  */
-export function validateBody(x: unknown, path: string): void {
+export function validateBodyWith(x: unknown, path: string, parts: BodyParts): void {
   try {
     if (!isObject(x)) throw new Bad('$', 'expected an object');
     object({
       vireo: str(NAME),
       createdAt: str(NAME),
-      config,
+      config: object({ ...machineConfig, ...parts.config }),
       memory,
       vcpus: (v, at) => {
         if (!Array.isArray(v)) throw new Bad(at, 'expected a list');
       },
       vm: opt(vmState),
-      devices,
+      devices: parts.devices,
+      ...parts.records,
     })(x, '$');
     const c = x.config as { cpus: number; irqchip: boolean; memMiB: number };
     array(vcpu(c.irqchip), c.cpus, c.cpus)(x.vcpus, '$.vcpus');

@@ -1,38 +1,16 @@
 /**
  * What a snapshot holds, and the capture/apply of KVM state. vCPU and VM state are kept as KVM's own
  * struct bytes (exact, and what KVM itself versions); device state is each device's named, versioned
- * record (its *-state.ts beside it), never a buffer layout. Memory lives in a separate file.
+ * record (its *-state.ts beside it), never a buffer layout. Memory lives in a separate file. The
+ * body's whole shape, devices included, is vmm/snapshot-body.ts's (the VMM knows the device kinds).
  */
 import { SnapshotError } from '../common/errors.js';
 import { SchemaError } from '../common/schema.js';
-import type { BalloonConfig, DriveConfig, NetConfig } from '../config/index.js';
-import type { AcpiPmState } from '../devices/legacy/acpi-pm-state.js';
-import type { CmosState } from '../devices/legacy/cmos-state.js';
-import type { I8042State } from '../devices/legacy/i8042-state.js';
-import type { PostCodeState } from '../devices/legacy/post-code-state.js';
-import type { SerialState } from '../devices/legacy/serial-state.js';
-import type { BalloonControlState } from '../devices/virtio/balloon-control-state.js';
-import type { MmioTransportState } from '../devices/virtio/mmio-state.js';
-import type { DeviceSideState } from '../devices/virtio/side-state.js';
 import type { Kvm, Vm as KvmVm, Vcpu } from '../kvm/kvm.js';
 import type { CpuidEntry } from '../kvm/structs.js';
-import { validateBody } from './body-schema.js';
 import { b64, decodeStateFile, unb64 } from './format.js';
 import type { MemoryFileRegion } from './memory-file.js';
 import { upgradeV2Body } from './v2.js';
-
-/** The configuration a restore rebuilds the VM from (paths of drives, TAP names, vsock socket). */
-export interface SnapshotConfig {
-  memMiB: number;
-  cpus: number;
-  irqchip: boolean;
-  drives: DriveConfig[];
-  nets: NetConfig[];
-  vsock: { cid: number; udsPath: string } | undefined;
-  rng: boolean;
-  balloon: BalloonConfig | undefined;
-  virtioConsole: boolean;
-}
 
 export interface VcpuState {
   cpuid: CpuidEntry[];
@@ -47,38 +25,25 @@ export interface VcpuState {
   msrs: [number, string][];
 }
 
-export interface SnapshotBody {
-  vireo: string;
-  createdAt: string;
-  config: SnapshotConfig;
-  memory: {
-    size: number;
-    regions: MemoryFileRegion[];
-    /** The memory image this snapshot's state goes with (its memory file's tag, or a merge's result). */
-    id: string;
-    /**
-     * Full, or Diff: the memory file holds only the pages changed since image `parent` (a Diff with no
-     * parent was taken against boot: its file is a full image).
-     */
-    type: 'Full' | 'Diff';
-    parent?: string | undefined;
-  };
-  vcpus: VcpuState[];
-  vm: { irqchip: string[]; pit2: string; clock: string } | undefined;
-  devices: SnapshotDevices;
+/** The memory file a snapshot's state goes with. */
+export interface MemoryRecord {
+  size: number;
+  regions: MemoryFileRegion[];
+  /** The memory image this snapshot's state goes with (its memory file's tag, or a merge's result). */
+  id: string;
+  /**
+   * Full, or Diff: the memory file holds only the pages changed since image `parent` (a Diff with no
+   * parent was taken against boot: its file is a full image).
+   */
+  type: 'Full' | 'Diff';
+  parent?: string | undefined;
 }
 
-/** Every device's record (format 3). */
-export interface SnapshotDevices {
-  serial: SerialState;
-  postCode: PostCodeState;
-  i8042: I8042State;
-  cmos: CmosState;
-  acpiPm: AcpiPmState;
-  /** In slot order: the transport's registers, the I/O-thread side (queue positions, the device's own record). */
-  virtio: { name: string; mmio: MmioTransportState; side: DeviceSideState }[];
-  /** The balloon's host side, when there is a balloon. */
-  balloon: BalloonControlState | undefined;
+/** The VM-wide KVM state: the irqchip's three chips, the PIT and the clock, as KVM's struct bytes. */
+export interface VmStateRecord {
+  irqchip: string[];
+  pit2: string;
+  clock: string;
 }
 
 /** Reads every piece of a (paused) vCPU's state. */
@@ -118,7 +83,7 @@ export function applyVcpu(vcpu: Vcpu, s: VcpuState): void {
   vcpu.setRaw('vcpu_events', unb64(s.vcpu_events));
 }
 
-export function captureVm(vm: KvmVm): SnapshotBody['vm'] {
+export function captureVm(vm: KvmVm): VmStateRecord {
   const clock = vm.getRaw('clock');
   return {
     irqchip: [vm.getIrqchip(0), vm.getIrqchip(1), vm.getIrqchip(2)].map(b64),
@@ -127,7 +92,7 @@ export function captureVm(vm: KvmVm): SnapshotBody['vm'] {
   };
 }
 
-export function applyVm(vm: KvmVm, s: NonNullable<SnapshotBody['vm']>): void {
+export function applyVm(vm: KvmVm, s: VmStateRecord): void {
   for (const chip of s.irqchip) vm.setIrqchip(unb64(chip));
   vm.setRaw('pit2', unb64(s.pit2));
   const clock = unb64(s.clock);
@@ -137,17 +102,12 @@ export function applyVm(vm: KvmVm, s: NonNullable<SnapshotBody['vm']>): void {
   vm.setRaw('clock', clock);
 }
 
-/** Checks the whole body (body-schema.ts): a clear error naming the bad field rather than a crash. */
-export function checkBody(x: unknown, path: string): SnapshotBody {
-  validateBody(x, path);
-  return x as SnapshotBody;
-}
-
 /**
- * Reads a state file of any version this vireo reads: a format-2 body's raw device layouts become
- * format 3's records (v2.ts), then the whole body is checked as one this vireo wrote.
+ * Reads a state file of any version this vireo reads, as a body of the current format: a format-2
+ * body's raw device layouts become format 3's records (v2.ts). The caller checks the whole body
+ * before it reads any of it (vmm/snapshot-body.ts knows the devices it may hold).
  */
-export function readSnapshotBody(path: string): SnapshotBody {
+export function readStateFileBody(path: string): unknown {
   const { version, body } = decodeStateFile(path);
   if (version === 2)
     try {
@@ -159,5 +119,5 @@ export function readSnapshotBody(path: string): SnapshotBody {
         `snapshot ${path} (format 2) has a bad body at ${e.at}: ${e.why}; it was damaged or not written by vireo`,
       );
     }
-  return checkBody(body, path);
+  return body;
 }

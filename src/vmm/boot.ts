@@ -53,7 +53,11 @@ function readImage(path: string, what: string, mem: GuestMemory): Buffer {
  */
 const PROBE_MAX = 1 << 30;
 
-/** Whether the file is a Linux kernel (bzImage, or an ELF vmlinux/PVH kernel); false when unreadable. */
+/**
+ * Whether the file is a Linux kernel (bzImage, or an ELF vmlinux — with or without a PVH note); false when
+ * unreadable. A PVH note alone does not make a Linux kernel: small PVH guests (and other OSes' PVH kernels)
+ * link low and run natively; a Linux vmlinux always links at the kernel map.
+ */
 export function isLinuxKernel(path: string, maxBytes = PROBE_MAX): boolean {
   let image: Buffer;
   try {
@@ -64,7 +68,7 @@ export function isLinuxKernel(path: string, maxBytes = PROBE_MAX): boolean {
   if (isBzImage(image)) return true;
   if (!isElf(image) || findMultibootHeader(image)) return false;
   try {
-    return findPvhEntry(image) !== undefined || isLinuxVmlinux(parseElf(image));
+    return isLinuxVmlinux(parseElf(image));
   } catch {
     return false;
   }

@@ -5,12 +5,13 @@
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import type { Poller } from '../devices/virtio/device.js';
-import type { DeviceSideState } from '../devices/virtio/mmio.js';
-import { VirtioMmioDeviceSide } from '../devices/virtio/mmio-device-side.js';
+import { TransportRunner } from '../devices/virtio/transport/runner.js';
+import type { RunnerState } from '../devices/virtio/transport/runner-state.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
-import { buildDevice, type IoThreadInit, type IoThreadMessage } from './virtio-devices.js';
+import type { IoThreadInit, IoThreadMessage } from './io-thread-handle.js';
+import { buildDevice } from './virtio-devices.js';
 
 if (!parentPort) throw new Error('io-thread must run as a worker');
 const port: MessagePort = parentPort;
@@ -52,7 +53,7 @@ function run(init: IoThreadInit): void {
   const control = new Int32Array(init.control);
   const mem = new GuestMemory(init.memory);
   const ep = new sys.Epoll();
-  const sides: VirtioMmioDeviceSide[] = [];
+  const sides: TransportRunner[] = [];
   const handlers = new Map<number, (events: number) => void>();
   const live = init.slots.map((slot) => new SharedCounters(slot.counterNames, slot.counters));
   /** Per device: its model's counters, and protocolErrors from its transport side (no allocation per wake-up). */
@@ -67,7 +68,7 @@ function run(init: IoThreadInit): void {
       const irqFd = slot.irqFd;
       const device = buildDevice(slot.device, init.memory);
       device.attach?.(new FdPoller(ep, handlers, (e) => sides[i]?.deviceError(e)));
-      const side = new VirtioMmioDeviceSide(slot.mmio, device, mem, () => sys.eventfdWrite(irqFd));
+      const side = new TransportRunner(slot.mmio, device, mem, () => sys.eventfdWrite(irqFd));
       sides.push(side);
       sources.push(Object.create(device.counters, { protocolErrors: { get: () => side.errors } }));
       slot.queueFds.forEach((fd, q) => {
@@ -76,7 +77,7 @@ function run(init: IoThreadInit): void {
     });
     if (init.restore)
       sides.forEach((s, i) => {
-        s.restore(init.restore?.[i] as DeviceSideState);
+        s.restore(init.restore?.[i] as RunnerState);
       });
     post({ type: 'ready' });
     for (const s of sides) s.poll();

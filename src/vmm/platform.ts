@@ -27,7 +27,7 @@ import { type PostCodeState, restorePostCodeState, savePostCodeState } from '../
 import { PVPANIC_PORT, PvPanic } from '../devices/legacy/pvpanic.js';
 import { COM1_IRQ, COM1_PORT, createSerialState, Serial16550, type SerialField } from '../devices/legacy/serial.js';
 import { restoreSerialState, type SerialState, saveSerialState } from '../devices/legacy/serial-state.js';
-import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/mmio.js';
+import { MMIO_WINDOW, VirtioMmioTransport } from '../devices/virtio/transport/mmio.js';
 import { EXIT } from '../kvm/abi.js';
 import { irqLineRaw } from '../kvm/kvm.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
@@ -191,7 +191,7 @@ export function buildPlatform(spec: PlatformSpec, mem: GuestMemory): Platform {
         wake: () => eventfdWrite(virtio.controlFd),
         interrupt: () => eventfdWrite(slot.irqFd),
       });
-      mmio.insert(slot.base, MMIO_WINDOW, slot.name, transport);
+      mmio.insert(slot.transport.base, MMIO_WINDOW, slot.name, transport);
     }
   }
   pio.onUnclaimed = (_a, w) => stats.add(w ? 'unclaimedPioWrites' : 'unclaimedPioReads', 1);

@@ -1,8 +1,8 @@
 /**
  * Restored device state (the QEMU class "unvalidated restored state"), through the records a format-3
  * snapshot keeps: a case runs a well-behaved driver on a device, saves the transport's record
- * (mmio-state.ts), the device side's (side-state.ts, with the device's own record) and, for the
- * balloon, its host control's (balloon-control-state.ts), as a snapshot does; bends them (register
+ * (transport/common-state.ts), the device side's (transport/runner-state.ts, with the device's own
+ * record) and, for the balloon, its host control's (balloon-control-state.ts), as a snapshot does; bends them (register
  * fields, queue sizes and addresses, generations, positions, in-flight counts, the active and broken
  * flags, the device's own fields at and past their ranges; any JSON edit); and restores them the way
  * Vm.restore does: the body check (body-schema.ts) over every record, the transport's record into a
@@ -20,16 +20,16 @@ import {
 } from '../../src/devices/virtio/balloon-control-state.js';
 import { checkBalloonState } from '../../src/devices/virtio/balloon-state.js';
 import { checkBlockState } from '../../src/devices/virtio/block-state.js';
-import type { DeviceSideState } from '../../src/devices/virtio/mmio.js';
-import {
-  checkMmioTransportState,
-  restoreMmioTransportState,
-  saveMmioTransportState,
-} from '../../src/devices/virtio/mmio-state.js';
 import { checkNetState } from '../../src/devices/virtio/net-state.js';
 import type { QueuePosition } from '../../src/devices/virtio/queue.js';
 import { checkRngState } from '../../src/devices/virtio/rng-state.js';
-import { deviceSideStateCheck } from '../../src/devices/virtio/side-state.js';
+import {
+  checkTransportState,
+  restoreTransportState,
+  saveTransportState,
+} from '../../src/devices/virtio/transport/common-state.js';
+import type { RunnerState } from '../../src/devices/virtio/transport/runner-state.js';
+import { runnerStateCheck } from '../../src/devices/virtio/transport/runner-state.js';
 import { RecordingMemory } from '../support/mock-virtq.js';
 import { MockMmioDriver } from '../support/virtio-driver.js';
 import { crash, isClean, OK, oob, refused, target, type Verdict } from './harness.js';
@@ -186,7 +186,7 @@ export const restoreTarget = target(
     run(c: RestoreCase): Verdict {
       const d = DEVICES[c.device] as DeviceFuzz<never>;
       const kind = DEVICE_RECORDS[d.name] as Check;
-      const sideCheck = deviceSideStateCheck(kind);
+      const sideCheck = runnerStateCheck(kind);
       const errors: unknown[] = [];
       const src = audited(d, errors);
       const dst = audited(d, errors);
@@ -198,7 +198,7 @@ export const restoreTarget = target(
           const sick = src.rig.health?.(src.drv);
           if (sick !== undefined) return crash(new Error(`before the snapshot: ${sick}`));
         }
-        const mmio = saveMmioTransportState(src.drv.spec) as unknown as { [k: string]: Json };
+        const mmio = saveTransportState(src.drv.spec) as unknown as { [k: string]: Json };
         const side = src.drv.side.save() as unknown as { [k: string]: Json };
         const records: { [k: string]: Json } = { mmio, side };
         if (src.rig.control) records.control = saveBalloonControlState(src.rig.control) as unknown as Json;
@@ -229,7 +229,7 @@ export const restoreTarget = target(
         if (body === null || typeof body !== 'object' || Array.isArray(body)) return refused('not an object');
         // The restore. First the body check, over every record (readSnapshotBody).
         const checked = step(() => {
-          checkRecord(checkMmioTransportState, body.mmio, `${d.name} transport`);
+          checkRecord(checkTransportState, body.mmio, `${d.name} transport`);
           checkRecord(sideCheck, body.side, `${d.name} side`);
           if (records.control !== undefined) checkRecord(checkBalloonControlState, body.control, 'balloon');
         });
@@ -239,18 +239,18 @@ export const restoreTarget = target(
         src.mem.take();
         dst.mem.take();
         const put = step(() => {
-          restoreMmioTransportState(dst.drv.spec, body.mmio, `${d.name} transport`);
+          restoreTransportState(dst.drv.spec, body.mmio, `${d.name} transport`);
           if (dst.rig.control) restoreBalloonControlState(dst.rig.control, body.control);
         });
         if (put !== undefined) return put;
         // The I/O thread: each side takes its record, then polls (io-thread.ts).
-        const taken = step(() => dst.drv.side.restore(body.side as DeviceSideState));
+        const taken = step(() => dst.drv.side.restore(body.side as RunnerState));
         if (taken !== undefined) return taken;
         dst.drv.side.poll();
         // The restored VM snapshots again into records a restore accepts.
         const again = step(() => {
-          checkRecord(checkMmioTransportState, saveMmioTransportState(dst.drv.spec), 'transport saved again');
-          let saved: DeviceSideState | undefined;
+          checkRecord(checkTransportState, saveTransportState(dst.drv.spec), 'transport saved again');
+          let saved: RunnerState | undefined;
           try {
             saved = dst.drv.side.save();
           } catch (e) {

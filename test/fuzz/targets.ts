@@ -3,6 +3,7 @@ import { apiTarget, configFileTarget } from './api.js';
 import type { TargetSpec } from './harness.js';
 import { legacyRestoreTarget, legacyTarget } from './legacy.js';
 import { loaderTarget } from './loaders.js';
+import { qcow2Target } from './qcow2.js';
 import { restoreTarget } from './restore.js';
 import { snapshotTarget } from './snapshot.js';
 import { mmioTarget, virtioTargets } from './virtio.js';
@@ -19,4 +20,5 @@ export const TARGETS: readonly TargetSpec[] = [
   loaderTarget,
   apiTarget,
   configFileTarget,
+  qcow2Target,
 ];

@@ -7,32 +7,33 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { VireoError } from '../../src/common/errors.js';
 import type { VirtioDevice } from '../../src/devices/virtio/device.js';
-import { createVirtioMmioSpec, VirtioMmioTransport } from '../../src/devices/virtio/mmio.js';
-import { VirtioMmioDeviceSide } from '../../src/devices/virtio/mmio-device-side.js';
-import { restoreMmioTransportState, saveMmioTransportState } from '../../src/devices/virtio/mmio-state.js';
-import type { DeviceSideState } from '../../src/devices/virtio/side-state.js';
+import { createTransportSpec } from '../../src/devices/virtio/transport/common.js';
+import { restoreTransportState, saveTransportState } from '../../src/devices/virtio/transport/common-state.js';
+import { VirtioMmioTransport } from '../../src/devices/virtio/transport/mmio.js';
+import { TransportRunner } from '../../src/devices/virtio/transport/runner.js';
+import type { RunnerState } from '../../src/devices/virtio/transport/runner-state.js';
 import { MockMmioDriver, R } from './virtio-driver.js';
 
 export interface Twin {
   transport: VirtioMmioTransport;
-  side: VirtioMmioDeviceSide;
+  side: TransportRunner;
   device: VirtioDevice;
   interrupts: number;
   read(reg: number): number;
   write(reg: number, v: number): void;
   /** The twin's records now, for comparing with the original's. */
-  records(): { transport: unknown; side: DeviceSideState };
+  records(): { transport: unknown; side: RunnerState };
 }
 
 const viaJson = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
 
 /** Saves `drv`'s device, restores it into `fresh`; asserts save → restore → save gives the same records. */
 export function restoredTwin(drv: MockMmioDriver, fresh: VirtioDevice): Twin {
-  const transport = viaJson(saveMmioTransportState(drv.spec));
+  const transport = viaJson(saveTransportState(drv.spec));
   const side = viaJson(drv.side.save());
-  const spec = createVirtioMmioSpec(fresh);
-  restoreMmioTransportState(spec, transport);
-  let twinSide: VirtioMmioDeviceSide | undefined;
+  const spec = createTransportSpec(fresh);
+  restoreTransportState(spec, transport, 'twin transport');
+  let twinSide: TransportRunner | undefined;
   const twin: Twin = {
     device: fresh,
     interrupts: 0,
@@ -41,7 +42,7 @@ export function restoredTwin(drv: MockMmioDriver, fresh: VirtioDevice): Twin {
       wake: () => twinSide?.poll(),
       interrupt: () => twin.interrupts++,
     }),
-    side: new VirtioMmioDeviceSide(spec, fresh, drv.mem, () => twin.interrupts++),
+    side: new TransportRunner(spec, fresh, drv.mem, () => twin.interrupts++),
     read(reg) {
       const b = new Uint8Array(4);
       twin.transport.read(reg, b);
@@ -52,7 +53,7 @@ export function restoredTwin(drv: MockMmioDriver, fresh: VirtioDevice): Twin {
       new DataView(b.buffer).setUint32(0, v >>> 0, true);
       twin.transport.write(reg, b);
     },
-    records: () => ({ transport: saveMmioTransportState(spec), side: twin.side.save() }),
+    records: () => ({ transport: saveTransportState(spec), side: twin.side.save() }),
   };
   twinSide = twin.side;
   twin.side.restore(side);

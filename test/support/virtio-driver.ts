@@ -5,9 +5,10 @@
  */
 import type { VirtioDevice } from '../../src/devices/virtio/device.js';
 import { STATUS, VIRTIO_F_VERSION_1 } from '../../src/devices/virtio/device.js';
-import { createVirtioMmioSpec, type VirtioMmioSpec, VirtioMmioTransport } from '../../src/devices/virtio/mmio.js';
-import { VirtioMmioDeviceSide } from '../../src/devices/virtio/mmio-device-side.js';
 import type { QueueLayout } from '../../src/devices/virtio/queue.js';
+import { createTransportSpec, type TransportSpec } from '../../src/devices/virtio/transport/common.js';
+import { VirtioMmioTransport } from '../../src/devices/virtio/transport/mmio.js';
+import { TransportRunner } from '../../src/devices/virtio/transport/runner.js';
 import { GuestMemory, GuestMemoryMapping, type RegionDescriptor } from '../../src/memory/guest-memory.js';
 import { MockSplitQueue } from './mock-virtq.js';
 
@@ -42,9 +43,9 @@ export class MockMmioDriver {
   readonly mem: GuestMemory;
   /** The transport's and device's view of the same mappings (a RecordingMemory when a test audits them). */
   readonly deviceMem: GuestMemory;
-  readonly spec: VirtioMmioSpec;
+  readonly spec: TransportSpec;
   readonly transport: VirtioMmioTransport;
-  readonly side: VirtioMmioDeviceSide;
+  readonly side: TransportRunner;
   readonly queues: MockSplitQueue[] = [];
   interrupts = 0;
   /** Where the next queue's rings and data go. */
@@ -65,14 +66,14 @@ export class MockMmioDriver {
     this.mem = new GuestMemory(this.mapping.descriptors);
     this.deviceMem = deviceMemory ? deviceMemory(this.mapping.descriptors) : this.mem;
     this.device = typeof device === 'function' ? device(this.mapping.descriptors) : device;
-    this.spec = createVirtioMmioSpec(this.device);
-    let side: VirtioMmioDeviceSide | undefined;
+    this.spec = createTransportSpec(this.device);
+    let side: TransportRunner | undefined;
     this.transport = new VirtioMmioTransport(this.spec, this.deviceMem, {
       notifyQueue: (q) => side?.process(q),
       wake: () => side?.poll(),
       interrupt: () => this.interrupts++,
     });
-    side = new VirtioMmioDeviceSide(this.spec, this.device, this.deviceMem, () => this.interrupts++);
+    side = new TransportRunner(this.spec, this.device, this.deviceMem, () => this.interrupts++);
     this.side = side;
   }
 

@@ -1,5 +1,5 @@
 /**
- * virtio-blk (virtio 1.2 §5.2): one request queue over a host backend (a raw image file).
+ * virtio-blk (virtio 1.2 §5.2): one request queue over a host backend (a raw or qcow2 image).
  * Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES. Any host failure (EIO, ENOSPC, short I/O)
  * answers VIRTIO_BLK_S_IOERR, an unknown request VIRTIO_BLK_S_UNSUPP; the queue goes on either way.
  */
@@ -57,6 +57,8 @@ export interface BlockBackend {
   writeZeroes(position: number, length: number, unmap: boolean): void;
   /** Reads, writes and flushes that can run on host threads beside the device's own (optional). */
   readonly io?: BlockIoQueue;
+  /** Writes back what the backend holds in memory (a qcow2 image's tables), before a VM snapshot. */
+  writeBack?(): void;
   close?(): void;
 }
 
@@ -167,6 +169,8 @@ export class VirtioBlock implements VirtioDevice {
   /** Before a snapshot: every request in flight is finished and answered, so none is lost. */
   quiesce(): void {
     this.backend.io?.drain();
+    // A restore in another process opens the image again: it must find every write described.
+    if (!this.backend.readOnly) this.backend.writeBack?.();
   }
 
   saveState(): DeviceStateRecord {

@@ -1,10 +1,12 @@
 /**
- * The virtio-mmio transport's persisted state: every register the driver wrote or the transport
- * keeps, by its name in the spec (§4.2.2), each queue's registers, and the configuration space —
- * the bytes the device defines, trailing zeros dropped (the window is 256 bytes; no device here
- * uses that much). The shared buffer's layout is the transport's business; this is the record.
+ * The common transport state's persisted record (common.ts; the same for every transport): every
+ * register the driver wrote or the transport keeps, by its name in the spec (§2.1, §2.2, §4.2.2,
+ * §4.1.4.3 name the same fields), each queue's registers, and the configuration space — the bytes
+ * the device defines, trailing zeros dropped (the live copy is 256 bytes; no device here uses that
+ * much). The shared buffer's layout is the transport's business; this is the record. A snapshot
+ * stores it as a virtio slot's `mmio` record (the name it had when MMIO was the only transport).
  */
-import { fromHex, toHex } from '../../common/hex.js';
+import { fromHex, toHex } from '../../../common/hex.js';
 import {
   array,
   bool,
@@ -17,21 +19,21 @@ import {
   u8,
   u32,
   version,
-} from '../../common/schema.js';
+} from '../../../common/schema.js';
 import {
   FIELDS,
-  MMIO_CONFIG_SIZE,
-  MMIO_MAX_QUEUES,
-  type MmioField,
   Q,
-  type VirtioMmioSpec,
-  VirtioMmioState,
-} from './mmio.js';
+  TRANSPORT_CONFIG_SIZE,
+  TRANSPORT_MAX_QUEUES,
+  type TransportField,
+  TransportRegisters,
+  type TransportSpec,
+} from './common.js';
 
-export const MMIO_TRANSPORT_STATE_VERSION = 1;
+export const TRANSPORT_STATE_VERSION = 1;
 
 /** One queue's registers (QueueNum, QueueReady, QueueDesc/Driver/Device Low and High). */
-export interface MmioQueueState {
+export interface TransportQueueState {
   size: number;
   ready: boolean;
   descLow: number;
@@ -42,7 +44,7 @@ export interface MmioQueueState {
   deviceHigh: number;
 }
 
-export interface MmioTransportState {
+export interface TransportState {
   version: 1;
   /** Device status (§2.1), DEVICE_NEEDS_RESET included. */
   status: number;
@@ -63,7 +65,7 @@ export interface MmioTransportState {
   configWriteLength: number;
   protocolErrors: number;
   /** One per queue the device has. */
-  queues: MmioQueueState[];
+  queues: TransportQueueState[];
   /** The configuration space, trailing zero bytes dropped, hex. */
   config: string;
 }
@@ -79,8 +81,8 @@ const queue = object({
   deviceHigh: u32,
 });
 
-export const checkMmioTransportState: Check = object({
-  version: version(MMIO_TRANSPORT_STATE_VERSION),
+export const checkTransportState: Check = object({
+  version: version(TRANSPORT_STATE_VERSION),
   status: u8,
   deviceFeaturesSel: u32,
   driverFeaturesSel: u32,
@@ -93,15 +95,15 @@ export const checkMmioTransportState: Check = object({
   resetGen: u32,
   resetAck: u32,
   configWrites: u32,
-  configWriteOffset: int(0, MMIO_CONFIG_SIZE - 1),
-  configWriteLength: int(0, MMIO_CONFIG_SIZE),
+  configWriteOffset: int(0, TRANSPORT_CONFIG_SIZE - 1),
+  configWriteLength: int(0, TRANSPORT_CONFIG_SIZE),
   protocolErrors: u32,
-  queues: array(queue, 0, MMIO_MAX_QUEUES),
-  config: hexBytes(MMIO_CONFIG_SIZE),
+  queues: array(queue, 0, TRANSPORT_MAX_QUEUES),
+  config: hexBytes(TRANSPORT_CONFIG_SIZE),
 });
 
 /** Record names of the register slots (the rest of the record is the queues and the config). */
-const REGISTERS: Record<MmioField, Exclude<keyof MmioTransportState, 'version' | 'queues' | 'config'>> = {
+const REGISTERS: Record<TransportField, Exclude<keyof TransportState, 'version' | 'queues' | 'config'>> = {
   status: 'status',
   deviceFeaturesSel: 'deviceFeaturesSel',
   driverFeaturesSel: 'driverFeaturesSel',
@@ -129,14 +131,14 @@ const QUEUE_REGS = [
 ] as const;
 
 /** The transport's state as a record (the VM paused: no vCPU changes the registers meanwhile). */
-export function saveMmioTransportState(spec: VirtioMmioSpec): MmioTransportState {
-  const st = new VirtioMmioState(spec.state);
+export function saveTransportState(spec: TransportSpec): TransportState {
+  const st = new TransportRegisters(spec.state);
   let end = st.config.length;
   while (end > 0 && st.config[end - 1] === 0) end--;
-  const out = { version: 1, queues: [], config: toHex(st.config.subarray(0, end)) } as unknown as MmioTransportState;
+  const out = { version: 1, queues: [], config: toHex(st.config.subarray(0, end)) } as unknown as TransportState;
   for (const f of FIELDS) out[REGISTERS[f]] = st.s.u32(f);
   out.queues = spec.queueMaxSizes.map((_, i) => {
-    const q = { ready: st.q(i, Q.ready) === 1 } as MmioQueueState;
+    const q = { ready: st.q(i, Q.ready) === 1 } as TransportQueueState;
     for (const [name, slot] of QUEUE_REGS) q[name] = st.q(i, slot);
     return q;
   });
@@ -146,20 +148,20 @@ export function saveMmioTransportState(spec: VirtioMmioSpec): MmioTransportState
 /**
  * Puts a record into the transport's shared registers, before any thread serves them. `state` is
  * checked first, and against this device (its number of queues): a bad field throws SnapshotError
- * VIREO_ERR_SNAPSHOT_CORRUPT with its path (`what` names the device).
+ * VIREO_ERR_SNAPSHOT_CORRUPT with its path (`what` names the device in the message).
  */
-export function restoreMmioTransportState(spec: VirtioMmioSpec, state: unknown, what = 'virtio-mmio'): void {
-  checkRecord<MmioTransportState>(checkMmioTransportState, state, what);
+export function restoreTransportState(spec: TransportSpec, state: unknown, what: string): void {
+  checkRecord<TransportState>(checkTransportState, state, what);
   const n = spec.queueMaxSizes.length;
-  checkRecord<MmioTransportState>(
+  checkRecord<TransportState>(
     (v, at) => {
-      if ((v as MmioTransportState).queues.length !== n)
+      if ((v as TransportState).queues.length !== n)
         throw new SchemaError(`${at}.queues`, `expected a list of ${n} (the device's queues)`);
     },
     state,
     what,
   );
-  const st = new VirtioMmioState(spec.state);
+  const st = new TransportRegisters(spec.state);
   for (const f of FIELDS) st.s.set(f, state[REGISTERS[f]] | 0);
   st.queues.fill(0);
   state.queues.forEach((q, i) => {

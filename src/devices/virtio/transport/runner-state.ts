@@ -1,15 +1,17 @@
 /**
- * The I/O-thread side of a virtio device in a snapshot: what the shared transport registers do not
+ * The runner's record (runner.ts, the I/O-thread side of a virtio device) in a snapshot, for every
+ * transport: what the shared transport registers (common-state.ts) do not
  * hold — which generations of activation, reset and configuration writes it has seen, whether it
  * was active (and failed), where each queue stood — and the device's own record (`device`).
  */
-import { array, bool, type Check, i32, int, nullable, object, u16, version } from '../../common/schema.js';
-import type { DeviceStateRecord } from './device.js';
-import type { QueuePosition } from './queue.js';
+import { array, bool, type Check, i32, int, nullable, object, u16, version } from '../../../common/schema.js';
+import type { DeviceStateRecord } from '../device.js';
+import type { QueuePosition } from '../queue.js';
+import { TRANSPORT_MAX_QUEUES } from './common.js';
 
-export const DEVICE_SIDE_STATE_VERSION = 1;
+export const RUNNER_STATE_VERSION = 1;
 
-export interface DeviceSideState {
+export interface RunnerState {
   version: 1;
   activeGen: number;
   resetGen: number;
@@ -22,8 +24,6 @@ export interface DeviceSideState {
   device: DeviceStateRecord;
 }
 
-/** More than any device's queues (the transport has 8). */
-const MAX_QUEUES = 8;
 const position = object({
   nextAvail: u16,
   nextUsed: u16,
@@ -33,9 +33,9 @@ const position = object({
 });
 
 /** The side state's check, with `device` the check of the device kind's own record. */
-export const deviceSideStateCheck = (device: Check): Check =>
+export const runnerStateCheck = (device: Check): Check =>
   object({
-    version: version(DEVICE_SIDE_STATE_VERSION),
+    version: version(RUNNER_STATE_VERSION),
     // The I/O thread copies these from the transport's int32 slots (SharedState.get) and saves them as
     // read: a guest that wrote its config space 2^31 times has a negative configWrites.
     activeGen: i32,
@@ -43,6 +43,6 @@ export const deviceSideStateCheck = (device: Check): Check =>
     configWrites: i32,
     active: bool,
     broken: bool,
-    positions: array(nullable(position), 0, MAX_QUEUES),
+    positions: array(nullable(position), 0, TRANSPORT_MAX_QUEUES),
     device,
   });

@@ -1,11 +1,12 @@
 /**
- * The I/O-thread side of a virtio-mmio device (virtio 1.2 §4.2.2; the registers are in mmio.ts): it
- * watches the shared register state the vCPU threads write, activates and resets the device, hands it
- * a context over guest memory, and saves and restores the side record. Split from the register file so
- * each file does one job: mmio.ts decodes what a vCPU reads and writes, this file runs the device.
+ * The I/O-thread side of a virtio device, for every transport (the rules are in common.ts, the
+ * register decoding in mmio.ts): it watches the shared state the vCPU threads write, activates and
+ * resets the device (§3.1.1, §2.4), hands it a context over guest memory, runs its queues, and saves
+ * and restores its record (runner-state.ts). A transport never reaches into it: it only bumps the
+ * generations in the shared state and wakes the I/O thread.
  */
-import { checkRecord } from '../../common/schema.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
+import { checkRecord } from '../../../common/schema.js';
+import type { GuestMemory } from '../../../memory/guest-memory.js';
 import {
   hasFeature,
   INTERRUPT_CONFIG_CHANGE,
@@ -15,21 +16,21 @@ import {
   VIRTIO_F_RING_INDIRECT_DESC,
   type VirtioContext,
   type VirtioDevice,
-} from './device.js';
-import { Q, type VirtioMmioSpec, VirtioMmioState } from './mmio.js';
-import { checkLayout, Queue, QueueError, type QueuePosition } from './queue.js';
-import { type DeviceSideState, deviceSideStateCheck } from './side-state.js';
+} from '../device.js';
+import { checkLayout, Queue, QueueError, type QueuePosition } from '../queue.js';
+import { Q, TransportRegisters, type TransportSpec } from './common.js';
+import { type RunnerState, runnerStateCheck } from './runner-state.js';
 
 /** The side record's own fields; its `device` part is the device's to check (restoreState). */
-const SIDE_CHECK = deviceSideStateCheck(() => {});
+const SIDE_CHECK = runnerStateCheck(() => {});
 
 /**
  * The I/O-thread side: watches the shared state, activates and resets the device, and gives it a
  * context. Any error from the device while serving a queue marks the device DEVICE_NEEDS_RESET; it
  * never escapes to the VMM.
  */
-export class VirtioMmioDeviceSide {
-  readonly st: VirtioMmioState;
+export class TransportRunner {
+  readonly st: TransportRegisters;
   private activeGen = 0;
   private resetGen = 0;
   private configWrites = 0;
@@ -39,13 +40,13 @@ export class VirtioMmioDeviceSide {
   lastError: string | undefined;
 
   constructor(
-    readonly spec: VirtioMmioSpec,
+    readonly spec: TransportSpec,
     readonly device: VirtioDevice,
     private readonly mem: GuestMemory,
     /** Raise the device's interrupt line (irqfd). */
     private readonly irq: () => void,
   ) {
-    this.st = new VirtioMmioState(spec.state);
+    this.st = new TransportRegisters(spec.state);
   }
 
   get active(): boolean {
@@ -81,7 +82,7 @@ export class VirtioMmioDeviceSide {
   }
 
   /** Where this side stands, for a snapshot (the device must be quiescent: the VM paused). */
-  save(): DeviceSideState {
+  save(): RunnerState {
     if (this.ctx) this.device.quiesce?.();
     const held = this.device.heldChains?.() ?? [];
     const positions = this.ctx
@@ -98,7 +99,7 @@ export class VirtioMmioDeviceSide {
       : [];
     return {
       version: 1,
-      // As read from the registers' int32 slots (side-state.ts checks them as i32): negative past 2^31.
+      // As read from the registers' int32 slots (runner-state.ts checks them as i32): negative past 2^31.
       activeGen: this.activeGen,
       resetGen: this.resetGen,
       configWrites: this.configWrites,
@@ -110,12 +111,12 @@ export class VirtioMmioDeviceSide {
   }
 
   /**
-   * Continues from a snapshot: the shared registers are already restored (mmio-state.ts); the
+   * Continues from a snapshot: the shared registers are already restored (common-state.ts); the
    * record is checked (a restore checked it with the whole body already, body-schema.ts), the device
    * takes its own part (and checks it), then the queues are rebuilt where they stood.
    */
-  restore(state: DeviceSideState): void {
-    checkRecord<DeviceSideState>(SIDE_CHECK, state, 'virtio device side');
+  restore(state: RunnerState): void {
+    checkRecord<RunnerState>(SIDE_CHECK, state, 'virtio device side');
     this.activeGen = state.activeGen | 0;
     this.resetGen = state.resetGen | 0;
     this.configWrites = state.configWrites | 0;

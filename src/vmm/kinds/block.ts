@@ -1,0 +1,53 @@
+/** virtio-blk: one device per drive, each over a raw or qcow2 disk (its request threads beside the I/O thread). */
+import { closeDisk, createBlockBackend, type DiskSpec, openDisk } from '../../backends/disk.js';
+import { toDisposable } from '../../common/lifecycle.js';
+import { array, bool, object, oneOf, opt, str } from '../../common/schema.js';
+import type { DriveConfig } from '../../config/index.js';
+import { VirtioBlock } from '../../devices/virtio/block.js';
+import { checkBlockState } from '../../devices/virtio/block-state.js';
+import type { DeviceKind } from '../device-kind.js';
+import { MAX_DEVICES, NAME, PATH } from './limits.js';
+
+/**
+ * Threads per disk beside the I/O thread: requests that arrive together run in parallel (Linux splits
+ * large I/O into several requests); a lone request is served on the I/O thread itself.
+ * VIREO_DISK_THREADS sets another count (0: every request on the I/O thread).
+ */
+const DISK_IO_THREADS = diskThreads(process.env.VIREO_DISK_THREADS);
+
+function diskThreads(v: string | undefined): number {
+  const n = v === undefined || v === '' ? 2 : Number(v);
+  return Number.isInteger(n) && n >= 0 && n <= 16 ? n : 2;
+}
+
+export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }> = {
+  name: 'virtio-blk',
+  configKey: 'drives',
+  config: (c) => (c.drives && c.drives.length > 0 ? c.drives : undefined),
+  snapshot: {
+    save: (c) => c ?? [],
+    check: array(
+      object({ id: str(NAME), path: str(PATH), readOnly: opt(bool), format: opt(oneOf('raw', 'qcow2')) }),
+      0,
+      MAX_DEVICES,
+    ),
+    restore: (saved) => saved as DriveConfig[],
+  },
+  open(drives, ctx) {
+    return {
+      devices: drives.map((d) => {
+        const disk = openDisk(d.path, d.readOnly ?? false, d.format);
+        ctx.store.add(toDisposable(() => closeDisk(disk)));
+        return { name: `virtio-blk:${d.id}`, spec: { id: d.id, disk } };
+      }),
+    };
+  },
+  build: (spec, memory) =>
+    new VirtioBlock(
+      createBlockBackend(spec.disk, memory.length > 0 ? { memory, threads: DISK_IO_THREADS } : undefined),
+      {
+        id: spec.id,
+      },
+    ),
+  recordCheck: checkBlockState,
+};
