@@ -38,3 +38,4 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 npm run -s build
+scripts/build-agent.sh   # the guest agent: dist/guest/vireo-agent

@@ -12,9 +12,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT, agentBinary } from '../src/kit/agent.js';
 import { modName, readModinfo } from '../src/kit/debian.js';
 import { type CpioEntry, InitramfsBuilder, outbElf, readCpio, writeCpio } from '../src/kit/initramfs.js';
-import { KIT_BANNER, KIT_MODULES, type Kit, prepareKit } from '../src/kit/kit.js';
+import { KIT_AGENT_STARTED, KIT_BANNER, KIT_MODULES, type Kit, prepareKit } from '../src/kit/kit.js';
 import { KitError } from '../src/kit/util.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'vireo-kit-test-'));
@@ -74,6 +75,24 @@ describe('prepareKit', () => {
     process.stderr.write(`# prepareKit: ${(performance.now() - t0).toFixed(0)} ms (cached: ${kit.cached})\n`);
     entries = readCpio(readFileSync(kit.initrd));
     for (const e of entries) byPath.set(e.path, e);
+  });
+
+  test('the guest agent laid over the kit archive, with an /init that starts it before the shell', () => {
+    const all = readFileSync(kit.initrd);
+    const base = readFileSync(kit.baseInitrd);
+    assert.ok(all.subarray(0, base.length).equals(base), 'the kit archive comes first, unchanged');
+    const overlay = new Map(readCpio(all.subarray(base.length)).map((e) => [e.path, e]));
+    const agent = overlay.get(AGENT_GUEST_PATH.slice(1));
+    assert.ok(agent?.type === 'file' && agent.mode === 0o755);
+    assert.ok(Buffer.from(agent.data).equals(readFileSync(agentBinary())), 'the binary scripts/build-agent.sh built');
+    assert.equal(Buffer.from(agent.data).toString('latin1', 0, 4), '\x7fELF');
+    const init = overlay.get('init');
+    assert.ok(init?.type === 'file' && init.mode === 0o755);
+    const script = Buffer.from(init.data).toString();
+    const start = script.indexOf(`${AGENT_GUEST_PATH} --listen vsock:${AGENT_VSOCK_PORT} --set-clock`);
+    assert.ok(start > 0 && start < script.indexOf('setsid cttyhack sh'), 'the agent starts before the shell');
+    assert.ok(script.includes(KIT_AGENT_STARTED));
+    assert.ok(script.indexOf('[ -n "$root" ] && switch_to_root') < start, 'not when a root file system takes over');
   });
 
   test('a Debian cloud kernel (bzImage) and its modules tree', () => {

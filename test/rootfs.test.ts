@@ -15,6 +15,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { AGENT_GUEST_PATH, AGENT_UNIT, AGENT_VSOCK_PORT } from '../src/kit/agent.js';
 import { KIT_BANNER, KIT_ROOT_FAILED, KIT_ROOT_SWITCH } from '../src/kit/kit.js';
 import {
   prepareRootfs,
@@ -169,6 +170,17 @@ describe('prepareRootfs', () => {
     assert.ok(readInImage(r.image, '/etc/systemd/system/vireo-rootfs-ready.service').includes(ROOTFS_MARKER));
     assert.match(
       statInImage(r.image, '/etc/systemd/system/multi-user.target.wants/vireo-rootfs-ready.service'),
+      /Type: symlink/,
+    );
+  });
+
+  test('the guest agent: a static executable, and its unit wanted by multi-user.target', () => {
+    assert.match(statInImage(r.image, AGENT_GUEST_PATH), /Type: regular\s+Mode:\s+0755/);
+    const unit = readInImage(r.image, '/etc/systemd/system/vireo-agent.service');
+    assert.equal(unit, AGENT_UNIT);
+    assert.match(unit, new RegExp(`^ExecStart=${AGENT_GUEST_PATH} --listen vsock:${AGENT_VSOCK_PORT} `, 'm'));
+    assert.match(
+      statInImage(r.image, '/etc/systemd/system/multi-user.target.wants/vireo-agent.service'),
       /Type: symlink/,
     );
   });

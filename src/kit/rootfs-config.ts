@@ -3,6 +3,8 @@
  * the files it writes and the links that enable or mask systemd units.
  */
 
+import { AGENT_UNIT } from './agent.js';
+
 export const ROOTFS_HOSTNAME = 'vireo';
 /** Printed on /dev/console by vireo-rootfs-ready.service once multi-user.target is reached. */
 export const ROOTFS_MARKER = 'vireo rootfs: multi-user target reached';
@@ -56,6 +58,9 @@ export function rootfsFiles(info: Record<string, string>): RootfsFile[] {
     { path: `${SYSTEM}/serial-getty@hvc0.service.d/autologin.conf`, text: autologin },
     { path: `${SYSTEM}/getty.target.wants/serial-getty@ttyS0.service`, link: `${UNITS}/serial-getty@.service` },
     { path: `${SYSTEM}/vireo-rootfs-ready.service`, text: marker },
+    // The guest agent (its binary is copied in by rootfs.ts), started at boot and restarted if it stops.
+    { path: `${SYSTEM}/vireo-agent.service`, text: AGENT_UNIT },
+    { path: `${SYSTEM}/multi-user.target.wants/vireo-agent.service`, link: `/${SYSTEM}/vireo-agent.service` },
     {
       path: `${SYSTEM}/multi-user.target.wants/vireo-rootfs-ready.service`,
       link: `/${SYSTEM}/vireo-rootfs-ready.service`,

@@ -1,15 +1,17 @@
 /**
  * A Debian root file system image (ext4) for vireo's guests: `debootstrap --variant=minbase` with
- * systemd and a few tools, the guest kit kernel's modules, a serial console with autologin, and a
- * marker line on the console once systemd reaches multi-user.target. The image is written by
- * `mke2fs -d` from a directory tree: no loop device, nothing is mounted on the host (debootstrap
- * itself mounts /proc and /sys inside its target while it installs). Boot it with the kit's kernel
+ * systemd and a few tools, the guest kit kernel's modules, a serial console with autologin, a marker
+ * line on the console once systemd reaches multi-user.target, and the guest agent (src/kit/agent.ts)
+ * with a systemd unit. The image is written by `mke2fs -d` from a directory tree: no loop device,
+ * nothing is mounted on the host (debootstrap itself mounts /proc and /sys inside its target while it
+ * installs). Boot it with the kit's kernel
  * and initramfs and `root=/dev/vda` on a virtio disk. Cached under cacheRoot()/rootfs/<key>/.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   accessSync,
+  chmodSync,
   constants,
   cpSync,
   existsSync,
@@ -24,13 +26,14 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { cacheRoot } from '../common/paths.js';
+import { AGENT_GUEST_PATH, agentBinary } from './agent.js';
 import { type KitOptions, prepareKit } from './kit.js';
 import { rootfsFiles } from './rootfs-config.js';
 import { KitError, type ProgressFn, publishDir, readJson, runTool, scratchDirFor } from './util.js';
 
 export const ROOTFS_SUITE = 'bookworm';
-/** Bump when what a build produces changes, so cached images are rebuilt. */
-export const ROOTFS_FORMAT = 1;
+/** Bump when what a build produces changes, so cached images are rebuilt. 2: the guest agent and its unit. */
+export const ROOTFS_FORMAT = 2;
 export const ROOTFS_DEFAULT_MIB = 1024;
 export const ROOTFS_LABEL = 'vireo-root';
 /** Added to minbase (their dependencies come along). fio is left out: it pulls in python3 and ceph's libraries. */
@@ -285,8 +288,12 @@ export async function prepareRootfs(opts: RootfsOptions = {}): Promise<Rootfs> {
   const kit = await prepareKit(opts);
   const kernelPackage = kit.packages.find((p) => p.name.startsWith('linux-image-'));
   const packages = [...ROOTFS_PACKAGES].sort();
+  const agent = agentBinary();
+  const agentHash = createHash('sha256').update(readFileSync(agent)).digest('hex');
   const key = createHash('sha256')
-    .update(JSON.stringify([ROOTFS_FORMAT, ROOTFS_SUITE, packages, kit.kernelVersion, kernelPackage, sizeMiB]))
+    .update(
+      JSON.stringify([ROOTFS_FORMAT, ROOTFS_SUITE, packages, kit.kernelVersion, kernelPackage, sizeMiB, agentHash]),
+    )
     .digest('hex')
     .slice(0, 12);
   const areaDir = join(opts.cacheDir ?? cacheRoot(), 'rootfs');
@@ -334,6 +341,8 @@ export async function prepareRootfs(opts: RootfsOptions = {}): Promise<Rootfs> {
     onProgress?.({ step: 'extract', message: 'configuring: hostname, fstab, serial autologin, marker unit' });
     const created = new Date().toISOString();
     configure(root, { key, suite: ROOTFS_SUITE, kernel: kit.kernelVersion, format: String(ROOTFS_FORMAT), created });
+    cpSync(agent, join(root, AGENT_GUEST_PATH));
+    chmodSync(join(root, AGENT_GUEST_PATH), 0o755);
     const installed = await installedPackages(root);
     await unmountUnder(root);
     const used = Number((await runTool('du', ['-sxm', root])).stdout.split('\t')[0]);

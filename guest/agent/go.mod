@@ -1,0 +1,3 @@
+module vireo/agent
+
+go 1.19

@@ -1,0 +1,5 @@
+package main
+
+import "unsafe"
+
+func unsafePtr(p *uint32) unsafe.Pointer { return unsafe.Pointer(p) }
