@@ -31,7 +31,21 @@ export type VireoErrorCode =
   /** A request for a Firecracker feature vireo does not have (MMDS, pmem, hotplug, ...). */
   | 'VIREO_ERR_API_UNSUPPORTED'
   /** A request body above the API's payload limit (51200 bytes unless configured). */
-  | 'VIREO_ERR_API_PAYLOAD_TOO_LARGE';
+  | 'VIREO_ERR_API_PAYLOAD_TOO_LARGE'
+  /** The guest agent cannot be reached (socket, hybrid vsock handshake) or broke its protocol. */
+  | 'VIREO_ERR_AGENT'
+  /** A call to the guest agent ran past its explicit timeout. */
+  | 'VIREO_ERR_AGENT_TIMEOUT'
+  /** A stream from the guest agent went silent past its keepalive interval. */
+  | 'VIREO_ERR_AGENT_SILENT'
+  /** The guest agent answered with an error (a missing file, a bad argument, a refused user). */
+  | 'VIREO_ERR_AGENT_REMOTE'
+  /** A sandbox cannot be created or used in its current state. */
+  | 'VIREO_ERR_SANDBOX'
+  /** A command in a sandbox exited non-zero (CommandExitError carries its output). */
+  | 'VIREO_ERR_COMMAND_EXIT'
+  /** A command in a sandbox ran past its timeout and was killed. */
+  | 'VIREO_ERR_COMMAND_TIMEOUT';
 
 export class VireoError extends Error {
   readonly code: VireoErrorCode;

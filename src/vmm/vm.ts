@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { closeSync, writeSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
+import { AgentClient } from '../agent/client.js';
 import { setupFpu, setupLapic, setupMsrs } from '../arch/x86_64/cpu.js';
 import { cpuidForVcpu } from '../arch/x86_64/cpuid.js';
 import { ramRanges } from '../arch/x86_64/layout.js';
@@ -307,6 +308,24 @@ export class Vm extends TypedEmitter<VmEvents> {
 
   get state(): VmState {
     return this._state;
+  }
+
+  private agentClient: AgentClient | undefined;
+
+  /**
+   * The guest agent (vireo-agent, envd's protocol) behind this VM's hybrid vsock socket, with
+   * AGENT_DEFAULT_TIMEOUTS; `AgentClient.forVsock(vm.config.vsock.udsPath, opts)` for other timeouts.
+   * It holds no connection: each call opens its own.
+   */
+  get agent(): AgentClient {
+    const vsock = this.config.vsock;
+    if (!vsock)
+      throw new VireoError(
+        'VIREO_ERR_STATE',
+        'this VM has no vsock device: create it with vsock: { cid, udsPath } to reach its agent',
+      );
+    this.agentClient ??= AgentClient.forVsock(vsock.udsPath);
+    return this.agentClient;
   }
 
   /** Build a VM from a config: KVM objects, memory, platform, kernel loaded, vCPU threads parked. */
