@@ -1,8 +1,9 @@
 /** `vireo serve` (a local E2B-compatible sandbox service) and `vireo sandbox …` (a client of it). */
 import { createReadStream, readFileSync, writeFileSync } from 'node:fs';
 import { ConfigError } from '../common/errors.js';
+import { detectFlavour } from '../kvm/kvm.js';
 import { ServeClient } from '../serve/client.js';
-import { SERVE_DEFAULT_PORT, VireoServe } from '../serve/server.js';
+import { checkApiKey, SERVE_DEFAULT_PORT, VireoServe } from '../serve/server.js';
 import { bootLauncher, parseTemplate, type TemplateConfig } from '../serve/templates.js';
 
 export interface ServeCliOptions {
@@ -17,7 +18,13 @@ export interface ServeCliOptions {
 
 /** Starts the service and runs until SIGINT/SIGTERM, when it kills its sandboxes. */
 export async function serveCommand(opts: ServeCliOptions): Promise<number> {
+  const apiKey = opts.apiKey ?? process.env.VIREO_API_KEY;
+  if (apiKey) checkApiKey(apiKey);
   const templates: TemplateConfig[] = opts.template.map((t) => parseTemplate(t, { cpus: opts.cpus, memMiB: opts.mem }));
+  if (detectFlavour() === 'pvm')
+    process.stderr.write(
+      "vireo serve: this host's KVM is PVM, which cannot boot a stock Linux kernel natively: sandboxes will fail to boot here (run the service inside the nested lane, as test/linux-serve.test.ts does)\n",
+    );
   if (!templates.some((t) => t.name === 'base')) {
     // E2B's SDK asks for `base` unless told: the guest kit (Debian's kernel, busybox, the agent).
     const { prepareKit } = await import('../kit/kit.js');
@@ -26,7 +33,6 @@ export async function serveCommand(opts: ServeCliOptions): Promise<number> {
     const kit = await prepareKit({ onProgress: progress }).finally(() => progress.end());
     templates.push({ name: 'base', kernel: kit.kernel, initrd: kit.initrd, cpus: opts.cpus, memMiB: opts.mem });
   }
-  const apiKey = opts.apiKey ?? process.env.VIREO_API_KEY;
   const serve = await VireoServe.start({
     port: opts.port,
     apiKey: apiKey || undefined,

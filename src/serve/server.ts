@@ -48,6 +48,12 @@ export interface ServeOptions {
 export const SERVE_DEFAULT_PORT = 49982;
 const API_KEY_MIN = 16;
 
+/** An API key the service accepts: 16 or more printable ASCII characters, no spaces. */
+export function checkApiKey(key: string): void {
+  if (key.length < API_KEY_MIN || /[^\x21-\x7e]/.test(key))
+    throw new ServeError(`the API key must be at least ${API_KEY_MIN} printable characters without spaces`);
+}
+
 export class VireoServe {
   readonly apiKey: string;
   readonly registry: Registry;
@@ -59,8 +65,7 @@ export class VireoServe {
 
   private constructor(opts: ServeOptions) {
     const key = opts.apiKey ?? `vireo_${randomBytes(20).toString('hex')}`;
-    if (key.length < API_KEY_MIN || /[^\x21-\x7e]/.test(key))
-      throw new ServeError(`the API key must be at least ${API_KEY_MIN} printable characters without spaces`);
+    checkApiKey(key);
     this.apiKey = key;
     this.log = opts.log ?? (() => undefined);
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
