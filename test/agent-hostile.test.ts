@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,8 +17,8 @@ let agent: RunningAgent;
 let dir: string;
 
 before(async () => {
-  agent = await startAgent();
   dir = mkdtempSync(join(tmpdir(), 'vireo-agent-hostile-'));
+  agent = await startAgent({ unixSocket: join(dir, 'agent.sock') });
 });
 
 after(async () => {
@@ -303,6 +304,41 @@ test('/init validates what it is given', async () => {
   assert.equal((await init('x'.repeat(2 << 20))).status, 413);
   assert.equal((await fetch(`${agent.url}/init`)).status, 405);
   assert.deepEqual(await (await fetch(`${agent.url}/envs`)).json(), {}, 'nothing was half-applied');
+  await healthy();
+});
+
+test('one kept-alive Unix-socket connection (the vsock code path) carries streams after requests with bodies', async () => {
+  const socketPath = join(dir, 'agent.sock');
+  const keep = new Agent({ keepAlive: true, maxSockets: 1 });
+  const sockets = new Set<unknown>();
+  const call = (path: string, body: Buffer | string, type: string) =>
+    new Promise<{ status: number; body: Buffer; reused: boolean }>((resolve, reject) => {
+      const req = request(
+        { socketPath, path, method: 'POST', agent: keep, headers: { 'Content-Type': type } },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), reused: req.reusedSocket }),
+          );
+        },
+      );
+      req.on('socket', (s) => sockets.add(s));
+      req.on('error', reject);
+      req.end(body);
+    });
+  const echo = envelope(0, JSON.stringify({ process: { cmd: '/bin/echo', args: ['kept'] } }));
+  for (let i = 0; i < 3; i++) {
+    const init = await call('/init', JSON.stringify({ envVars: { N: String(i) } }), 'application/json');
+    assert.equal(init.status, 204);
+    const r = await call('/process.Process/Start', echo, 'application/connect+json');
+    const text = r.body.toString('latin1');
+    assert.match(text, /"stdout":"a2VwdAo="/, `round ${i}: ${JSON.stringify(text)}`);
+    assert.match(text, /"end":\{"exitCode":0/, `round ${i}`);
+    assert.ok(r.reused, `round ${i} ran on the kept-alive connection`);
+  }
+  assert.equal(sockets.size, 1);
+  keep.destroy();
   await healthy();
 });
 

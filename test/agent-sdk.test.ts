@@ -121,6 +121,15 @@ test('large output arrives whole, and concurrent commands keep theirs apart', as
   });
 });
 
+test('a command whose background child keeps its stdout open still ends when it exits', async () => {
+  const t0 = Date.now();
+  const r = await sbx.commands.run('sleep 30 & echo "child $!"');
+  assert.ok(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms`);
+  const child = Number(r.stdout.match(/^child (\d+)$/m)?.[1]);
+  assert.ok(child > 0);
+  process.kill(child, 'SIGKILL'); // the agent runs on this host: its grandchild is ours to clean up
+});
+
 test('disconnect, then connect again by pid and get the later output', async () => {
   const h = await sbx.commands.run('echo first; sleep 1.5; echo second', { background: true, timeoutMs: 20_000 });
   for (const end = Date.now() + 10_000; !h.stdout.includes('first') && Date.now() < end; ) await sleep(20);

@@ -37,6 +37,7 @@ interface SessionReport {
   health?: number;
   init?: number;
   echo?: { events: unknown[]; end?: unknown };
+  dateRun?: { events: unknown[]; end?: unknown };
   date?: string;
 }
 
@@ -176,8 +177,12 @@ async function session(args: { kernel: string; initrd: string; vireo: string }):
       body: JSON.stringify({ timestamp: INIT_TIME }),
     });
     report.init = init.status;
-    report.date = stdoutOf((await start(b.url, 'date', ['-u', '+%Y-%m-%d'])).events);
+    report.dateRun = await start(b.url, 'date', ['-u', '+%Y-%m-%d']);
+    report.date = stdoutOf(report.dateRun.events);
     mark('date');
+    // The agent's log, into the serial output the test shows when something failed.
+    child.stdin?.write('cat /run/vireo-agent.log; date -u; echo "agent-log-end"\n');
+    await expect('agent-log-end\r\n', 30_000);
     child.stdin?.write('poweroff -f\n');
   } catch (e) {
     report.failed = (e as Error).message;
@@ -226,8 +231,9 @@ if (argIndex >= 0) {
     process.stderr.write(`agent e2e: nested boot ${r.timings.bootMs} ms, session marks ${JSON.stringify(s.marks)}\n`);
     const context = `\n--- guest serial ---\n${s.serial.slice(-4000)}\n--- vireo stderr ---\n${s.stderr.slice(-2000)}`;
     assert.equal(s.failed, undefined, `${s.failed}${context}`);
+    // fetch keeps connections alive: its four requests take one to four CONNECTs, each answered OK.
     assert.ok(
-      s.okLines.length >= 3 && s.okLines.every((l) => /^OK \d+\n$/.test(l)),
+      s.okLines.length >= 1 && s.okLines.every((l) => /^OK \d+\n$/.test(l)),
       `${JSON.stringify(s.okLines)}${context}`,
     );
     assert.equal(s.health, 204, context);
@@ -240,7 +246,11 @@ if (argIndex >= 0) {
     });
     assert.deepEqual(s.echo?.end, {}, 'the stream ends without an error');
     assert.equal(s.init, 204, context);
-    assert.equal(s.date, `${INIT_TIME.slice(0, 10)}\n`, `the agent set the guest's clock from /init${context}`);
+    assert.equal(
+      s.date,
+      `${INIT_TIME.slice(0, 10)}\n`,
+      `the agent set the guest's clock from /init: ${JSON.stringify(s.dateRun)}${context}`,
+    );
     assert.equal(s.status, 0, `clean power-off ends vireo with status 0${context}`);
   });
 }

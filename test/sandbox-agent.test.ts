@@ -10,6 +10,7 @@ import { mkdtempSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { AgentClient } from '../src/agent/client.js';
 import { hybridVsockEndpoint } from '../src/agent/connector.js';
 import { AgentError, AgentHttpError, AgentRpcError } from '../src/agent/errors.js';
 import { CommandExitError, CommandTimeoutError } from '../src/sandbox/errors.js';
@@ -196,6 +197,15 @@ describe('files', () => {
       sb.files.read(join(dir, 'nope')),
       (e: unknown) => e instanceof AgentHttpError && e.status === 404,
     );
+    const many = await sb.files.write([
+      { path: join(dir, 'many', 'a'), data: 'A' },
+      { path: join(dir, 'many', 'b'), data: new TextEncoder().encode('B').buffer as ArrayBuffer },
+    ]);
+    assert.deepEqual(
+      many.map((w) => w.path),
+      [join(dir, 'many', 'a'), join(dir, 'many', 'b')],
+    );
+    assert.equal((await sb.files.read(join(dir, 'many', 'a'))) + (await sb.files.read(join(dir, 'many', 'b'))), 'AB');
   });
 
   test('makeDir, list with depth, rename, remove', async () => {
@@ -250,4 +260,17 @@ describe('files', () => {
 test('the sandbox verbs a VM needs say so on an attached sandbox', async () => {
   await assert.rejects(sb.pause(), /attached to an agent, not created with a VM/);
   assert.equal(await sb.isRunning(), true);
+});
+
+test("Connect's binary codec to the same agent: a unary call and a stream", async () => {
+  const c = new AgentClient({
+    endpoint: hybridVsockEndpoint(front.path),
+    timeouts: { connectTimeoutMs: 3000, requestTimeoutMs: 5000, keepaliveIntervalS: 1, keepaliveGraceMs: 700 },
+    accessToken: sb.agent.accessToken,
+    format: 'binary',
+  });
+  const bin = await Sandbox.attach({ agent: c, init: false, timeoutMs: 0 });
+  assert.equal((await bin.commands.run('printf "\\001\\002\\377"')).stdout, '\u0001\u0002\ufffd');
+  assert.ok(Array.isArray(await bin.commands.list()));
+  assert.equal((await bin.files.getInfo(dir)).type, 'dir');
 });

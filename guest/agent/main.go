@@ -58,7 +58,7 @@ func main() {
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          log.Default(),
 		}
-		go func(l net.Listener) { errc <- srv.Serve(l) }(l)
+		go func(l net.Listener) { errc <- srv.Serve(limit(l)) }(l)
 	}
 	log.Fatalf("serve: %v", <-errc)
 }

@@ -158,7 +158,17 @@ async function* bodyOf(sent: Sent): AsyncGenerator<Uint8Array> {
       yield r.value;
     }
   } catch (e) {
-    throw sent.reason() ?? e;
+    const why = sent.reason();
+    if (why) throw why;
+    throw e instanceof AgentError
+      ? e
+      : new AgentError(
+          'VIREO_ERR_AGENT',
+          `the stream from the agent broke: ${e instanceof Error ? e.message : String(e)}`,
+          {
+            cause: e,
+          },
+        );
   } finally {
     sent.finish();
     if (!sent.res.complete) sent.destroy(new AgentError('VIREO_ERR_AGENT', 'the response was not read to its end'));
@@ -272,7 +282,7 @@ export async function agentHttp(
           `${endpoint.describe} answered ${what} with over ${req.maxBytes} bytes`,
         );
       }
-      parts.push(Buffer.from(c));
+      parts.push(c as Buffer);
     }
     const headers = new Headers();
     for (const [k, v] of Object.entries(sent.res.headers)) if (typeof v === 'string') headers.set(k, v);

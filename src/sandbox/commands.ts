@@ -153,8 +153,15 @@ export class Commands {
     const what = `command ${JSON.stringify(cmd.length > 60 ? `${cmd.slice(0, 57)}...` : cmd)}`;
     const h = await this.open(stream, ac, what, opts, opts.timeoutMs, () => undefined);
     if (feed !== undefined) {
-      await h.sendStdin(feed);
-      await h.closeStdin();
+      try {
+        await h.sendStdin(feed);
+        await h.closeStdin();
+      } catch (e) {
+        // A command left waiting for input it will not get: end it rather than leave it behind.
+        await h.kill().catch(() => false);
+        await h.disconnect();
+        throw e;
+      }
     }
     return h;
   }

@@ -31,6 +31,13 @@ export interface EntryInfo {
 
 export type WriteInfo = AgentWriteInfo;
 
+export type FileData = string | Uint8Array | ArrayBuffer;
+
+export interface WriteEntry {
+  path: string;
+  data: FileData;
+}
+
 export type FilesystemEventType = 'create' | 'write' | 'remove' | 'rename' | 'chmod';
 
 export interface FilesystemEvent {
@@ -76,14 +83,28 @@ export class Files {
     return opts.format === 'bytes' ? bytes : Buffer.from(bytes).toString('utf8');
   }
 
-  /** Writes a file (making its parent directories), replacing what was there. */
+  /** Writes a file (making its parent directories), replacing what was there; or several, in order. */
+  write(path: string, data: FileData, opts?: FilesystemRequestOpts): Promise<WriteInfo>;
+  write(files: WriteEntry[], opts?: FilesystemRequestOpts): Promise<WriteInfo[]>;
   async write(
-    path: string,
-    data: string | Uint8Array | ArrayBuffer,
-    opts: FilesystemRequestOpts = {},
-  ): Promise<WriteInfo> {
+    pathOrFiles: string | WriteEntry[],
+    dataOrOpts?: FileData | FilesystemRequestOpts,
+    maybeOpts: FilesystemRequestOpts = {},
+  ): Promise<WriteInfo | WriteInfo[]> {
+    if (Array.isArray(pathOrFiles)) {
+      const opts = (dataOrOpts ?? {}) as FilesystemRequestOpts;
+      const out: WriteInfo[] = [];
+      for (const f of pathOrFiles) out.push(await this.writeOne(f.path, f.data, opts));
+      return out;
+    }
+    return this.writeOne(pathOrFiles, dataOrOpts as FileData, maybeOpts);
+  }
+
+  private writeOne(path: string, data: FileData, opts: FilesystemRequestOpts): Promise<WriteInfo> {
     const bytes =
       typeof data === 'string' ? Buffer.from(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+    if (!(bytes instanceof Uint8Array))
+      throw new AgentError('VIREO_ERR_AGENT', `writing ${path}: give a string, Uint8Array or ArrayBuffer`);
     return this.agent.writeFile(path, bytes, { user: opts.user, timeoutMs: opts.requestTimeoutMs });
   }
 

@@ -41,10 +41,13 @@ export interface RunningAgent {
   stop: () => Promise<void>;
 }
 
-export async function startAgent(): Promise<RunningAgent> {
+/** Starts the agent on a free TCP port, and on `unixSocket` too when given (the vsock code path). */
+export async function startAgent(opts: { unixSocket?: string } = {}): Promise<RunningAgent> {
   const bin = buildAgent();
   const port = await freePort();
-  const proc = spawn(bin, ['--listen', `tcp:127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['--listen', `tcp:127.0.0.1:${port}`];
+  if (opts.unixSocket) args.push('--listen', `unix:${opts.unixSocket}`);
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => {
     out += d.toString();
