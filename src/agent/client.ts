@@ -172,11 +172,15 @@ export class AgentClient {
       o.signal?.throwIfAborted();
       const left = until - performance.now();
       if (left <= 0) break;
+      const budget = Math.ceil(Math.min(left, this.timeouts.requestTimeoutMs));
       try {
-        await this.health({ timeoutMs: Math.ceil(Math.min(left, this.timeouts.requestTimeoutMs)), signal: o.signal });
+        await this.health({ timeoutMs: budget, signal: o.signal });
         return;
       } catch (e) {
-        last = e;
+        // An attempt cut short by the deadline says less than the one before it (a refusal, say).
+        const cut =
+          budget < this.timeouts.requestTimeoutMs && e instanceof AgentError && e.code === 'VIREO_ERR_AGENT_TIMEOUT';
+        if (!(cut && last !== undefined)) last = e;
       }
       await new Promise((r) => setTimeout(r, Math.min(o.intervalMs ?? 50, Math.max(0, until - performance.now()))));
     }
