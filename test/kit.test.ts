@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT, agentBinary } from '../src/kit/agent.js';
+import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT, agentBinary, KIT_BASH_PATH, KIT_BASH_SHIM } from '../src/kit/agent.js';
 import { modName, readModinfo } from '../src/kit/debian.js';
 import { type CpioEntry, InitramfsBuilder, outbElf, readCpio, writeCpio } from '../src/kit/initramfs.js';
 import { KIT_AGENT_STARTED, KIT_BANNER, KIT_MODULES, type Kit, prepareKit } from '../src/kit/kit.js';
@@ -93,6 +93,12 @@ describe('prepareKit', () => {
     assert.ok(start > 0 && start < script.indexOf('setsid cttyhack sh'), 'the agent starts before the shell');
     assert.ok(script.includes(KIT_AGENT_STARTED));
     assert.ok(script.indexOf('[ -n "$root" ] && switch_to_root') < start, 'not when a root file system takes over');
+    // E2B's SDK runs `/bin/bash -l -c CMD`: the kit's /bin/bash is busybox ash under that name.
+    const bash = overlay.get(KIT_BASH_PATH.slice(1));
+    assert.ok(bash?.type === 'file' && bash.mode === 0o755);
+    assert.equal(Buffer.from(bash.data).toString(), KIT_BASH_SHIM);
+    assert.match(KIT_BASH_SHIM, /^#!\/bin\/sh\n(#.*\n)*exec \/bin\/sh "\$@"\n$/);
+    assert.equal(byPath.get('bin/sh')?.type, 'symlink', "the base archive's sh (busybox) is what it runs");
   });
 
   test('a Debian cloud kernel (bzImage) and its modules tree', () => {

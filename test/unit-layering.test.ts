@@ -37,6 +37,7 @@ const ORDER = [
   'vmm',
   'sandbox',
   'api',
+  'serve',
   'cli',
 ] as const;
 

@@ -52,6 +52,13 @@ function cliParser<T>(parse: (v: string) => T): (v: string) => T {
   };
 }
 
+/** `K=V` into a record (repeatable options). */
+function keyValuesSync(v: string, prev: Record<string, string> = {}): Record<string, string> {
+  const eq = v.indexOf('=');
+  if (eq < 1) throw new InvalidArgumentError(`${JSON.stringify(v)}: give KEY=VALUE`);
+  return { ...prev, [v.slice(0, eq)]: v.slice(eq + 1) };
+}
+
 /** `--serial stdio|none|file:PATH` (config/serial.ts). */
 export const parseSerial = cliParser(parseSerialConfig);
 
@@ -329,6 +336,123 @@ async function mainCommand(argv: string[]): Promise<number> {
     .action(async (out: string, opts: { backing?: string; size?: string }) => {
       const { imageCreateCommand } = await import('./image.js');
       status = imageCreateCommand(out, opts);
+    });
+
+  program
+    .command('serve')
+    .description(
+      "a local sandbox service for E2B's SDK on 127.0.0.1: set E2B_API_URL and E2B_SANDBOX_URL to its URL and E2B_API_KEY to its key (it prints the three)",
+    )
+    .addOption(
+      new Option('--port <n>', 'TCP port on 127.0.0.1 (0: any free one)').default(49982).argParser((v: string) => {
+        const n = Number(v);
+        if (!/^\d+$/.test(v) || n > 65535) throw new InvalidArgumentError('--port must be 0 to 65535');
+        return n;
+      }),
+    )
+    .option(
+      '--api-key <key>',
+      'the key every control-plane request must carry (default: VIREO_API_KEY, else generated)',
+    )
+    .option(
+      '--template <spec>',
+      'NAME=KERNEL,INITRD[,ROOTFS]: what Sandbox.create(NAME) boots; repeat for more (default base: the guest kit)',
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
+    .addOption(new Option('--cpus <n>', 'vCPUs per sandbox').default(1).argParser(positiveInt('--cpus', MAX_VCPUS)))
+    .addOption(
+      new Option('--mem <MiB>', 'memory per sandbox in MiB').default(256).argParser(positiveInt('--mem', MAX_MEM_MIB)),
+    )
+    .addOption(
+      new Option('--max-sandboxes <n>', 'sandboxes at once')
+        .default(16)
+        .argParser(positiveInt('--max-sandboxes', 1024)),
+    )
+    .addOption(
+      new Option('--boot-timeout <s>', "seconds a sandbox's agent may take to answer after boot")
+        .default(120)
+        .argParser(positiveInt('--boot-timeout', 3600)),
+    )
+    .action(async (opts: import('./serve.js').ServeCliOptions) => {
+      const { serveCommand } = await import('./serve.js');
+      status = await serveCommand(opts);
+    });
+
+  const sandbox = program
+    .command('sandbox')
+    .description(
+      'use a running vireo serve: create, exec, cp, ls, kill (--url, --api-key or VIREO_SERVE_URL, VIREO_API_KEY)',
+    )
+    .option('--url <url>', 'the service (default VIREO_SERVE_URL, E2B_API_URL or http://127.0.0.1:49982)')
+    .option('--api-key <key>', 'its API key (default VIREO_API_KEY or E2B_API_KEY)');
+  const client = async () => (await import('./serve.js')).serveClient(sandbox.opts());
+  const kv = (v: string, prev?: Record<string, string>) => {
+    try {
+      return keyValuesSync(v, prev);
+    } catch (e) {
+      throw new InvalidArgumentError((e as Error).message);
+    }
+  };
+  sandbox
+    .command('create')
+    .description('create a sandbox and print its id')
+    .option('--template <name>', 'template name', 'base')
+    .addOption(new Option('--timeout <s>', 'seconds until it is killed').argParser(positiveInt('--timeout', 86_400)))
+    .option('--env <K=V>', 'an environment variable for its commands (repeatable)', kv)
+    .option('--metadata <K=V>', 'metadata kept with it (repeatable)', kv)
+    .action(
+      async (o: {
+        template: string;
+        timeout?: number;
+        env?: Record<string, string>;
+        metadata?: Record<string, string>;
+      }) => {
+        status = await (await import('./serve.js')).sandboxCreate(await client(), o);
+      },
+    );
+  sandbox
+    .command('exec')
+    .description("run a command in a sandbox: vireo sandbox exec ID -- CMD [ARGS...]; the exit status is the command's")
+    .argument('<id>')
+    .argument('<command...>')
+    .option('--cwd <dir>')
+    .option('--user <name>')
+    .option('-i, --stdin', "give it this command's stdin (read to its end first)")
+    .option('--env <K=V>', 'an environment variable (repeatable)', kv)
+    .addOption(
+      new Option('--timeout <s>', 'kill it after this many seconds').argParser(positiveInt('--timeout', 86_400)),
+    )
+    .action(
+      async (
+        id: string,
+        command: string[],
+        o: { cwd?: string; user?: string; env?: Record<string, string>; timeout?: number },
+      ) => {
+        status = await (await import('./serve.js')).sandboxExec(await client(), id, command, o);
+      },
+    );
+  sandbox
+    .command('cp')
+    .description('copy a file: cp LOCAL ID:/PATH uploads, cp ID:/PATH LOCAL downloads (- is stdin/stdout)')
+    .argument('<src>')
+    .argument('<dst>')
+    .action(async (src: string, dst: string) => {
+      status = await (await import('./serve.js')).sandboxCp(await client(), src, dst);
+    });
+  sandbox
+    .command('ls')
+    .description("list the service's sandboxes")
+    .option('--json', 'machine-readable output')
+    .action(async (o: { json?: boolean }) => {
+      status = await (await import('./serve.js')).sandboxLs(await client(), o.json ?? false);
+    });
+  sandbox
+    .command('kill')
+    .description('kill sandboxes (their VMs stop, their files go)')
+    .argument('<id...>')
+    .action(async (ids: string[]) => {
+      status = await (await import('./serve.js')).sandboxKill(await client(), ids);
     });
 
   program

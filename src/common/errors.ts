@@ -47,7 +47,9 @@ export type VireoErrorCode =
   /** A command in a sandbox exited non-zero (CommandExitError carries its output). */
   | 'VIREO_ERR_COMMAND_EXIT'
   /** A command in a sandbox ran past its timeout and was killed. */
-  | 'VIREO_ERR_COMMAND_TIMEOUT';
+  | 'VIREO_ERR_COMMAND_TIMEOUT'
+  /** `vireo serve` (src/serve): a bad service configuration, or a request to it that cannot be served. */
+  | 'VIREO_ERR_SERVE';
 
 export class VireoError extends Error {
   readonly code: VireoErrorCode;

@@ -59,6 +59,16 @@ export function agentBinary(): string {
 }
 
 /**
+ * E2B's SDK starts every command as `/bin/bash -l -c CMD` (and a PTY as `/bin/bash -i -l`); the kit has
+ * busybox's ash only, so /bin/bash there is ash under bash's name: POSIX shell, no bash extensions.
+ */
+export const KIT_BASH_PATH = '/bin/bash';
+export const KIT_BASH_SHIM = `#!/bin/sh
+# The kit has busybox ash, not bash: E2B's SDK runs /bin/bash -l -c CMD, which ash understands.
+exec /bin/sh "$@"
+`;
+
+/**
  * `base` with a second archive appended that holds the agent and `init` (the kit's /init, which
  * starts it). Written next to `base`, named by a hash of all three; combinations unused for a day
  * are removed.
@@ -70,6 +80,7 @@ export function initrdWithAgent(base: string, init: string): string {
   const overlay = new InitramfsBuilder()
     .file(AGENT_GUEST_PATH.slice(1), agent, 0o755)
     .file('init', init, 0o755)
+    .file(KIT_BASH_PATH.slice(1), KIT_BASH_SHIM, 0o755)
     .build();
   const hash = createHash('sha256').update(kit).update(overlay).digest('hex').slice(0, 16);
   const dir = dirname(base);
