@@ -11,6 +11,8 @@ import type { VirtioMmioAcpi } from '../arch/x86_64/acpi.js';
 import { MMIO_DEVICES_START } from '../arch/x86_64/layout.js';
 import { type ConsoleIoSpec, FdConsole } from '../backends/console-io.js';
 import { FileDisk, type FileDiskSpec, openFileDisk } from '../backends/file-disk.js';
+import { PasstNet, type PasstSpec } from '../backends/passt.js';
+import { PasstSupervisor } from '../backends/passt-process.js';
 import { closeTap, openTap, Tap, type TapSpec } from '../backends/tap.js';
 import { closeVsock, openVsock, UnixVsockHost, type VsockSpec } from '../backends/unix-socket.js';
 import { hex } from '../common/address.js';
@@ -48,6 +50,9 @@ import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
 import { recycleIoThread, takeIoThread } from './vcpu-threads.js';
 
+/** The MTU passt gives its guests (65520: the largest 802.3 frame less its header, in IPv4 words). */
+const PASST_MTU = 65520;
+
 /** ISA IRQs free on vireo's platform (0 PIT, 1 i8042, 2 cascade, 3/4 COM, 8 RTC, 9 SCI, 12 PS/2 aux are taken). */
 export const VIRTIO_IRQS = [5, 6, 7, 10, 11, 14, 15] as const;
 
@@ -70,6 +75,7 @@ export type DeviceSpec =
   | { kind: 'block'; id: string; disk: FileDiskSpec }
   | { kind: 'rng' }
   | { kind: 'net'; id: string; tap: TapSpec; mac: number[] }
+  | { kind: 'net-user'; id: string; passt: PasstSpec; mac: number[] }
   | { kind: 'console'; io: ConsoleIoSpec }
   | { kind: 'balloon'; control: SharedArrayBuffer; deflateOnOom: boolean; stats: boolean }
   | { kind: 'vsock'; vsock: VsockSpec };
@@ -106,6 +112,9 @@ export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[
       return new VirtioRng((b) => randomFillSync(b));
     case 'net':
       return new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac) });
+    case 'net-user':
+      // passt's MTU (what its DHCP announces), offered to the guest as virtio-net's own.
+      return new VirtioNet(new PasstNet(spec.passt), { mac: Uint8Array.from(spec.mac), mtu: PASST_MTU });
     case 'console':
       return new VirtioConsole(new FdConsole(spec.io));
     case 'balloon':
@@ -226,6 +235,13 @@ export class VirtioDevices implements Disposable {
     }
     (config.nets ?? []).forEach((n, i) => {
       const mac = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i];
+      if (n.kind === 'user') {
+        // passt, started unprivileged and supervised; the link is down until it serves.
+        const passt = this.store.add(new PasstSupervisor({ id: n.id, forwards: n.hostfwd, wake: () => this.wake() }));
+        this.passts.set(n.id, passt);
+        this.add(`virtio-net:${n.id}`, { kind: 'net-user', id: n.id, passt: passt.spec, mac });
+        return;
+      }
       const tap = openTap(n.tap);
       this.store.add(toDisposable(() => closeTap(tap)));
       this.add(`virtio-net:${n.id}`, { kind: 'net', id: n.id, tap, mac });
@@ -270,6 +286,9 @@ export class VirtioDevices implements Disposable {
     for (const slot of this.slots) out[slot.name] = new SharedCounters(slot.counterNames, slot.counters).read();
     return out;
   }
+
+  /** Each user-mode interface's passt, by interface id. */
+  readonly passts = new Map<string, PasstSupervisor>();
 
   /** The balloon's host handle, when there is one. */
   balloon: BalloonControl | undefined;
