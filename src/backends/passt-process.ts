@@ -12,7 +12,7 @@
  * a line and a retry.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chownSync, mkdtempSync, rmSync } from 'node:fs';
+import { chownSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Disposable } from '../common/lifecycle.js';
@@ -58,7 +58,10 @@ const MAX_BACKOFF_MS = 30_000;
 const STABLE_MS = 10_000;
 /** How often the I/O thread's LOST report is looked at. */
 const WATCH_MS = 200;
-const READY_LINE = 'UNIX domain socket bound at';
+/** passt prints it once its socket listens (the line before it comes between bind and listen). */
+const READY_LINE = 'You can now start qemu';
+/** What passt says when all is well (not worth quoting when it exits). */
+const BANNER = /^(You can now start qemu|kvm \.\.\.|or qrap|\.\/qrap|UNIX domain socket bound|Don't run as root)/;
 
 /** passt's -t/-u argument for a forward: [ADDR/]HOSTPORT:GUESTPORT. */
 export function forwardArg(f: PasstForward): string[] {
@@ -66,14 +69,35 @@ export function forwardArg(f: PasstForward): string[] {
   return [f.proto === 'tcp' ? '-t' : '-u', `${addr}${f.hostPort}:${f.guestPort}`];
 }
 
-/** Who passt runs as when vireo is root: the sudo user, if there is one, else passt's default (nobody). */
+/** nobody's uid and gid from /etc/passwd (65534 where it is not listed). */
+function nobody(): { uid: number; gid: number } {
+  try {
+    const line = readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('nobody:'));
+    const [, , uid, gid] = line?.split(':') ?? [];
+    if (uid !== undefined && gid !== undefined && /^\d+$/.test(uid) && /^\d+$/.test(gid))
+      return { uid: Number(uid), gid: Number(gid) };
+  } catch {
+    // no passwd file: the usual numbers
+  }
+  return { uid: 65534, gid: 65534 };
+}
+
+/**
+ * Who passt runs as: vireo's own user, or, when vireo is root, the sudo user if there is one, else
+ * nobody (passt refuses to stay root). passt binds its socket after it dropped to that user, so the
+ * private directory belongs to it.
+ */
 function runAs(): { args: string[]; uid?: number; gid?: number } {
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return { args: [] };
-  const uid = Number(process.env.SUDO_UID);
-  const gid = Number(process.env.SUDO_GID);
-  if (Number.isInteger(uid) && uid > 0 && Number.isInteger(gid) && gid >= 0)
-    return { args: ['--runas', `${uid}:${gid}`], uid, gid };
-  return { args: [] };
+  const sudoUid = Number(process.env.SUDO_UID);
+  const sudoGid = Number(process.env.SUDO_GID);
+  const who =
+    Number.isInteger(sudoUid) && sudoUid > 0 && Number.isInteger(sudoGid) && sudoGid >= 0
+      ? { uid: sudoUid, gid: sudoGid }
+      : nobody();
+  return { args: ['--runas', `${who.uid}:${who.gid}`], ...who };
 }
 
 const LOST_TEXT: Record<number, string> = {
@@ -90,6 +114,7 @@ export class PasstSupervisor implements Disposable {
   private readonly pendingFd: number;
   private readonly log: (line: string) => void;
   private readonly binary: string;
+  private readonly runAsArgs: string[];
   private forwards: readonly PasstForward[];
   private child: ChildProcess | undefined;
   private gen = 0;
@@ -112,6 +137,7 @@ export class PasstSupervisor implements Disposable {
     this.forwards = [...(opts.forwards ?? [])];
     const dir = mkdtempSync(join(tmpdir(), 'vireo-passt-'));
     const who = runAs();
+    this.runAsArgs = who.args;
     if (who.uid !== undefined) chownSync(dir, who.uid, who.gid ?? 0);
     this.epoll = new sys.Epoll(1);
     try {
@@ -191,7 +217,7 @@ export class PasstSupervisor implements Disposable {
       '--one-off',
       '--socket',
       path,
-      ...runAs().args,
+      ...this.runAsArgs,
       ...this.forwards.flatMap(forwardArg),
       ...(this.opts.extraArgs ?? []),
     ];
@@ -240,7 +266,7 @@ export class PasstSupervisor implements Disposable {
       }
       if (Date.now() - this.startedAt >= STABLE_MS) this.backoff = FIRST_BACKOFF_MS;
       const status = signal ? `killed by ${signal}` : `status ${code}`;
-      const last = lines.filter((l) => !l.startsWith(READY_LINE) && !l.startsWith('Don')).at(-1);
+      const last = lines.filter((l) => !BANNER.test(l)).at(-1);
       // One-off: passt also ends when the I/O thread dropped the connection; that says more.
       const lost = Atomics.load(this.st, PASST_STATE.LOST) === gen;
       const why = lost ? LOST_TEXT[Atomics.load(this.st, PASST_STATE.LOST_REASON)] : undefined;
