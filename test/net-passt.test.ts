@@ -17,7 +17,7 @@ import { arpRequest, dhcpDiscover, parseArpReply, parseDhcp } from './support/fr
 const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-const passtThere = spawnSync('sh', ['-c', 'command -v "${VIREO_PASST:-passt}"']).status === 0;
+const passtThere = spawnSync('sh', ['-c', `command -v "${process.env.VIREO_PASST || 'passt'}"`]).status === 0;
 
 interface Rig {
   sup: PasstSupervisor;
@@ -44,6 +44,7 @@ async function until(what: string, ms: number, ok: () => boolean): Promise<void>
 function send(net: PasstNet, frame: Uint8Array): void {
   const n = net.write([new Uint8Array(VIRTIO_NET_HDR_LEN), frame], 2);
   assert.equal(n, VIRTIO_NET_HDR_LEN + frame.length);
+  net.flush();
 }
 
 /** Frames from passt until `pick` likes one (each with its virtio header checked and taken off). */

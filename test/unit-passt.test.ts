@@ -16,9 +16,9 @@ import { PASST_LOST, PASST_STATE, PASST_STATE_SLOTS, PasstNet, passtSocketPath }
 import {
   ETH_HEADER_LEN,
   FrameReader,
+  OutBuffer,
   PASST_MAX_FRAME,
   PASST_RX_BUFFER,
-  PendingWrite,
   putLength,
 } from '../src/backends/passt-frames.js';
 import { forwardArg } from '../src/backends/passt-process.js';
@@ -137,36 +137,42 @@ test('framing: a hostile or broken length drops the connection, never an allocat
   assert.throws(() => new FrameReader(PASST_MAX_FRAME, 1000), RangeError);
 });
 
-test('framing: the tail of a partial write is kept and sent first', () => {
-  const p = new PendingWrite();
-  assert.ok(p.empty);
-  const a = Uint8Array.of(0, 0, 0, 5);
-  const b = Uint8Array.of(1, 2, 3, 4, 5);
-  p.keep([a, b], 2, 6);
-  assert.equal(p.empty, false);
+test('framing: frames gathered for one send; what a full socket leaves is sent first, in order', () => {
+  const out = new OutBuffer();
+  assert.ok(out.empty);
+  const a = ethFrame(100, 1);
+  const b = ethFrame(60, 2);
+  out.append([a.subarray(0, 10), a.subarray(10)], 100);
+  out.append([b], 60);
+  assert.throws(() => out.append([b], 61), RangeError, 'parts that do not add up');
+  assert.equal(out.pending, 4 + 100 + 4 + 60);
   const sent: number[] = [];
-  // A socket that takes one byte, then is full.
-  let room = 1;
-  assert.equal(
-    p.flush((x) => {
-      if (room === 0) return -1;
-      room--;
-      sent.push(x[0] as number);
-      return 1;
-    }),
-    false,
-  );
-  assert.deepEqual(sent, [3]);
+  // A socket that takes 7 bytes, then is full.
+  let room = 7;
+  const full = (x: Uint8Array): number => {
+    if (room === 0) return -1;
+    const n = Math.min(room, x.length);
+    room -= n;
+    sent.push(...x.subarray(0, n));
+    return n;
+  };
+  assert.equal(out.flush(full), false);
+  assert.equal(out.pending, 168 - 7);
   assert.ok(
-    p.flush((x) => {
+    out.flush((x) => {
       sent.push(...x);
       return x.length;
     }),
   );
-  assert.deepEqual(sent, [3, 4, 5]);
-  assert.ok(p.empty);
-  p.keep([a, b], 2, 1);
-  assert.throws(() => p.keep([a], 1, 0), RangeError, 'one pending frame at most');
+  assert.ok(out.empty);
+  assert.deepEqual(Uint8Array.from(sent), framed([a, b]));
+  // Room for the largest frame, then not for another: the caller drops it.
+  const big = new OutBuffer(4 + PASST_MAX_FRAME);
+  assert.ok(big.fits(PASST_MAX_FRAME));
+  big.append([new Uint8Array(PASST_MAX_FRAME)], PASST_MAX_FRAME);
+  assert.equal(big.fits(ETH_HEADER_LEN), false);
+  assert.throws(() => big.append([new Uint8Array(14)], 14), RangeError);
+  assert.throws(() => new OutBuffer(100), RangeError);
 });
 
 test('config: --net user with hostfwd, mac and id; bad forwards refused with one line', () => {
@@ -331,6 +337,8 @@ test('PasstNet: frames both ways with the virtio header taken off and put on; pe
     const hdr = new Uint8Array(VIRTIO_NET_HDR_LEN);
     const n = r.net.write([hdr.subarray(0, 5), hdr.subarray(5), f.subarray(0, 100), f.subarray(100)], 4);
     assert.equal(n, VIRTIO_NET_HDR_LEN + 1500);
+    assert.equal(sys.recv(r.peer, new Uint8Array(10)), -1, 'gathered until the flush');
+    r.net.flush();
     const got = new Uint8Array(4 + 1500);
     let o = 0;
     while (o < got.length) {
@@ -394,5 +402,46 @@ test('PasstNet: a bad length, or the end of the stream, drops the connection and
     } finally {
       r.close();
     }
+  }
+});
+
+test('PasstNet: a full socket keeps the frames in order and wakes the device when it has room', () => {
+  const r = rig();
+  try {
+    const hdr = new Uint8Array(VIRTIO_NET_HDR_LEN);
+    const sent: Uint8Array[] = [];
+    let dropped = 0;
+    // The peer reads nothing: the socket fills, then the send buffer, then frames are dropped.
+    for (let i = 0; i < 4000 && dropped === 0; i++) {
+      const f = ethFrame(1500, i);
+      try {
+        r.net.write([hdr, f], 2);
+        sent.push(f);
+      } catch (e) {
+        assert.match(String(e), /EAGAIN/);
+        dropped++;
+      }
+      if (i % 16 === 15) r.net.flush();
+    }
+    assert.equal(dropped, 1, 'dropped once both buffers were full');
+    assert.equal(readable(r.net.fd), false, 'full, nothing to read: the device is not woken (no busy loop)');
+    // The peer drains: the device's fd says so (room), and a read sends the rest.
+    const got: number[] = [];
+    const buf = new Uint8Array(1 << 16);
+    for (let idle = 0; idle < 50; ) {
+      const k = sys.recv(r.peer, buf);
+      if (k > 0) {
+        for (let i = 0; i < k; i++) got.push(buf[i] as number);
+        idle = 0;
+        continue;
+      }
+      idle++;
+      if (readable(r.net.fd)) assert.equal(r.net.read([new Uint8Array(2000)], 1), undefined);
+    }
+    assert.deepEqual(Uint8Array.from(got), framed(sent), 'every frame taken arrived, whole and in order');
+    assert.equal(readable(r.net.fd), false, 'nothing left to send: the fd is quiet');
+    assert.ok(r.net.linkUp());
+  } finally {
+    r.close();
   }
 });

@@ -4,7 +4,8 @@
  * backend takes the guest's off on the way out and puts a plain one on the way in.
  *
  * FrameReader receives into one buffer of fixed size and cuts frames out of it, so one recv can bring
- * many frames (the batching measured in bench/passt-batch.ts); a length below an Ethernet header or
+ * many frames; OutBuffer gathers frames the other way and sends them together (batching both ways
+ * pays: bench/passt-batch.ts). A length below an Ethernet header or
  * above the largest frame is a broken or hostile peer: PasstError VIREO_ERR_PASST_FRAME, and the caller
  * drops the connection. Nothing here allocates per frame, whatever the peer sends.
  */
@@ -21,6 +22,8 @@ export const ETH_HEADER_LEN = 14;
 export const PASST_MAX_FRAME = 65550;
 /** Receive buffer: several large frames, or a few hundred MTU-sized ones, per recv. */
 export const PASST_RX_BUFFER = 256 * 1024;
+/** Send buffer: as much again the other way. */
+export const PASST_TX_BUFFER = 256 * 1024;
 
 /** Reads a length prefix; the caller checked that 4 bytes are there. */
 const lengthAt = (b: Uint8Array, o: number): number =>
@@ -114,44 +117,55 @@ export function putLength(b: Uint8Array, o: number, len: number): void {
 }
 
 /**
- * The tail of a frame a stream socket took only part of: kept (one frame at most) and sent before
- * anything else, so the stream stays framed. Bounded by FRAME_LEN_BYTES + the largest frame.
+ * Frames on their way to passt: each appended whole (its length, then its bytes, copied from the guest's
+ * buffers), sent in as few system calls as the socket allows (one per notification, or when the buffer
+ * is full). What a full socket did not take stays, in order, for the next flush, so the stream keeps its
+ * framing. Fixed size: a frame that does not fit is the caller's to drop.
  */
-export class PendingWrite {
+export class OutBuffer {
   private readonly buf: Uint8Array;
   private start = 0;
   private end = 0;
 
-  constructor(maxFrame = PASST_MAX_FRAME) {
-    this.buf = new Uint8Array(FRAME_LEN_BYTES + maxFrame);
+  constructor(capacity = PASST_TX_BUFFER) {
+    if (capacity < FRAME_LEN_BYTES + PASST_MAX_FRAME) throw new RangeError(`an output buffer of ${capacity} bytes`);
+    this.buf = new Uint8Array(capacity);
   }
 
   get empty(): boolean {
     return this.start === this.end;
   }
 
-  /** Keeps the parts of `chunks` after the first `written` bytes (only when empty; the caller checks). */
-  keep(chunks: readonly Uint8Array[], count: number, written: number): void {
-    if (!this.empty) throw new RangeError('a partial frame is already pending');
-    let skip = written;
-    let o = 0;
-    for (let i = 0; i < count; i++) {
-      const c = chunks[i] as Uint8Array;
-      if (skip >= c.length) {
-        skip -= c.length;
-        continue;
-      }
-      const part = skip > 0 ? c.subarray(skip) : c;
-      skip = 0;
-      if (o + part.length > this.buf.length) throw new RangeError('a frame larger than the pending buffer');
-      this.buf.set(part, o);
-      o += part.length;
+  /** Bytes waiting. */
+  get pending(): number {
+    return this.end - this.start;
+  }
+
+  /** Whether a frame of `len` bytes fits now (after moving what waits to the front if needed). */
+  fits(len: number): boolean {
+    if (this.buf.length - this.end >= FRAME_LEN_BYTES + len) return true;
+    if (this.start > 0) {
+      this.buf.copyWithin(0, this.start, this.end);
+      this.end -= this.start;
+      this.start = 0;
     }
-    this.start = 0;
+    return this.buf.length - this.end >= FRAME_LEN_BYTES + len;
+  }
+
+  /** Appends a frame made of `parts` (`len` bytes in all; the caller checked fits(len)). */
+  append(parts: readonly Uint8Array[], len: number): void {
+    if (!this.fits(len)) throw new RangeError(`a ${len}-byte frame does not fit`);
+    putLength(this.buf, this.end, len);
+    let o = this.end + FRAME_LEN_BYTES;
+    for (const p of parts) {
+      this.buf.set(p, o);
+      o += p.length;
+    }
+    if (o !== this.end + FRAME_LEN_BYTES + len) throw new RangeError('the parts do not add up to the length');
     this.end = o;
   }
 
-  /** Sends what is pending with `send` (bytes taken, -1 when full); true when nothing is left. */
+  /** Sends what waits with `send` (bytes taken, -1 when full); true when nothing is left. */
   flush(send: (b: Uint8Array) => number): boolean {
     while (this.start < this.end) {
       const n = send(this.buf.subarray(this.start, this.end));

@@ -13,16 +13,9 @@
  */
 import { join } from 'node:path';
 import { SyscallError } from '../common/errors.js';
-import { NET_IOV_MAX, type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
+import { type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
 import * as sys from '../os/sys.js';
-import {
-  ETH_HEADER_LEN,
-  FRAME_LEN_BYTES,
-  FrameReader,
-  PASST_MAX_FRAME,
-  PendingWrite,
-  putLength,
-} from './passt-frames.js';
+import { ETH_HEADER_LEN, FrameReader, OutBuffer, PASST_MAX_FRAME } from './passt-frames.js';
 
 /** What the VMM makes in the main thread and posts to the I/O thread (plain data). */
 export interface PasstSpec {
@@ -58,18 +51,6 @@ export const PASST_LOST = { CONNECT: 1, CLOSED: 2, ERROR: 3, BAD_FRAME: 4 } as c
 
 /** The socket of passt generation `gen` in `dir`. */
 export const passtSocketPath = (dir: string, gen: number): string => join(dir, `passt-${gen}.sock`);
-
-/** Native memory for the length prefixes (writev needs native addresses), one page per thread. */
-let prefixPage: Uint8Array | undefined;
-function prefix(): Uint8Array {
-  if (prefixPage === undefined) {
-    const page = sys.mmap(0, 4096, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
-    prefixPage = new Uint8Array(sys.view(page, FRAME_LEN_BYTES));
-  }
-  return prefixPage;
-}
-
-const errnoOf = (e: unknown): number => (e instanceof SyscallError ? e.errno : 0);
 
 /** Copies `header` then `frame` across bufs[0..count); returns how many bytes it wrote. */
 function scatter(bufs: readonly Uint8Array[], count: number, header: Uint8Array, frame: Uint8Array): number {
@@ -109,11 +90,13 @@ export class PasstNet implements NetBackend {
   /** The generation last connected to (or tried). */
   private gen = 0;
   private reader: FrameReader | undefined;
-  private pending: PendingWrite | undefined;
+  private out: OutBuffer | undefined;
+  /** The socket is watched for room too (frames wait in `out` that it did not take). */
+  private wantOut = false;
   private pendingSet = false;
   private readonly header = new Uint8Array(VIRTIO_NET_HDR_LEN);
-  private iov: sys.IoVec | undefined;
-  private staging: Uint8Array | undefined;
+  /** The guest's buffers of the frame being sent, less the virtio header (reused). */
+  private readonly parts: Uint8Array[] = [];
   private closed = false;
 
   /** No side effects: the main thread builds one for the device's features. */
@@ -146,9 +129,10 @@ export class PasstNet implements NetBackend {
     this.ep.add(fd, sys.EPOLLIN, 1);
     this.sock = fd;
     this.reader ??= new FrameReader();
-    this.pending ??= new PendingWrite();
+    this.out ??= new OutBuffer();
+    this.wantOut = false;
     this.reader.reset();
-    this.pending.clear();
+    this.out.clear();
     Atomics.store(this.st, PASST_STATE.FD, fd);
     Atomics.store(this.st, PASST_STATE.CONNECTED, want);
   }
@@ -157,6 +141,9 @@ export class PasstNet implements NetBackend {
     const reader = this.reader;
     if (this.sock < 0 || reader === undefined) return undefined;
     try {
+      // The socket may have woken the device for room rather than for frames.
+      if (this.wantOut) this.send();
+      if (this.sock < 0) return undefined;
       for (;;) {
         const f = reader.next();
         if (f !== undefined) {
@@ -182,38 +169,25 @@ export class PasstNet implements NetBackend {
     }
   }
 
+  /**
+   * Takes one frame into the send buffer (the virtio header left behind); flush() sends. A frame the
+   * buffer has no room for, with the socket full, is dropped (EAGAIN), as a full TAP drops it.
+   */
   write(bufs: readonly Uint8Array[], count: number): number {
-    const pending = this.pending;
-    if (this.sock < 0 || pending === undefined) throw new SyscallError('send(passt)', sys.ENOTCONN);
+    const out = this.out;
+    if (this.sock < 0 || out === undefined) throw new SyscallError('send(passt)', sys.ENOTCONN);
     let total = 0;
     for (let i = 0; i < count; i++) total += (bufs[i] as Uint8Array).length;
     const len = total - VIRTIO_NET_HDR_LEN;
     if (len < ETH_HEADER_LEN || len > PASST_MAX_FRAME)
       throw new RangeError(`a ${len}-byte frame: passt takes ${ETH_HEADER_LEN}-${PASST_MAX_FRAME}`);
-    const sock = this.sock;
-    try {
-      // The tail of a frame the socket took only part of goes first, or the stream loses its framing.
-      if (!pending.empty && !pending.flush((b) => sys.send(sock, b))) throw new SyscallError('send(passt)', sys.EAGAIN);
-      const chunks = this.chunks(bufs, count, len);
-      const n = this.writeChunks(sock, chunks);
-      if (n < 0) throw new SyscallError('send(passt)', sys.EAGAIN); // full: the frame is dropped
-      if (n < FRAME_LEN_BYTES + len) pending.keep(chunks, chunks.length, n);
-      return total;
-    } catch (e) {
-      const errno = errnoOf(e);
-      if (errno !== sys.EAGAIN) this.drop(PASST_LOST.ERROR);
-      throw e;
+    if (!out.fits(len)) {
+      this.send();
+      if (this.sock < 0) throw new SyscallError('send(passt)', sys.ENOTCONN);
+      if (!out.fits(len)) throw new SyscallError('send(passt)', sys.EAGAIN);
     }
-  }
-
-  /** The frame as the stream carries it: its length, then the guest's buffers less the virtio header. */
-  private readonly chunkList: Uint8Array[] = [];
-  private chunks(bufs: readonly Uint8Array[], count: number, len: number): Uint8Array[] {
-    const out = this.chunkList;
-    out.length = 0;
-    const p = prefix();
-    putLength(p, 0, len);
-    out.push(p);
+    const parts = this.parts;
+    parts.length = 0;
     let skip = VIRTIO_NET_HDR_LEN;
     for (let i = 0; i < count; i++) {
       const b = bufs[i] as Uint8Array;
@@ -221,34 +195,36 @@ export class PasstNet implements NetBackend {
         skip -= b.length;
         continue;
       }
-      out.push(skip > 0 ? b.subarray(skip) : b);
+      parts.push(skip > 0 ? b.subarray(skip) : b);
       skip = 0;
     }
-    return out;
+    out.append(parts, len);
+    return total;
   }
 
-  /** writev of native views (guest memory); other buffers (tests) are copied and sent. -1: full. */
-  private writeChunks(sock: number, chunks: Uint8Array[]): number {
-    if (chunks.length <= NET_IOV_MAX + 1) {
-      if (this.iov === undefined) this.iov = new sys.IoVec(NET_IOV_MAX + 1);
-      const iov = this.iov;
-      iov.clear();
-      let native = true;
-      for (const c of chunks)
-        if (!iov.push(c)) {
-          native = false;
-          break;
-        }
-      if (native) return iov.writev(sock);
+  /** Sends the frames written since the last flush (the device calls it after each batch). */
+  flush(): void {
+    if (this.out !== undefined && !this.out.empty) this.send();
+  }
+
+  /**
+   * Sends what waits; what a full socket does not take waits for room, which the socket then reports
+   * through the device's fd (EPOLLOUT), so it goes out without waiting for the guest's next frame.
+   */
+  private send(): void {
+    const out = this.out;
+    const sock = this.sock;
+    if (out === undefined || sock < 0) return;
+    let done: boolean;
+    try {
+      done = out.flush((b) => sys.send(sock, b));
+    } catch {
+      this.drop(PASST_LOST.ERROR);
+      return;
     }
-    if (this.staging === undefined) this.staging = new Uint8Array(FRAME_LEN_BYTES + PASST_MAX_FRAME);
-    const staging = this.staging;
-    let o = 0;
-    for (const c of chunks) {
-      staging.set(c, o);
-      o += c.length;
-    }
-    return sys.send(sock, staging.subarray(0, o));
+    if (done === !this.wantOut) return;
+    this.wantOut = !done;
+    this.ep?.modify(sock, done ? sys.EPOLLIN : sys.EPOLLIN | sys.EPOLLOUT, 1);
   }
 
   setOffloads(): void {
@@ -277,7 +253,8 @@ export class PasstNet implements NetBackend {
       Atomics.store(this.st, PASST_STATE.CONNECTED, 0);
     }
     this.reader?.reset();
-    this.pending?.clear();
+    this.out?.clear();
+    this.wantOut = false;
     if (this.pendingSet) this.setPending(false);
     if (reason !== 0) this.report(reason);
   }

@@ -93,6 +93,11 @@ export interface NetBackend {
   refresh?(): void;
   /** The device is done with the backend on this thread: release what the backend opened itself. */
   close?(): void;
+  /**
+   * For a backend that gathers frames (passt's stream): every frame of this transmit batch has been
+   * written; send them now. Throws on failure.
+   */
+  flush?(): void;
 }
 
 export interface NetConfig {
@@ -332,6 +337,14 @@ export class VirtioNet implements VirtioDevice {
       this.send(mem, chain);
       return 0;
     });
+    if (this.backend.flush) {
+      try {
+        this.backend.flush();
+      } catch {
+        this.counters.tapErrors++;
+      }
+      this.syncLink();
+    }
     // The guest is alive: a receive path paused on errors gets another chance.
     if (this.errorRun >= RX_ERROR_RUN) {
       this.errorRun = 0;
