@@ -23,7 +23,14 @@ export {
   VireoError,
   type VireoErrorCode,
 } from './common/errors.js';
-export type { BalloonConfig, DriveConfig, NetConfig } from './config/index.js';
+export type {
+  BalloonConfig,
+  DriveConfig,
+  NetConfig,
+  PortForward,
+  TapNetConfig,
+  UserNetConfig,
+} from './config/index.js';
 export type { VsockConfig } from './devices/virtio/vsock/index.js';
 export type { VcpuStop } from './vcpu/protocol.js';
 export { type ConsoleStreams, type ConsoleStreamsBuilder, createConsoleStreams } from './vmm/console-stream.js';

@@ -216,9 +216,28 @@ async function lane(): Promise<void> {
       });
       s.once('exit', (code) => reject(new Error(`the servers exited (${code}) before they were ready:\n${srvOut}`)));
     });
+    // passt sandboxes itself in a user namespace, which Linux refuses to a chrooted process, and the
+    // lane runs its command chrooted: vireo runs where the lane's root is the root of its own mount
+    // namespace (moved onto /, as switch_root does), seen from the lane's first process.
     const r = spawnSync(
-      'setpriv',
+      'nsenter',
       [
+        '-t',
+        '1',
+        '-r',
+        '-w',
+        '--',
+        '/bin/busybox',
+        'unshare',
+        '-m',
+        '--propagation',
+        'private',
+        '/bin/busybox',
+        'sh',
+        '-c',
+        'cd /mnt && /bin/busybox mount --move . / && exec /bin/busybox chroot . "$@"',
+        'sh',
+        'setpriv',
         `--reuid=${NOBODY}`,
         `--regid=${NOBODY}`,
         '--clear-groups',

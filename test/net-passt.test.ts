@@ -4,10 +4,12 @@
  * written to it: a DHCP DISCOVER gets an OFFER of an address with passt's MTU, an ARP request for the
  * gateway gets a reply. Then passt is killed: one line says so, the link is down, vireo starts passt
  * again by itself and the link and DHCP come back; a missing passt gives one line and a link that stays
- * down, nothing thrown. Real passt, no stand-ins.
+ * down, nothing thrown; port forwards given at start, and replaced at run time by a new passt. Real
+ * passt, no stand-ins.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { type AddressInfo, connect, createServer } from 'node:net';
 import { test } from 'node:test';
 import { PasstNet } from '../src/backends/passt.js';
 import { PasstSupervisor } from '../src/backends/passt-process.js';
@@ -136,5 +138,57 @@ test('passt missing: one line, the link stays down, nothing thrown', { timeout: 
   } finally {
     r.net.close();
     r.sup.dispose();
+  }
+});
+
+/** Whether something accepts TCP connections on 127.0.0.1:port. */
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** A TCP port nobody listens on now. */
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+test('passt: port forwards at start and replaced at run time (a new passt, no outage reported)', {
+  timeout: 60_000,
+}, async () => {
+  assert.ok(passtThere, 'passt is not installed: run scripts/setup.sh (apt-get install passt)');
+  const [p1, p2] = [await freePort(), await freePort()];
+  const lines: string[] = [];
+  let net: PasstNet | undefined;
+  const sup = new PasstSupervisor({
+    id: 'u1',
+    forwards: [{ proto: 'tcp', hostAddr: '127.0.0.1', hostPort: p1, guestPort: 80 }],
+    wake: () => net?.refresh(),
+    log: (l) => lines.push(l),
+  });
+  net = new PasstNet(sup.spec);
+  try {
+    assert.equal(await sup.whenUp(15_000), true);
+    assert.equal(await accepts(p1), true, `passt listens on ${p1}`);
+    assert.equal(await accepts(p2), false);
+    const pid = sup.status().pid;
+    assert.equal(await sup.setForwards([{ proto: 'tcp', hostAddr: '127.0.0.1', hostPort: p2, guestPort: 80 }]), true);
+    assert.ok(net.linkUp());
+    assert.notEqual(sup.status().pid, pid, 'a new passt');
+    assert.equal(await accepts(p2), true, `the new forward ${p2}`);
+    assert.equal(await accepts(p1), false, 'the old one is gone');
+    assert.deepEqual(lines, [], 'a restart vireo asked for is not an outage');
+  } finally {
+    net.close();
+    sup.dispose();
   }
 });

@@ -128,7 +128,8 @@ export class PasstSupervisor implements Disposable {
   /** The next exit is one vireo asked for (new forwards): restart at once, no report. */
   private planned = false;
   private state: PasstStatus['state'] = 'starting';
-  private waiters: (() => void)[] = [];
+  /** Callers waiting for a connection to a passt of at least generation `gen`. */
+  private waiters: { gen: number; done: (up: boolean) => void }[] = [];
   private disposed = false;
 
   constructor(private readonly opts: PasstOptions) {
@@ -166,20 +167,26 @@ export class PasstSupervisor implements Disposable {
     };
   }
 
-  /** Resolves once a passt started from now on (or the one running) has a connection from the I/O thread. */
+  /** Resolves true once the I/O thread is connected to passt (false after `timeoutMs`, or when disposed). */
   whenUp(timeoutMs = 30_000): Promise<boolean> {
-    if (this.status().connected !== 0 && this.status().connected === this.gen) return Promise.resolve(true);
+    return this.waitFor(Math.max(this.gen, 1), timeoutMs);
+  }
+
+  private waitFor(gen: number, timeoutMs: number): Promise<boolean> {
+    if (Atomics.load(this.st, PASST_STATE.CONNECTED) >= gen) return Promise.resolve(true);
     return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w !== done);
-        resolve(false);
-      }, timeoutMs);
-      t.unref();
-      const done = (): void => {
-        clearTimeout(t);
-        resolve(true);
+      const w = {
+        gen,
+        done: (up: boolean): void => {
+          clearTimeout(t);
+          resolve(up);
+        },
       };
-      this.waiters.push(done);
+      const t = setTimeout(() => {
+        this.waiters = this.waiters.filter((x) => x !== w);
+        resolve(false);
+      }, timeoutMs); // not unref'd: a caller that waits keeps Node running until the answer
+      this.waiters.push(w);
     });
   }
 
@@ -190,11 +197,13 @@ export class PasstSupervisor implements Disposable {
   /**
    * New port forwards. passt (2023) takes its forwards only on its command line and has no control
    * socket, so this starts a new passt with them: the link goes down and up, and connections through
-   * the old passt (the guest's TCP flows, forwarded connections) are reset.
+   * the old passt (the guest's TCP flows, forwarded connections) are reset. Resolves true once the
+   * new passt serves.
    */
-  setForwards(forwards: readonly PasstForward[]): void {
-    if (this.disposed) return;
+  setForwards(forwards: readonly PasstForward[], timeoutMs = 30_000): Promise<boolean> {
+    if (this.disposed) return Promise.resolve(false);
     this.forwards = [...forwards];
+    const up = this.waitFor(this.gen + 1, timeoutMs);
     if (this.child && this.child.exitCode === null && this.child.signalCode === null) {
       this.planned = true;
       this.child.kill('SIGTERM');
@@ -202,6 +211,7 @@ export class PasstSupervisor implements Disposable {
       this.clearRestart();
       this.start();
     }
+    return up;
   }
 
   private start(): void {
@@ -318,8 +328,13 @@ export class PasstSupervisor implements Disposable {
         this.outage = false;
         this.log(`vireo: net ${this.opts.id}: passt serves again; the guest's link is up`);
       }
-      for (const w of this.waiters.splice(0)) w();
     }
+    if (connected !== 0)
+      this.waiters = this.waiters.filter((w) => {
+        if (connected < w.gen) return true;
+        w.done(true);
+        return false;
+      });
     const lost = Atomics.load(this.st, PASST_STATE.LOST);
     if (lost !== 0 && lost === this.gen && this.child) {
       Atomics.store(this.st, PASST_STATE.LOST, 0);
@@ -353,6 +368,6 @@ export class PasstSupervisor implements Disposable {
     sys.close(this.pendingFd);
     this.epoll.close();
     rmSync(this.spec.dir, { recursive: true, force: true });
-    for (const w of this.waiters.splice(0)) w();
+    for (const w of this.waiters.splice(0)) w.done(false);
   }
 }

@@ -15,10 +15,13 @@ import { ConfigError, SnapshotError, VireoError } from '../common/errors.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import {
   type BalloonConfig,
+  type PortForward,
   type SerialConfig,
   type VmConfig,
   type VsockConfig,
   validateBalloonTarget,
+  validateForwards,
+  validatePortForward,
   validateStatsInterval,
   validateVmConfig,
 } from '../config/index.js';
@@ -864,6 +867,29 @@ export class Vm extends TypedEmitter<VmEvents> {
     const b = this.devices?.balloon;
     if (!b) return undefined;
     return { targetMiB: b.targetMiB(), actualMiB: b.actualMiB(), stats: b.latestStats() };
+  }
+
+  /**
+   * Replaces the host port forwards of the user-mode interface `id` (`--net user`). passt (2023) takes
+   * its forwards only on its command line and has no control socket, so vireo starts a new passt with
+   * them: the guest's link goes down and up, and connections through the old passt are reset. Resolves
+   * true once the new passt serves (false if it did not within 30 s: it keeps being restarted).
+   */
+  async setPortForwards(id: string, forwards: PortForward[]): Promise<boolean> {
+    const passt = this.devices?.passts.get(id);
+    const i = this.config.nets.findIndex((n) => n.id === id && n.kind === 'user');
+    const net = this.config.nets[i];
+    if (!passt || net?.kind !== 'user')
+      throw new VireoError(
+        'VIREO_ERR_STATE',
+        `this VM has no user-mode network interface "${id}" (--net user,id=${id})`,
+      );
+    if (!Array.isArray(forwards)) throw new ConfigError('port forwards must be a list');
+    for (const f of forwards) validatePortForward(f);
+    validateForwards(id, forwards);
+    const copy = forwards.map((f) => ({ ...f }));
+    this.config.nets[i] = { ...net, hostfwd: copy };
+    return passt.setForwards(copy);
   }
 
   /** Type bytes into the serial console (as from a terminal). */
