@@ -237,7 +237,7 @@ async function lane(): Promise<void> {
         '-c',
         'cd /mnt && /bin/busybox mount --move . / && exec /bin/busybox chroot . "$@"',
         'sh',
-        'setpriv',
+        '/usr/bin/setpriv', // busybox's chroot would run its own setpriv applet for a bare name
         `--reuid=${NOBODY}`,
         `--regid=${NOBODY}`,
         '--clear-groups',
