@@ -42,6 +42,7 @@ interface ServerEvent {
   http?: string;
   killed?: { pid: number; uid: number }[];
   fwd?: string;
+  passts?: { running: { pid: number; uid: number }[]; socks: string[] };
   error?: string;
 }
 
@@ -59,6 +60,7 @@ const DHCP_SCRIPT = [
   'route add default gw $router',
   '[ -n "$mtu" ] && ip link set $interface mtu $mtu',
   'echo $router >/tmp/gw',
+  'for d in $dns; do echo nameserver $d; done >/etc/resolv.conf',
   'echo "@@""lease ip=$ip router=$router mtu=$mtu dns=$dns"',
 ].join('\\n');
 
@@ -67,7 +69,7 @@ const STEPS = [
   { expect: 'vireo guest ready', timeoutMs: 240_000 },
   { expect: '# ', timeoutMs: 60_000 },
   {
-    send: `printf '${DHCP_SCRIPT}\\n' >/tmp/s; chmod +x /tmp/s; ip link set eth0 up; udhcpc -i eth0 -n -q -t 30 -T 3 -s /tmp/s; echo "@@""dhcp rc=$? mtu=$(cat /sys/class/net/eth0/mtu) carrier=$(cat /sys/class/net/eth0/carrier)"\n`,
+    send: `printf '${DHCP_SCRIPT}\\n' >/tmp/s; chmod +x /tmp/s; ip link set eth0 up; udhcpc -i eth0 -n -q -t 20 -T 3 -s /tmp/s; echo "@@""dhcp rc=$? mtu=$(cat /sys/class/net/eth0/mtu) carrier=$(cat /sys/class/net/eth0/carrier)"\n`,
   },
   { expect: '@@dhcp rc=', timeoutMs: 240_000 },
   { send: 'nslookup host.vireo.test; echo "@@""dns rc=$?"\n' },
@@ -175,6 +177,19 @@ async function servers(): Promise<void> {
     new Promise<void>((r) => dns.bind(53, '127.0.0.1', r)),
   ]);
   out({ ready: true });
+  // What passt is doing, for a failure's report: the passts running, the sockets in vireo's directories.
+  const watch = setInterval(() => {
+    const dirs = readdirSync('/tmp').filter((d) => d.startsWith('vireo-passt-') && !d.startsWith('vireo-passt-lane-'));
+    const socks = dirs.flatMap((d) => {
+      try {
+        return readdirSync(join('/tmp', d)).map((f) => `${d}/${f}`);
+      } catch (e) {
+        return [`${d}: ${(e as Error).message}`];
+      }
+    });
+    out({ passts: { running: vireoPassts(), socks } });
+  }, 15_000);
+  watch.unref();
 }
 
 // --- role: lane, the nested machine's command ----------------------------------------------------

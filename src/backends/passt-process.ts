@@ -63,6 +63,26 @@ const READY_LINE = 'You can now start qemu';
 /** What passt says when all is well (not worth quoting when it exits). */
 const BANNER = /^(You can now start qemu|kvm \.\.\.|or qrap|\.\/qrap|UNIX domain socket bound|Don't run as root)/;
 
+const LISTEN_POLL_MS = 100;
+/** __SO_ACCEPTCON in /proc/net/unix's Flags column: a listening socket. */
+const SO_ACCEPTCON = 0x10000;
+
+/** Whether a Unix socket listens at `path` (this network namespace's /proc/net/unix). */
+export function listensAt(path: string): boolean {
+  let table: string;
+  try {
+    table = readFileSync('/proc/net/unix', 'latin1');
+  } catch {
+    return false;
+  }
+  for (const line of table.split('\n')) {
+    if (!line.endsWith(` ${path}`)) continue;
+    const flags = Number.parseInt(line.trim().split(/\s+/)[3] ?? '', 16);
+    if (flags & SO_ACCEPTCON) return true;
+  }
+  return false;
+}
+
 /** passt's -t/-u argument for a forward: [ADDR/]HOSTPORT:GUESTPORT. */
 export function forwardArg(f: PasstForward): string[] {
   const addr = f.hostAddr === undefined ? '' : `${f.hostAddr}/`;
@@ -240,6 +260,15 @@ export class PasstSupervisor implements Disposable {
     }
     this.child = child;
     this.startedAt = Date.now();
+    // Listening is also seen in /proc/net/unix (its ACCEPTCON flag), whatever passt prints or not.
+    const poll = setInterval(() => {
+      if (child !== this.child || gen !== this.gen || this.disposed) clearInterval(poll);
+      else if (listensAt(path)) {
+        clearInterval(poll);
+        this.listening(gen);
+      }
+    }, LISTEN_POLL_MS);
+    poll.unref();
     const lines: string[] = [];
     let partial = '';
     child.stderr?.setEncoding('utf8');
@@ -289,7 +318,7 @@ export class PasstSupervisor implements Disposable {
 
   /** passt said it listens: publish its generation for the I/O thread to connect to. */
   private listening(gen: number): void {
-    if (gen !== this.gen || this.disposed) return;
+    if (gen !== this.gen || this.disposed || Atomics.load(this.st, PASST_STATE.READY) === gen) return;
     Atomics.store(this.st, PASST_STATE.READY, gen);
     this.opts.wake();
   }
