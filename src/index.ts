@@ -39,7 +39,14 @@ export {
   VireoError,
   type VireoErrorCode,
 } from './common/errors.js';
-export type { BalloonConfig, DriveConfig, NetConfig } from './config/index.js';
+export type {
+  BalloonConfig,
+  DriveConfig,
+  NetConfig,
+  PortForward,
+  TapNetConfig,
+  UserNetConfig,
+} from './config/index.js';
 export type { VsockConfig } from './devices/virtio/vsock/index.js';
 export type { CommandHandle } from './sandbox/command-handle.js';
 export type { CommandConnectOpts, CommandStartOpts, ProcessInfo } from './sandbox/commands.js';

@@ -379,12 +379,14 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         path_on_host: d.path,
         is_read_only: d.readOnly ?? false,
       });
+    // A user-mode network (passt) has no Firecracker shape: the API speaks of TAPs only.
     for (const n of c.nets)
-      this.nets.set(n.id, {
-        iface_id: n.id,
-        host_dev_name: n.tap,
-        ...(n.mac ? { guest_mac: formatMac(Uint8Array.from(n.mac)) } : {}),
-      });
+      if (n.kind !== 'user')
+        this.nets.set(n.id, {
+          iface_id: n.id,
+          host_dev_name: n.tap,
+          ...(n.mac ? { guest_mac: formatMac(Uint8Array.from(n.mac)) } : {}),
+        });
     if (c.vsock) this.vsock = { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath };
     if (c.balloon)
       this.balloon = {

@@ -70,7 +70,7 @@ export function parseDrive(v: string, previous: DriveConfig[]): DriveConfig[] {
 /** `--balloon MIB` or `--balloon amount=MIB[,deflate_on_oom][,stats=SECONDS]` (config/balloon.ts). */
 export const parseBalloon = cliParser(parseBalloonConfig);
 
-/** `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]`, repeatable (config/net.ts). */
+/** `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]` or `--net user[,hostfwd=…]…`, repeatable (config/net.ts). */
 export function parseNet(v: string, previous: NetConfig[]): NetConfig[] {
   return [...previous, cliParser((t) => parseNetConfig(t, previous.length))(v)];
 }
@@ -255,7 +255,10 @@ async function mainCommand(argv: string[]): Promise<number> {
         .argParser(parseDrive),
     )
     .addOption(
-      new Option('--net <spec>', 'a virtio-net interface on a host TAP: tap=NAME[,mac=MAC][,id=ID]; repeat for more')
+      new Option(
+        '--net <spec>',
+        'a virtio-net interface: on a host TAP, tap=NAME[,mac=MAC][,id=ID]; or on a user-mode network through passt (no root needed: DHCP, DNS, outbound TCP/UDP; the host is the gateway address), user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC][,id=ID]; repeat for more',
+      )
         .default([], 'none')
         .argParser(parseNet),
     )

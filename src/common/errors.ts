@@ -26,6 +26,10 @@ export type VireoErrorCode =
   | 'VIREO_ERR_SNAPSHOT_CORRUPT'
   | 'VIREO_ERR_KIT'
   | 'VIREO_ERR_NESTED'
+  /** passt (the user-mode network's helper) is missing, exited or refused to start. */
+  | 'VIREO_ERR_PASST'
+  /** passt's stream carried a frame length vireo does not take: the connection is dropped. */
+  | 'VIREO_ERR_PASST_FRAME'
   /** Firecracker-compatible API (src/api): a malformed or invalid request (HTTP 400). */
   | 'VIREO_ERR_API_BAD_REQUEST'
   /** A request the microVM's current state does not allow (e.g. configuration after InstanceStart). */
@@ -107,6 +111,11 @@ export class ConfigError extends VireoError {
   constructor(message: string) {
     super('VIREO_ERR_CONFIG', message);
   }
+}
+
+/** The user-mode network (passt) failed: its process, or the frames on its socket. */
+export class PasstError extends VireoError {
+  override name = 'PasstError';
 }
 
 /** The symbolic name of a Linux errno (ECONNREFUSED for 111), or errnoN when the platform has none. */

@@ -17,5 +17,6 @@ export const EINTR = 4;
 export const EAGAIN = 11;
 export const EPIPE = 32;
 export const ECONNRESET = 104;
+export const ENOTCONN = 107;
 export const ECONNREFUSED = 111;
 export const EINPROGRESS = 115;

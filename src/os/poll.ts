@@ -25,8 +25,12 @@ export class Epoll {
   private readonly ev = Buffer.alloc(EPOLL_EVENT_SIZE);
   private readonly out: Buffer;
 
-  constructor(readonly maxEvents = 64) {
-    const fd = c_epoll_create1(EFD_CLOEXEC) as number;
+  /** A new epoll set, or (`existing`) a handle on one another thread made, which that thread closes. */
+  constructor(
+    readonly maxEvents = 64,
+    existing?: number,
+  ) {
+    const fd = existing ?? (c_epoll_create1(EFD_CLOEXEC) as number);
     if (fd < 0) throw new SyscallError('epoll_create1', errno());
     this.fd = fd;
     this.out = Buffer.alloc(EPOLL_EVENT_SIZE * maxEvents);

@@ -11,9 +11,12 @@ import type { DisposableStore } from '../common/lifecycle.js';
 import {
   type DriveConfig,
   type NetConfig,
+  type PortForward,
   type SerialConfig,
   type VmConfig,
   validateBalloonTarget,
+  validateForwards,
+  validatePortForward,
   validateStatsInterval,
 } from '../config/index.js';
 import { PostCode } from '../devices/legacy/post-code.js';
@@ -24,6 +27,7 @@ import type { ExitReport, VmExit } from '../vcpu/exit.js';
 import { stopVcpus, type VcpuHandle } from '../vcpu/handle.js';
 import type { BootResult } from './boot.js';
 import { consoleKind } from './kinds/console.js';
+import { netKind } from './kinds/net.js';
 import { type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
 import type { VirtioDevices } from './virtio-devices.js';
 
@@ -267,6 +271,24 @@ export class Machine extends TypedEmitter<VmEvents> {
       );
     this.devices.setStatsInterval(seconds);
     this.config.balloon = { ...b, statsPollingIntervalS: seconds };
+  }
+
+  /** Replaces a user-mode interface's host port forwards (Vm.setPortForwards says what it costs). */
+  setPortForwards(id: string, forwards: PortForward[]): Promise<boolean> {
+    const passt = this.released ? undefined : this.devices.host(netKind)?.get(id);
+    const i = this.config.nets.findIndex((n) => n.id === id && n.kind === 'user');
+    const net = this.config.nets[i];
+    if (!passt || net?.kind !== 'user')
+      throw new VireoError(
+        'VIREO_ERR_STATE',
+        `this VM has no user-mode network interface "${id}" (--net user,id=${id})`,
+      );
+    if (!Array.isArray(forwards)) throw new ConfigError('port forwards must be a list');
+    for (const f of forwards) validatePortForward(f);
+    validateForwards(id, forwards);
+    const copy = forwards.map((f) => ({ ...f }));
+    this.config.nets[i] = { ...net, hostfwd: copy };
+    return passt.setForwards(copy);
   }
 
   balloonStatus(): { targetMiB: number; actualMiB: number; stats: Record<string, number> } | undefined {

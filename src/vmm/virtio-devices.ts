@@ -170,9 +170,13 @@ export class VirtioDevices implements Disposable {
     return out;
   }
 
-  /** Tell the I/O thread to look at host-side device state (balloon target, stats requests). */
+  /**
+   * Tell the I/O thread to look at host-side device state (balloon target, stats requests, a passt
+   * that came up). Also before the thread starts: the eventfd keeps the count and the thread sees it
+   * once it runs — a backend that became ready in between is not missed.
+   */
   wake(): void {
-    if (this.thread.running) sys.eventfdWrite(this.controlFd);
+    if (!this.disposed) sys.eventfdWrite(this.controlFd);
   }
 
   /** Puts one device on a slot: `saved` is its transport when restoring, else one is allocated. */
@@ -319,7 +323,10 @@ export class VirtioDevices implements Disposable {
    * Closes every fd and backend this manager opened, newest first; the I/O thread must be stopped
    * already (stop() does both). Safe to call twice.
    */
+  private disposed = false;
+
   dispose(): void {
+    this.disposed = true;
     this.store.dispose();
   }
 }

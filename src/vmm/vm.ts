@@ -12,7 +12,7 @@
 import { AgentClient } from '../agent/client.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { VireoError } from '../common/errors.js';
-import type { VmConfig } from '../config/index.js';
+import type { PortForward, VmConfig } from '../config/index.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { VmExit } from '../vcpu/exit.js';
 import type { BootResult } from './boot.js';
@@ -180,6 +180,16 @@ export class Vm extends TypedEmitter<VmEvents> {
   /** The balloon's target and actual size (MiB) and the guest's latest statistics. */
   balloonStatus(): { targetMiB: number; actualMiB: number; stats: Record<string, number> } | undefined {
     return this.m.balloonStatus();
+  }
+
+  /**
+   * Replaces the host port forwards of the user-mode interface `id` (`--net user`). passt (2023) takes
+   * its forwards only on its command line and has no control socket, so vireo starts a new passt with
+   * them: the guest's link goes down and up, and connections through the old passt are reset. Resolves
+   * true once the new passt serves (false if it did not within 30 s: it keeps being restarted).
+   */
+  setPortForwards(id: string, forwards: PortForward[]): Promise<boolean> {
+    return this.m.setPortForwards(id, forwards);
   }
 
   /** Shared counters: exits by kind and unclaimed accesses. */

@@ -82,6 +82,22 @@ export interface NetBackend {
   write(bufs: readonly Uint8Array[], count: number): number;
   /** Which NET_OFFLOAD bits the host may use in frames towards the guest. Throws on failure. */
   setOffloads(flags: number): void;
+  /**
+   * NET_OFFLOAD bits the host takes in frames from the guest (partial checksums, TSO/UFO); absent:
+   * all of them (a TAP). A backend that takes none gets whole, checksummed, MTU-sized frames.
+   */
+  readonly hostOffloads?: number;
+  /** For a host side that comes and goes (passt): whether frames can flow now. Absent: always. */
+  linkUp?(): boolean;
+  /** The VMM woke the device: look at the host side again (a restarted passt to connect to). */
+  refresh?(): void;
+  /** The device is done with the backend on this thread: release what the backend opened itself. */
+  close?(): void;
+  /**
+   * For a backend that gathers frames (passt's stream): every frame of this transmit batch has been
+   * written; send them now. Throws on failure.
+   */
+  flush?(): void;
 }
 
 export interface NetConfig {
@@ -140,6 +156,8 @@ export class VirtioNet implements VirtioDevice {
   private heldBytes = 0;
   private heldSegs = 0;
   private errorRun = 0;
+  /** The link status the driver was last told (VIRTIO_NET_S_LINK_UP). */
+  private linkUp: boolean;
   /** Receiving is stopped for want of buffers. */
   private starved = false;
   private readonly onReadable = (events: number): void => this.backendReady(events);
@@ -155,17 +173,16 @@ export class VirtioNet implements VirtioDevice {
     this.mtu = config.mtu ?? 1500;
     const F = VIRTIO_NET_F;
     const o = backend.offloads;
+    const h = backend.hostOffloads ?? NET_OFFLOAD.CSUM | NET_OFFLOAD.TSO4 | NET_OFFLOAD.TSO6 | NET_OFFLOAD.ECN;
     let f =
-      bit(F.MAC) |
-      bit(F.STATUS) |
-      bit(F.MRG_RXBUF) |
-      bit(F.CSUM) |
-      bit(F.HOST_TSO4) |
-      bit(F.HOST_TSO6) |
-      bit(F.HOST_ECN) |
-      bit(VIRTIO_F_RING_EVENT_IDX) |
-      bit(VIRTIO_F_RING_INDIRECT_DESC);
-    if (o & NET_OFFLOAD.UFO) f |= bit(F.HOST_UFO);
+      bit(F.MAC) | bit(F.STATUS) | bit(F.MRG_RXBUF) | bit(VIRTIO_F_RING_EVENT_IDX) | bit(VIRTIO_F_RING_INDIRECT_DESC);
+    if (h & NET_OFFLOAD.CSUM) {
+      f |= bit(F.CSUM);
+      if (h & NET_OFFLOAD.TSO4) f |= bit(F.HOST_TSO4);
+      if (h & NET_OFFLOAD.TSO6) f |= bit(F.HOST_TSO6);
+      if (h & NET_OFFLOAD.ECN && h & (NET_OFFLOAD.TSO4 | NET_OFFLOAD.TSO6)) f |= bit(F.HOST_ECN);
+      if (o & NET_OFFLOAD.UFO && (backend.hostOffloads === undefined || h & NET_OFFLOAD.UFO)) f |= bit(F.HOST_UFO);
+    }
     if (o & NET_OFFLOAD.CSUM) {
       f |= bit(F.GUEST_CSUM);
       if (o & NET_OFFLOAD.TSO4) f |= bit(F.GUEST_TSO4);
@@ -179,7 +196,8 @@ export class VirtioNet implements VirtioDevice {
     config.mac.forEach((b, i) => {
       cfg.setUint8(i, b);
     });
-    cfg.setUint16(6, VIRTIO_NET_S_LINK_UP, true); // status
+    this.linkUp = backend.linkUp?.() ?? true;
+    cfg.setUint16(6, this.linkUp ? VIRTIO_NET_S_LINK_UP : 0, true); // status
     cfg.setUint16(8, 1, true); // max_virtqueue_pairs
     cfg.setUint16(10, this.mtu, true); // mtu
     this.configSpace = new Uint8Array(cfg.buffer);
@@ -187,6 +205,7 @@ export class VirtioNet implements VirtioDevice {
 
   attach(poller: Poller): void {
     this.poller = poller;
+    this.backend.refresh?.();
   }
 
   activate(ctx: VirtioContext): void {
@@ -202,6 +221,9 @@ export class VirtioNet implements VirtioDevice {
     );
     this.rxNeed = gso ? NET_MAX_FRAME : VIRTIO_NET_HDR_LEN + ETH_OVERHEAD + this.mtu;
     this.setOffloads(offloadsFor(f, this.backend.offloads));
+    this.backend.refresh?.();
+    this.linkUp = this.backend.linkUp?.() ?? true;
+    ctx.config.setUint16(6, this.linkUp ? VIRTIO_NET_S_LINK_UP : 0, true);
     this.process(NET_TX);
     this.process(NET_RX);
   }
@@ -228,6 +250,28 @@ export class VirtioNet implements VirtioDevice {
 
   close(): void {
     this.unwatch();
+    this.backend.close?.();
+  }
+
+  /** The VMM woke the I/O thread: the backend may have come back (or gone). */
+  hostWake(): void {
+    this.backend.refresh?.();
+    this.syncLink();
+  }
+
+  /**
+   * Tells the driver when the backend's link went down or came back (status field and a
+   * configuration interrupt, VIRTIO_NET_F_STATUS); a link back up is read at once.
+   */
+  private syncLink(): void {
+    const up = this.backend.linkUp?.() ?? true;
+    if (up === this.linkUp) return;
+    this.linkUp = up;
+    const ctx = this.ctx;
+    if (ctx === undefined) return;
+    ctx.config.setUint16(6, up ? VIRTIO_NET_S_LINK_UP : 0, true);
+    ctx.signalConfig();
+    if (up) this.guarded(() => this.rx());
   }
 
   process(q: number): void {
@@ -293,6 +337,14 @@ export class VirtioNet implements VirtioDevice {
       this.send(mem, chain);
       return 0;
     });
+    if (this.backend.flush) {
+      try {
+        this.backend.flush();
+      } catch {
+        this.counters.tapErrors++;
+      }
+      this.syncLink();
+    }
     // The guest is alive: a receive path paused on errors gets another chance.
     if (this.errorRun >= RX_ERROR_RUN) {
       this.errorRun = 0;
@@ -329,6 +381,7 @@ export class VirtioNet implements VirtioDevice {
     } catch {
       this.counters.txDropped++;
       this.counters.tapErrors++;
+      this.syncLink();
       return;
     }
     this.counters.txPackets++;
@@ -360,6 +413,7 @@ export class VirtioNet implements VirtioDevice {
       const r = this.receive(mem, queue);
       if (r < 0) {
         this.watch(); // nothing waiting: the backend's fd wakes us
+        this.syncLink(); // or the backend lost its host side
         break;
       }
       // Each frame goes to the guest at once, so that it works on it while the next one is read;

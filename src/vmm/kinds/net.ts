@@ -1,32 +1,69 @@
-/** virtio-net: one device per interface, each over a TAP device. */
+/**
+ * virtio-net: one device per interface, each over a host TAP or over a user-mode network that passt
+ * serves (`--net user`, started unprivileged and supervised by vireo; the link is down until it serves).
+ * The host handle is each user-mode interface's passt supervisor, by interface id (run-time forwards).
+ */
+import { PasstNet, type PasstSpec } from '../../backends/passt.js';
+import { PasstSupervisor } from '../../backends/passt-process.js';
 import { closeTap, openTap, Tap, type TapSpec } from '../../backends/tap.js';
 import { toDisposable } from '../../common/lifecycle.js';
-import { array, int, object, opt, str } from '../../common/schema.js';
+import { array, type Check, int, isObject, object, oneOf, opt, SchemaError, str } from '../../common/schema.js';
 import type { NetConfig } from '../../config/index.js';
 import { VirtioNet } from '../../devices/virtio/net.js';
 import { checkNetState } from '../../devices/virtio/net-state.js';
 import type { DeviceKind } from '../device-kind.js';
 import { MAX_DEVICES, NAME } from './limits.js';
 
-export const netKind: DeviceKind<NetConfig[], { id: string; tap: TapSpec; mac: number[] }> = {
+/** The MTU passt gives its guests (65520: the largest 802.3 frame less its header, in IPv4 words). */
+const PASST_MTU = 65520;
+
+type NetSpec =
+  | { id: string; mac: number[]; backend: 'tap'; tap: TapSpec }
+  | { id: string; mac: number[]; backend: 'user'; passt: PasstSpec };
+
+const mac = opt(array(int(0, 255), 6, 6));
+const tapNet = object({ id: str(NAME), kind: opt(oneOf('tap')), tap: str(NAME), mac });
+const forward = object({
+  proto: oneOf('tcp', 'udp'),
+  hostAddr: opt(str(64)),
+  hostPort: int(1, 65535),
+  guestPort: int(1, 65535),
+});
+const userNet = object({ id: str(NAME), kind: oneOf('user'), hostfwd: opt(array(forward, 0, 256)), mac });
+const anyNet: Check = (v, at) => {
+  if (!isObject(v)) throw new SchemaError(at, 'expected an object');
+  (v.kind === 'user' ? userNet : tapNet)(v, at);
+};
+
+export const netKind: DeviceKind<NetConfig[], NetSpec, Map<string, PasstSupervisor>> = {
   name: 'virtio-net',
   configKey: 'nets',
   config: (c) => (c.nets && c.nets.length > 0 ? c.nets : undefined),
   snapshot: {
     save: (c) => c ?? [],
-    check: array(object({ id: str(NAME), tap: str(NAME), mac: opt(array(int(0, 255), 6, 6)) }), 0, MAX_DEVICES),
+    check: array(anyNet, 0, MAX_DEVICES),
     restore: (saved) => saved as NetConfig[],
   },
   open(nets, ctx) {
-    return {
-      devices: nets.map((n, i) => {
-        const mac = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i];
-        const tap = openTap(n.tap);
-        ctx.store.add(toDisposable(() => closeTap(tap)));
-        return { name: `virtio-net:${n.id}`, spec: { id: n.id, tap, mac } };
-      }),
-    };
+    const passts = new Map<string, PasstSupervisor>();
+    const devices = nets.map((n, i) => {
+      const m = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i];
+      const name = `virtio-net:${n.id}`;
+      if (n.kind === 'user') {
+        const passt = ctx.store.add(new PasstSupervisor({ id: n.id, forwards: n.hostfwd, wake: () => ctx.wake() }));
+        passts.set(n.id, passt);
+        return { name, spec: { id: n.id, mac: m, backend: 'user' as const, passt: passt.spec } };
+      }
+      const tap = openTap(n.tap);
+      ctx.store.add(toDisposable(() => closeTap(tap)));
+      return { name, spec: { id: n.id, mac: m, backend: 'tap' as const, tap } };
+    });
+    return { devices, host: passts };
   },
-  build: (spec) => new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac) }),
+  build: (spec) =>
+    spec.backend === 'user'
+      ? // passt's MTU (what its DHCP announces), offered to the guest as virtio-net's own.
+        new VirtioNet(new PasstNet(spec.passt), { mac: Uint8Array.from(spec.mac), mtu: PASST_MTU })
+      : new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac) }),
   recordCheck: checkNetState,
 };

@@ -1,0 +1,109 @@
+/**
+ * Ethernet frames a guest would send, built byte by byte for tests that talk to a real passt: a DHCP
+ * DISCOVER and an ARP request, and parsers for the answers (a DHCP message's type and offered address,
+ * an ARP reply's sender).
+ */
+
+const ipChecksum = (b: Uint8Array, o: number, len: number): number => {
+  let sum = 0;
+  for (let i = 0; i < len; i += 2) sum += ((b[o + i] as number) << 8) | (b[o + i + 1] ?? 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+};
+
+export const BROADCAST = Uint8Array.of(0xff, 0xff, 0xff, 0xff, 0xff, 0xff);
+
+/** A DHCP DISCOVER from `mac` (broadcast, asking for subnet mask, router, DNS, MTU). */
+export function dhcpDiscover(mac: Uint8Array, xid: number): Uint8Array {
+  const bootp = new Uint8Array(300);
+  const d = new DataView(bootp.buffer);
+  bootp[0] = 1; // BOOTREQUEST
+  bootp[1] = 1; // Ethernet
+  bootp[2] = 6;
+  d.setUint32(4, xid);
+  d.setUint16(10, 0x8000); // broadcast reply
+  bootp.set(mac, 28);
+  d.setUint32(236, 0x63825363);
+  bootp.set([53, 1, 1, 55, 4, 1, 3, 6, 26, 255], 240);
+  const udpLen = 8 + bootp.length;
+  const ipLen = 20 + udpLen;
+  const f = new Uint8Array(14 + ipLen);
+  const v = new DataView(f.buffer);
+  f.set(BROADCAST, 0);
+  f.set(mac, 6);
+  v.setUint16(12, 0x0800);
+  f[14] = 0x45;
+  v.setUint16(16, ipLen);
+  f[22] = 64; // ttl
+  f[23] = 17; // UDP
+  v.setUint32(30, 0xffffffff); // 0.0.0.0 → 255.255.255.255
+  v.setUint16(24, ipChecksum(f, 14, 20));
+  v.setUint16(34, 68);
+  v.setUint16(36, 67);
+  v.setUint16(38, udpLen);
+  f.set(bootp, 42);
+  return f;
+}
+
+/** An ARP request from mac/ip for `target`. */
+export function arpRequest(mac: Uint8Array, ip: number[], target: number[]): Uint8Array {
+  const f = new Uint8Array(42);
+  const v = new DataView(f.buffer);
+  f.set(BROADCAST, 0);
+  f.set(mac, 6);
+  v.setUint16(12, 0x0806);
+  v.setUint16(14, 1);
+  v.setUint16(16, 0x0800);
+  f[18] = 6;
+  f[19] = 4;
+  v.setUint16(20, 1); // request
+  f.set(mac, 22);
+  f.set(ip, 28);
+  f.set(target, 38);
+  return f;
+}
+
+export interface DhcpAnswer {
+  type: number;
+  xid: number;
+  yiaddr: string;
+  router?: string;
+  mtu?: number;
+}
+
+const dotted = (b: Uint8Array, o: number): string => Array.from(b.subarray(o, o + 4)).join('.');
+
+/** The DHCP message in an Ethernet frame (IPv4, UDP to port 68), or undefined. */
+export function parseDhcp(f: Uint8Array): DhcpAnswer | undefined {
+  if (f.length < 14 + 20 + 8 + 240) return undefined;
+  const v = new DataView(f.buffer, f.byteOffset, f.byteLength);
+  if (v.getUint16(12) !== 0x0800 || f[23] !== 17) return undefined;
+  const ihl = ((f[14] as number) & 0xf) * 4;
+  const udp = 14 + ihl;
+  if (v.getUint16(udp + 2) !== 68) return undefined;
+  const b = udp + 8;
+  if (v.getUint32(b + 236) !== 0x63825363) return undefined;
+  const out: DhcpAnswer = { type: 0, xid: v.getUint32(b + 4), yiaddr: dotted(f, b + 16) };
+  for (let o = b + 240; o + 1 < f.length; ) {
+    const code = f[o] as number;
+    if (code === 255) break;
+    if (code === 0) {
+      o++;
+      continue;
+    }
+    const len = f[o + 1] as number;
+    if (code === 53) out.type = f[o + 2] as number;
+    if (code === 3 && len >= 4) out.router = dotted(f, o + 2);
+    if (code === 26 && len === 2) out.mtu = v.getUint16(o + 2);
+    o += 2 + len;
+  }
+  return out;
+}
+
+/** An ARP reply's sender IPv4 address and MAC, or undefined. */
+export function parseArpReply(f: Uint8Array): { ip: string; mac: Uint8Array } | undefined {
+  if (f.length < 42) return undefined;
+  const v = new DataView(f.buffer, f.byteOffset, f.byteLength);
+  if (v.getUint16(12) !== 0x0806 || v.getUint16(20) !== 2) return undefined;
+  return { ip: dotted(f, 28), mac: f.slice(22, 28) };
+}
