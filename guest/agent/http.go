@@ -7,9 +7,11 @@ import (
 	"bufio"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -86,6 +88,20 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	s.wrote = true
 	return s.ResponseWriter.Write(b)
 }
+
+// Hijack hands the connection over (CONNECT tunnels); the handler has then answered.
+func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h, ok := s.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the connection cannot be taken over")
+	}
+	c, b, err := h.Hijack()
+	if err == nil {
+		s.wrote = true
+	}
+	return c, b, err
+}
+
 func (s *statusWriter) Flush() {
 	if f, ok := s.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
@@ -107,6 +123,10 @@ func (a *agent) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
+	if r.Method == http.MethodConnect {
+		a.serveConnect(w, r)
+		return
+	}
 	path := r.URL.Path
 	if path == "/health" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {

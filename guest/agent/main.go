@@ -44,13 +44,19 @@ func main() {
 		}
 	}
 	a := newAgent(*setClock)
-	errc := make(chan error, len(listens))
+	// Every listener is open (and its port noted, for tunnels) before any serves.
+	ls := make([]net.Listener, 0, len(listens))
 	for _, spec := range listens {
 		l, err := listen(spec, *anyPeer)
 		if err != nil {
 			log.Fatalf("%v", err)
 		}
 		log.Printf("listening on %s (%s)", spec, l.Addr())
+		noteOwnPort(l.Addr())
+		ls = append(ls, l)
+	}
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
 		srv := &http.Server{
 			Handler:           a,
 			ReadHeaderTimeout: 15 * time.Second,
