@@ -334,7 +334,7 @@ describe('two sandboxes through the unmodified SDK', () => {
     assert.equal((await fetch(moved)).status, 401);
   });
 
-  test('a guest port (E2b-Sandbox-Port): the token is checked first; the agent has no tunnel yet', async () => {
+  test('a guest port (E2b-Sandbox-Port): the token is checked first, then the agent tunnels to the guest port', async () => {
     const web: Server = createServer((_q, s) => s.end('guest web'));
     await new Promise<void>((r) => web.listen(0, '127.0.0.1', () => r()));
     const port = (web.address() as { port: number }).port;
@@ -342,12 +342,17 @@ describe('two sandboxes through the unmodified SDK', () => {
       assert.equal((await envd(a.sandboxId, '/', { method: 'GET', port })).status, 401);
       const tokB = (b as unknown as { envdAccessToken: string }).envdAccessToken;
       assert.equal((await envd(a.sandboxId, '/', { method: 'GET', port, token: tokB })).status, 401);
-      // serve carries it as sandbox/port-forward.ts does (HTTP CONNECT to the agent); the agent does
-      // not answer CONNECT yet, so the guest port is refused, saying why. With it: 200 'guest web'.
+      // serve carries it as sandbox/port-forward.ts does: HTTP CONNECT to the agent, which dials the
+      // port on the guest's loopback (here the host-run agent's: the test's web server).
       const tokA = (a as unknown as { envdAccessToken: string }).envdAccessToken;
       const r = await envd(a.sandboxId, '/', { token: tokA, method: 'GET', port });
-      assert.equal(r.status, 502);
-      assert.match(JSON.parse(r.text).message, new RegExp(`refused to open guest port ${port}: HTTP 404`));
+      assert.equal(r.status, 200);
+      assert.equal(r.text, 'guest web');
+      // A port nothing listens on: the agent's refusal reaches the client as a 502 saying why.
+      web.close();
+      const closed = await envd(a.sandboxId, '/', { token: tokA, method: 'GET', port });
+      assert.equal(closed.status, 502);
+      assert.match(JSON.parse(closed.text).message, new RegExp(`refused to open guest port ${port}: HTTP 502`));
     } finally {
       web.close();
     }
