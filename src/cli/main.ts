@@ -356,7 +356,7 @@ async function mainCommand(argv: string[]): Promise<number> {
     )
     .option(
       '--template <spec>',
-      'NAME=KERNEL,INITRD[,ROOTFS]: what Sandbox.create(NAME) boots; repeat for more (default base: the guest kit)',
+      'NAME=KERNEL,INITRD[,ROOTFS]: what Sandbox.create(NAME) boots, or NAME=DIR: clones of a vireo template build; repeat for more (default base: the guest kit)',
       (v: string, prev: string[]) => [...prev, v],
       [] as string[],
     )
