@@ -4,7 +4,7 @@
  * the SDK's downloadUrl, and the port header.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,6 +45,41 @@ test('parseTemplate: NAME=KERNEL,INITRD[,ROOTFS], files checked, bad specs one l
       (e: unknown) => e instanceof ServeError && !e.message.includes('\n'),
       bad,
     );
+});
+
+test('parseTemplate: NAME=DIR takes a template directory (its snapshot, cpus and memory); a bad one is one line', () => {
+  const t = join(dir, 'tmpl');
+  mkdirSync(t);
+  const manifest = {
+    vireoTemplate: 1,
+    createdAt: new Date().toISOString(),
+    kernel: '/k/vmlinuz',
+    initrd: '/k/initrd',
+    cmdline: 'console=ttyS0',
+    cpus: 2,
+    memMiB: 384,
+    vsockCid: 3,
+    state: 'state',
+    memory: 'memory',
+  };
+  writeFileSync(join(t, 'template.json'), JSON.stringify(manifest));
+  assert.deepEqual(parseTemplate(`snap=${t}`, { cpus: 1, memMiB: 256 }), {
+    name: 'snap',
+    kernel: '/k/vmlinuz',
+    initrd: '/k/initrd',
+    rootfs: undefined,
+    cpus: 2,
+    memMiB: 384,
+    snapshot: t,
+  });
+  writeFileSync(join(t, 'template.json'), JSON.stringify({ ...manifest, memory: '/etc/passwd' }));
+  assert.throws(
+    () => parseTemplate(`snap=${t}`),
+    (e: unknown) => e instanceof ServeError && /--template snap: .*memory/.test(e.message) && !e.message.includes('\n'),
+  );
+  const empty = join(dir, 'empty');
+  mkdirSync(empty);
+  assert.throws(() => parseTemplate(`snap=${empty}`), /no template\.json/);
 });
 
 test("parseListQuery reads the metadata filter exactly as the SDK's client encodes it", async () => {

@@ -359,7 +359,7 @@ async function mainCommand(argv: string[]): Promise<number> {
     )
     .option(
       '--template <spec>',
-      'NAME=KERNEL,INITRD[,ROOTFS]: what Sandbox.create(NAME) boots; repeat for more (default base: the guest kit)',
+      'NAME=KERNEL,INITRD[,ROOTFS]: what Sandbox.create(NAME) boots, or NAME=DIR: clones of a vireo template build; repeat for more (default base: the guest kit)',
       (v: string, prev: string[]) => [...prev, v],
       [] as string[],
     )
@@ -380,6 +380,32 @@ async function mainCommand(argv: string[]): Promise<number> {
     .action(async (opts: import('./serve.js').ServeCliOptions) => {
       const { serveCommand } = await import('./serve.js');
       status = await serveCommand(opts);
+    });
+
+  program
+    .command('template')
+    .description('templates for sandbox clones: vireo template build --dir DIR [--kernel K --initrd I] [--rootfs R]')
+    .command('build')
+    .description(
+      'boot once, wait for the guest agent, and snapshot it into DIR (with a manifest): Sandbox.create({ template: DIR }) restores clones of it (default: the guest kit)',
+    )
+    .requiredOption('--dir <dir>', 'where the template goes (made if missing; must not hold one)')
+    .option('--kernel <path>', 'kernel to boot (default: the guest kit)')
+    .option('--initrd <path>', 'its initramfs, which must start the agent')
+    .option(
+      '--rootfs <path>',
+      'a root disk image: copied into DIR; each clone writes a qcow2 overlay of its own over it',
+    )
+    .addOption(new Option('--cpus <n>', 'vCPUs').default(1).argParser(positiveInt('--cpus', MAX_VCPUS)))
+    .addOption(new Option('--mem <MiB>', 'memory in MiB').default(256).argParser(positiveInt('--mem', MAX_MEM_MIB)))
+    .addOption(
+      new Option('--boot-timeout <s>', 'seconds the agent may take to answer after boot')
+        .default(120)
+        .argParser(positiveInt('--boot-timeout', 3600)),
+    )
+    .action(async (opts: import('./template.js').TemplateBuildCliOptions) => {
+      const { templateBuildCommand } = await import('./template.js');
+      status = await templateBuildCommand(opts);
     });
 
   const sandbox = program

@@ -14,13 +14,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentClient, type AgentTimeouts } from '../agent/client.js';
 import { AGENT_VSOCK_PORT, type AgentEndpoint, hybridVsockEndpoint } from '../agent/connector.js';
+import { createQcow2Overlay } from '../backends/qcow2/create.js';
 import type { DriveConfig } from '../config/index.js';
 import type { SerialConfig } from '../config/serial.js';
-import { type SnapshotResult, Vm } from '../vmm/vm.js';
+import { type RestoreOverrides, type SnapshotResult, Vm } from '../vmm/vm.js';
 import { Commands } from './commands.js';
 import { SandboxError } from './errors.js';
 import { Files } from './files.js';
 import { forwardPort, type PortForward } from './port-forward.js';
+import { loadTemplate } from './template.js';
 
 /** vireo's own boot line (the CLI's default), for a sandbox that does not give one. */
 export const SANDBOX_DEFAULT_CMDLINE =
@@ -49,9 +51,13 @@ interface CommonOpts {
 }
 
 export interface SandboxCreateOpts extends CommonOpts {
-  /** Templates (a snapshot to clone from) come with `vireo template build`; not yet. */
+  /**
+   * A template directory (`vireo template build`): the sandbox is a clone restored from its snapshot
+   * instead of a boot (kernel, initrd, cmdline, rootfs, cpus and memMiB are the template's then).
+   */
   template?: string | undefined;
-  kernel: string;
+  /** The kernel to boot (needed without a template). */
+  kernel?: string | undefined;
   initrd?: string | undefined;
   cmdline?: string | undefined;
   /** A root disk image: /dev/vda, writable; `root=/dev/vda rw` is added to the default command line. */
@@ -104,10 +110,8 @@ export class Sandbox {
 
   /** Boots a VM with the agent in its guest and waits until the agent answers. */
   static async create(opts: SandboxCreateOpts): Promise<Sandbox> {
-    if (opts.template !== undefined)
-      throw new SandboxError(
-        `template ${JSON.stringify(opts.template)}: templates are not built yet — give kernel, initrd and rootfs`,
-      );
+    if (opts.template !== undefined) return Sandbox.clone(opts, opts.template);
+    if (opts.kernel === undefined) throw new SandboxError('Sandbox.create: give a template or a kernel to boot');
     const bootMs = opts.bootTimeoutMs ?? SANDBOX_DEFAULT_BOOT_TIMEOUT_MS;
     checkMs('bootTimeoutMs', bootMs, false);
     checkMs('timeoutMs', opts.timeoutMs ?? SANDBOX_DEFAULT_TIMEOUT_MS, true);
@@ -161,6 +165,75 @@ export class Sandbox {
         defaultWorkdir: opts.workdir,
       });
       return new Sandbox(agent, opts, vm, dir);
+    } catch (e) {
+      await vm?.stop().catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * A clone of a template: the snapshot restored with this sandbox's own vsock socket and (over the
+   * template's root disk) its own qcow2 overlay, guest memory mapped MAP_PRIVATE from the template's
+   * memory file; then /init (a fresh token, the host's clock) and the guest's RNG fed host bytes.
+   */
+  private static async clone(opts: SandboxCreateOpts, templateDir: string): Promise<Sandbox> {
+    for (const k of ['kernel', 'initrd', 'cmdline', 'rootfs', 'drives'] as const)
+      if (opts[k] !== undefined)
+        throw new SandboxError(
+          `Sandbox.create: ${k} comes from the template when cloning ${templateDir}; leave it out`,
+        );
+    const t = loadTemplate(templateDir);
+    for (const k of ['cpus', 'memMiB'] as const) {
+      const v = opts[k];
+      if (v !== undefined && v !== t.manifest[k])
+        throw new SandboxError(`Sandbox.create: template ${t.dir} has ${k} ${t.manifest[k]}; a clone cannot have ${v}`);
+    }
+    const bootMs = opts.bootTimeoutMs ?? SANDBOX_DEFAULT_BOOT_TIMEOUT_MS;
+    checkMs('bootTimeoutMs', bootMs, false);
+    checkMs('timeoutMs', opts.timeoutMs ?? SANDBOX_DEFAULT_TIMEOUT_MS, true);
+    const dir = mkdtempSync(join(tmpdir(), 'vireo-sandbox-'));
+    const udsPath = join(dir, 'vsock');
+    const serialPath = join(dir, 'serial.log');
+    let vm: Vm | undefined;
+    try {
+      const overrides: RestoreOverrides = { vsockUdsPath: udsPath };
+      if (t.rootfsPath) {
+        const disk = join(dir, 'rootfs.qcow2');
+        createQcow2Overlay(disk, t.rootfsPath);
+        overrides.drives = { rootfs: { path: disk, format: 'qcow2' } };
+      }
+      vm = await Vm.restore({
+        statePath: t.statePath,
+        memPath: t.memPath,
+        resume: true,
+        serial: opts.serial ?? { kind: 'file', path: serialPath },
+        kvmPath: opts.kvmPath,
+        overrides,
+      });
+      const agent = new AgentClient({
+        endpoint: hybridVsockEndpoint(udsPath, AGENT_VSOCK_PORT),
+        timeouts: opts.agentTimeouts,
+      });
+      try {
+        await agent.waitReady({ timeoutMs: bootMs });
+      } catch (e) {
+        throw new SandboxError(
+          `the clone's agent did not answer within ${bootMs} ms of its restore${tail(serialPath)}`,
+          {
+            cause: e,
+          },
+        );
+      }
+      await agent.init({
+        envVars: opts.envs,
+        accessToken: randomBytes(24).toString('base64url'),
+        defaultUser: opts.user,
+        defaultWorkdir: opts.workdir,
+      });
+      const sb = new Sandbox(agent, opts, vm, dir);
+      await reseedGuestRng(sb);
+      return sb;
     } catch (e) {
       await vm?.stop().catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });
@@ -305,6 +378,17 @@ export class Sandbox {
       );
     return this.vm;
   }
+}
+
+/**
+ * Every clone starts with the template's RNG state: 64 host random bytes are written to the guest's
+ * /dev/urandom (through a shell, as the default user: root in the kit and the rootfs — the agent's file writes take regular files only). That
+ * mixes them into the kernel's input pool without crediting entropy; the kernel's CRNG takes them at
+ * its next reseed, not at once (the virtio-rng device feeds it host randomness too).
+ */
+async function reseedGuestRng(sb: Sandbox): Promise<void> {
+  const hex = randomBytes(64).toString('hex');
+  await sb.commands.run(`echo ${hex} > /dev/urandom`);
 }
 
 function checkMs(name: string, v: number, zeroOk: boolean): void {

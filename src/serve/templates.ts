@@ -1,15 +1,16 @@
 /**
  * What `vireo serve` makes a sandbox from. A template name (E2B's `templateID`, `base` by default in
  * the SDK) maps to a kernel, an initrd with the guest agent and an optional root disk; `--template
- * NAME=KERNEL,INITRD[,ROOTFS]` configures one. Creating a sandbox is ONE function, the Launcher: today
- * it cold-boots (`bootLauncher`); a clone restored from the template's snapshot replaces it later
- * without the service changing.
+ * NAME=KERNEL,INITRD[,ROOTFS]` configures one, `--template NAME=DIR` one built by `vireo template
+ * build`. Creating a sandbox is ONE function, the Launcher (`bootLauncher`): it restores a clone of the
+ * template's snapshot when the template has one, else cold-boots.
  */
-import { constants, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AgentTimeouts } from '../agent/client.js';
 import { Sandbox } from '../sandbox/sandbox.js';
+import { type LoadedTemplate, loadTemplate } from '../sandbox/template.js';
 import { ServeError } from './errors.js';
 
 export interface TemplateConfig {
@@ -20,13 +21,18 @@ export interface TemplateConfig {
   rootfs?: string | undefined;
   cpus: number;
   memMiB: number;
+  /** A template directory (`vireo template build`): sandboxes are clones of its snapshot. */
+  snapshot?: string | undefined;
 }
 
 export const TEMPLATE_DEFAULT_CPUS = 1;
 export const TEMPLATE_DEFAULT_MEM_MIB = 256;
 const TEMPLATE_NAME = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
 
-/** `NAME=KERNEL,INITRD[,ROOTFS]` (INITRD may be empty: `NAME=KERNEL,,ROOTFS`). */
+/**
+ * `NAME=KERNEL,INITRD[,ROOTFS]` (INITRD may be empty: `NAME=KERNEL,,ROOTFS`), or `NAME=DIR` for a
+ * template directory with a snapshot (its cpus and memory are the snapshot's).
+ */
 export function parseTemplate(
   spec: string,
   defaults: { cpus?: number | undefined; memMiB?: number | undefined } = {},
@@ -37,6 +43,24 @@ export function parseTemplate(
   if (!TEMPLATE_NAME.test(name) || parts.length < 1 || parts.length > 3 || !parts[0])
     throw new ServeError(`--template ${JSON.stringify(spec)}: give NAME=KERNEL,INITRD[,ROOTFS]`);
   const [kernel, initrd, rootfs] = parts as [string, string | undefined, string | undefined];
+  if (parts.length === 1 && isDirectory(kernel)) {
+    let t: LoadedTemplate;
+    try {
+      t = loadTemplate(kernel);
+    } catch (e) {
+      throw new ServeError(`--template ${name}: ${(e as Error).message}`);
+    }
+    const m = t.manifest;
+    return {
+      name,
+      kernel: m.kernel,
+      initrd: m.initrd,
+      rootfs: undefined,
+      cpus: m.cpus,
+      memMiB: m.memMiB,
+      snapshot: t.dir,
+    };
+  }
   for (const [what, path] of [
     ['kernel', kernel],
     ['initrd', initrd],
@@ -51,6 +75,14 @@ export function parseTemplate(
     cpus: defaults.cpus ?? TEMPLATE_DEFAULT_CPUS,
     memMiB: defaults.memMiB ?? TEMPLATE_DEFAULT_MEM_MIB,
   };
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 export interface LaunchRequest {
@@ -82,10 +114,34 @@ export interface BootLauncherOptions {
   kvmPath?: string | undefined;
 }
 
-/** Cold boot: a new VM from the template's kernel, initrd and (a copy of) its root disk. */
+/**
+ * A clone restored from the template's snapshot where it has one (its own vsock socket and disk
+ * overlay: Sandbox.create's clone path); else a cold boot: a new VM from the template's kernel, initrd
+ * and (a copy of) its root disk.
+ */
 export function bootLauncher(opts: BootLauncherOptions): Launcher {
   return async (req) => {
     const t = req.template;
+    if (t.snapshot !== undefined) {
+      const sandbox = await Sandbox.create({
+        template: t.snapshot,
+        envs: req.envs,
+        metadata: req.metadata,
+        timeoutMs: 0,
+        bootTimeoutMs: opts.bootTimeoutMs,
+        agentTimeouts: opts.agentTimeouts,
+        kvmPath: opts.kvmPath,
+      });
+      return {
+        sandbox,
+        cpuCount: t.cpus,
+        memoryMB: t.memMiB,
+        diskSizeMB: 0,
+        pause: () => sandbox.pause(),
+        resume: () => sandbox.resume(),
+        kill: () => sandbox.kill(),
+      };
+    }
     const scratch = t.rootfs ? mkdtempSync(join(tmpdir(), 'vireo-serve-disk-')) : undefined;
     const drop = () => {
       if (scratch) rmSync(scratch, { recursive: true, force: true });

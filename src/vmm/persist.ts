@@ -54,6 +54,61 @@ export interface RestoreOptions {
   trackDirtyPages?: boolean | undefined;
   serial?: SerialConfig | undefined;
   kvmPath?: string | undefined;
+  /** What the restored VM uses in place of the snapshot's host paths (a clone's own socket and disk). */
+  overrides?: RestoreOverrides | undefined;
+}
+
+/**
+ * Host resources a restore swaps in for those the snapshot names, as Firecracker's snapshot/load has
+ * network_overrides: the guest sees the same devices, the host side is this VM's own.
+ */
+export interface RestoreOverrides {
+  /** The vsock device's Unix socket (the snapshot must have a vsock device). */
+  vsockUdsPath?: string | undefined;
+  /** A drive's backing file by drive id (each id must be one of the snapshot's drives); same guest size. */
+  drives?: Readonly<Record<string, { path: string; format?: 'raw' | 'qcow2' | undefined }>> | undefined;
+}
+
+const MAX_OVERRIDE_PATH = 4096;
+
+function overridePath(what: string, p: unknown): string {
+  if (typeof p !== 'string' || p.length === 0 || p.length > MAX_OVERRIDE_PATH || p.includes('\0'))
+    throw new SnapshotError('VIREO_ERR_SNAPSHOT', `restore override ${what}: give a non-empty path`);
+  return p;
+}
+
+/** `cfg` with `o`'s host paths in place of the snapshot's, each checked against what the snapshot has. */
+export function applyRestoreOverrides(cfg: VmConfig, o: RestoreOverrides | undefined): VmConfig {
+  if (!o) return cfg;
+  let out = cfg;
+  if (o.vsockUdsPath !== undefined) {
+    if (!cfg.vsock)
+      throw new SnapshotError('VIREO_ERR_SNAPSHOT', 'restore override vsockUdsPath: the snapshot has no vsock device');
+    out = { ...out, vsock: { ...cfg.vsock, udsPath: overridePath('vsockUdsPath', o.vsockUdsPath) } };
+  }
+  if (o.drives !== undefined) {
+    const drives = cfg.drives ?? [];
+    for (const id of Object.keys(o.drives))
+      if (!drives.some((d) => d.id === id))
+        throw new SnapshotError(
+          'VIREO_ERR_SNAPSHOT',
+          `restore override for drive ${JSON.stringify(id)}: the snapshot has no such drive (it has ${drives.map((d) => JSON.stringify(d.id)).join(', ') || 'none'})`,
+        );
+    out = {
+      ...out,
+      drives: drives.map((d) => {
+        const r = o.drives?.[d.id];
+        if (!r) return d;
+        if (r.format !== undefined && r.format !== 'raw' && r.format !== 'qcow2')
+          throw new SnapshotError(
+            'VIREO_ERR_SNAPSHOT',
+            `restore override for drive ${d.id}: format must be raw or qcow2`,
+          );
+        return { ...d, path: overridePath(`drive ${d.id}`, r.path), format: r.format };
+      }),
+    };
+  }
+  return out;
 }
 
 /** Refuses a memory file that is not the whole image the state goes with, saying what to do. */
@@ -187,7 +242,7 @@ export async function restoreMachine(opts: RestoreOptions): Promise<Machine> {
   const memFd = openMemoryFile(opts.memPath, body.memory.size);
   try {
     checkMemoryTag(readTag(memFd, opts.memPath), body, opts.memPath);
-    return await buildFromSnapshot(restoredConfig(body, opts), {
+    return await buildFromSnapshot(applyRestoreOverrides(restoredConfig(body, opts), opts.overrides), {
       body,
       memFd,
       memPath: opts.memPath,

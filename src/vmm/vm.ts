@@ -34,6 +34,7 @@ export type { VmEvents, VmState } from './machine.js';
 export {
   prewarmRestorePath,
   type RestoreOptions,
+  type RestoreOverrides,
   type SnapshotOptions,
   type SnapshotResult,
   VIREO_VERSION,
