@@ -1,0 +1,200 @@
+// NOT RUN BY CI YET: in the nested lane this test hangs after the template boot (snapshot, stop, clone restore or the clone's first command — not yet found; TMPL_SKIP_COLD=1 TMPL_LANE_MS=300000 print @@template progress marks); see issue 10. It moves to test/linux-template.test.ts once it passes.
+/**
+ * Templates and clones end to end, in the nested lane: Template.build boots the kit once (Debian's
+ * kernel, the initramfs whose /init starts the agent), waits for the agent and snapshots it; then 3
+ * clones are restored from it one after another (Sandbox.create({ template })), each with its own vsock
+ * socket and guest memory mapped MAP_PRIVATE from the template's memory file. Each writes a file of its
+ * own and must not see the others'; each runs `echo hi`; each clock is the host's (/init's timestamp).
+ * For the numbers: create → first output of `echo hi`, for a clone against a cold Sandbox.create of
+ * the same kit (printed, not asserted; the lane is emulated). This file re-runs itself inside the lane.
+ */
+import assert from 'node:assert/strict';
+import { appendFileSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { prepareKit } from '../../src/kit/kit.js';
+import { runNested } from '../../src/kit/nested.js';
+import { NestedError } from '../../src/kit/util.js';
+import { Sandbox } from '../../src/sandbox/sandbox.js';
+import { Template } from '../../src/sandbox/template.js';
+import { repoRoot } from '../support/cc.js';
+
+const SESSION_FLAG = '--template-session';
+const CLONES = 3;
+
+interface CloneReport {
+  createMs: number;
+  firstOutputMs: number;
+  echo: string;
+  /** What `ls /tmp/clones` shows in this clone once every clone has written its file. */
+  sees: string[];
+  /** Guest `date +%s.%N` minus the host's, in seconds, just after. */
+  clockSkewS: number;
+  /** 16 bytes of the guest's /dev/urandom, hex (compared across clones: printed). */
+  urandom: string;
+}
+
+interface SessionReport {
+  failed?: string;
+  serial: string;
+  cold?: { createMs: number; firstOutputMs: number };
+  template?: { bootMs: number; snapshotMs: number; memoryBytes: number; files: string[] };
+  clones: CloneReport[];
+  dirsLeft?: number;
+}
+
+const AGENT_TIMEOUTS = {
+  connectTimeoutMs: 30_000,
+  requestTimeoutMs: 60_000,
+  keepaliveIntervalS: 5,
+  keepaliveGraceMs: 30_000,
+};
+
+/** create → the first stdout chunk of `echo hi`, in ms, and the sandbox. */
+async function timedCreate(
+  create: () => Promise<Sandbox>,
+): Promise<{ sb: Sandbox; createMs: number; firstOutputMs: number; echo: string }> {
+  const t0 = performance.now();
+  const sb = await create();
+  const createMs = performance.now() - t0;
+  let first = 0;
+  const r = await sb.commands.run('echo hi', {
+    onStdout: () => {
+      first ||= performance.now() - t0;
+    },
+  });
+  return { sb, createMs: Math.round(createMs), firstOutputMs: Math.round(first), echo: r.stdout };
+}
+
+function progress(what: string): void {
+  try {
+    appendFileSync('/dev/console', `@@template ${what} ${Math.round(performance.now())}\n`);
+  } catch {}
+}
+
+async function session(args: { kernel: string; initrd: string }): Promise<SessionReport> {
+  const report: SessionReport = { serial: '', clones: [] };
+  const clones: Sandbox[] = [];
+  const base = mkdtempSync('/tmp/vireo-template-test-');
+  const dir = `${base}/t`;
+  try {
+    progress('start');
+    const cold = process.env.TMPL_SKIP_COLD
+      ? { sb: undefined, createMs: 0, firstOutputMs: 0 }
+      : await timedCreate(() =>
+          Sandbox.create({
+            kernel: args.kernel,
+            initrd: args.initrd,
+            memMiB: 256,
+            cpus: 1,
+            bootTimeoutMs: 300_000,
+            timeoutMs: 0,
+            agentTimeouts: AGENT_TIMEOUTS,
+          }),
+        );
+    report.cold = { createMs: cold.createMs, firstOutputMs: cold.firstOutputMs };
+    await cold.sb?.kill();
+    progress('cold done');
+    const t = await Template.build({
+      kernel: args.kernel,
+      initrd: args.initrd,
+      memMiB: 256,
+      cpus: 1,
+      dir,
+      bootTimeoutMs: 300_000,
+      agentTimeouts: AGENT_TIMEOUTS,
+    });
+    progress('template built');
+    report.template = {
+      bootMs: Math.round(t.bootMs),
+      snapshotMs: Math.round(t.snapshotMs),
+      memoryBytes: statSync(t.memPath).size,
+      files: readdirSync(dir).sort(),
+    };
+    const partial: Omit<CloneReport, 'sees' | 'clockSkewS' | 'urandom'>[] = [];
+    for (let i = 0; i < CLONES; i++) {
+      const c = await timedCreate(() =>
+        Sandbox.create({ template: dir, bootTimeoutMs: 120_000, timeoutMs: 0, agentTimeouts: AGENT_TIMEOUTS }),
+      );
+      progress(`clone ${i} echoed`);
+      clones.push(c.sb);
+      await c.sb.files.write(`/tmp/clones/clone-${i}.txt`, `I am clone ${i}\n`);
+      partial.push({ createMs: c.createMs, firstOutputMs: c.firstOutputMs, echo: c.echo });
+    }
+    for (const [i, sb] of clones.entries()) {
+      const sees = (await sb.files.list('/tmp/clones')).map((e) => e.name).sort();
+      const date = (await sb.commands.run('date +%s.%N')).stdout;
+      const clockSkewS = Number(date) - Date.now() / 1000;
+      const urandom = (await sb.commands.run('head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"')).stdout;
+      report.clones.push({ ...(partial[i] as (typeof partial)[number]), sees, clockSkewS, urandom });
+    }
+  } catch (e) {
+    report.failed = (e as Error).stack ?? String(e);
+    report.serial = clones.at(-1)?.serialLog() ?? '';
+  }
+  const dirs = clones.map((c) => c.directory);
+  for (const c of clones) await c.kill().catch(() => undefined);
+  report.dirsLeft = dirs.filter(
+    (d) => d !== undefined && readdirSync('/tmp').includes(d.split('/').pop() ?? ''),
+  ).length;
+  rmSync(base, { recursive: true, force: true });
+  return report;
+}
+
+const argIndex = process.argv.indexOf(SESSION_FLAG);
+if (argIndex >= 0) {
+  const report = await session(JSON.parse(process.argv[argIndex + 1] ?? '{}'));
+  process.stdout.write(`@@template-session ${JSON.stringify(report)}\n`);
+  process.exit(0);
+} else {
+  test('a template from the kit and 3 clones of it (nested lane): own files, echo hi, the host clock', {
+    timeout: 30 * 60_000,
+  }, async () => {
+    const kit = await prepareKit();
+    const self = fileURLToPath(import.meta.url);
+    let r: Awaited<ReturnType<typeof runNested>> | undefined;
+    // The lane itself occasionally hangs (see linux-nested.test.ts): retry that, never vireo's failures.
+    for (let attempt = 1; r === undefined; attempt++) {
+      try {
+        r = await runNested({
+          command: [process.execPath, self, SESSION_FLAG, JSON.stringify({ kernel: kit.kernel, initrd: kit.initrd })],
+          cwd: repoRoot,
+          timeoutMs: Number(process.env.TMPL_LANE_MS ?? 15 * 60_000),
+          cpus: 1,
+          memMiB: 3072,
+          env: process.env.TMPL_SKIP_COLD ? { TMPL_SKIP_COLD: '1' } : {},
+          onConsole: (t) => {
+            for (const l of t.split('\n'))
+              if (l.includes('@@template') || l.includes('vireo')) process.stderr.write(`${l}\n`);
+          },
+        });
+      } catch (e) {
+        if (!(e instanceof NestedError) || attempt === 3) throw e;
+        process.stderr.write(`nested lane failed (${e.message.slice(0, 300)}); attempt ${attempt + 1} of 3\n`);
+      }
+    }
+    const line = r.output.split('\n').find((l) => l.startsWith('@@template-session '));
+    assert.ok(line, `no session report; nested output:\n${r.output.slice(-3000)}\nconsole:\n${r.console.slice(-2000)}`);
+    const s = JSON.parse(line.slice('@@template-session '.length)) as SessionReport;
+    const clone = s.clones.map((c) => c.firstOutputMs);
+    const median = [...clone].sort((a, b) => a - b)[Math.floor(clone.length / 2)] ?? 0;
+    process.stderr.write(
+      `template e2e (nested lane, emulated): cold create→first output ${s.cold?.firstOutputMs} ms (create ${s.cold?.createMs} ms); ` +
+        `clones create→first output ${JSON.stringify(clone)} ms (create ${JSON.stringify(s.clones.map((c) => c.createMs))} ms), ` +
+        `median ratio ${s.cold ? (median / s.cold.firstOutputMs).toFixed(3) : '?'}; template boot ${s.template?.bootMs} ms, snapshot ${s.template?.snapshotMs} ms; ` +
+        `clock skew s ${JSON.stringify(s.clones.map((c) => Number(c.clockSkewS.toFixed(3))))}; urandom ${JSON.stringify(s.clones.map((c) => c.urandom))} ` +
+        `(${new Set(s.clones.map((c) => c.urandom)).size} distinct of ${s.clones.length})\n`,
+    );
+    assert.equal(s.failed, undefined, `${s.failed}\n--- guest serial ---\n${s.serial.slice(-4000)}`);
+    assert.deepEqual(s.template?.files, ['memory', 'state', 'template.json']);
+    assert.ok((s.template?.memoryBytes ?? 0) >= 256 * 1024 * 1024, JSON.stringify(s.template));
+    assert.equal(s.clones.length, CLONES);
+    for (const [i, c] of s.clones.entries()) {
+      assert.equal(c.echo, 'hi\n', `clone ${i}`);
+      assert.deepEqual(c.sees, [`clone-${i}.txt`], `clone ${i} sees only its own file`);
+      assert.ok(Math.abs(c.clockSkewS) < 5, `clone ${i}'s clock is ${c.clockSkewS} s off the host's`);
+      assert.match(c.urandom, /^[0-9a-f]{32}$/);
+    }
+    assert.equal(s.dirsLeft, 0, "kill() removed every clone's directory");
+  });
+}
