@@ -275,6 +275,33 @@ test('virtio-net: the link status follows the backend, with a configuration inte
   }
 });
 
+test('virtio-net: a link that came up before DRIVER_OK reached the device gets a configuration interrupt', () => {
+  // Linux reads the status right after it writes DRIVER_OK, racing the I/O thread's activation: it may
+  // have read "down" (the status the device was built with); only an interrupt makes it read again.
+  const tap = new LinkTap();
+  const dev = new VirtioNet(tap, { mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56), mtu: 65520 });
+  dev.attach(new FakePoller());
+  const drv = new MockMmioDriver(dev, 16 << 20, false);
+  try {
+    const status = (): number => new DataView(drv.readConfig(6, 2).buffer).getUint16(0, true);
+    assert.equal(status(), 0, 'built with the link down');
+    const gen = drv.read(R.CONFIG_GENERATION);
+    tap.up = true; // passt came up while the driver was probing
+    drv.probe(256, drv.deviceFeatures());
+    assert.equal(status(), 1, 'link up at activation');
+    assert.notEqual(drv.read(R.CONFIG_GENERATION), gen, 'configuration generation bumped');
+    assert.equal(drv.read(R.INTERRUPT_STATUS) & 2, 2, 'INTERRUPT_CONFIG_CHANGE: the driver reads the status again');
+    drv.write(R.INTERRUPT_ACK, 2);
+    // Activated again with the link as the driver last saw it: no interrupt.
+    drv.write(R.STATUS, 0);
+    drv.probe(256, drv.deviceFeatures());
+    assert.equal(status(), 1);
+    assert.equal(drv.read(R.INTERRUPT_STATUS) & 2, 0, 'no change, no interrupt');
+  } finally {
+    drv.release();
+  }
+});
+
 // --- PasstNet against a stand-in for passt on a real Unix socket --------------------------------
 
 interface Rig {

@@ -223,7 +223,14 @@ export class VirtioNet implements VirtioDevice {
     this.setOffloads(offloadsFor(f, this.backend.offloads));
     this.backend.refresh?.();
     this.linkUp = this.backend.linkUp?.() ?? true;
-    ctx.config.setUint16(6, this.linkUp ? VIRTIO_NET_S_LINK_UP : 0, true);
+    // The driver may already have read the status: Linux reads it as soon as it wrote DRIVER_OK, which
+    // reaches this thread later. A link that came up (or went) meanwhile gets a configuration interrupt,
+    // else that driver keeps the stale status (its carrier off for good, as no later change comes).
+    const status = this.linkUp ? VIRTIO_NET_S_LINK_UP : 0;
+    if (ctx.config.getUint16(6, true) !== status) {
+      ctx.config.setUint16(6, status, true);
+      ctx.signalConfig();
+    }
     this.process(NET_TX);
     this.process(NET_RX);
   }
