@@ -82,7 +82,7 @@ const STEPS = [
   },
   { expect: '@@fwd rc=', timeoutMs: 120_000 },
   {
-    send: `echo kill | nc $(cat /tmp/gw) ${KILL_PORT}; for i in $(seq 1 600); do [ "$(cat /sys/class/net/eth0/carrier)" = 0 ] && break; sleep 0.1; done; echo "@@""carrier-a $(cat /sys/class/net/eth0/carrier)"; for i in $(seq 1 1200); do [ "$(cat /sys/class/net/eth0/carrier)" = 1 ] && break; sleep 0.1; done; echo "@@""carrier-b $(cat /sys/class/net/eth0/carrier)"; sleep 1; wget -q -O - http://$(cat /tmp/gw):${HTTP_PORT}/again; echo "@@""again rc=$?"; ip -s link show eth0; echo "@@""passt ""done"\n`,
+    send: `echo "@@""changes-0 $(cat /sys/class/net/eth0/carrier_changes)"; (echo kill | nc $(cat /tmp/gw) ${KILL_PORT} >/dev/null 2>&1 &); i=0; while [ $i -lt 600 ]; do read c </sys/class/net/eth0/carrier; [ "$c" = 0 ] && break; i=$((i+1)); usleep 100000; done; echo "@@""carrier-a $(cat /sys/class/net/eth0/carrier) changes $(cat /sys/class/net/eth0/carrier_changes) i=$i"; i=0; while [ $i -lt 1200 ]; do read c </sys/class/net/eth0/carrier; [ "$c" = 1 ] && break; i=$((i+1)); usleep 100000; done; echo "@@""carrier-b $(cat /sys/class/net/eth0/carrier)"; sleep 1; wget -q -O - http://$(cat /tmp/gw):${HTTP_PORT}/again; echo "@@""again rc=$?"; ip -s link show eth0; echo "@@""passt ""done"\n`,
   },
   { expect: '@@passt done', timeoutMs: 400_000 },
   { send: 'poweroff -f\n' },
