@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { prepareKit } from '../../src/kit/kit.js';
 import { runNested } from '../../src/kit/nested.js';
 import { NestedError } from '../../src/kit/util.js';
-import { Sandbox } from '../../src/sandbox/sandbox.js';
+import { Sandbox, sandboxPhase } from '../../src/sandbox/sandbox.js';
 import { Template } from '../../src/sandbox/template.js';
 import { repoRoot } from '../support/cc.js';
 
@@ -73,6 +73,7 @@ function progress(what: string): void {
 }
 
 async function session(args: { kernel: string; initrd: string }): Promise<SessionReport> {
+  sandboxPhase.subscribe((m) => progress(`phase ${(m as { phase: string }).phase}`));
   const report: SessionReport = { serial: '', clones: [] };
   const clones: Sandbox[] = [];
   const base = mkdtempSync('/tmp/vireo-template-test-');
@@ -195,6 +196,7 @@ if (argIndex >= 0) {
       assert.ok(Math.abs(c.clockSkewS) < 5, `clone ${i}'s clock is ${c.clockSkewS} s off the host's`);
       assert.match(c.urandom, /^[0-9a-f]{32}$/);
     }
+    assert.equal(new Set(s.clones.map((c) => c.urandom)).size, CLONES, 'each clone draws its own random bytes');
     assert.equal(s.dirsLeft, 0, "kill() removed every clone's directory");
   });
 }
