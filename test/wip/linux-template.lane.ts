@@ -9,7 +9,8 @@
  * the same kit (printed, not asserted; the lane is emulated). This file re-runs itself inside the lane.
  */
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { prepareKit } from '../../src/kit/kit.js';
@@ -20,7 +21,7 @@ import { Template } from '../../src/sandbox/template.js';
 import { repoRoot } from '../support/cc.js';
 
 const SESSION_FLAG = '--template-session';
-const CLONES = 3;
+const CLONES = 5;
 
 interface CloneReport {
   createMs: number;
@@ -30,8 +31,14 @@ interface CloneReport {
   sees: string[];
   /** Guest `date +%s.%N` minus the host's, in seconds, just after. */
   clockSkewS: number;
-  /** 16 bytes of the guest's /dev/urandom, hex (compared across clones: printed). */
+  /** 16 bytes of the guest's /dev/urandom, hex (compared across clones). */
   urandom: string;
+  /** What `ls /mnt` shows: the template's disk through the clone's own qcow2 overlay. */
+  disk: string[];
+  /** The template disk's base.txt as the clone reads it. */
+  base: string;
+  /** `qemu-img check` of the clone's overlay (status and its last line), when qemu-img is there. */
+  check?: { status: number | null; out: string };
 }
 
 interface SessionReport {
@@ -80,6 +87,13 @@ async function session(args: { kernel: string; initrd: string }): Promise<Sessio
   const dir = `${base}/t`;
   try {
     progress('start');
+    // The template's root disk: a small ext4 image with one file (the kit's /init ignores root=, so
+    // each clone mounts /dev/vda itself, through its own qcow2 overlay over the template's copy).
+    const seed = `${base}/seed`;
+    mkdirSync(seed);
+    writeFileSync(`${seed}/base.txt`, 'from the template\n');
+    const mk = spawnSync('mkfs.ext4', ['-q', '-F', '-d', seed, `${base}/disk.img`, '32M'], { encoding: 'utf8' });
+    if (mk.status !== 0) throw new Error(`mkfs.ext4: ${mk.stderr || mk.error?.message}`);
     const cold = process.env.TMPL_SKIP_COLD
       ? { sb: undefined, createMs: 0, firstOutputMs: 0 }
       : await timedCreate(() =>
@@ -99,6 +113,7 @@ async function session(args: { kernel: string; initrd: string }): Promise<Sessio
     const t = await Template.build({
       kernel: args.kernel,
       initrd: args.initrd,
+      rootfs: `${base}/disk.img`,
       memMiB: 256,
       cpus: 1,
       dir,
@@ -112,7 +127,7 @@ async function session(args: { kernel: string; initrd: string }): Promise<Sessio
       memoryBytes: statSync(t.memPath).size,
       files: readdirSync(dir).sort(),
     };
-    const partial: Omit<CloneReport, 'sees' | 'clockSkewS' | 'urandom'>[] = [];
+    const partial: Pick<CloneReport, 'createMs' | 'firstOutputMs' | 'echo'>[] = [];
     for (let i = 0; i < CLONES; i++) {
       const c = await timedCreate(() =>
         Sandbox.create({ template: dir, bootTimeoutMs: 120_000, timeoutMs: 0, agentTimeouts: AGENT_TIMEOUTS }),
@@ -120,6 +135,10 @@ async function session(args: { kernel: string; initrd: string }): Promise<Sessio
       progress(`clone ${i} echoed`);
       clones.push(c.sb);
       await c.sb.files.write(`/tmp/clones/clone-${i}.txt`, `I am clone ${i}\n`);
+      const m = await c.sb.commands.run(
+        `mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo ${i} > /mnt/clone-${i}.txt && sync`,
+      );
+      if (m.exitCode !== 0) throw new Error(`clone ${i}: mount and write: ${m.stderr}`);
       partial.push({ createMs: c.createMs, firstOutputMs: c.firstOutputMs, echo: c.echo });
     }
     for (const [i, sb] of clones.entries()) {
@@ -127,7 +146,25 @@ async function session(args: { kernel: string; initrd: string }): Promise<Sessio
       const date = (await sb.commands.run('date +%s.%N')).stdout;
       const clockSkewS = Number(date) - Date.now() / 1000;
       const urandom = (await sb.commands.run('head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"')).stdout;
-      report.clones.push({ ...(partial[i] as (typeof partial)[number]), sees, clockSkewS, urandom });
+      const disk = (await sb.commands.run('ls /mnt')).stdout
+        .split('\n')
+        .filter((l) => l && l !== 'lost+found')
+        .sort();
+      const baseText = (await sb.commands.run('cat /mnt/base.txt')).stdout;
+      let check: CloneReport['check'];
+      const overlay = `${sb.directory}/rootfs.qcow2`;
+      const qi = spawnSync('qemu-img', ['check', '-U', '-f', 'qcow2', overlay], { encoding: 'utf8' });
+      if (!qi.error)
+        check = { status: qi.status, out: `${qi.stdout}${qi.stderr}`.trim().split('\n').slice(-1)[0] ?? '' };
+      report.clones.push({
+        ...(partial[i] as (typeof partial)[number]),
+        sees,
+        clockSkewS,
+        urandom,
+        disk,
+        base: baseText,
+        check,
+      });
     }
   } catch (e) {
     report.failed = (e as Error).stack ?? String(e);
@@ -187,7 +224,7 @@ if (argIndex >= 0) {
         `(${new Set(s.clones.map((c) => c.urandom)).size} distinct of ${s.clones.length})\n`,
     );
     assert.equal(s.failed, undefined, `${s.failed}\n--- guest serial ---\n${s.serial.slice(-4000)}`);
-    assert.deepEqual(s.template?.files, ['memory', 'state', 'template.json']);
+    assert.deepEqual(s.template?.files, ['memory', 'rootfs.img', 'state', 'template.json']);
     assert.ok((s.template?.memoryBytes ?? 0) >= 256 * 1024 * 1024, JSON.stringify(s.template));
     assert.equal(s.clones.length, CLONES);
     for (const [i, c] of s.clones.entries()) {
@@ -195,6 +232,9 @@ if (argIndex >= 0) {
       assert.deepEqual(c.sees, [`clone-${i}.txt`], `clone ${i} sees only its own file`);
       assert.ok(Math.abs(c.clockSkewS) < 5, `clone ${i}'s clock is ${c.clockSkewS} s off the host's`);
       assert.match(c.urandom, /^[0-9a-f]{32}$/);
+      assert.equal(c.base, 'from the template\n', `clone ${i} reads the template's disk through its overlay`);
+      assert.deepEqual(c.disk, ['base.txt', `clone-${i}.txt`].sort(), `clone ${i}'s disk holds its own file only`);
+      if (c.check) assert.equal(c.check.status, 0, `qemu-img check of clone ${i}'s overlay: ${c.check.out}`);
     }
     assert.equal(new Set(s.clones.map((c) => c.urandom)).size, CLONES, 'each clone draws its own random bytes');
     assert.equal(s.dirsLeft, 0, "kill() removed every clone's directory");
