@@ -428,6 +428,8 @@ export class PasstSupervisor implements Disposable {
    */
   dispose(): void {
     if (this.disposed) return;
+    if (process.env.VIREO_VERBOSE)
+      this.log(`vireo: net ${this.opts.id}: egress policy dropped ${JSON.stringify(this.egressDrops())}`);
     this.disposed = true;
     this.state = 'stopped';
     clearInterval(this.watchTimer);
