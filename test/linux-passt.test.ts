@@ -1,4 +1,3 @@
-// NOT RUN BY CI YET: this lane test fails (inside the lane the guest gets no network through passt); see issue 11. It moves back to test/linux-passt.test.ts once it passes.
 /**
  * `--net user` under a real Linux guest (Debian's cloud kernel and the kit's busybox), booted once by
  * vireo in the nested lane, vireo running as a non-root user (nobody) so passt runs unprivileged too.
@@ -9,6 +8,8 @@
  * - gets its address, router and MTU by DHCP (busybox udhcpc),
  * - resolves host.vireo.test through passt's DNS (the lane's server answers 10.0.2.2),
  * - fetches a page over HTTP from the host (busybox wget),
+ * - cannot reach a name (deny=blocked.vireo.test) or an address (deny=192.0.2.78/32) the egress policy
+ *   denies, while an address beside them answers (host=allow: this test's servers are the host's),
  * - serves a host port forward (hostfwd=tcp:127.0.0.1:8080-:80) that a host server connects to,
  * - asks a host server to kill passt: vireo says so in one line, the guest's carrier goes down, vireo
  *   starts passt again, the carrier comes back and a second fetch works; the VM never stops.
@@ -22,11 +23,11 @@ import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { prepareKit } from '../../src/kit/kit.js';
-import { runNested } from '../../src/kit/nested.js';
-import { NestedError } from '../../src/kit/util.js';
-import { repoRoot } from '../support/cc.js';
-import { GUEST_SESSION, type GuestSession, laneTripleFault } from '../support/lane.js';
+import { prepareKit } from '../src/kit/kit.js';
+import { runNested } from '../src/kit/nested.js';
+import { NestedError } from '../src/kit/util.js';
+import { repoRoot } from './support/cc.js';
+import { GUEST_SESSION, type GuestSession, laneTripleFault } from './support/lane.js';
 
 const GW = '10.0.2.2';
 const LANE_IP = '10.0.2.15';
