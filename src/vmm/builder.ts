@@ -69,7 +69,7 @@ class Build {
   readonly seccomp: boolean;
 
   constructor(readonly cfg: ResolvedVmConfig) {
-    this.seccomp = cfg.seccomp !== false;
+    this.seccomp = cfg.seccomp !== false && sys.seccompEnvMode() !== 'off';
     warnIfUnconfined(this.seccomp);
   }
 
