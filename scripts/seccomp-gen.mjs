@@ -13,6 +13,11 @@
  *     the ioctl request numbers, the mmap/mprotect protections and the socket families, and writes them
  *     to OUT.json (merged with what OUT.json already holds, so several runs add up).
  *
+ *   node scripts/seccomp-gen.mjs regen
+ *     What made scripts/seccomp-observed.json: `trace` over each of NATIVE_TESTS below (the tests that run
+ *     VMs natively: boot, devices, disks, snapshots and restores, the APIs), into a fresh file, then
+ *     `check`. Needs strace and a built tree (npm run build). About two minutes here.
+ *
  *   node scripts/seccomp-gen.mjs check OUT.json
  *     Compares what was observed with the allow-lists of the built policy (dist/src/kvm/seccomp-policy.js)
  *     and fails, naming them, for every observed call a list lacks (a call listed but never observed is
@@ -135,7 +140,19 @@ async function check(out) {
   console.log('seccomp-gen: every observed call is allowed');
 }
 
+const NATIVE_TESTS = [
+  'vm-lifecycle', 'device-runtime', 'unit-virtio-blk-pool', 'snapshot', 'snapshot-diff', 'snapshot-pair',
+  'snapshot-resources', 'snapshot-v2', 'api-diff-snapshot', 'api-library', 'api-spec', 'firecracker-cli',
+  'memory-file-loss', 'virtio-hostile-guest', 'vm-agent', 'disk-lock',
+];
+
 if (mode === 'table') table();
+else if (mode === 'regen') {
+  const out = join(root, 'scripts/seccomp-observed.json');
+  rmSync(out, { force: true });
+  for (const t of NATIVE_TESTS) trace(out, ['node', '--test', join(root, `dist/test/${t}.test.js`)]);
+  await check(out);
+}
 else if (mode === 'trace') {
   const dash = rest.indexOf('--');
   if (dash !== 1) throw new Error('usage: trace OUT.json -- command...');

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -175,4 +175,45 @@ test('a disk thread may not map memory executable', () => {
   );
   assert.equal(r.status, 159, `status ${r.status} signal ${r.signal}: ${r.stderr}`);
   assert.match(String(r.stderr), /^vireo: seccomp: thread disk made syscall mmap \(9\) which is not allowed$/m);
+});
+
+test('every call the traced test runs made (scripts/seccomp-observed.json) is on its kind list', () => {
+  // Made by scripts/seccomp-gen.mjs trace (see its header and kvm/seccomp-policy.ts); the same check as
+  // `node scripts/seccomp-gen.mjs check scripts/seccomp-observed.json`.
+  const observed = JSON.parse(readFileSync(join(repoRoot, 'scripts/seccomp-observed.json'), 'utf8')) as Record<
+    string,
+    { syscalls: string[]; ioctl: number[]; mmapProt: number[]; socket: number[] }
+  >;
+  assert.deepEqual(Object.keys(observed).sort(), [...KINDS].sort(), 'every kind was traced');
+  for (const kind of KINDS) {
+    const o = observed[kind];
+    assert.ok(o);
+    const prog = assembleFilter(policyEntries(kind), SECCOMP_RET_TRAP);
+    for (const name of o.syscalls) {
+      const nr = SYSCALLS[name as keyof typeof SYSCALLS];
+      assert.ok(nr !== undefined, name);
+      assert.ok(
+        POLICY[kind].some((e) => e.name === name),
+        `${kind}: ${name} was observed but is not allowed`,
+      );
+    }
+    for (const req of o.ioctl)
+      assert.equal(
+        runFilter(prog, { nr: SYSCALLS.ioctl, args: [3n, BigInt(req)] }),
+        SECCOMP_RET_ALLOW,
+        `${kind}: ioctl 0x${req.toString(16)}`,
+      );
+    for (const prot of o.mmapProt)
+      assert.equal(
+        runFilter(prog, { nr: SYSCALLS.mmap, args: [0n, 4096n, BigInt(prot)] }),
+        SECCOMP_RET_ALLOW,
+        `${kind}: mmap prot ${prot}`,
+      );
+    for (const af of o.socket)
+      assert.equal(
+        runFilter(prog, { nr: SYSCALLS.socket, args: [BigInt(af), 1n, 0n] }),
+        SECCOMP_RET_ALLOW,
+        `${kind}: socket ${af}`,
+      );
+  }
 });

@@ -64,7 +64,12 @@ const ARGS: Record<string, ArgSpec> = {
   'start-time-cpu-us': { takesValue: true, help: 'Accepted (launchers pass it); unused.', ignored: true },
   'parent-cpu-time-us': { takesValue: true, help: 'Accepted (launchers pass it); unused.', ignored: true },
   'mmds-size-limit': { takesValue: true, help: 'Accepted; vireo has no MMDS.', ignored: true },
-  'seccomp-filter': { takesValue: true, help: '', unsupported: 'vireo does not support custom seccomp filters' },
+  'seccomp-filter': {
+    takesValue: true,
+    help: '',
+    unsupported:
+      'vireo does not support custom seccomp filters (it installs its own per thread: src/kvm/seccomp-policy.ts; --no-seccomp turns them off)',
+  },
   metadata: { takesValue: true, help: '', unsupported: 'vireo does not support MMDS (the metadata service)' },
   'enable-pci': { takesValue: false, help: '', unsupported: 'vireo has no PCI transport (virtio over MMIO only)' },
   'snapshot-version': { takesValue: false, help: '', unsupported: 'vireo has no snapshot data format yet' },

@@ -26,6 +26,13 @@
  *   mmap is limited to mappings without PROT_EXEC (V8 reserves with PROT_NONE and mprotects later), so
  *   no file can be mapped executable: no new library is loaded into a confined thread.
  * - read/write/close on any fd: a filter sees fd numbers, not what they are.
+ *
+ * A confined thread starts no threads: a new one would inherit its filter and die loading its modules.
+ * No clone is listed; io-pool.ts only reuses idle disk threads once the I/O thread is confined
+ * (poolThreadsAvailable); and these threads use no libuv thread pool work (no async fs, crypto, zlib, dns),
+ * whose pool is created by the first thread that submits to it. KVM's own kernel worker
+ * (kvm-nx-lpage-recovery), started from a vCPU's first KVM_RUN, inherits the vCPU filter; it makes no
+ * system calls.
  */
 
 import { type ConfineResult, confineThread, seccompEnvMode } from '../os/seccomp.js';
