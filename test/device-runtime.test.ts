@@ -71,7 +71,7 @@ describe('live device counters from the I/O thread', () => {
       const slot = devices.slots[0];
       assert.ok(slot);
       assert.deepEqual(slot.counterNames, ['requests', 'bytes', 'malformed', 'protocolErrors']);
-      await devices.start(mapping.descriptors);
+      await devices.start(mapping.descriptors, true);
       const mem = new GuestMemory(mapping.descriptors);
       const t = new VirtioMmioTransport(slot.mmio, mem, {
         notifyQueue: (q) => sys.eventfdWrite(slot.queueFds[q] as number),
@@ -145,7 +145,7 @@ describe('virtio-blk on a qcow2 overlay, served by the I/O thread', () => {
       devices.addAll({ drives: [{ id: 'clone', path: overlay }] });
       const slot = devices.slots[0];
       assert.ok(slot);
-      await devices.start(mapping.descriptors);
+      await devices.start(mapping.descriptors, true);
       const mem = new GuestMemory(mapping.descriptors);
       const t = new VirtioMmioTransport(slot.mmio, mem, {
         notifyQueue: (q) => sys.eventfdWrite(slot.queueFds[q] as number),

@@ -45,7 +45,7 @@ function handle(id = 0) {
   const h = new VcpuHandle(
     fakeVcpu(id),
     w as unknown as Worker,
-    { vmFd: -1, memory: [], platform: null },
+    { vmFd: -1, memory: [], platform: null, seccomp: false },
     { stopped: (i, s) => stops.push([i, s]), firstExit: () => undefined },
   );
   return { h, w, stops };

@@ -9,7 +9,7 @@ import { kindOf } from '../common/files.js';
 import type { BlockBackend } from '../devices/virtio/block.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
-import { IoPool } from './io-pool.js';
+import { IoPool, poolThreadsAvailable } from './io-pool.js';
 
 /** What the VMM opens in the main thread and posts to the I/O thread. */
 export interface FileDiskSpec {
@@ -119,7 +119,8 @@ export class FileDisk implements BlockBackend {
     this.size = spec.size;
     this.readOnly = spec.readOnly;
     this.probed = spec.probed === true;
-    this.io = pool && pool.threads > 0 ? new IoPool(spec.fd, pool.memory, pool.threads, this.probed) : undefined;
+    const threads = pool ? poolThreadsAvailable(pool.threads) : 0;
+    this.io = pool && threads > 0 ? new IoPool(spec.fd, pool.memory, threads, this.probed) : undefined;
   }
 
   /** Stops the threads; the file itself belongs to whoever opened it. */

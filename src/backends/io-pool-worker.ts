@@ -6,6 +6,7 @@
  */
 import { fdatasyncSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
+import { confine } from '../kvm/seccomp-policy.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { readvFull, writesQcow2Magic, writevFull } from './file-disk.js';
@@ -15,6 +16,8 @@ import { CTL, OP_CODE, POOL_SLOTS, type PoolWorkerData, poolLayout, SLOT_F64, SL
 function serve(data: PoolWorkerData): void {
   const { ctl, ring, slots, args } = poolLayout(data.sab);
   const mem = new GuestMemory(data.memory);
+  // The image is open and memory described: from here on the thread serves the guest's requests.
+  confine('disk', data.seccomp);
 
   /** Whether the request was done in full (a host error, a short transfer or a bad range is a failure). */
   const perform = (slot: number): boolean => {

@@ -39,6 +39,21 @@ const CLOSE_TIMEOUT_MS = 5_000;
  * disk per VM grew a long-lived process without bound. Past this many, a worker ends.
  */
 const idleWorkers: Worker[] = [];
+
+/** Whether this thread's pools confine their workers (the I/O thread sets it per VM: setPoolSeccomp). */
+let poolSeccomp = true;
+export function setPoolSeccomp(on: boolean): void {
+  poolSeccomp = on;
+}
+
+/**
+ * How many of `wanted` threads a new pool may have. A thread under a seccomp filter starts no threads
+ * (its filter would bind the new one, whose start-up makes calls the filter refuses): it only reuses
+ * idle ones, and a disk that gets none does its I/O on the calling thread (file-disk.ts).
+ */
+export function poolThreadsAvailable(wanted: number): number {
+  return sys.confinedAs() === undefined ? wanted : Math.min(wanted, idleWorkers.length);
+}
 const MAX_IDLE_WORKERS = 16;
 
 export interface PoolLayout {
@@ -70,6 +85,8 @@ export interface PoolWorkerData {
   memory: RegionDescriptor[];
   /** Refuse writes of qcow2's magic at the start (a probed raw image: file-disk.ts). */
   guardMagic: boolean;
+  /** Confine the worker with the disk seccomp filter (kvm/seccomp-policy.ts). */
+  seccomp: boolean;
 }
 
 export class IoPool implements BlockIoQueue {
@@ -92,6 +109,7 @@ export class IoPool implements BlockIoQueue {
       completionFd: this.completionFd,
       memory: [...memory],
       guardMagic,
+      seccomp: poolSeccomp,
     };
     try {
       for (let i = 0; i < workers; i++) {

@@ -56,12 +56,20 @@ const ARGS: Record<string, ArgSpec> = {
   'prometheus-port': { takesValue: true, help: 'vireo: serve Prometheus text on http://127.0.0.1:PORT/metrics.' },
   version: { takesValue: false, help: 'Print the binary version number.' },
   help: { takesValue: false, help: 'Print this help.' },
-  'no-seccomp': { takesValue: false, help: 'Accepted; vireo installs no seccomp filters.', ignored: true },
+  'no-seccomp': {
+    takesValue: false,
+    help: 'Disables seccomp filtering (a warning is printed for each microVM). Not recommended.',
+  },
   'start-time-us': { takesValue: true, help: 'Accepted (launchers pass it); unused.', ignored: true },
   'start-time-cpu-us': { takesValue: true, help: 'Accepted (launchers pass it); unused.', ignored: true },
   'parent-cpu-time-us': { takesValue: true, help: 'Accepted (launchers pass it); unused.', ignored: true },
   'mmds-size-limit': { takesValue: true, help: 'Accepted; vireo has no MMDS.', ignored: true },
-  'seccomp-filter': { takesValue: true, help: '', unsupported: 'vireo does not support custom seccomp filters' },
+  'seccomp-filter': {
+    takesValue: true,
+    help: '',
+    unsupported:
+      'vireo does not support custom seccomp filters (it installs its own per thread: src/kvm/seccomp-policy.ts; --no-seccomp turns them off)',
+  },
   metadata: { takesValue: true, help: '', unsupported: 'vireo does not support MMDS (the metadata service)' },
   'enable-pci': { takesValue: false, help: '', unsupported: 'vireo has no PCI transport (virtio over MMIO only)' },
   'snapshot-version': { takesValue: false, help: '', unsupported: 'vireo has no snapshot data format yet' },
@@ -267,6 +275,8 @@ async function firecrackerCommand(argv: string[]): Promise<number> {
     return EXIT.ok;
   }
 
+  // Read by every VM this process builds (the builder prints the warning, once per VM).
+  if (args.has('no-seccomp')) process.env.VIREO_SECCOMP = 'off';
   // A vCPU thread starts loading now, in parallel with the rest, so that InstanceStart or a
   // snapshot load finds it ready (a fresh thread takes tens of ms to load its modules).
   prewarmVcpuThreads(1);

@@ -70,6 +70,7 @@ interface RunOptions {
   serial: SerialConfig;
   irqchip: boolean;
   bootTimer?: boolean;
+  seccomp: boolean;
 }
 
 /** The command line vireo gives Linux kernels when none is given (as Firecracker's default). */
@@ -139,6 +140,7 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
       : undefined,
     balloon: opts.balloon,
     vsock: opts.vsock,
+    seccomp: opts.seccomp,
   });
   let quit = false;
   const console =
@@ -254,6 +256,10 @@ async function mainCommand(argv: string[]): Promise<number> {
     )
     .option('--boot-timer', "print the time from process start to the guest's first exit")
     .option('--no-irqchip', 'no in-kernel interrupt controller and PIT (HLT then exits to vireo)')
+    .option(
+      '--no-seccomp',
+      "don't confine the VM's threads with seccomp filters (prints a warning; never for an untrusted guest)",
+    )
     .action(async (opts: RunOptions) => {
       status = await runCommand(opts, argv);
     });

@@ -51,6 +51,11 @@ export interface VmConfig extends BootConfig, Partial<Omit<MachineConfig, 'irqch
    * snapshots can be Diff snapshots (Firecracker's track_dirty_pages). Default false.
    */
   trackDirtyPages?: boolean | undefined;
+  /**
+   * Confine the VM's threads (vCPUs, the I/O thread, disk threads) with seccomp filters (kvm/seccomp-policy.ts).
+   * Default true; false (the CLI's --no-seccomp) prints a warning: never for a guest you do not trust.
+   */
+  seccomp?: boolean | undefined;
 }
 
 /**

@@ -10,5 +10,6 @@ export * from './lock.js';
 export * from './memguard.js';
 export * from './mman.js';
 export * from './poll.js';
+export * from './seccomp.js';
 export * from './signal.js';
 export * from './socket.js';

@@ -41,6 +41,8 @@ export interface VcpuWorkerInit<P> {
   memory: RegionDescriptor[];
   control: SharedArrayBuffer;
   platform: P;
+  /** Confine the thread with the vCPU seccomp filter once it is set up (kvm/seccomp-policy.ts). */
+  seccomp: boolean;
 }
 
 export type VcpuMessage =

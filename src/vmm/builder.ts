@@ -65,7 +65,13 @@ class Build {
   private vcpus: VcpuHandle[] = [];
   private devices: VirtioDevices | undefined;
 
-  constructor(readonly cfg: ResolvedVmConfig) {}
+  /** Whether this VM's threads confine themselves (kvm/seccomp-policy.ts). */
+  readonly seccomp: boolean;
+
+  constructor(readonly cfg: ResolvedVmConfig) {
+    this.seccomp = cfg.seccomp !== false && sys.seccompEnvMode() !== 'off';
+    warnIfUnconfined(this.seccomp);
+  }
 
   /**
    * The shared steps up to the vCPUs. Restoring, guest memory is mapped from the memory file and the
@@ -137,7 +143,7 @@ class Build {
       const h = new VcpuHandle(
         vcpu,
         takeVcpuThread(),
-        { vmFd: a.vm.fd, memory: a.mapping.descriptors, platform: a.platformSpec },
+        { vmFd: a.vm.fd, memory: a.mapping.descriptors, platform: a.platformSpec, seccomp: this.seccomp },
         {
           stopped: (i, stop) => this.report.vcpuStopped(i, stop),
           firstExit: (at) => {
@@ -180,6 +186,21 @@ class Build {
   }
 }
 
+/**
+ * Loud, every VM: a VM without seccomp filters (--no-seccomp, seccomp: false, VIREO_SECCOMP=off) gives a
+ * guest that escapes into the VMM every system call of the process.
+ */
+function warnIfUnconfined(seccomp: boolean): void {
+  const env = sys.seccompEnvMode();
+  if (!seccomp || env === 'off')
+    process.stderr.write(
+      `vireo: warning: seccomp filters are OFF for this VM (${seccomp ? 'VIREO_SECCOMP=off' : '--no-seccomp / seccomp: false'}): ` +
+        'a guest that escapes into the VMM can make any system call\n',
+    );
+  else if (env === 'log')
+    process.stderr.write('vireo: warning: seccomp filters only log (VIREO_SECCOMP=log): nothing off-list is refused\n');
+}
+
 async function building(cfg: ResolvedVmConfig, steps: (b: Build) => Promise<Machine>): Promise<Machine> {
   const b = new Build(cfg);
   try {
@@ -219,7 +240,7 @@ export function buildForBoot(config: VmConfig): Promise<Machine> {
       cpus: cfg.cpus,
       virtioMmio: a.devices.acpi(),
     });
-    await Promise.all([...vcpus.map((v) => v.ready), a.devices.start(a.mapping.descriptors)]);
+    await Promise.all([...vcpus.map((v) => v.ready), a.devices.start(a.mapping.descriptors, b.seccomp)]);
     return b.finish(a, platform, cpuids, { kind: 'boot', boot, refusedMsrs });
   });
 }
@@ -237,6 +258,7 @@ export function buildFromSnapshot(config: VmConfig, source: SnapshotSource): Pro
     // The I/O thread (a new worker: tens of ms) starts first, to load while the rest is built.
     const devicesReady = a.devices.start(
       a.mapping.descriptors,
+      b.seccomp,
       body.devices.virtio.map((v) => v.side),
     );
     devicesReady.catch(() => undefined); // awaited below; a failure before that must not go unhandled

@@ -19,6 +19,8 @@ export interface IoThreadInit {
   control: SharedArrayBuffer;
   /** Restoring from a snapshot: each slot's device side, in slot order. */
   restore?: RunnerState[] | undefined;
+  /** Confine the thread (and the disk threads it starts) with seccomp filters once its devices are built. */
+  seccomp: boolean;
 }
 
 export type IoThreadMessage =

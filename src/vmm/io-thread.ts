@@ -4,9 +4,11 @@
  * through irqfds. No vCPU thread ever waits on this thread (except for a bounded wait on reset).
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
+import { setPoolSeccomp } from '../backends/io-pool.js';
 import type { Poller } from '../devices/virtio/device.js';
 import { TransportRunner } from '../devices/virtio/transport/runner.js';
 import type { RunnerState } from '../devices/virtio/transport/runner-state.js';
+import { confine } from '../kvm/seccomp-policy.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
@@ -63,6 +65,7 @@ function run(init: IoThreadInit): void {
     for (let i = 0; i < sources.length; i++) live[i]?.publish(sources[i] as Record<string, number>);
   };
   try {
+    setPoolSeccomp(init.seccomp);
     ep.add(init.controlFd, sys.EPOLLIN, CONTROL);
     init.slots.forEach((slot, i) => {
       const irqFd = slot.irqFd;
@@ -79,6 +82,9 @@ function run(init: IoThreadInit): void {
       sides.forEach((s, i) => {
         s.restore(init.restore?.[i] as RunnerState);
       });
+    // Every device built (its files and sockets open, its disk threads started): from here on the
+    // thread serves the guest's queues, under its filter.
+    confine('io', init.seccomp);
     post({ type: 'ready' });
     for (const s of sides) s.poll();
     while (Atomics.load(control, 0) === 0) {

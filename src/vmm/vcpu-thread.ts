@@ -6,6 +6,7 @@
  */
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import { Vcpu } from '../kvm/kvm.js';
+import { confine } from '../kvm/seccomp-policy.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { CTRL_STATE, State, type VcpuMessage, type VcpuStop, type VcpuWorkerInit } from '../vcpu/protocol.js';
@@ -25,6 +26,8 @@ function run(init: VcpuWorkerInit<PlatformSpec>): void {
     const mem = new GuestMemory(init.memory);
     const vcpu = Vcpu.attach(init.vcpu);
     const platform = buildPlatform(init.platform, mem);
+    // Set up (kvm_run mapped, buses built): from here on the thread runs the guest, under its filter.
+    confine('vcpu', init.seccomp);
     post({ type: 'ready', id, thread: sys.pthreadSelf() });
     stop = runLoop(vcpu, platform.pio, platform.mmio, control, {
       pendingStop: platform.takeStop,

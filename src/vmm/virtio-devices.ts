@@ -233,10 +233,10 @@ export class VirtioDevices implements Disposable {
     return { slots: this.slots, controlFd: this.controlFd };
   }
 
-  /** Starts the I/O thread (once); resolves when it serves. */
-  async start(memory: RegionDescriptor[], restore?: RunnerState[]): Promise<void> {
+  /** Starts the I/O thread (once); resolves when it serves (confined with its seccomp filter when `seccomp`). */
+  async start(memory: RegionDescriptor[], seccomp: boolean, restore?: RunnerState[]): Promise<void> {
     if (this.empty) return;
-    await this.thread.start({ memory, slots: this.slots, controlFd: this.controlFd, restore });
+    await this.thread.start({ memory, slots: this.slots, controlFd: this.controlFd, restore, seccomp });
   }
 
   /**

@@ -1,0 +1,219 @@
+/**
+ * seccomp: the assembler (src/os/seccomp-bpf.ts) on every thread kind's list (src/kvm/seccomp-policy.ts),
+ * run through the interpreter: the architecture check first, every jump inside the program, every listed
+ * call allowed (with its argument rules), everything else trapped. Then the real thing in a child
+ * process: a worker confined as a vCPU thread keeps working (Atomics, postMessage) and shows `Seccomp: 2`
+ * and `NoNewPrivs: 1`, and an off-list call (socket(AF_INET), execve) ends the process with status 159
+ * and the line that names the thread kind and the call.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { POLICY, policyEntries, type ThreadKind } from '../src/kvm/seccomp-policy.js';
+import {
+  AUDIT_ARCH_X86_64,
+  assembleFilter,
+  encodeFilter,
+  runFilter,
+  SECCOMP_RET_ALLOW,
+  SECCOMP_RET_KILL_PROCESS,
+  SECCOMP_RET_TRAP,
+  X32_SYSCALL_BIT,
+} from '../src/os/seccomp-bpf.js';
+import { SYSCALLS } from '../src/os/seccomp-syscalls.js';
+import { repoRoot } from './support/cc.js';
+
+const KINDS = Object.keys(POLICY) as ThreadKind[];
+const dir = mkdtempSync(join(tmpdir(), 'vireo-seccomp-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+test('each kind assembles: arch check first, jumps in range, listed calls allowed, the rest trapped', () => {
+  for (const kind of KINDS) {
+    const entries = policyEntries(kind);
+    const prog = assembleFilter(entries, SECCOMP_RET_TRAP);
+    assert.ok(prog.length < 4096, `${kind}: ${prog.length} instructions`);
+    assert.deepEqual(prog[0], { code: 0x20, jt: 0, jf: 0, k: 4 }, `${kind}: loads arch first`);
+    assert.equal(prog[1]?.k, AUDIT_ARCH_X86_64);
+    prog.forEach((p, i) => {
+      if (p.code === 0x06) return;
+      const targets =
+        p.code === 0x05 ? [p.k] : p.code === 0x15 || p.code === 0x25 || p.code === 0x35 ? [p.jt, p.jf] : [0];
+      for (const t of targets) assert.ok(i + 1 + t < prog.length, `${kind}: jump at ${i} lands outside the program`);
+    });
+    assert.equal(encodeFilter(prog).length, prog.length * 8);
+    const listed = new Set(entries.map((e) => e.nr));
+    for (const e of entries) {
+      if (!e.rules) {
+        assert.equal(runFilter(prog, { nr: e.nr }), SECCOMP_RET_ALLOW, `${kind}: ${e.name}`);
+        continue;
+      }
+      for (const rule of e.rules) {
+        const args = [0n, 0n, 0n, 0n, 0n, 0n];
+        // The rule's values, with unrelated high bits set where the check is only 32 bits wide.
+        for (const c of rule) args[c.arg] = c.value | (c.width === 32 ? 0xdead_0000_0000n : 0n);
+        assert.equal(
+          runFilter(prog, { nr: e.nr, args }),
+          SECCOMP_RET_ALLOW,
+          `${kind}: ${e.name} ${rule.map((c) => c.value)}`,
+        );
+      }
+    }
+    for (const [name, nr] of Object.entries(SYSCALLS)) {
+      if (listed.has(nr)) continue;
+      assert.equal(runFilter(prog, { nr, args: [1n, 2n, 3n] }), SECCOMP_RET_TRAP, `${kind}: ${name} must trap`);
+    }
+    assert.equal(runFilter(prog, { nr: SYSCALLS.read, arch: 0x40000003 }), SECCOMP_RET_KILL_PROCESS, 'i386 ABI');
+    assert.equal(runFilter(prog, { nr: X32_SYSCALL_BIT | SYSCALLS.read }), SECCOMP_RET_TRAP, 'x32 ABI');
+    // Argument rules: mmap never executable; no ioctl off the list; sockets only AF_UNIX.
+    assert.equal(runFilter(prog, { nr: SYSCALLS.mmap, args: [0n, 4096n, 3n] }), SECCOMP_RET_ALLOW);
+    assert.equal(runFilter(prog, { nr: SYSCALLS.mmap, args: [0n, 4096n, 5n] }), SECCOMP_RET_TRAP, `${kind}: PROT_EXEC`);
+    if (listed.has(SYSCALLS.socket)) {
+      assert.equal(runFilter(prog, { nr: SYSCALLS.socket, args: [1n, 1n, 0n] }), SECCOMP_RET_ALLOW);
+      assert.equal(runFilter(prog, { nr: SYSCALLS.socket, args: [2n, 1n, 0n] }), SECCOMP_RET_TRAP, `${kind}: AF_INET`);
+    }
+  }
+  const vcpu = assembleFilter(policyEntries('vcpu'), SECCOMP_RET_TRAP);
+  const KVM_RUN = 0xae80n;
+  const KVM_SET_USER_MEMORY_REGION = 0x4020ae46n;
+  assert.equal(runFilter(vcpu, { nr: SYSCALLS.ioctl, args: [9n, KVM_RUN] }), SECCOMP_RET_ALLOW);
+  assert.equal(runFilter(vcpu, { nr: SYSCALLS.ioctl, args: [9n, KVM_SET_USER_MEMORY_REGION] }), SECCOMP_RET_TRAP);
+  assert.equal(runFilter(vcpu, { nr: SYSCALLS.ioctl, args: [9n, 0x5401n] }), SECCOMP_RET_TRAP, 'TCGETS');
+});
+
+test('the assembler refuses duplicates and keeps conditional jumps short on a long list', () => {
+  assert.throws(
+    () =>
+      assembleFilter(
+        [
+          { nr: 1, name: 'write' },
+          { nr: 1, name: 'write' },
+        ],
+        SECCOMP_RET_TRAP,
+      ),
+    /twice/,
+  );
+  // Every call, each with a long rule list: the search tree's long jumps carry the distance.
+  const all = Object.entries(SYSCALLS).map(([name, nr]) => ({
+    nr,
+    name,
+    rules:
+      nr % 7 === 0
+        ? Array.from({ length: 6 }, (_, v) => [{ arg: 1 as const, width: 64 as const, value: BigInt(v) }])
+        : undefined,
+  }));
+  const prog = assembleFilter(all, SECCOMP_RET_TRAP);
+  for (const e of all) {
+    const want = e.rules ? SECCOMP_RET_TRAP : SECCOMP_RET_ALLOW;
+    assert.equal(runFilter(prog, { nr: e.nr, args: [0n, 1n << 40n] }), want, e.name);
+    if (e.rules) assert.equal(runFilter(prog, { nr: e.nr, args: [0n, 5n] }), SECCOMP_RET_ALLOW, e.name);
+  }
+});
+
+/** A child process whose worker confines itself as `kind`, reports, then runs `bad` (JS using koffi). */
+function confinedChild(kind: ThreadKind, bad: string): ReturnType<typeof spawnSync> {
+  const policyUrl = new URL('../src/kvm/seccomp-policy.js', import.meta.url).href;
+  const script = `
+    import { readdirSync, readFileSync } from 'node:fs';
+    import { Worker } from 'node:worker_threads';
+    const src = \`
+      const { parentPort } = require('node:worker_threads');
+      import(${JSON.stringify(policyUrl)}).then(async ({ confine }) => {
+        const koffi = (await import('koffi')).default;
+        const libc = koffi.load('libc.so.6');
+        const result = confine(${JSON.stringify(kind)}, true);
+        // Still a working thread: waits, timers through Atomics, messages.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+        parentPort.postMessage({ result });
+        parentPort.once('message', () => { ${bad} });
+      });\`;
+    const w = new Worker(src, { eval: true });
+    w.once('message', (m) => {
+      const status = readdirSync('/proc/self/task').map((t) => readFileSync('/proc/self/task/' + t + '/status', 'utf8'));
+      const confined = status.filter((s) => /^Seccomp:\\s+2$/m.test(s) && /^NoNewPrivs:\\s+1$/m.test(s)).length;
+      const mainStatus = readFileSync('/proc/thread-self/status', 'utf8');
+      console.log(JSON.stringify({ ...m, confined, mainSeccomp: /^Seccomp:\\s+(\\d)/m.exec(mainStatus)[1] }));
+      w.postMessage('go');
+    });`;
+  const file = join(dir, `child-${kind}-${Math.random().toString(36).slice(2)}.mjs`);
+  writeFileSync(file, script);
+  return spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 30_000, cwd: repoRoot });
+}
+
+test('a confined vCPU worker keeps working; socket(AF_INET) ends the process with the line that names it', () => {
+  const r = confinedChild(
+    'vcpu',
+    "libc.func('int socket(int, int, int)')(2, 1, 0); parentPort.postMessage('survived');",
+  );
+  const report = JSON.parse(String(r.stdout).split('\n')[0] ?? '{}') as {
+    result?: string;
+    confined?: number;
+    mainSeccomp?: string;
+  };
+  assert.equal(report.result, 'installed', String(r.stderr));
+  assert.equal(report.confined, 1, 'exactly the worker shows Seccomp: 2 and NoNewPrivs: 1');
+  assert.equal(report.mainSeccomp, '0', 'the main thread is not filtered (no TSYNC)');
+  assert.equal(r.status, 159, `status ${r.status} signal ${r.signal}: ${r.stderr}`);
+  assert.match(String(r.stderr), /^vireo: seccomp: thread vcpu made syscall socket \(41\) which is not allowed$/m);
+});
+
+test('an I/O thread may open a Unix socket but not exec: execve ends the process', () => {
+  const r = confinedChild(
+    'io',
+    "const s = libc.func('int socket(int, int, int)')(1, 1, 0); if (s < 0) process.exit(3); libc.func('int execve(const char *, void *, void *)')('/bin/true', null, null);",
+  );
+  assert.equal(r.status, 159, `status ${r.status} signal ${r.signal}: ${r.stderr}`);
+  assert.match(String(r.stderr), /^vireo: seccomp: thread io made syscall execve \(59\) which is not allowed$/m);
+});
+
+test('a disk thread may not map memory executable', () => {
+  const r = confinedChild(
+    'disk',
+    "libc.func('void *mmap(void *, size_t, int, int, int, long)')(null, 4096, 7, 0x22, -1, 0);",
+  );
+  assert.equal(r.status, 159, `status ${r.status} signal ${r.signal}: ${r.stderr}`);
+  assert.match(String(r.stderr), /^vireo: seccomp: thread disk made syscall mmap \(9\) which is not allowed$/m);
+});
+
+test('every call the traced test runs made (scripts/seccomp-observed.json) is on its kind list', () => {
+  // Made by scripts/seccomp-gen.mjs trace (see its header and kvm/seccomp-policy.ts); the same check as
+  // `node scripts/seccomp-gen.mjs check scripts/seccomp-observed.json`.
+  const observed = JSON.parse(readFileSync(join(repoRoot, 'scripts/seccomp-observed.json'), 'utf8')) as Record<
+    string,
+    { syscalls: string[]; ioctl: number[]; mmapProt: number[]; socket: number[] }
+  >;
+  assert.deepEqual(Object.keys(observed).sort(), [...KINDS].sort(), 'every kind was traced');
+  for (const kind of KINDS) {
+    const o = observed[kind];
+    assert.ok(o);
+    const prog = assembleFilter(policyEntries(kind), SECCOMP_RET_TRAP);
+    for (const name of o.syscalls) {
+      const nr = SYSCALLS[name as keyof typeof SYSCALLS];
+      assert.ok(nr !== undefined, name);
+      assert.ok(
+        POLICY[kind].some((e) => e.name === name),
+        `${kind}: ${name} was observed but is not allowed`,
+      );
+    }
+    for (const req of o.ioctl)
+      assert.equal(
+        runFilter(prog, { nr: SYSCALLS.ioctl, args: [3n, BigInt(req)] }),
+        SECCOMP_RET_ALLOW,
+        `${kind}: ioctl 0x${req.toString(16)}`,
+      );
+    for (const prot of o.mmapProt)
+      assert.equal(
+        runFilter(prog, { nr: SYSCALLS.mmap, args: [0n, 4096n, BigInt(prot)] }),
+        SECCOMP_RET_ALLOW,
+        `${kind}: mmap prot ${prot}`,
+      );
+    for (const af of o.socket)
+      assert.equal(
+        runFilter(prog, { nr: SYSCALLS.socket, args: [BigInt(af), 1n, 0n] }),
+        SECCOMP_RET_ALLOW,
+        `${kind}: socket ${af}`,
+      );
+  }
+});

@@ -1,0 +1,72 @@
+/**
+ * A running VM's threads under their filters (issue 12's check): with seccomp on (the default) the vCPU
+ * thread and the I/O thread (and KVM's kernel worker the vCPU thread starts) show `Seccomp: 2` and `NoNewPrivs: 1` in /proc/self/task/<tid>/status while
+ * the guest runs, and pause/resume/stop still work; with `seccomp: false` no thread is filtered and a
+ * warning line is on stderr. Each case in a child process: a filtered thread keeps its filter for good.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { guestPath } from './guests/build.js';
+import { repoRoot } from './support/cc.js';
+import { kvmSkipReason } from './support/vireo.js';
+
+const skip = kvmSkipReason();
+const dir = mkdtempSync(join(tmpdir(), 'vireo-vm-seccomp-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function runChild(seccomp: boolean | undefined): {
+  status: number | null;
+  stderr: string;
+  report: Record<string, unknown>;
+} {
+  const vmUrl = new URL('../src/vmm/vm.js', import.meta.url).href;
+  const script = `
+    import { readdirSync, readFileSync } from 'node:fs';
+    const { Vm } = await import(${JSON.stringify(vmUrl)});
+    const vm = await Vm.create({ kernel: ${JSON.stringify(guestPath('modes64'))}, cmdline: 'c', memMiB: 16,
+      serial: { kind: 'none' }, rng: true, seccomp: ${JSON.stringify(seccomp)} });
+    vm.start();
+    const mem = vm.memory;
+    const t0 = Date.now();
+    while (mem.read64(0x1ff000) < 1000n && Date.now() - t0 < 10000) await new Promise((r) => setTimeout(r, 5));
+    await vm.pause();
+    await vm.resume();
+    const status = readdirSync('/proc/self/task').map((t) => { try { return readFileSync('/proc/self/task/' + t + '/status', 'utf8'); } catch { return ''; } });
+    const confined = status.filter((s) => /^Seccomp:\\s+2$/m.test(s) && /^NoNewPrivs:\\s+1$/m.test(s)).length;
+    const counted = Number(mem.read64(0x1ff000) >= 1000n);
+    await vm.stop();
+    const names = status.filter((s) => /^Seccomp:\\s+2$/m.test(s)).map((s) => /^Name:\\s+(.*)$/m.exec(s)?.[1]);
+    console.log(JSON.stringify({ confined, counted, threads: status.length, names }));
+    process.exit(0);`;
+  const file = join(dir, `vm-${String(seccomp)}.mjs`);
+  writeFileSync(file, script);
+  const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 60_000, cwd: repoRoot });
+  const line = r.stdout.split('\n').find((l) => l.startsWith('{')) ?? '{}';
+  return { status: r.status, stderr: r.stderr, report: JSON.parse(line) as Record<string, unknown> };
+}
+
+test('by default the vCPU and I/O threads of a running VM are filtered; pause, resume and stop work', { skip }, () => {
+  const r = runChild(undefined);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.report['counted'], 1, 'the guest ran');
+  // KVM's own worker (kvm-nx-lpage-recovery), started from the first KVM_RUN, inherits the vCPU's filter.
+  const names = r.report['names'] as string[];
+  const node = names.filter((n) => n === 'node').length;
+  assert.equal(node, 2, `the vCPU and the I/O thread show Seccomp: 2 (of ${r.report['threads']} threads): ${names}`);
+  assert.ok(
+    names.every((n) => n === 'node' || n.startsWith('kvm-')),
+    String(names),
+  );
+  assert.doesNotMatch(r.stderr, /seccomp/);
+});
+
+test('seccomp: false filters nothing and says so on stderr', { skip }, () => {
+  const r = runChild(false);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.report['confined'], 0);
+  assert.match(r.stderr, /^vireo: warning: seccomp filters are OFF for this VM/m);
+});
