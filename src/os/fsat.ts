@@ -113,7 +113,13 @@ const statxBuf = Buffer.alloc(256);
  * atime @64, btime @80, ctime @96, mtime @112 ({i64 sec, u32 nsec, i32}), rdev @128, dev @136.
  */
 export function statx(fd: number, name?: Buffer): Statx | number {
-  const r = c_statx(fd, name ?? EMPTY, name ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, statxBuf) as number;
+  const r = c_statx(
+    fd,
+    name ?? EMPTY,
+    name ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+    STATX_BASIC_STATS,
+    statxBuf,
+  ) as number;
   if (r < 0) return -errno();
   const b = statxBuf;
   return {
@@ -138,7 +144,8 @@ export function statx(fd: number, name?: Buffer): Statx | number {
   };
 }
 
-export const mkdirat = (dirfd: number, name: Buffer, mode: number): number => ret(c_mkdirat(dirfd, name, mode) as number);
+export const mkdirat = (dirfd: number, name: Buffer, mode: number): number =>
+  ret(c_mkdirat(dirfd, name, mode) as number);
 export const mknodat = (dirfd: number, name: Buffer, mode: number, dev: number): number =>
   ret(c_mknodat(dirfd, name, mode, dev) as number);
 export const unlinkat = (dirfd: number, name: Buffer, flags: number): number =>
@@ -163,7 +170,13 @@ export const faccessat = (dirfd: number, name: Buffer, mode: number, flags: numb
   ret(c_faccessat(dirfd, name, mode, flags) as number);
 
 /** utimensat(2); each time is [sec, nsec] or UTIME_NOW / UTIME_OMIT in nsec. */
-export function utimensat(dirfd: number, name: Buffer, atime: [number, number], mtime: [number, number], flags: number): number {
+export function utimensat(
+  dirfd: number,
+  name: Buffer,
+  atime: [number, number],
+  mtime: [number, number],
+  flags: number,
+): number {
   const t = Buffer.alloc(32);
   t.writeBigInt64LE(BigInt(atime[0]), 0);
   t.writeBigInt64LE(BigInt(atime[1]), 8);
@@ -196,7 +209,16 @@ export function fstatvfs(fd: number): Statvfs | number {
   const b = Buffer.alloc(112);
   if ((c_fstatvfs(fd, b) as number) < 0) return -errno();
   const f = (i: number): number => Number(b.readBigUInt64LE(8 * i));
-  return { bsize: f(0), frsize: f(1), blocks: f(2), bfree: f(3), bavail: f(4), files: f(5), ffree: f(6), namemax: f(10) };
+  return {
+    bsize: f(0),
+    frsize: f(1),
+    blocks: f(2),
+    bfree: f(3),
+    bavail: f(4),
+    files: f(5),
+    ffree: f(6),
+    namemax: f(10),
+  };
 }
 
 export const getxattr = (path: Buffer, name: Buffer, value: Buffer | null): number =>

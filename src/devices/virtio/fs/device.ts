@@ -111,6 +111,11 @@ export class VirtioFs implements VirtioDevice {
       return this.reply(ctx, chain, parsed.header?.unique ?? 0n, parsed.error);
     }
     const req = parsed.req;
+    // Without room for an out-header no reply can go back: only the requests that have none are served.
+    if (chain.writeLen < SIZE.OUT_HEADER && req.op !== 'forget' && req.op !== 'batchForget') {
+      this.counters.malformed++;
+      return 0;
+    }
     const maxOut = Math.max(0, chain.writeLen - SIZE.OUT_HEADER);
     let r: FuseReply;
     try {

@@ -165,7 +165,7 @@ export const direntSize = (nameLen: number, plus: boolean): number =>
 export function writeDirent(
   out: Uint8Array,
   at: number,
-  d: { ino: bigint; off: number; type: number; name: Uint8Array },
+  d: { ino: bigint; off: bigint; type: number; name: Uint8Array },
   entry?: { nodeid: number; attr: FuseAttr },
 ): number {
   let p = at;
@@ -175,7 +175,7 @@ export function writeDirent(
   }
   const v = new DataView(out.buffer, out.byteOffset + p, SIZE.DIRENT);
   v.setBigUint64(0, d.ino, true);
-  v.setBigUint64(8, BigInt(d.off), true);
+  v.setBigUint64(8, d.off, true);
   v.setUint32(16, d.name.length, true);
   v.setUint32(20, d.type, true);
   out.set(d.name, p + SIZE.DIRENT);

@@ -23,9 +23,12 @@ export interface InHeader {
 /** Raw name bytes (no NUL): names are bytes on Linux, not necessarily UTF-8. */
 export type Name = Uint8Array;
 
+/** One union member per operation, for operations that share a body (so a switch narrows each). */
+type Each<O extends string, B> = O extends unknown ? { op: O } & B : never;
+
 export type FuseBody =
   | { op: 'init'; major: number; minor: number; maxReadahead: number; flags: number }
-  | { op: 'lookup' | 'unlink' | 'rmdir' | 'removexattr'; name: Name }
+  | Each<'lookup' | 'unlink' | 'rmdir' | 'removexattr', { name: Name }>
   | { op: 'forget'; nlookup: number }
   | { op: 'batchForget'; forgets: { nodeid: number; nlookup: number }[] }
   | { op: 'getattr'; flags: number; fh: number }
@@ -42,19 +45,19 @@ export type FuseBody =
       uid: number;
       gid: number;
     }
-  | { op: 'readlink' | 'statfs' | 'destroy' }
+  | Each<'readlink' | 'statfs' | 'destroy', object>
   | { op: 'symlink'; name: Name; target: Name }
   | { op: 'mknod'; mode: number; rdev: number; umask: number; name: Name }
   | { op: 'mkdir'; mode: number; umask: number; name: Name }
   | { op: 'rename'; newdir: number; flags: number; name: Name; newname: Name }
   | { op: 'link'; oldnodeid: number; name: Name }
-  | { op: 'open' | 'opendir'; flags: number }
+  | Each<'open' | 'opendir', { flags: number }>
   | { op: 'read'; fh: number; offset: number; size: number }
   /** A directory offset is the host's cookie (ext4's are 63-bit hashes), kept whole. */
-  | { op: 'readdir' | 'readdirplus'; fh: number; cookie: bigint; size: number }
+  | Each<'readdir' | 'readdirplus', { fh: number; cookie: bigint; size: number }>
   | { op: 'write'; fh: number; offset: number; size: number; writeFlags: number; data: Uint8Array }
-  | { op: 'release' | 'releasedir'; fh: number; flags: number; releaseFlags: number }
-  | { op: 'fsync' | 'fsyncdir'; fh: number; fsyncFlags: number }
+  | Each<'release' | 'releasedir', { fh: number; flags: number; releaseFlags: number }>
+  | Each<'fsync' | 'fsyncdir', { fh: number; fsyncFlags: number }>
   | { op: 'flush'; fh: number }
   | { op: 'setxattr'; flags: number; name: Name; value: Uint8Array }
   | { op: 'getxattr'; size: number; name: Name }
@@ -96,7 +99,12 @@ class Body {
     return this.b.length - this.at;
   }
   /** The next `n` bytes of struct (EINVAL when the body is shorter); a view for the field reads. */
-  struct(n: number): { u32(o: number): number; u64(o: number): number; i64ok(o: number): number; raw(o: number): bigint } {
+  struct(n: number): {
+    u32(o: number): number;
+    u64(o: number): number;
+    i64ok(o: number): number;
+    raw(o: number): bigint;
+  } {
     if (this.rest < n) throw new Fail(E.INVAL);
     const base = this.at;
     this.at += n;
@@ -322,3 +330,6 @@ function parseBody(opcode: number, b: Body): FuseBody {
       return { op: 'unknown' };
   }
 }
+
+/** The request of one operation (or a few sharing a body): `RequestOf<'lookup'>`. */
+export type RequestOf<O extends FuseRequest['op']> = FuseRequest & { op: O };

@@ -38,7 +38,11 @@ export type FsState = { version: 1; server: FsServerState };
 
 const id = int(1, Number.MAX_SAFE_INTEGER);
 export const checkFsServerState: Check = object({
-  nodes: array(object({ id, nlookup: int(0, Number.MAX_SAFE_INTEGER), path: hexBytes(PATH_MAX) }), 0, FS_STATE_MAX_NODES),
+  nodes: array(
+    object({ id, nlookup: int(0, Number.MAX_SAFE_INTEGER), path: hexBytes(PATH_MAX) }),
+    0,
+    FS_STATE_MAX_NODES,
+  ),
   handles: array(object({ fh: id, node: id, flags: u32, dir: bool }), 0, FS_STATE_MAX_HANDLES),
   nextNode: id,
   nextHandle: id,
