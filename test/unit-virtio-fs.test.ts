@@ -18,8 +18,12 @@ import {
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { PassthroughFs } from '../src/backends/fs/server.js';
+import { ConfigError } from '../src/common/errors.js';
+import { DisposableStore } from '../src/common/lifecycle.js';
+import { parseShare, validateShares } from '../src/config/index.js';
 import { E, FATTR, OP } from '../src/devices/virtio/fs/abi.js';
 import { VIRTIO_ID_FS } from '../src/devices/virtio/fs/device.js';
+import { fsKind } from '../src/vmm/kinds/fs.js';
 import { makeShare, SECRET, type TestShare } from './support/fs-share.js';
 import { attrAt, cat, cname, FuseClient, u32, u64, zeros } from './support/fuse-client.js';
 import { R } from './support/virtio-driver.js';
@@ -454,6 +458,56 @@ describe('virtio-fs: read-only share, table caps, snapshot', () => {
     } finally {
       c2.close();
       fresh.close();
+    }
+  });
+});
+
+describe('virtio-fs configuration', () => {
+  test('--share PATH,tag=NAME[,ro] and path=…: parsed; a bad tag, no tag, a tag twice are one-line ConfigErrors', () => {
+    assert.deepEqual(parseShare('/srv/data,tag=data'), { path: '/srv/data', tag: 'data', readOnly: false });
+    assert.deepEqual(parseShare('/srv/data,tag=data,ro'), { path: '/srv/data', tag: 'data', readOnly: true });
+    assert.deepEqual(parseShare('path=/x,tag=t,readonly=off'), { path: '/x', tag: 't', readOnly: false });
+    assert.throws(() => parseShare('/srv/data'), /needs tag=NAME/);
+    assert.throws(() => parseShare('/srv/data,tag=bad/tag'), /share tag "bad\/tag" is invalid/);
+    assert.throws(() => parseShare(`/d,tag=${'x'.repeat(37)}`), /is invalid/);
+    assert.throws(() => parseShare('/d,tag=t,bogus=1'), ConfigError);
+    assert.throws(
+      () =>
+        validateShares([
+          { path: '/a', tag: 't' },
+          { path: '/b', tag: 't' },
+        ]),
+      /given twice/,
+    );
+  });
+
+  test('a share whose directory is missing (at boot, or gone at a restore) is one ConfigError line; the kind saves path and tag', () => {
+    const store = new DisposableStore();
+    try {
+      const err = (() => {
+        try {
+          fsKind.open([{ path: '/nonexistent/vireo-share', tag: 'gone' }], { store, wake: () => {} });
+        } catch (e) {
+          return e;
+        }
+        return undefined;
+      })();
+      assert.ok(err instanceof ConfigError);
+      assert.equal(
+        err.message,
+        'share gone: cannot open directory /nonexistent/vireo-share: ENOENT; give an existing host directory',
+      );
+      s = makeShare();
+      const opened = fsKind.open([{ path: s.dir, tag: 'data', readOnly: true }], { store, wake: () => {} });
+      assert.equal(opened.devices[0]?.name, 'virtio-fs:data');
+      const saved = fsKind.snapshot.save([{ path: s.dir, tag: 'data', readOnly: true }]);
+      assert.deepEqual(saved, [{ path: s.dir, tag: 'data', readOnly: true }]);
+      const dev = fsKind.build(opened.devices[0]?.spec as Parameters<typeof fsKind.build>[0], []);
+      assert.equal(dev.deviceType, 26);
+      dev.close?.();
+    } finally {
+      store.dispose();
+      s?.cleanup();
     }
   });
 });

@@ -13,6 +13,7 @@ import {
   type DeviceStateRecord,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
+  VIRTIO_ID,
   type VirtioContext,
   type VirtioDevice,
 } from '../device.js';
@@ -22,7 +23,7 @@ import { E, SIZE } from './abi.js';
 import { type FuseRequest, parseRequest } from './request.js';
 import { type FsServerState, restoreFsState, saveFsState } from './state.js';
 
-export const VIRTIO_ID_FS = 26;
+export const VIRTIO_ID_FS = VIRTIO_ID.fs;
 /** The tag's bytes in the configuration space (UTF-8, NUL-padded; not NUL-terminated when 36 long). */
 export const FS_TAG_BYTES = 36;
 const QUEUE_SIZE = 256;
