@@ -132,7 +132,9 @@ export class VirtioFs implements VirtioDevice {
     }
     if ('error' in r) return this.reply(ctx, chain, req.unique, r.error);
     if (r.body.length > maxOut) {
-      this.counters.serverFailures++;
+      // The guest's reply buffers are shorter than the reply to what it asked (a GETATTR with room for
+      // a header only): the request fails, nothing is written past its buffers.
+      this.counters.malformed++;
       return this.reply(ctx, chain, req.unique, E.IO);
     }
     return this.reply(ctx, chain, req.unique, 0, r.body);
