@@ -22,8 +22,9 @@ export interface TestShare {
   cleanup(): void;
 }
 
-export function makeShare(opts: Partial<Omit<ShareSpec, 'rootFd' | 'rootPath'>> = {}): TestShare {
-  const base = realpathSync(mkdtempSync(join(tmpdir(), 'vireo-fs-')));
+/** `under`: where the temporary directory goes (default the system's tmpdir; /dev/shm for tmpfs). */
+export function makeShare(opts: Partial<Omit<ShareSpec, 'rootFd' | 'rootPath'>> = {}, under = tmpdir()): TestShare {
+  const base = realpathSync(mkdtempSync(join(under, 'vireo-fs-')));
   const dir = join(base, 'share');
   const outside = join(base, 'outside');
   mkdirSync(dir);

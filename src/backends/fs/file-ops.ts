@@ -10,7 +10,7 @@ import { direntSize, entryOut, lseekOut, openOut, writeDirent, writeOut } from '
 import type { FuseRequest, RequestOf } from '../../devices/virtio/fs/request.js';
 import * as fsat from '../../os/fsat.js';
 import { attrOf, badName, dirNode, fail, failed, ok, procPath, type Share } from './host.js';
-import type { FsHandle } from './tables.js';
+import type { FsHandle, HostDirent } from './tables.js';
 
 type Req<O extends FuseRequest['op']> = RequestOf<O>;
 
@@ -145,12 +145,38 @@ export function lseek(share: Share, req: Req<'lseek'>): FuseReply {
 /** Bytes of getdents64 read at a time (a READDIR reply is at most what the guest's buffer takes). */
 const DENTS_BUF = 32 * 1024;
 
+/** Reads the next getdents64 batch of a directory fd: its entries, [] at the end, or -errno. */
+function readDents(fd: number): HostDirent[] | number {
+  const buf = Buffer.alloc(DENTS_BUF);
+  const n = fsat.getdents64(fd, buf);
+  if (n < 0) return n;
+  const out: HostDirent[] = [];
+  // struct linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name (NUL-terminated).
+  for (let p = 0; p < n; ) {
+    const reclen = buf.readUInt16LE(p + 16);
+    if (reclen < 20 || p + reclen > n) return -E.IO;
+    const nameEnd = buf.indexOf(0, p + 19);
+    const end = nameEnd < 0 || nameEnd > p + reclen ? p + reclen : nameEnd;
+    out.push({
+      ino: buf.readBigUInt64LE(p),
+      off: buf.readBigUInt64LE(p + 8),
+      type: buf.readUInt8(p + 18),
+      name: Buffer.from(buf.subarray(p + 19, end)),
+    });
+    p += reclen;
+  }
+  return out;
+}
+
 /**
  * READDIR / READDIRPLUS: from the host cookie `req.cookie` (0: the start), as many entries as fit
- * the reply; each entry's off is the host's cookie of the position after it, so the next request
- * goes on from there. READDIRPLUS looks each entry up (a node, counted as a lookup) except '.' and
- * '..', which go out with node id 0 ("no entry"), as the kernel allows; an entry whose lookup fails
- * (removed meanwhile, the node table full) goes out the same way.
+ * the reply; each entry's off is the host's cookie of the position after it. A request that goes on
+ * where the last one stopped is served from the entries read ahead and then the fd as it stands,
+ * without a seek: on file systems whose cookies are positions (tmpfs), seeking back to a cookie
+ * after entries were removed (rm -rf removes as it reads) would skip entries. Any other cookie is a
+ * seek. READDIRPLUS looks each entry up (a node, counted as a lookup) except '.' and '..', which go
+ * out with node id 0 ("no entry"), as the kernel allows; so does an entry whose lookup fails
+ * (removed meanwhile, the node table full).
  */
 export function readdir(share: Share, req: Req<'readdir' | 'readdirplus'>, maxOut: number): FuseReply {
   const h = handle(share, req.fh, true);
@@ -159,31 +185,26 @@ export function readdir(share: Share, req: Req<'readdir' | 'readdirplus'>, maxOu
   const room = Math.min(req.size, maxOut);
   const out = new Uint8Array(room);
   let used = 0;
-  const s = fsat.seekDir(h.fd, req.cookie);
-  if (s < 0) return failed(s);
-  const buf = Buffer.alloc(Math.min(DENTS_BUF, Math.max(1024, room * 2)));
+  if (h.dirPos === undefined || req.cookie !== h.dirPos) {
+    const s = fsat.seekDir(h.fd, req.cookie);
+    if (s < 0) return failed(s);
+    h.pending = [];
+    h.dirPos = req.cookie;
+  }
+  const pending = h.pending ?? [];
+  h.pending = pending;
   for (;;) {
-    const n = fsat.getdents64(h.fd, buf);
-    if (n < 0) return used > 0 ? ok(out.subarray(0, used)) : failed(n);
-    if (n === 0) break;
-    // struct linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name (NUL-terminated).
-    for (let p = 0; p < n; ) {
-      const reclen = buf.readUInt16LE(p + 16);
-      if (reclen < 20 || p + reclen > n) return fail(E.IO);
-      const ino = buf.readBigUInt64LE(p);
-      const off = buf.readBigUInt64LE(p + 8);
-      const type = buf.readUInt8(p + 18);
-      const nameEnd = buf.indexOf(0, p + 19);
-      const name = buf.subarray(p + 19, nameEnd < 0 || nameEnd > p + reclen ? p + reclen : nameEnd);
-      const size = direntSize(name.length, plus);
-      if (used + size > room) {
-        // Does not fit: the next READDIR starts from this entry (its predecessor's cookie).
-        return ok(out.subarray(0, used));
-      }
-      const d = { ino, off, type, name };
-      used = writeDirent(out, used, d, plus ? plusEntry(share, h.fd, name, ino, type) : undefined);
-      p += reclen;
+    if (pending.length === 0) {
+      const more = readDents(h.fd);
+      if (typeof more === 'number') return used > 0 ? ok(out.subarray(0, used)) : failed(more);
+      if (more.length === 0) break;
+      pending.push(...more);
     }
+    const d = pending[0] as HostDirent;
+    if (used + direntSize(d.name.length, plus) > room) break; // the next request starts from it
+    used = writeDirent(out, used, d, plus ? plusEntry(share, h.fd, d.name, d.ino, d.type) : undefined);
+    pending.shift();
+    h.dirPos = d.off;
   }
   return ok(out.subarray(0, used));
 }

@@ -4,7 +4,7 @@
  * directory node's fd (badName refuses the rest); every node operation reaches the node's own inode
  * through its fd (host.ts says why /proc/self/fd).
  */
-import { E, FATTR, RENAME, XATTR_SIZE_MAX } from '../../devices/virtio/fs/abi.js';
+import { E, FATTR, PATH_MAX, RENAME, XATTR_SIZE_MAX } from '../../devices/virtio/fs/abi.js';
 import type { FuseReply } from '../../devices/virtio/fs/device.js';
 import { attrOut, entryOut, getxattrOut, statfsOut } from '../../devices/virtio/fs/reply.js';
 import type { FuseRequest, Name, RequestOf } from '../../devices/virtio/fs/request.js';
@@ -80,11 +80,12 @@ export function setattr(share: Share, req: Req<'setattr'>): FuseReply {
   return typeof st === 'number' ? failed(st) : ok(attrOut(attrOf(st)));
 }
 
-export function readlink(share: Share, req: Req<'readlink'>): FuseReply {
+export function readlink(share: Share, req: Req<'readlink'>, maxOut: number): FuseReply {
   const n = share.nodes.get(req.nodeid);
   if (n === undefined) return fail(E.STALE);
   if (n.type !== fsat.S_IFLNK) return fail(E.INVAL);
-  const buf = Buffer.alloc(4096);
+  // Cut to the guest's buffer as readlink(2) cuts to its caller's (Linux gives PAGE_SIZE - 1).
+  const buf = Buffer.alloc(Math.min(PATH_MAX, maxOut));
   const r = fsat.readlinkat(n.fd, fsat.cstr(''), buf);
   return r < 0 ? failed(r) : ok(buf.subarray(0, r));
 }

@@ -105,7 +105,7 @@ export class PassthroughFs implements FuseServer {
       case 'setattr':
         return node.setattr(s, req);
       case 'readlink':
-        return node.readlink(s, req);
+        return node.readlink(s, req, maxOut);
       case 'symlink':
         return node.symlink(s, req);
       case 'mknod':

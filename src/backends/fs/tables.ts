@@ -26,6 +26,17 @@ export interface FsHandle {
   readonly dir: boolean;
   /** The open(2) flags it was opened with (for a snapshot's re-open). */
   readonly flags: number;
+  /** A directory's stream (file-ops.ts readdir): where the fd stands and what was read ahead. */
+  dirPos?: bigint | undefined;
+  pending?: HostDirent[] | undefined;
+}
+
+/** One entry as getdents64 gave it: off is the host's cookie of the position after it. */
+export interface HostDirent {
+  ino: bigint;
+  off: bigint;
+  type: number;
+  name: Buffer;
 }
 
 export const ROOT_ID = 1;
