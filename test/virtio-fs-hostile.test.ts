@@ -12,9 +12,10 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import { FsWorker } from '../src/backends/fs/worker.js';
 import { OP } from '../src/devices/virtio/fs/abi.js';
 import { makeShare, SECRET } from './support/fs-share.js';
-import { cat, cname, u32, u64 } from './support/fuse-client.js';
+import { cat, cname, FuseClient, u32, u64 } from './support/fuse-client.js';
 
 const RUNS = 10_000;
 const SEED = 0x5f5;
@@ -158,11 +159,15 @@ const request = fc
   })
   .chain((r) => body(r.op).map((b) => ({ ...r, body: b })));
 
-test(`virtio-fs: ${RUNS} random and mutated FUSE requests, 0 crashes, nothing outside the share reached`, {
-  timeout: 300_000,
-}, () => {
+/** Runs `runs` requests against a fresh share; `worker`: through the share's own thread, as a VM does. */
+function fuzz(runs: number, seed: number, worker: boolean): void {
   const s = makeShare({ maxNodes: 64, maxHandles: 16 });
-  const c = s.client;
+  const c = worker
+    ? new FuseClient(
+        (memory) =>
+          new FsWorker({ rootFd: s.rootFd, rootPath: s.dir, readOnly: false, maxNodes: 64, maxHandles: 16 }, memory),
+      )
+    : s.client;
   const outsideBefore = readdirSync(s.outside);
   const outsideMtime = statSync(s.outside).mtimeMs;
   const parent = dirname(s.dir);
@@ -199,16 +204,22 @@ test(`virtio-fs: ${RUNS} random and mutated FUSE requests, 0 crashes, nothing ou
             'no reply carries the secret outside the share',
           );
         }
-        const held = s.server.held;
-        assert.ok(held.nodes <= 64 && held.handles <= 16, `tables within their caps: ${JSON.stringify(held)}`);
+        if (!worker) {
+          const held = s.server.held;
+          assert.ok(held.nodes <= 64 && held.handles <= 16, `tables within their caps: ${JSON.stringify(held)}`);
+        }
       }),
-      { numRuns: RUNS, seed: SEED, endOnFailure: true },
+      { numRuns: runs, seed, endOnFailure: true },
     );
   } finally {
     const outsideAfter = readdirSync(s.outside);
     const secret = readFileSync(join(s.outside, 'secret'), 'utf8');
     const mtime = statSync(s.outside).mtimeMs;
     const siblingsAfter = readdirSync(parent).sort();
+    if (worker) {
+      c.device.close();
+      c.close();
+    }
     s.cleanup();
     assert.deepEqual(outsideAfter, outsideBefore, 'nothing created or removed outside the share');
     assert.equal(secret, SECRET);
@@ -217,7 +228,17 @@ test(`virtio-fs: ${RUNS} random and mutated FUSE requests, 0 crashes, nothing ou
   }
   assert.equal(c.device.counters.serverFailures, 0, 'no request made the server fail (a throw caught as EIO)');
   process.stdout.write(
-    `# ${RUNS} requests: ${replies} replies, ${errors} errors, counters ${JSON.stringify(c.device.counters)}\n`,
+    `# ${runs} requests${worker ? ' (worker)' : ''}: ${replies} replies, ${errors} errors, counters ${JSON.stringify(c.device.counters)}\n`,
   );
-  assert.ok(replies > RUNS / 2, 'most requests were answered');
+  assert.ok(replies > runs / 2, 'most requests were answered');
+}
+
+test(`virtio-fs: ${RUNS} random and mutated FUSE requests, 0 crashes, nothing outside the share reached`, {
+  timeout: 300_000,
+}, () => {
+  fuzz(RUNS, SEED, false);
+});
+
+test('virtio-fs on its worker thread: 2000 more, the same properties', { timeout: 300_000 }, () => {
+  fuzz(2000, SEED + 1, true);
 });

@@ -5,7 +5,8 @@
  * structs of include/uapi/linux/fuse.h.
  */
 import { OP } from '../../src/devices/virtio/fs/abi.js';
-import { type FuseServer, VirtioFs } from '../../src/devices/virtio/fs/device.js';
+import { type FuseQueue, type FuseServer, VirtioFs } from '../../src/devices/virtio/fs/device.js';
+import type { RegionDescriptor } from '../../src/memory/guest-memory.js';
 import type { MockSplitQueue } from './mock-virtq.js';
 import { MockMmioDriver } from './virtio-driver.js';
 
@@ -64,9 +65,21 @@ export class FuseClient {
   private readonly outAddr: number;
   private unique = 1n;
 
-  constructor(server: FuseServer, tag = 'share') {
-    this.device = new VirtioFs(server, { tag });
-    this.drv = new MockMmioDriver(this.device, 16 << 20);
+  /** The worker, when the server runs on one (its replies come back after drain()). */
+  readonly queue: FuseQueue | undefined;
+
+  /** `server`, or a function that makes a worker over the guest memory's mappings. */
+  constructor(server: FuseServer | ((memory: RegionDescriptor[]) => FuseQueue), tag = 'share') {
+    let queue: FuseQueue | undefined;
+    let device: VirtioFs | undefined;
+    this.drv = new MockMmioDriver((memory) => {
+      if (typeof server === 'function') queue = server(memory);
+      device = new VirtioFs(queue ?? (server as FuseServer), { tag });
+      return device;
+    }, 16 << 20);
+    if (device === undefined) throw new Error('the mock driver did not build the device');
+    this.device = device;
+    this.queue = queue;
     const qs = this.drv.probe(64);
     this.hq = qs[0] as MockSplitQueue;
     this.rq = qs[1] as MockSplitQueue;
@@ -88,6 +101,7 @@ export class FuseClient {
     const head = queue.addChain(bufs);
     if (head === undefined) throw new Error('queue full');
     this.drv.notify(q);
+    this.queue?.drain();
     const used = queue.takeUsed();
     queue.recycle(head);
     if (used.length !== 1 || used[0]?.id !== head) throw new Error(`expected one used element, got ${used.length}`);

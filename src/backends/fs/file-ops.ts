@@ -63,7 +63,7 @@ export function create(share: Share, req: Req<'create'>): FuseReply {
     fsat.close(fd);
     return failed(node);
   }
-  const h = share.handles.add(fd, node.id, false, flags & ~(fsat.O_CREAT | fsat.O_TRUNC));
+  const h = share.handles.add(fd, node.id, false, flags & ~(fsat.O_CREAT | fsat.O_TRUNC | fsat.O_NOFOLLOW));
   if (typeof h === 'number') {
     share.nodes.forget(node.id, 1);
     return failed(h);

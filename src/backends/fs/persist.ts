@@ -88,7 +88,8 @@ export function restoreTables(share: Share, state: FsServerState): void {
   for (const h of state.handles) {
     const node = share.nodes.get(h.node);
     if (node === undefined) continue;
-    const flags = h.flags & ~(fsat.O_TRUNC | fsat.O_CREAT | fsat.O_EXCL);
+    // Through the node's /proc/self/fd link: O_NOFOLLOW there would refuse the magic link itself.
+    const flags = h.flags & ~(fsat.O_TRUNC | fsat.O_CREAT | fsat.O_EXCL | fsat.O_NOFOLLOW | fsat.O_PATH);
     if (share.readOnly && (flags & fsat.O_ACCMODE) !== 0) continue;
     const fd = fsat.openat(fsat.AT_FDCWD, procPath(node.fd), flags);
     if (fd >= 0) share.handles.add(fd, node.id, h.dir, flags, h.fh);

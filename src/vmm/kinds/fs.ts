@@ -1,11 +1,12 @@
 /**
- * virtio-fs: one device per shared host directory, served by vireo's own FUSE server on the I/O
- * thread. A snapshot keeps each share by path and tag (and read-only); a restore opens the directory
+ * virtio-fs: one device per shared host directory, served by vireo's own FUSE server on a worker
+ * thread of its own (backends/fs/worker.ts). A snapshot keeps each share by path and tag (and read-only); a restore opens the directory
  * again (a directory gone since is one clear ConfigError line) and the device's record puts the
  * guest's node ids and handles back (devices/virtio/fs/state.ts).
  */
 import { closeShare, openShare } from '../../backends/fs/open.js';
 import { PassthroughFs, type ShareSpec } from '../../backends/fs/server.js';
+import { FsWorker } from '../../backends/fs/worker.js';
 import { toDisposable } from '../../common/lifecycle.js';
 import { array, bool, object, opt, str } from '../../common/schema.js';
 import type { ShareConfig } from '../../config/index.js';
@@ -38,6 +39,11 @@ export const fsKind: DeviceKind<ShareConfig[], { tag: string; share: ShareSpec }
       }),
     };
   },
-  build: (spec) => new VirtioFs(new PassthroughFs(spec.share), { tag: spec.tag }),
+  // On the I/O thread (which has the guest's memory) the share gets a worker of its own; the main
+  // thread builds the model only for its features, inline.
+  build: (spec, memory) =>
+    new VirtioFs(memory.length > 0 ? new FsWorker(spec.share, memory) : new PassthroughFs(spec.share), {
+      tag: spec.tag,
+    }),
   recordCheck: checkFsState,
 };

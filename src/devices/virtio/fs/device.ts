@@ -1,6 +1,7 @@
 /**
  * virtio-fs (virtio 1.2 §5.11): FUSE requests over virtqueues, served by a FuseServer the VMM passes
- * in (backends/fs/ serves a host directory). Queue 0 is the high-priority queue (FORGET, BATCH_FORGET),
+ * in (backends/fs/ serves a host directory), here on the device's thread or, given a FuseQueue, on a
+ * thread of its own so that a slow host file system does not hold up the other devices. Queue 0 is the high-priority queue (FORGET, BATCH_FORGET),
  * queue 1 the one request queue. Each chain is one request: the in-header and its arguments in the
  * device-readable buffers, the out-header and the reply in the device-writable ones.
  *
@@ -11,24 +12,24 @@
 import {
   bit,
   type DeviceStateRecord,
+  POLL_IN,
+  type Poller,
   VIRTIO_F_RING_EVENT_IDX,
   VIRTIO_F_RING_INDIRECT_DESC,
   VIRTIO_ID,
   type VirtioContext,
   type VirtioDevice,
 } from '../device.js';
-import { drainQueue } from '../drain.js';
-import { type DescriptorChain, readFromChain, writeToChain } from '../queue.js';
-import { E, SIZE } from './abi.js';
-import { type FuseRequest, parseRequest } from './request.js';
+import { drainQueue, KEPT } from '../drain.js';
+import type { DescriptorChain } from '../queue.js';
+import type { FuseRequest } from './request.js';
+import { type ChainBuffers, type Served, type ServeOutcome, serveChain } from './serve.js';
 import { type FsServerState, restoreFsState, saveFsState } from './state.js';
 
 export const VIRTIO_ID_FS = VIRTIO_ID.fs;
 /** The tag's bytes in the configuration space (UTF-8, NUL-padded; not NUL-terminated when 36 long). */
 export const FS_TAG_BYTES = 36;
 const QUEUE_SIZE = 256;
-/** The most bytes of a request copied out of guest memory: a WRITE of max_write, or xattr/symlink names. */
-export const FS_MAX_REQUEST = 1024 * 1024 + 4096;
 
 /** A reply: an errno (positive; 0 is success without a body), a body, or none (FORGET). */
 export type FuseReply = { error: number } | { body: Uint8Array } | { none: true };
@@ -44,6 +45,27 @@ export interface FuseServer {
   close(): void;
 }
 
+/**
+ * A server on a thread of its own (backends/fs/worker.ts): the device hands it each chain's buffers
+ * and returns the chain when `done` runs, from complete() on the device's thread, which the device
+ * calls when completionFd is readable.
+ */
+export interface FuseQueue {
+  readonly completionFd: number;
+  /** Requests submitted whose callbacks have not run. */
+  readonly pending: number;
+  /** False when it cannot take this chain (the device then fails the request). */
+  submit(chain: ChainBuffers, done: (r: Served) => void): boolean;
+  complete(): void;
+  /** Waits for every submitted request and runs its callback. */
+  drain(): void;
+  saveState(): FsServerState;
+  restoreState(state: FsServerState): void;
+  close(): void;
+}
+
+const isQueue = (b: FuseServer | FuseQueue): b is FuseQueue => 'submit' in b;
+
 export interface FsDeviceConfig {
   tag: string;
 }
@@ -57,7 +79,7 @@ export class VirtioFs implements VirtioDevice {
   private ctx: VirtioContext | undefined;
 
   constructor(
-    private readonly server: FuseServer,
+    private readonly backend: FuseServer | FuseQueue,
     config: FsDeviceConfig,
   ) {
     const tag = Buffer.from(config.tag, 'utf8');
@@ -69,6 +91,11 @@ export class VirtioFs implements VirtioDevice {
     this.configSpace = cfg;
   }
 
+  attach(poller: Poller): void {
+    const b = this.backend;
+    if (isQueue(b)) poller.add(b.completionFd, POLL_IN, () => b.complete());
+  }
+
   activate(ctx: VirtioContext): void {
     this.ctx = ctx;
     this.process(0);
@@ -76,82 +103,68 @@ export class VirtioFs implements VirtioDevice {
   }
 
   reset(): void {
+    // Requests still on the worker finish first (they write guest memory); their answers are
+    // dropped, as the driver reset the queue they came from.
     this.ctx = undefined;
+    if (isQueue(this.backend)) this.backend.drain();
+  }
+
+  /** Before a snapshot: every request in flight is finished and answered. */
+  quiesce(): void {
+    if (isQueue(this.backend)) this.backend.drain();
   }
 
   saveState(): DeviceStateRecord {
-    return saveFsState(this.server.saveState());
+    return saveFsState(this.backend.saveState());
   }
 
   restoreState(state: unknown): void {
-    this.server.restoreState(restoreFsState(state).server);
+    this.backend.restoreState(restoreFsState(state).server);
   }
 
   close(): void {
-    this.server.close();
+    this.backend.close();
   }
 
   process(q: number): void {
     const ctx = this.ctx;
     if (ctx === undefined || q > 1) return;
-    drainQueue(ctx, q, (chain) => this.serve(ctx, chain));
+    drainQueue(ctx, q, (chain) => this.serve(ctx, q, chain));
   }
 
-  /** One request: returns the bytes written into the chain's writable buffers. */
-  private serve(ctx: VirtioContext, chain: DescriptorChain): number {
+  /** One chain: served here, or handed to the server's own thread (KEPT, returned when it is done). */
+  private serve(ctx: VirtioContext, q: number, chain: DescriptorChain): number | typeof KEPT {
     if (chain.error !== undefined) {
       this.counters.malformed++;
       return 0;
     }
     this.counters.requests++;
-    const mem = ctx.mem;
-    const limit = Math.min(chain.readLen, FS_MAX_REQUEST, SIZE.IN_HEADER + SIZE.WRITE_IN + this.server.maxWrite + 4096);
-    const parsed = parseRequest(readFromChain(mem, chain.readable, limit));
-    if (!parsed.ok) {
-      this.counters.malformed++;
-      return this.reply(ctx, chain, parsed.header?.unique ?? 0n, parsed.error);
+    if (!isQueue(this.backend)) {
+      const r = serveChain(this.backend, ctx.mem, chain);
+      this.count(r.outcome);
+      return r.used;
     }
-    const req = parsed.req;
-    // Without room for an out-header no reply can go back: only the requests that have none are served.
-    if (chain.writeLen < SIZE.OUT_HEADER && req.op !== 'forget' && req.op !== 'batchForget') {
-      this.counters.malformed++;
-      return 0;
-    }
-    const maxOut = Math.max(0, chain.writeLen - SIZE.OUT_HEADER);
-    let r: FuseReply;
-    try {
-      r = this.server.handle(req, maxOut);
-    } catch {
-      // A server bug (a host call it did not expect to fail): the request fails, the device goes on.
-      this.counters.serverFailures++;
-      r = { error: E.IO };
-    }
-    if ('none' in r) {
-      this.counters.forgets++;
-      return 0;
-    }
-    if ('error' in r) return this.reply(ctx, chain, req.unique, r.error);
-    if (r.body.length > maxOut) {
-      // The guest's reply buffers are shorter than the reply to what it asked (a GETATTR with room for
-      // a header only): the request fails, nothing is written past its buffers.
-      this.counters.malformed++;
-      return this.reply(ctx, chain, req.unique, E.IO);
-    }
-    return this.reply(ctx, chain, req.unique, 0, r.body);
+    const ok = this.backend.submit(chain, (r) => {
+      if (this.ctx !== ctx) return; // reset meanwhile: the queue is gone
+      this.count(r.outcome);
+      ctx.queues[q]?.pushUsed(ctx.mem, chain.head, r.used);
+      ctx.signalUsed(q);
+    });
+    if (ok) return KEPT;
+    // The worker cannot take it (closed, or more buffers than a slot holds): the request fails here.
+    this.counters.malformed++;
+    return 0;
   }
 
-  /** Writes fuse_out_header (len, error, unique) and the body; 0 when there is no room for the header. */
-  private reply(ctx: VirtioContext, chain: DescriptorChain, unique: bigint, errno: number, body?: Uint8Array): number {
-    if (chain.writeLen < SIZE.OUT_HEADER) return 0;
-    if (errno !== 0) this.counters.errors++;
-    const len = SIZE.OUT_HEADER + (body?.length ?? 0);
-    const hdr = new Uint8Array(SIZE.OUT_HEADER);
-    const v = new DataView(hdr.buffer);
-    v.setUint32(0, len, true);
-    v.setInt32(4, -errno, true);
-    v.setBigUint64(8, unique, true);
-    writeToChain(ctx.mem, chain.writable, hdr);
-    if (body !== undefined && body.length > 0) writeToChain(ctx.mem, chain.writable, body, SIZE.OUT_HEADER);
-    return len;
+  private count(o: ServeOutcome): void {
+    const c = this.counters;
+    if (o === 'forget') c.forgets++;
+    else if (o === 'serverFailure') {
+      c.serverFailures++;
+      c.errors++;
+    } else if (o === 'malformed') {
+      c.malformed++;
+      c.errors++;
+    } else if (o === 'error') c.errors++;
   }
 }
