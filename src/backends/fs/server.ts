@@ -11,8 +11,9 @@
  * request as the user it runs as (it has no privilege to switch to the guest's ids), so the host's
  * own permission checks are the ones that hold.
  *
- * The calls are synchronous (koffi): they run on the thread that runs the device (vireo's I/O thread);
- * a slow host file system delays the other devices on that thread while a request is served.
+ * The calls are synchronous (koffi). In a VM the server runs on a worker thread of its own
+ * (worker.ts), so a slow host file system holds up only its own share; tests also run it inline,
+ * on the device's thread.
  */
 import { E, FUSE_KERNEL_VERSION, INIT, INIT_OFFERED } from '../../devices/virtio/fs/abi.js';
 import type { FuseReply, FuseServer } from '../../devices/virtio/fs/device.js';
