@@ -15,6 +15,13 @@ import { checkFsState } from '../../devices/virtio/fs/state.js';
 import type { DeviceKind } from '../device-kind.js';
 import { MAX_DEVICES, PATH } from './limits.js';
 
+/**
+ * Whether each share's server runs on a worker thread of its own (the default) or inline on the I/O
+ * thread (VIREO_FS_THREAD=0): the worker keeps a slow host file system from holding up the other
+ * devices, at the price of a thread crossing per request, which costs most on many small requests.
+ */
+const FS_THREAD = process.env.VIREO_FS_THREAD !== '0';
+
 export const fsKind: DeviceKind<ShareConfig[], { tag: string; share: ShareSpec }> = {
   name: 'virtio-fs',
   configKey: 'shares',
@@ -42,7 +49,7 @@ export const fsKind: DeviceKind<ShareConfig[], { tag: string; share: ShareSpec }
   // On the I/O thread (which has the guest's memory) the share gets a worker of its own; the main
   // thread builds the model only for its features, inline.
   build: (spec, memory) =>
-    new VirtioFs(memory.length > 0 ? new FsWorker(spec.share, memory) : new PassthroughFs(spec.share), {
+    new VirtioFs(memory.length > 0 && FS_THREAD ? new FsWorker(spec.share, memory) : new PassthroughFs(spec.share), {
       tag: spec.tag,
     }),
   recordCheck: checkFsState,
