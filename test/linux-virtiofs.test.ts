@@ -79,6 +79,8 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
   const script = [
     'set -e',
     'export VIREO_VERBOSE=1',
+    // VIREO_FS_THREAD=0 on the test's side: the shares served inline (to compare with the worker).
+    ...(process.env.VIREO_FS_THREAD === '0' ? ['export VIREO_FS_THREAD=0'] : []),
     'd=$(mktemp -d)',
     'mkdir "$d/share" "$d/ro" "$d/outside" "$d/share/sub"',
     `echo ${SECRET} > "$d/outside/secret"`,
@@ -141,5 +143,7 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
   assert.equal(c['virtio-fs:hostshare']?.serverFailures, 0);
   assert.equal(c['virtio-fs:hostshare']?.malformed, 0, 'Linux sent nothing the parser refused');
   assert.equal(s.status, 0, `clean power-off; stderr: ${s.stderr}`);
-  process.stderr.write(`linux virtio-fs: session marks ${JSON.stringify(s.marks)}\ncounters ${counters[1]}\n`);
+  process.stderr.write(
+    `linux virtio-fs (${process.env.VIREO_FS_THREAD === '0' ? 'inline' : 'worker'}): session marks ${JSON.stringify(s.marks)}\ncounters ${counters[1]}\n`,
+  );
 });
