@@ -932,6 +932,109 @@ function netRows(output: string, where: string, nestedBootMs: number, secs: numb
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// 9. Sandboxes (bench/sandbox-inner.ts, in the nested lane on PVM hosts): create → first output of a
+//    clone restored from a template against a cold boot of the same kit (the peer is vireo's own
+//    cold boot: the ratio is the point), with clones alive, memory per clone, agent round trips.
+
+async function sandboxRows(): Promise<Row[]> {
+  const inner = join(here, 'sandbox-inner.js');
+  const { detectFlavour } = await import('../src/kvm/kvm.js');
+  let output: string;
+  let where: string;
+  if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
+    output = runTimed(NODE, [inner], { timeoutMs: 60 * 60_000 }).stdout;
+    where = 'direct on this host';
+  } else {
+    const { runNested } = await import('../src/kit/nested.js');
+    log('sandbox: template, cold boots and clones in the nested lane (1 vCPU)');
+    const r = await runNested({
+      command: [NODE, inner],
+      cwd: checkoutRoot(),
+      timeoutMs: 60 * 60_000,
+      cpus: 1,
+      memMiB: 6144,
+    });
+    output = r.output;
+    where = 'nested lane';
+  }
+  const ev = benchEvents(output)[0] as
+    | {
+        error?: string;
+        coldFirstOutputMs?: number[];
+        cloneFirstOutputMs?: number[];
+        cloneFirstOutputWithAliveMs?: number[];
+        perCloneRssKiB?: number;
+        perClonePrivateDirtyKiB?: number;
+        runTrueMs?: { median: number; p99: number };
+        fileWriteMiBs?: number;
+        fileReadMiBs?: number;
+        alive?: number;
+        memMiB?: number;
+      }
+    | undefined;
+  if (!ev) throw new Error(`sandbox-inner.js printed no result (${where}): ${tail(output)}`);
+  if (ev.error) throw new Error(`sandbox-inner.js (${where}): ${ev.error.split('\n')[0]}`);
+  const cold = median(ev.coldFirstOutputMs ?? []);
+  const clone = median(ev.cloneFirstOutputMs ?? []);
+  const busy = median(ev.cloneFirstOutputWithAliveMs ?? []);
+  const row = (id: string, benchmark: string, vireo: number, peer: number | null, goal: string, ok?: boolean): Row => ({
+    id,
+    benchmark: `${benchmark}, ${where}`,
+    unit: 'ms',
+    vireo,
+    peer,
+    peerName: peer === null ? '—' : 'cold Sandbox.create of the same kit',
+    ratio: peer !== null ? vireo / peer : null,
+    goal,
+    ...(ok !== undefined ? { goalMet: ok } : {}),
+    details: ev,
+  });
+  return [
+    row(
+      'sandbox-clone-first-output',
+      'sandbox create → first output of echo hi: clone of a template, median ms',
+      clone,
+      cold,
+      'ratio ≤ 0.1',
+      clone / cold <= 0.1,
+    ),
+    row(
+      'sandbox-clone-first-output-busy',
+      `the same with ${ev.alive} clones alive, median ms`,
+      busy,
+      cold,
+      'ratio ≤ 0.1',
+      busy / cold <= 0.1,
+    ),
+    {
+      ...row(
+        'sandbox-clone-private-mib',
+        `guest memory written per extra clone (Private_Dirty), MiB of ${ev.memMiB} MiB`,
+        (ev.perClonePrivateDirtyKiB ?? Number.NaN) / 1024,
+        null,
+        'most pages shared',
+      ),
+      unit: 'MiB',
+    },
+    row(
+      'sandbox-run-true',
+      "commands.run('true') round trip, median ms (p99 in details)",
+      ev.runTrueMs?.median ?? Number.NaN,
+      null,
+      '—',
+    ),
+    {
+      ...row('sandbox-file-write', 'file write through the agent, MiB/s', ev.fileWriteMiBs ?? Number.NaN, null, '—'),
+      unit: 'MiB/s',
+    },
+    {
+      ...row('sandbox-file-read', 'file read through the agent, MiB/s', ev.fileReadMiBs ?? Number.NaN, null, '—'),
+      unit: 'MiB/s',
+    },
+  ];
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
   const qemu = findQemu();
@@ -992,6 +1095,13 @@ async function main(): Promise<void> {
     title: 'API socket ready after process start, and request latency (vireo-firecracker vs QEMU QMP)',
     name: 'API',
     run: () => apiRows(qemu),
+  });
+  suites.push({
+    id: 'sandbox',
+    title: 'sandboxes: clone create vs cold boot, memory per clone, agent round trips (nested lane)',
+    name: 'sandboxes',
+    file: 'sandbox.json',
+    run: () => sandboxRows(),
   });
   const ran: { id: string; file?: string; rows: Row[] }[] = [];
   for (const [i, suite] of suites.entries()) {

@@ -302,6 +302,11 @@ test('/init validates what it is given', async () => {
   assert.equal((await init('{"timestamp":"yesterday"}')).status, 400);
   assert.equal((await init(JSON.stringify({ accessToken: 'a\nb' }))).status, 400);
   assert.equal((await init('x'.repeat(2 << 20))).status, 413);
+  // vireo's entropy field: base64 of 1-512 bytes, else 400 (a good one is credited by the guest's kernel).
+  assert.equal((await init('{"vireoEntropy":"not base64!"}')).status, 400);
+  assert.equal((await init('{"vireoEntropy":""}')).status, 400);
+  assert.equal((await init(JSON.stringify({ vireoEntropy: Buffer.alloc(513).toString('base64') }))).status, 400);
+  assert.equal((await init(JSON.stringify({ vireoEntropy: 'A'.repeat(4000) }))).status, 400);
   assert.equal((await fetch(`${agent.url}/init`)).status, 405);
   assert.deepEqual(await (await fetch(`${agent.url}/envs`)).json(), {}, 'nothing was half-applied');
   await healthy();

@@ -10,7 +10,7 @@ import { prepareKit } from '../src/kit/kit.js';
 import { runNested } from '../src/kit/nested.js';
 import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
-import { GUEST_SESSION, type GuestSession, laneTripleFault } from './support/lane.js';
+import { GUEST_SESSION, type GuestSession, laneStall, laneTripleFault } from './support/lane.js';
 
 const session = GUEST_SESSION;
 
@@ -72,7 +72,7 @@ async function bootLinux(cpus: number, memMiB: number, steps: object[] = SHELL_A
     process.stderr.write(
       `linux ${cpus} vCPU: nested boot ${r.timings.bootMs} ms, session marks ${JSON.stringify(s.marks)}\n`,
     );
-    const fault = cpus > 1 ? laneTripleFault(s, 'vireo guest ready') : undefined;
+    const fault = cpus > 1 ? (laneTripleFault(s, 'vireo guest ready') ?? laneStall(s, 'vireo guest ready')) : undefined;
     if (fault && attempt < 3) {
       process.stderr.write(`linux ${cpus} vCPU: ${fault}; attempt ${attempt + 1} of 3\n`);
       continue;

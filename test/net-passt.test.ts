@@ -14,7 +14,7 @@ import { test } from 'node:test';
 import { PasstNet } from '../src/backends/passt.js';
 import { PasstSupervisor } from '../src/backends/passt-process.js';
 import { VIRTIO_NET_HDR_LEN } from '../src/devices/virtio/net.js';
-import { arpRequest, dhcpDiscover, parseArpReply, parseDhcp } from './support/frames.js';
+import { arpRequest, dhcpDiscover, parseArpReply, parseDhcp, parseTcp, tcpSegment } from './support/frames.js';
 
 const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -190,5 +190,57 @@ test('passt: port forwards at start and replaced at run time (a new passt, no ou
   } finally {
     net.close();
     sup.dispose();
+  }
+});
+
+test("passt: the egress policy keeps the guest off the host's loopback until allowHost, then a SYN gets through", {
+  timeout: 60_000,
+}, async () => {
+  assert.ok(passtThere, 'passt is not installed: run scripts/setup.sh (apt-get install passt)');
+  // A host service on loopback: through passt it is the gateway address's port (passt's gateway mapping).
+  let accepted = 0;
+  const srv = createServer((s) => {
+    accepted++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as AddressInfo).port;
+  const r = rig();
+  try {
+    await until('passt to serve', 15_000, () => r.net.linkUp());
+    const offer = await dhcp(r.net, 0x4321);
+    const router = (offer?.router ?? '').split('.').map(Number);
+    const guest = (offer?.yiaddr ?? '').split('.').map(Number);
+    assert.equal(router.length, 4, 'a router is announced');
+    send(r.net, arpRequest(MAC, guest, router));
+    const gwMac = (await answer(r.net, 5000, (f) => parseArpReply(f))).mac;
+    const syn = (sport: number) => tcpSegment(MAC, gwMac, guest, router, sport, port, 0x02);
+    // Default policy: the SYN never reaches passt.
+    send(r.net, syn(40001));
+    await sleep(1500);
+    assert.equal(accepted, 0, 'the host service saw no connection');
+    assert.equal(r.sup.egressDrops().host, 1, 'one frame dropped as bound for the host');
+    // allowHost at run time: the next SYN reaches the service and passt answers with a SYN+ACK.
+    r.sup.setEgress({ allow: [], deny: [], allowHost: true });
+    send(r.net, syn(40002));
+    const synAck = await answer(r.net, 5000, (f) => {
+      const t = parseTcp(f);
+      return t && t.dport === 40002 ? t : undefined;
+    });
+    assert.equal(synAck.flags & 0x12, 0x12, 'SYN+ACK');
+    assert.equal(synAck.sport, port);
+    await until('the host service to accept', 5000, () => accepted === 1);
+    // Denied by CIDR, even with the host open: nothing more reaches it.
+    r.sup.setEgress({ allow: [], deny: [`${router.join('.')}/32`], allowHost: true });
+    send(r.net, syn(40003));
+    await sleep(1500);
+    assert.equal(accepted, 1);
+    assert.equal(r.sup.egressDrops().denied, 1);
+    assert.deepEqual(r.lines, [], 'nothing to report: the policy changes without a restart');
+    assert.equal(r.sup.status().starts, 1, 'the same passt throughout');
+  } finally {
+    r.net.close();
+    r.sup.dispose();
+    srv.close();
   }
 });

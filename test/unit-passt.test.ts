@@ -6,12 +6,14 @@
  * stand-in for passt on a real Unix socket (both directions, a partial frame, a bad length or the end
  * of the stream dropping the connection and reporting why).
  */
+
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import { hostAddresses, newEgressChannel } from '../src/backends/egress.js';
 import { PASST_LOST, PASST_STATE, PASST_STATE_SLOTS, PasstNet, passtSocketPath } from '../src/backends/passt.js';
 import {
   ETH_HEADER_LEN,
@@ -41,8 +43,12 @@ const framed = (frames: Uint8Array[]): Uint8Array => {
   return out;
 };
 
-const ethFrame = (len: number, seed: number): Uint8Array =>
-  Uint8Array.from({ length: len }, (_, i) => (i * 31 + seed) & 0xff);
+/** A frame of `len` bytes of a pattern, its EtherType ARP's (the egress policy passes ARP unread). */
+const ethFrame = (len: number, seed: number): Uint8Array => {
+  const f = Uint8Array.from({ length: len }, (_, i) => (i * 31 + seed) & 0xff);
+  if (len >= 14) f.set([0x08, 0x06], 12);
+  return f;
+};
 
 /** Feeds `stream` to a reader in the given chunk sizes; returns every frame it cut. */
 function cut(reader: FrameReader, stream: Uint8Array, chunks: number[]): Uint8Array[] {
@@ -322,7 +328,8 @@ function rig(): Rig {
   st[PASST_STATE.FD] = -1;
   const listen = sys.unixSocket();
   sys.bindListen(listen, passtSocketPath(dir, 1));
-  const net = new PasstNet({ id: 'u', dir, epollFd: ep.fd, pendingFd, state });
+  const egress = newEgressChannel({ allow: [], deny: [], allowHost: false, hostNets: hostAddresses() });
+  const net = new PasstNet({ id: 'u', dir, epollFd: ep.fd, pendingFd, state, egress });
   assert.equal(net.linkUp(), false);
   Atomics.store(st, PASST_STATE.READY, 1);
   net.refresh();

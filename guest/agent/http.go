@@ -191,6 +191,8 @@ type initRequest struct {
 	DefaultUser    *string           `json:"defaultUser"`
 	DefaultWorkdir *string           `json:"defaultWorkdir"`
 	Timestamp      *time.Time        `json:"timestamp"`
+	// vireo's own: host bytes for the kernel's CRNG (entropy.go), sent to each clone.
+	VireoEntropy *string `json:"vireoEntropy"`
 }
 
 func (a *agent) serveInit(w http.ResponseWriter, r *http.Request) {
@@ -232,6 +234,16 @@ func (a *agent) serveInit(w http.ResponseWriter, r *http.Request) {
 		d := *req.DefaultWorkdir
 		if len(d) > maxPathLen || !strings.HasPrefix(d, "/") || strings.IndexByte(d, 0) >= 0 {
 			writeJSONError(w, http.StatusBadRequest, "default workdir must be an absolute path")
+			return
+		}
+	}
+	if req.VireoEntropy != nil {
+		if len(*req.VireoEntropy) > 4*maxEntropyBytes {
+			writeJSONError(w, http.StatusBadRequest, "vireoEntropy is over %d bytes", maxEntropyBytes)
+			return
+		}
+		if err := addEntropy(*req.VireoEntropy); err != nil {
+			writeJSONError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
 	}

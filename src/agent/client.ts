@@ -72,6 +72,11 @@ export interface AgentInit {
   defaultWorkdir?: string | undefined;
   /** The host's clock (RFC 3339); the agent sets the guest's from it. Default: now. */
   timestamp?: string | undefined;
+  /**
+   * vireo's own field: host random bytes (base64, at most 512) that vireo's agent credits to the
+   * guest kernel's pool and reseeds its CRNG from at once (a clone must not share its template's).
+   */
+  vireoEntropy?: string | undefined;
 }
 
 /** What /files answers for an upload, checked (the guest is not trusted). */

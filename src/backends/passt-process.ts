@@ -17,6 +17,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Disposable } from '../common/lifecycle.js';
 import * as sys from '../os/sys.js';
+import {
+  type EgressDrop,
+  type EgressRules,
+  egressDrops,
+  hostAddresses,
+  newEgressChannel,
+  writeEgressRules,
+} from './egress.js';
 import { PASST_LOST, PASST_STATE, PASST_STATE_SLOTS, type PasstSpec, passtSocketPath } from './passt.js';
 
 /** A host port passt forwards to the guest (config/net.ts's PortForward). */
@@ -39,6 +47,10 @@ export interface PasstOptions {
   log?: ((line: string) => void) | undefined;
   /** Extra arguments for passt (tests: a log file, an interface). */
   extraArgs?: readonly string[] | undefined;
+  /** The egress policy (egress.ts); default: the host's own addresses refused, everything else allowed. */
+  egress?: Omit<EgressRules, 'hostNets'> | undefined;
+  /** The host's own addresses as the policy sees them (default hostAddresses()). */
+  hostNets?: readonly string[] | undefined;
 }
 
 /** What the supervisor sees (for the API and tests). */
@@ -136,6 +148,8 @@ export class PasstSupervisor implements Disposable {
   private readonly binary: string;
   private readonly runAsArgs: string[];
   private forwards: readonly PasstForward[];
+  private readonly hostNets: string[];
+  private egressRules: Omit<EgressRules, 'hostNets'>;
   private child: ChildProcess | undefined;
   private gen = 0;
   private starts = 0;
@@ -156,6 +170,11 @@ export class PasstSupervisor implements Disposable {
     this.log = opts.log ?? ((l) => process.stderr.write(`${l}\n`));
     this.binary = opts.binary ?? (process.env.VIREO_PASST || 'passt');
     this.forwards = [...(opts.forwards ?? [])];
+    this.egressRules = {
+      allow: [...(opts.egress?.allow ?? [])],
+      deny: [...(opts.egress?.deny ?? [])],
+      allowHost: opts.egress?.allowHost ?? false,
+    };
     const dir = mkdtempSync(join(tmpdir(), 'vireo-passt-'));
     const who = runAs();
     this.runAsArgs = who.args;
@@ -172,7 +191,9 @@ export class PasstSupervisor implements Disposable {
     const state = new SharedArrayBuffer(PASST_STATE_SLOTS * 4);
     this.st = new Int32Array(state);
     Atomics.store(this.st, PASST_STATE.FD, -1);
-    this.spec = { id: opts.id, dir, epollFd: this.epoll.fd, pendingFd: this.pendingFd, state };
+    this.hostNets = [...(opts.hostNets ?? hostAddresses())];
+    const egress = newEgressChannel(this.rules(opts.egress));
+    this.spec = { id: opts.id, dir, epollFd: this.epoll.fd, pendingFd: this.pendingFd, state, egress };
     this.watchTimer = setInterval(() => this.watch(), WATCH_MS);
     this.watchTimer.unref();
     this.start();
@@ -208,6 +229,30 @@ export class PasstSupervisor implements Disposable {
       }, timeoutMs); // not unref'd: a caller that waits keeps Node running until the answer
       this.waiters.push(w);
     });
+  }
+
+  private rules(p: Omit<EgressRules, 'hostNets'> | undefined): EgressRules {
+    return {
+      allow: [...(p?.allow ?? [])],
+      deny: [...(p?.deny ?? [])],
+      allowHost: p?.allowHost ?? false,
+      hostNets: [...this.hostNets],
+    };
+  }
+
+  /** A new egress policy, applied from the guest's next frame on (no restart, flows keep going). */
+  setEgress(p: Omit<EgressRules, 'hostNets'>): void {
+    this.egressRules = { allow: [...p.allow], deny: [...p.deny], allowHost: p.allowHost };
+    writeEgressRules(this.spec.egress, this.rules(p));
+  }
+
+  get currentEgress(): Omit<EgressRules, 'hostNets'> {
+    return this.egressRules;
+  }
+
+  /** Frames from the guest the egress policy dropped, by reason. */
+  egressDrops(): Record<EgressDrop, number> {
+    return egressDrops(this.spec.egress);
   }
 
   get currentForwards(): readonly PasstForward[] {
@@ -383,6 +428,8 @@ export class PasstSupervisor implements Disposable {
    */
   dispose(): void {
     if (this.disposed) return;
+    if (process.env.VIREO_VERBOSE)
+      this.log(`vireo: net ${this.opts.id}: egress policy dropped ${JSON.stringify(this.egressDrops())}`);
     this.disposed = true;
     this.state = 'stopped';
     clearInterval(this.watchTimer);

@@ -15,7 +15,11 @@ import { join } from 'node:path';
 import { SyscallError } from '../common/errors.js';
 import { type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
 import * as sys from '../os/sys.js';
+import { EgressChannelFilter } from './egress.js';
 import { ETH_HEADER_LEN, FrameReader, OutBuffer, PASST_MAX_FRAME } from './passt-frames.js';
+
+/** How much of a frame the egress policy reads: every header it looks at is within it. */
+const EGRESS_HEAD_BYTES = 512;
 
 /** What the VMM makes in the main thread and posts to the I/O thread (plain data). */
 export interface PasstSpec {
@@ -29,6 +33,8 @@ export interface PasstSpec {
   pendingFd: number;
   /** Int32 slots (PASST_STATE) shared by the supervisor and the I/O thread. */
   state: SharedArrayBuffer;
+  /** The egress rules and drop counters (egress.ts's channel), written by the VMM. */
+  egress: SharedArrayBuffer;
 }
 
 /** Slots of PasstSpec.state. */
@@ -98,11 +104,15 @@ export class PasstNet implements NetBackend {
   /** The guest's buffers of the frame being sent, less the virtio header (reused). */
   private readonly parts: Uint8Array[] = [];
   private closed = false;
+  private readonly egress: EgressChannelFilter;
+  /** A frame's first bytes, gathered when the guest split its headers across buffers. */
+  private readonly head = new Uint8Array(EGRESS_HEAD_BYTES);
 
   /** No side effects: the main thread builds one for the device's features. */
   constructor(private readonly spec: PasstSpec) {
     this.fd = spec.epollFd;
     this.st = new Int32Array(spec.state);
+    this.egress = new EgressChannelFilter(spec.egress);
   }
 
   linkUp(): boolean {
@@ -148,6 +158,7 @@ export class PasstNet implements NetBackend {
         const f = reader.next();
         if (f !== undefined) {
           const n = VIRTIO_NET_HDR_LEN + f.length;
+          this.egress.observeIn(f);
           scatter(bufs, count, this.header, f);
           this.setPending(reader.hasFrame());
           return n;
@@ -198,8 +209,25 @@ export class PasstNet implements NetBackend {
       parts.push(skip > 0 ? b.subarray(skip) : b);
       skip = 0;
     }
+    // The egress policy sees the headers before passt does; a refused frame is dropped here.
+    if (!this.egress.allowOut(this.headers(parts, len))) return total;
     out.append(parts, len);
     return total;
+  }
+
+  /** The frame's first bytes in one piece (the first buffer itself when it holds them). */
+  private headers(parts: readonly Uint8Array[], len: number): Uint8Array {
+    const want = Math.min(len, EGRESS_HEAD_BYTES);
+    const first = parts[0];
+    if (first !== undefined && first.length >= want) return first;
+    let at = 0;
+    for (const p of parts) {
+      if (at >= want) break;
+      const n = Math.min(p.length, want - at);
+      this.head.set(p.subarray(0, n), at);
+      at += n;
+    }
+    return this.head.subarray(0, at);
   }
 
   /** Sends the frames written since the last flush (the device calls it after each batch). */

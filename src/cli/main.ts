@@ -1,5 +1,5 @@
 /** The `vireo` command line. */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import { ConfigError, VireoError } from '../common/errors.js';
 import { guardStderr } from '../common/stdio.js';
 import {
@@ -25,41 +25,15 @@ import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
 import { threadsLoaded } from '../vmm/vcpu-threads.js';
 import { Vm } from '../vmm/vm.js';
+import { cliParser, positiveInt } from './args.js';
 import { hostReport, printHostReport } from './host.js';
 import { prewarmForArgs } from './prewarm.js';
+import { registerSandboxCommands } from './sandbox-commands.js';
 
 const VERSION = '0.1.0';
 
 /** The KVM device: /dev/kvm unless VIREO_KVM_DEVICE names another. */
 const kvmDevice = (): string => process.env.VIREO_KVM_DEVICE ?? '/dev/kvm';
-
-function positiveInt(what: string, max: number) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > max)
-      throw new InvalidArgumentError(`${what} must be an integer from 1 to ${max}`);
-    return n;
-  };
-}
-
-/** A config/ parser as a commander argParser: its ConfigError becomes commander's usage error. */
-function cliParser<T>(parse: (v: string) => T): (v: string) => T {
-  return (v) => {
-    try {
-      return parse(v);
-    } catch (e) {
-      if (e instanceof ConfigError) throw new InvalidArgumentError(e.message);
-      throw e;
-    }
-  };
-}
-
-/** `K=V` into a record (repeatable options). */
-function keyValuesSync(v: string, prev: Record<string, string> = {}): Record<string, string> {
-  const eq = v.indexOf('=');
-  if (eq < 1) throw new InvalidArgumentError(`${JSON.stringify(v)}: give KEY=VALUE`);
-  return { ...prev, [v.slice(0, eq)]: v.slice(eq + 1) };
-}
 
 /** `--serial stdio|none|file:PATH` (config/serial.ts). */
 export const parseSerial = cliParser(parseSerialConfig);
@@ -266,7 +240,7 @@ async function mainCommand(argv: string[]): Promise<number> {
     .addOption(
       new Option(
         '--net <spec>',
-        'a virtio-net interface: on a host TAP, tap=NAME[,mac=MAC][,id=ID]; or on a user-mode network through passt (no root needed: DHCP, DNS, outbound TCP/UDP; the host is the gateway address), user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC][,id=ID]; repeat for more',
+        'a virtio-net interface: on a host TAP, tap=NAME[,mac=MAC][,id=ID]; or on a user-mode network through passt (no root needed: DHCP, DNS, outbound TCP/UDP; the own addresses of the host, its loopback through the gateway address, are refused unless host=allow), user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,allow=CIDR|NAME]...[,deny=CIDR|NAME]...[,host=allow][,mac=MAC][,id=ID]; repeat for more',
       )
         .default([], 'none')
         .argParser(parseNet),
@@ -343,163 +317,9 @@ async function mainCommand(argv: string[]): Promise<number> {
       status = await rootfsCommand(opts);
     });
 
-  program
-    .command('image')
-    .description('make disk images: vireo image create [--backing BASE] [--size SIZE] OUT.qcow2')
-    .command('create')
-    .description(
-      'write a qcow2 (v3) image: an overlay over BASE (raw or qcow2; its writes stay in OUT, the rest reads from BASE), or an empty one of --size',
-    )
-    .argument('<out>', 'the image to write (must not exist)')
-    .option('--backing <base>', 'the backing image (stored as an absolute path)')
-    .option('--size <size>', "virtual size: bytes or with K, M, G, T (default: the backing image's)")
-    .action(async (out: string, opts: { backing?: string; size?: string }) => {
-      const { imageCreateCommand } = await import('./image.js');
-      status = imageCreateCommand(out, opts);
-    });
-
-  program
-    .command('serve')
-    .description(
-      "a local sandbox service for E2B's SDK on 127.0.0.1: set E2B_API_URL and E2B_SANDBOX_URL to its URL and E2B_API_KEY to its key (it prints the three)",
-    )
-    .addOption(
-      new Option('--port <n>', 'TCP port on 127.0.0.1 (0: any free one)').default(49982).argParser((v: string) => {
-        const n = Number(v);
-        if (!/^\d+$/.test(v) || n > 65535) throw new InvalidArgumentError('--port must be 0 to 65535');
-        return n;
-      }),
-    )
-    .option(
-      '--api-key <key>',
-      'the key every control-plane request must carry (default: VIREO_API_KEY, else generated)',
-    )
-    .option(
-      '--template <spec>',
-      'NAME=KERNEL,INITRD[,ROOTFS]: what Sandbox.create(NAME) boots, or NAME=DIR: clones of a vireo template build; repeat for more (default base: the guest kit)',
-      (v: string, prev: string[]) => [...prev, v],
-      [] as string[],
-    )
-    .addOption(new Option('--cpus <n>', 'vCPUs per sandbox').default(1).argParser(positiveInt('--cpus', MAX_VCPUS)))
-    .addOption(
-      new Option('--mem <MiB>', 'memory per sandbox in MiB').default(256).argParser(positiveInt('--mem', MAX_MEM_MIB)),
-    )
-    .addOption(
-      new Option('--max-sandboxes <n>', 'sandboxes at once')
-        .default(16)
-        .argParser(positiveInt('--max-sandboxes', 1024)),
-    )
-    .addOption(
-      new Option('--boot-timeout <s>', "seconds a sandbox's agent may take to answer after boot")
-        .default(120)
-        .argParser(positiveInt('--boot-timeout', 3600)),
-    )
-    .action(async (opts: import('./serve.js').ServeCliOptions) => {
-      const { serveCommand } = await import('./serve.js');
-      status = await serveCommand(opts);
-    });
-
-  program
-    .command('template')
-    .description('templates for sandbox clones: vireo template build --dir DIR [--kernel K --initrd I] [--rootfs R]')
-    .command('build')
-    .description(
-      'boot once, wait for the guest agent, and snapshot it into DIR (with a manifest): Sandbox.create({ template: DIR }) restores clones of it (default: the guest kit)',
-    )
-    .requiredOption('--dir <dir>', 'where the template goes (made if missing; must not hold one)')
-    .option('--kernel <path>', 'kernel to boot (default: the guest kit)')
-    .option('--initrd <path>', 'its initramfs, which must start the agent')
-    .option(
-      '--rootfs <path>',
-      'a root disk image: copied into DIR; each clone writes a qcow2 overlay of its own over it',
-    )
-    .addOption(new Option('--cpus <n>', 'vCPUs').default(1).argParser(positiveInt('--cpus', MAX_VCPUS)))
-    .addOption(new Option('--mem <MiB>', 'memory in MiB').default(256).argParser(positiveInt('--mem', MAX_MEM_MIB)))
-    .addOption(
-      new Option('--boot-timeout <s>', 'seconds the agent may take to answer after boot')
-        .default(120)
-        .argParser(positiveInt('--boot-timeout', 3600)),
-    )
-    .action(async (opts: import('./template.js').TemplateBuildCliOptions) => {
-      const { templateBuildCommand } = await import('./template.js');
-      status = await templateBuildCommand(opts);
-    });
-
-  const sandbox = program
-    .command('sandbox')
-    .description(
-      'use a running vireo serve: create, exec, cp, ls, kill (--url, --api-key or VIREO_SERVE_URL, VIREO_API_KEY)',
-    )
-    .option('--url <url>', 'the service (default VIREO_SERVE_URL, E2B_API_URL or http://127.0.0.1:49982)')
-    .option('--api-key <key>', 'its API key (default VIREO_API_KEY or E2B_API_KEY)');
-  const client = async () => (await import('./serve.js')).serveClient(sandbox.opts());
-  const kv = (v: string, prev?: Record<string, string>) => {
-    try {
-      return keyValuesSync(v, prev);
-    } catch (e) {
-      throw new InvalidArgumentError((e as Error).message);
-    }
-  };
-  sandbox
-    .command('create')
-    .description('create a sandbox and print its id')
-    .option('--template <name>', 'template name', 'base')
-    .addOption(new Option('--timeout <s>', 'seconds until it is killed').argParser(positiveInt('--timeout', 86_400)))
-    .option('--env <K=V>', 'an environment variable for its commands (repeatable)', kv)
-    .option('--metadata <K=V>', 'metadata kept with it (repeatable)', kv)
-    .action(
-      async (o: {
-        template: string;
-        timeout?: number;
-        env?: Record<string, string>;
-        metadata?: Record<string, string>;
-      }) => {
-        status = await (await import('./serve.js')).sandboxCreate(await client(), o);
-      },
-    );
-  sandbox
-    .command('exec')
-    .description("run a command in a sandbox: vireo sandbox exec ID -- CMD [ARGS...]; the exit status is the command's")
-    .argument('<id>')
-    .argument('<command...>')
-    .option('--cwd <dir>')
-    .option('--user <name>')
-    .option('-i, --stdin', "give it this command's stdin (read to its end first)")
-    .option('--env <K=V>', 'an environment variable (repeatable)', kv)
-    .addOption(
-      new Option('--timeout <s>', 'kill it after this many seconds').argParser(positiveInt('--timeout', 86_400)),
-    )
-    .action(
-      async (
-        id: string,
-        command: string[],
-        o: { cwd?: string; user?: string; env?: Record<string, string>; timeout?: number },
-      ) => {
-        status = await (await import('./serve.js')).sandboxExec(await client(), id, command, o);
-      },
-    );
-  sandbox
-    .command('cp')
-    .description('copy a file: cp LOCAL ID:/PATH uploads, cp ID:/PATH LOCAL downloads (- is stdin/stdout)')
-    .argument('<src>')
-    .argument('<dst>')
-    .action(async (src: string, dst: string) => {
-      status = await (await import('./serve.js')).sandboxCp(await client(), src, dst);
-    });
-  sandbox
-    .command('ls')
-    .description("list the service's sandboxes")
-    .option('--json', 'machine-readable output')
-    .action(async (o: { json?: boolean }) => {
-      status = await (await import('./serve.js')).sandboxLs(await client(), o.json ?? false);
-    });
-  sandbox
-    .command('kill')
-    .description('kill sandboxes (their VMs stop, their files go)')
-    .argument('<id...>')
-    .action(async (ids: string[]) => {
-      status = await (await import('./serve.js')).sandboxKill(await client(), ids);
-    });
+  registerSandboxCommands(program, (s) => {
+    status = s;
+  });
 
   program
     .command('snapshot')

@@ -2,6 +2,7 @@
  * virtio-net interfaces: on a host TAP (Firecracker's iface_id, host_dev_name, guest_mac), or on a
  * user-mode network that passt gives the guest without root (`--net user[,hostfwd=…]`).
  */
+import { parseCidr, parseNamePattern } from '../backends/egress.js';
 import { ConfigError } from '../common/errors.js';
 import { validateId, validateUniqueIds } from './id.js';
 import { optionString, parseOptions } from './options.js';
@@ -28,11 +29,54 @@ export interface PortForward {
   guestPort: number;
 }
 
+/**
+ * Where a guest on a user-mode network may send (backends/egress.ts has the order the rules apply in).
+ * Entries are CIDRs (`10.0.0.0/8`, `2001:db8::/32`, a bare address) or host names (`example.com`,
+ * `*.example.com`), matched against the DNS answers the guest got.
+ */
+export interface EgressPolicy {
+  /** When not empty, only these destinations (and the host, with allowHost) are reachable. */
+  allow?: string[] | undefined;
+  /** Never reachable, whatever `allow` says. */
+  deny?: string[] | undefined;
+  /** The host's own addresses (loopback through passt's gateway, its interfaces) are reachable; default false. */
+  allowHost?: boolean | undefined;
+}
+
+/** At most this many entries in each of allow and deny. */
+export const EGRESS_MAX_ENTRIES = 1024;
+
 /** An interface on a user-mode network served by passt (started by vireo, unprivileged). */
 export interface UserNetConfig extends NetCommon {
   kind: 'user';
   /** Host ports forwarded to the guest. */
   hostfwd?: PortForward[] | undefined;
+  /** The egress policy; default: every destination but the host's own addresses. */
+  egress?: EgressPolicy | undefined;
+}
+
+/** Checks a policy from the TS API, the CLI or a snapshot. */
+export function validateEgress(id: string, p: EgressPolicy): void {
+  if (typeof p !== 'object' || p === null || Array.isArray(p))
+    throw new ConfigError(`network interface ${id}: egress must be an object { allow, deny, allowHost }`);
+  for (const key of Object.keys(p))
+    if (key !== 'allow' && key !== 'deny' && key !== 'allowHost')
+      throw new ConfigError(`network interface ${id}: egress has no setting "${key}" (allow, deny, allowHost)`);
+  if (p.allowHost !== undefined && typeof p.allowHost !== 'boolean')
+    throw new ConfigError(`network interface ${id}: egress.allowHost must be true or false`);
+  for (const which of ['allow', 'deny'] as const) {
+    const list = p[which];
+    if (list === undefined) continue;
+    if (!Array.isArray(list) || list.length > EGRESS_MAX_ENTRIES)
+      throw new ConfigError(
+        `network interface ${id}: egress.${which} must be a list of at most ${EGRESS_MAX_ENTRIES} entries`,
+      );
+    for (const e of list)
+      if (typeof e !== 'string' || (parseCidr(e) === undefined && parseNamePattern(e) === undefined))
+        throw new ConfigError(
+          `network interface ${id}: egress.${which} entry "${String(e)}" is neither a CIDR (10.0.0.0/8, 2001:db8::/32) nor a host name (example.com, *.example.com)`,
+        );
+  }
 }
 
 export type NetConfig = TapNetConfig | UserNetConfig;
@@ -47,9 +91,11 @@ export function parseMac(s: string): Uint8Array | undefined {
 const NET_OPTIONS = { what: 'net', keys: ['tap', 'mac', 'id'], usage: 'tap=NAME, mac=MAC, id=ID' } as const;
 const USER_OPTIONS = {
   what: 'net',
-  keys: ['user', 'mac', 'id'],
-  usage: 'user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC][,id=ID]',
+  keys: ['user', 'mac', 'id', 'host'],
+  usage:
+    'user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,allow=CIDR|NAME]...[,deny=CIDR|NAME]...[,host=allow|deny][,mac=MAC][,id=ID]',
 } as const;
+const REPEATED = ['hostfwd=', 'allow=', 'deny='];
 const HOSTFWD_USAGE = 'hostfwd=tcp:127.0.0.1:8080-:80 (or udp:, and an empty host address for every address)';
 
 const port = (s: string, what: string, text: string): number => {
@@ -122,10 +168,21 @@ export function parseNet(text: string, index: number): NetConfig {
 
 function parseUserNet(parts: string[], index: number): UserNetConfig {
   const fwd = parts.filter((p) => p.startsWith('hostfwd='));
-  const o = parseOptions(parts.filter((p) => !p.startsWith('hostfwd=')).join(','), USER_OPTIONS);
+  const o = parseOptions(parts.filter((p) => !REPEATED.some((r) => p.startsWith(r))).join(','), USER_OPTIONS);
   if (o.get('user') !== '') throw new ConfigError(`net option user takes no value: use ${USER_OPTIONS.usage}`);
   const n: UserNetConfig = { id: netId(o, index), kind: 'user' };
   if (fwd.length > 0) n.hostfwd = fwd.map((p) => parseHostForward(p.slice('hostfwd='.length)));
+  const allow = parts.filter((p) => p.startsWith('allow=')).map((p) => p.slice('allow='.length));
+  const deny = parts.filter((p) => p.startsWith('deny=')).map((p) => p.slice('deny='.length));
+  const host = o.get('host');
+  if (host !== undefined && host !== 'allow' && host !== 'deny')
+    throw new ConfigError(`net option host is allow or deny (the host's own addresses), not "${host}"`);
+  if (allow.length > 0 || deny.length > 0 || host !== undefined) {
+    n.egress = {};
+    if (allow.length > 0) n.egress.allow = allow;
+    if (deny.length > 0) n.egress.deny = deny;
+    if (host !== undefined) n.egress.allowHost = host === 'allow';
+  }
   setMac(n, o.get('mac'));
   validateNet(n);
   return n;
@@ -149,6 +206,7 @@ export function validateNet(n: NetConfig): void {
       throw new ConfigError(`network interface ${n.id}: hostfwd must be a list of port forwards`);
     for (const x of f ?? []) validatePortForward(x);
     validateForwards(n.id, f ?? []);
+    if (n.egress !== undefined) validateEgress(n.id, n.egress);
   } else if (n.kind !== undefined && n.kind !== 'tap')
     throw new ConfigError(`network interface ${n.id}: kind "${String(n.kind)}" is not tap or user`);
   else if (typeof n.tap !== 'string' || n.tap === '')

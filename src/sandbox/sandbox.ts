@@ -9,6 +9,7 @@
  * the same commands and files, without the VM verbs.
  */
 import { randomBytes } from 'node:crypto';
+import { channel } from 'node:diagnostics_channel';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +24,12 @@ import { SandboxError } from './errors.js';
 import { Files } from './files.js';
 import { forwardPort, type PortForward } from './port-forward.js';
 import { loadTemplate } from './template.js';
+
+/**
+ * Where a clone's create is, published on diagnostics_channel `vireo:sandbox:phase` as
+ * `{ dir, phase }` (phase: restored, agent-ready, initialized); free when nobody subscribes.
+ */
+export const sandboxPhase = channel('vireo:sandbox:phase');
 
 /** vireo's own boot line (the CLI's default), for a sandbox that does not give one. */
 export const SANDBOX_DEFAULT_CMDLINE =
@@ -211,6 +218,7 @@ export class Sandbox {
         kvmPath: opts.kvmPath,
         overrides,
       });
+      sandboxPhase.publish({ dir, phase: 'restored' });
       const agent = new AgentClient({
         endpoint: hybridVsockEndpoint(udsPath, AGENT_VSOCK_PORT),
         timeouts: opts.agentTimeouts,
@@ -225,15 +233,18 @@ export class Sandbox {
           },
         );
       }
+      sandboxPhase.publish({ dir, phase: 'agent-ready' });
+      // A fresh token, the host's clock, and host entropy the agent reseeds the guest's CRNG from:
+      // every clone starts from the template's CRNG state otherwise.
       await agent.init({
         envVars: opts.envs,
         accessToken: randomBytes(24).toString('base64url'),
         defaultUser: opts.user,
         defaultWorkdir: opts.workdir,
+        vireoEntropy: randomBytes(64).toString('base64'),
       });
-      const sb = new Sandbox(agent, opts, vm, dir);
-      await reseedGuestRng(sb);
-      return sb;
+      sandboxPhase.publish({ dir, phase: 'initialized' });
+      return new Sandbox(agent, opts, vm, dir);
     } catch (e) {
       await vm?.stop().catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });
@@ -378,17 +389,6 @@ export class Sandbox {
       );
     return this.vm;
   }
-}
-
-/**
- * Every clone starts with the template's RNG state: 64 host random bytes are written to the guest's
- * /dev/urandom (through a shell, as the default user: root in the kit and the rootfs — the agent's file writes take regular files only). That
- * mixes them into the kernel's input pool without crediting entropy; the kernel's CRNG takes them at
- * its next reseed, not at once (the virtio-rng device feeds it host randomness too).
- */
-async function reseedGuestRng(sb: Sandbox): Promise<void> {
-  const hex = randomBytes(64).toString('hex');
-  await sb.commands.run(`echo ${hex} > /dev/urandom`);
 }
 
 function checkMs(name: string, v: number, zeroOk: boolean): void {

@@ -5,16 +5,20 @@
  * Ctrl+Alt+Del, the balloon, counters) are here too; Vm (vm.ts) is the public face of this class.
  */
 import { writeSync } from 'node:fs';
+import type { PasstSupervisor } from '../backends/passt-process.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, VireoError } from '../common/errors.js';
 import type { DisposableStore } from '../common/lifecycle.js';
 import {
   type DriveConfig,
+  type EgressPolicy,
   type NetConfig,
   type PortForward,
   type SerialConfig,
+  type UserNetConfig,
   type VmConfig,
   validateBalloonTarget,
+  validateEgress,
   validateForwards,
   validatePortForward,
   validateStatsInterval,
@@ -275,6 +279,17 @@ export class Machine extends TypedEmitter<VmEvents> {
 
   /** Replaces a user-mode interface's host port forwards (Vm.setPortForwards says what it costs). */
   setPortForwards(id: string, forwards: PortForward[]): Promise<boolean> {
+    const { passt, i, net } = this.userNet(id);
+    if (!Array.isArray(forwards)) throw new ConfigError('port forwards must be a list');
+    for (const f of forwards) validatePortForward(f);
+    validateForwards(id, forwards);
+    const copy = forwards.map((f) => ({ ...f }));
+    this.config.nets[i] = { ...net, hostfwd: copy };
+    return passt.setForwards(copy);
+  }
+
+  /** A user-mode interface's passt supervisor and its config's index, or a one-line error. */
+  private userNet(id: string): { passt: PasstSupervisor; i: number; net: UserNetConfig } {
     const passt = this.released ? undefined : this.devices.host(netKind)?.get(id);
     const i = this.config.nets.findIndex((n) => n.id === id && n.kind === 'user');
     const net = this.config.nets[i];
@@ -283,12 +298,25 @@ export class Machine extends TypedEmitter<VmEvents> {
         'VIREO_ERR_STATE',
         `this VM has no user-mode network interface "${id}" (--net user,id=${id})`,
       );
-    if (!Array.isArray(forwards)) throw new ConfigError('port forwards must be a list');
-    for (const f of forwards) validatePortForward(f);
-    validateForwards(id, forwards);
-    const copy = forwards.map((f) => ({ ...f }));
-    this.config.nets[i] = { ...net, hostfwd: copy };
-    return passt.setForwards(copy);
+    return { passt, i, net };
+  }
+
+  /** Replaces a user-mode interface's egress policy, from the guest's next frame on. */
+  setEgressPolicy(id: string, policy: EgressPolicy): void {
+    const { passt, i, net } = this.userNet(id);
+    validateEgress(id, policy);
+    const copy: EgressPolicy = {
+      allow: [...(policy.allow ?? [])],
+      deny: [...(policy.deny ?? [])],
+      allowHost: policy.allowHost ?? false,
+    };
+    passt.setEgress({ allow: copy.allow ?? [], deny: copy.deny ?? [], allowHost: copy.allowHost ?? false });
+    this.config.nets[i] = { ...net, egress: copy };
+  }
+
+  /** Frames the egress policy of user-mode interface `id` dropped, by reason. */
+  egressDrops(id: string): Record<string, number> {
+    return this.userNet(id).passt.egressDrops();
   }
 
   balloonStatus(): { targetMiB: number; actualMiB: number; stats: Record<string, number> } | undefined {

@@ -12,7 +12,7 @@
 import { AgentClient } from '../agent/client.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { VireoError } from '../common/errors.js';
-import type { PortForward, VmConfig } from '../config/index.js';
+import type { EgressPolicy, PortForward, VmConfig } from '../config/index.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { VmExit } from '../vcpu/exit.js';
 import type { BootResult } from './boot.js';
@@ -191,6 +191,19 @@ export class Vm extends TypedEmitter<VmEvents> {
    */
   setPortForwards(id: string, forwards: PortForward[]): Promise<boolean> {
     return this.m.setPortForwards(id, forwards);
+  }
+
+  /**
+   * Replaces the egress policy of the user-mode interface `id` (backends/egress.ts says how it
+   * applies); it holds from the guest's next frame on, without restarting passt.
+   */
+  setEgressPolicy(id: string, policy: EgressPolicy): void {
+    this.m.setEgressPolicy(id, policy);
+  }
+
+  /** Frames from the guest the egress policy of interface `id` dropped, by reason. */
+  egressDrops(id: string): Record<string, number> {
+    return this.m.egressDrops(id);
   }
 
   /** Shared counters: exits by kind and unclaimed accesses. */

@@ -107,3 +107,53 @@ export function parseArpReply(f: Uint8Array): { ip: string; mac: Uint8Array } | 
   if (v.getUint16(12) !== 0x0806 || v.getUint16(20) !== 2) return undefined;
   return { ip: dotted(f, 28), mac: f.slice(22, 28) };
 }
+
+/** A TCP segment from mac/src:sport to dstMac/dst:dport with `flags` (0x02 SYN), checksums right. */
+export function tcpSegment(
+  mac: Uint8Array,
+  dstMac: Uint8Array,
+  src: number[],
+  dst: number[],
+  sport: number,
+  dport: number,
+  flags: number,
+): Uint8Array {
+  const f = new Uint8Array(14 + 20 + 20);
+  const v = new DataView(f.buffer);
+  f.set(dstMac, 0);
+  f.set(mac, 6);
+  v.setUint16(12, 0x0800);
+  f[14] = 0x45;
+  v.setUint16(16, 40);
+  v.setUint16(18, sport); // an id
+  f[22] = 64;
+  f[23] = 6;
+  f.set(src, 26);
+  f.set(dst, 30);
+  v.setUint16(24, ipChecksum(f, 14, 20));
+  v.setUint16(34, sport);
+  v.setUint16(36, dport);
+  v.setUint32(38, 0x1000_0000 + sport); // sequence number
+  f[46] = 0x50;
+  f[47] = flags;
+  v.setUint16(48, 64240);
+  // The checksum over the pseudo header (addresses, protocol, length) and the segment.
+  const pseudo = new Uint8Array(12 + 20);
+  pseudo.set(src, 0);
+  pseudo.set(dst, 4);
+  pseudo[9] = 6;
+  pseudo[11] = 20;
+  pseudo.set(f.subarray(34, 54), 12);
+  v.setUint16(50, ipChecksum(pseudo, 0, pseudo.length));
+  return f;
+}
+
+/** A TCP segment's addresses, ports and flags; undefined for anything else. */
+export function parseTcp(f: Uint8Array): { src: string; sport: number; dport: number; flags: number } | undefined {
+  if (f.length < 54 || f[12] !== 0x08 || f[13] !== 0x00 || f[23] !== 6) return undefined;
+  const ihl = ((f[14] as number) & 15) * 4;
+  const t = 14 + ihl;
+  if (f.length < t + 14) return undefined;
+  const v = new DataView(f.buffer, f.byteOffset);
+  return { src: dotted(f, 26), sport: v.getUint16(t), dport: v.getUint16(t + 2), flags: f[t + 13] as number };
+}

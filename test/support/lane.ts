@@ -37,3 +37,18 @@ export function laneTripleFault(s: GuestSession | undefined, banner: string): st
   const last = s.output.trimEnd().split('\n').slice(-1)[0] ?? '';
   return `the guest triple-faulted before "${banner}" in the lane (${fault[0]}; last guest line: ${last.slice(0, 160)})`;
 }
+
+/**
+ * The same lane's other failure in that phase: the guest's output stops before `banner` with no
+ * fault and vireo still running until the session gives up (CI met it in a 2-vCPU linux-nested boot:
+ * the last line was the kernel loading its X.509 certificates, 180 s of silence after; the QEMU+KVM
+ * comparison above is where a 2-vCPU QEMU microvm "stopped in the same phase"). Only for lanes with
+ * two CPUs, like the triple fault; vireo's own errors (a line on its stderr) are never taken for it.
+ */
+export function laneStall(s: GuestSession | undefined, banner: string): string | undefined {
+  if (s === undefined || s.marks[banner] !== undefined) return undefined;
+  if (!s.failed?.includes(`did not see "${banner}"`)) return undefined;
+  if (/^vireo: /m.test(s.stderr) || s.status !== null) return undefined;
+  const last = s.output.trimEnd().split('\n').slice(-1)[0] ?? '';
+  return `the guest's output stopped before "${banner}" in the lane, vireo running and silent (last guest line: ${last.slice(0, 160)})`;
+}

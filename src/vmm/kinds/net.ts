@@ -7,8 +7,8 @@ import { PasstNet, type PasstSpec } from '../../backends/passt.js';
 import { PasstSupervisor } from '../../backends/passt-process.js';
 import { closeTap, openTap, Tap, type TapSpec } from '../../backends/tap.js';
 import { toDisposable } from '../../common/lifecycle.js';
-import { array, type Check, int, isObject, object, oneOf, opt, SchemaError, str } from '../../common/schema.js';
-import type { NetConfig } from '../../config/index.js';
+import { array, bool, type Check, int, isObject, object, oneOf, opt, SchemaError, str } from '../../common/schema.js';
+import { EGRESS_MAX_ENTRIES, type NetConfig, validateNets } from '../../config/index.js';
 import { VirtioNet } from '../../devices/virtio/net.js';
 import { checkNetState } from '../../devices/virtio/net-state.js';
 import type { DeviceKind } from '../device-kind.js';
@@ -29,7 +29,15 @@ const forward = object({
   hostPort: int(1, 65535),
   guestPort: int(1, 65535),
 });
-const userNet = object({ id: str(NAME), kind: oneOf('user'), hostfwd: opt(array(forward, 0, 256)), mac });
+const names = opt(array(str(256), 0, EGRESS_MAX_ENTRIES));
+const egress = object({ allow: names, deny: names, allowHost: opt(bool) });
+const userNet = object({
+  id: str(NAME),
+  kind: oneOf('user'),
+  hostfwd: opt(array(forward, 0, 256)),
+  egress: opt(egress),
+  mac,
+});
 const anyNet: Check = (v, at) => {
   if (!isObject(v)) throw new SchemaError(at, 'expected an object');
   (v.kind === 'user' ? userNet : tapNet)(v, at);
@@ -42,7 +50,11 @@ export const netKind: DeviceKind<NetConfig[], NetSpec, Map<string, PasstSupervis
   snapshot: {
     save: (c) => c ?? [],
     check: array(anyNet, 0, MAX_DEVICES),
-    restore: (saved) => saved as NetConfig[],
+    restore: (saved) => {
+      // The schema checked the shape; the policy's entries and the rest are checked as the CLI's are.
+      validateNets(saved as NetConfig[]);
+      return saved as NetConfig[];
+    },
   },
   open(nets, ctx) {
     const passts = new Map<string, PasstSupervisor>();
@@ -50,7 +62,18 @@ export const netKind: DeviceKind<NetConfig[], NetSpec, Map<string, PasstSupervis
       const m = n.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + i];
       const name = `virtio-net:${n.id}`;
       if (n.kind === 'user') {
-        const passt = ctx.store.add(new PasstSupervisor({ id: n.id, forwards: n.hostfwd, wake: () => ctx.wake() }));
+        const passt = ctx.store.add(
+          new PasstSupervisor({
+            id: n.id,
+            forwards: n.hostfwd,
+            egress: {
+              allow: n.egress?.allow ?? [],
+              deny: n.egress?.deny ?? [],
+              allowHost: n.egress?.allowHost ?? false,
+            },
+            wake: () => ctx.wake(),
+          }),
+        );
         passts.set(n.id, passt);
         return { name, spec: { id: n.id, mac: m, backend: 'user' as const, passt: passt.spec } };
       }

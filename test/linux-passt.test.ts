@@ -1,4 +1,3 @@
-// NOT RUN BY CI YET: this lane test fails (inside the lane the guest gets no network through passt); see issue 11. It moves back to test/linux-passt.test.ts once it passes.
 /**
  * `--net user` under a real Linux guest (Debian's cloud kernel and the kit's busybox), booted once by
  * vireo in the nested lane, vireo running as a non-root user (nobody) so passt runs unprivileged too.
@@ -9,6 +8,8 @@
  * - gets its address, router and MTU by DHCP (busybox udhcpc),
  * - resolves host.vireo.test through passt's DNS (the lane's server answers 10.0.2.2),
  * - fetches a page over HTTP from the host (busybox wget),
+ * - cannot reach a name (deny=blocked.vireo.test) or an address (deny=192.0.2.78/32) the egress policy
+ *   denies, while an address beside them answers (host=allow: this test's servers are the host's),
  * - serves a host port forward (hostfwd=tcp:127.0.0.1:8080-:80) that a host server connects to,
  * - asks a host server to kill passt: vireo says so in one line, the guest's carrier goes down, vireo
  *   starts passt again, the carrier comes back and a second fetch works; the VM never stops.
@@ -22,11 +23,11 @@ import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { prepareKit } from '../../src/kit/kit.js';
-import { runNested } from '../../src/kit/nested.js';
-import { NestedError } from '../../src/kit/util.js';
-import { repoRoot } from '../support/cc.js';
-import { GUEST_SESSION, type GuestSession, laneTripleFault } from '../support/lane.js';
+import { prepareKit } from '../src/kit/kit.js';
+import { runNested } from '../src/kit/nested.js';
+import { NestedError } from '../src/kit/util.js';
+import { repoRoot } from './support/cc.js';
+import { GUEST_SESSION, type GuestSession, laneTripleFault } from './support/lane.js';
 
 const GW = '10.0.2.2';
 const LANE_IP = '10.0.2.15';
@@ -34,6 +35,10 @@ const HTTP_PORT = 5003;
 const KILL_PORT = 5004;
 const FWD_CHECK_PORT = 5005;
 const FWD_HOST_PORT = 8080;
+/** Addresses on the lane's loopback: one denied by name, one by CIDR, one open (the control). */
+const BLOCKED_IP = '192.0.2.77';
+const DENIED_IP = '192.0.2.78';
+const OPEN_IP = '192.0.2.79';
 const NOBODY = 65534;
 const self = fileURLToPath(import.meta.url);
 
@@ -77,8 +82,14 @@ const STEPS = [
   { expect: '@@dns rc=', timeoutMs: 120_000 },
   { send: `wget -q -O - http://host.vireo.test:${HTTP_PORT}/hello; echo "@@""http rc=$?"\n` },
   { expect: '@@http rc=', timeoutMs: 120_000 },
+  // The egress policy (deny=blocked.vireo.test, deny=DENIED_IP/32): both unreachable, the control is not.
+  // (busybox's own wget -T segfaults in this busybox: timeout(1) bounds the dropped connections instead.)
   {
-    send: `(echo guest-says-hi | nc -l -p 80 >/dev/null) & sleep 2; nc $(cat /tmp/gw) ${FWD_CHECK_PORT} </dev/null; echo "@@""fwd rc=$?"\n`,
+    send: `nslookup blocked.vireo.test >/dev/null; timeout 8 wget -q -O - http://blocked.vireo.test:${HTTP_PORT}/blocked; echo "@@""blocked rc=$?"; timeout 8 wget -q -O - http://${DENIED_IP}:${HTTP_PORT}/denied; echo "@@""denied rc=$?"; timeout 30 wget -q -O - http://${OPEN_IP}:${HTTP_PORT}/open; echo "@@""open rc=$?"\n`,
+  },
+  { expect: '@@open rc=', timeoutMs: 180_000 },
+  {
+    send: `(echo guest-says-hi | nc -l -p 80 >/dev/null) & sleep 2; sleep 15 | nc $(cat /tmp/gw) ${FWD_CHECK_PORT}; echo "@@""fwd rc=$?"\n`,
   },
   { expect: '@@fwd rc=', timeoutMs: 120_000 },
   {
@@ -125,8 +136,10 @@ function dnsAnswer(q: Buffer): { reply: Buffer; name: string } | undefined {
   head.writeUInt16BE(1, 4);
   head.writeUInt16BE(type === 1 ? 1 : 0, 6);
   head.writeUInt32BE(0, 8);
-  const answer = Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, ...GW.split('.').map(Number)]);
-  return { reply: type === 1 ? Buffer.concat([head, answer]) : head, name: labels.join('.') };
+  const name = labels.join('.');
+  const to = name === 'blocked.vireo.test' ? BLOCKED_IP : GW;
+  const answer = Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, ...to.split('.').map(Number)]);
+  return { reply: type === 1 ? Buffer.concat([head, answer]) : head, name };
 }
 
 async function servers(): Promise<void> {
@@ -172,7 +185,7 @@ async function servers(): Promise<void> {
     dns.send(a.reply, from.port, from.address);
   });
   await Promise.all([
-    new Promise<void>((r) => http.listen(HTTP_PORT, '127.0.0.1', r)),
+    new Promise<void>((r) => http.listen(HTTP_PORT, '0.0.0.0', r)),
     new Promise<void>((r) => killer.listen(KILL_PORT, '127.0.0.1', r)),
     new Promise<void>((r) => fwdCheck.listen(FWD_CHECK_PORT, '127.0.0.1', r)),
     new Promise<void>((r) => dns.bind(53, '127.0.0.1', r)),
@@ -207,7 +220,7 @@ async function lane(): Promise<void> {
   try {
     // A default route for passt to take its addresses from (the lane has only lo).
     sh(
-      `ip link add vp0 type veth peer name vp1 && ip addr add ${LANE_IP}/24 dev vp0 && ip link set vp0 up && ip link set vp1 up && ip route add default via ${GW} dev vp0`,
+      `ip link add vp0 type veth peer name vp1 && ip addr add ${LANE_IP}/24 dev vp0 && ip link set vp0 up && ip link set vp1 up && ip route add default via ${GW} dev vp0 && ip link set lo up && for a in ${BLOCKED_IP} ${DENIED_IP} ${OPEN_IP}; do ip addr add $a/32 dev lo; done`,
     );
     writeFileSync('/etc/resolv.conf', 'nameserver 127.0.0.1\n');
     // vireo runs as nobody: the kit where nobody can read it, /dev/kvm open to it (the lane's own).
@@ -271,7 +284,8 @@ async function lane(): Promise<void> {
         '--mem',
         '256',
         '--net',
-        `user,hostfwd=tcp:127.0.0.1:${FWD_HOST_PORT}-:80`,
+        // The host is allowed (its loopback serves this test); two destinations are denied.
+        `user,hostfwd=tcp:127.0.0.1:${FWD_HOST_PORT}-:80,host=allow,deny=blocked.vireo.test,deny=${DENIED_IP}/32`,
       ],
       {
         encoding: 'utf8',
@@ -349,6 +363,17 @@ function checkLane(r: LaneReport): void {
   // HTTP from the host side, through the gateway mapping.
   assert.match(s.output, /hello from the host side of passt \/hello/, `the fetch${tail}`);
   assert.match(s.output, /@@http rc=0/);
+  // The egress policy: a name and a CIDR denied are unreachable (the servers saw nothing), the control is not.
+  assert.match(s.output, /@@blocked rc=[1-9]/, `blocked.vireo.test unreachable${tail}`);
+  assert.match(s.output, /@@denied rc=[1-9]/, `${DENIED_IP} unreachable${tail}`);
+  assert.match(s.output, /hello from the host side of passt \/open/, `the open address answers${tail}`);
+  assert.match(s.output, /@@open rc=0/);
+  assert.ok(
+    r.events.some((e) => e.dns === 'blocked.vireo.test'),
+    `the guest did resolve the blocked name${tail}`,
+  );
+  for (const path of ['/blocked', '/denied'])
+    assert.ok(!r.events.some((e) => e.http === path), `nothing reached the server for ${path}${tail}`);
   // A host port forward reaches the guest's listener.
   assert.ok(
     r.events.some((e) => e.fwd === 'guest-says-hi'),
