@@ -73,8 +73,12 @@ describe('prepareKit', () => {
     const t0 = performance.now();
     kit = await prepareKit({ onProgress: (p) => process.stderr.write(`# kit: ${p.message}\n`) });
     process.stderr.write(`# prepareKit: ${(performance.now() - t0).toFixed(0)} ms (cached: ${kit.cached})\n`);
-    entries = readCpio(readFileSync(kit.initrd));
-    for (const e of entries) byPath.set(e.path, e);
+    const all = readFileSync(kit.initrd);
+    entries = readCpio(all);
+    // The guest sees the agent's overlay laid over the kit archive: its entries (the /init, modules a
+    // kit built before they joined KIT_MODULES) win.
+    const overlay = readCpio(all.subarray(readFileSync(kit.baseInitrd).length));
+    for (const e of [...entries, ...overlay]) byPath.set(e.path, e);
   });
 
   test('the guest agent laid over the kit archive, with an /init that starts it before the shell', () => {

@@ -109,6 +109,7 @@ describe('the device registry', () => {
         ['virtio-console', 'virtioConsole'],
         ['virtio-vsock', 'vsock'],
         ['virtio-balloon', 'balloon'],
+        ['virtio-fs', 'shares'],
       ],
     );
     assert.equal(kindOfSlot('virtio-blk:rootfs')?.name, 'virtio-blk');
@@ -124,6 +125,7 @@ describe('the device registry', () => {
       virtioConsole: { output: { kind: 'none' as const } },
       vsock: { cid: 3, udsPath: '/v.sock' },
       balloon: { amountMiB: 1, deflateOnOom: false, statsPollingIntervalS: 0 },
+      shares: [{ path: '/srv', tag: 'data', readOnly: true }],
     };
     const ctx = { serial: { kind: 'none' as const } };
     for (const k of DEVICE_KINDS) {

@@ -12,8 +12,10 @@ import {
   parseDrive as parseDriveConfig,
   parseNet as parseNetConfig,
   parseSerial as parseSerialConfig,
+  parseShare as parseShareConfig,
   parseVsock as parseVsockConfig,
   type SerialConfig,
+  type ShareConfig,
   type VsockConfig,
 } from '../config/index.js';
 import { prepareKit } from '../kit/kit.js';
@@ -41,6 +43,11 @@ export function parseDrive(v: string, previous: DriveConfig[]): DriveConfig[] {
   return [...previous, cliParser((t) => parseDriveConfig(t, previous.length))(v)];
 }
 
+/** `--share PATH,tag=NAME[,ro]`, repeatable (config/share.ts). */
+export function parseShare(v: string, previous: ShareConfig[]): ShareConfig[] {
+  return [...previous, cliParser(parseShareConfig)(v)];
+}
+
 /** `--balloon MIB` or `--balloon amount=MIB[,deflate_on_oom][,stats=SECONDS]` (config/balloon.ts). */
 export const parseBalloon = cliParser(parseBalloonConfig);
 
@@ -55,6 +62,7 @@ export const parseVsock = cliParser(parseVsockConfig);
 interface RunOptions {
   drive: DriveConfig[];
   net: NetConfig[];
+  share: ShareConfig[];
   rng?: boolean;
   virtioConsole?: boolean;
   balloon?: BalloonConfig;
@@ -134,6 +142,7 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
     kvmPath: kvmDevice(),
     drives: opts.drive,
     nets: opts.net,
+    shares: opts.share,
     rng: opts.rng ?? false,
     virtioConsole: opts.virtioConsole
       ? { output: opts.serial.kind === 'none' ? { kind: 'stdio' } : opts.serial }
@@ -237,6 +246,14 @@ async function mainCommand(argv: string[]): Promise<number> {
       )
         .default([], 'none')
         .argParser(parseNet),
+    )
+    .addOption(
+      new Option(
+        '--share <spec>',
+        'a host directory shared through virtio-fs: PATH,tag=NAME[,ro] (the guest mounts it with mount -t virtiofs NAME DIR; ro refuses every write); repeat for more',
+      )
+        .default([], 'none')
+        .argParser(parseShare),
     )
     .option('--rng', 'a virtio-rng device fed from the host CSPRNG')
     .option(

@@ -12,6 +12,7 @@ import { type DriveConfig, validateDrives } from './drive.js';
 import { type MachineConfig, validateMachine } from './machine.js';
 import { type NetConfig, validateNets } from './net.js';
 import { type SerialConfig, validateSerial } from './serial.js';
+import { type ShareConfig, validateShares } from './share.js';
 import { type VsockConfig, validateVsock } from './vsock.js';
 
 export * from './balloon.js';
@@ -22,6 +23,7 @@ export * from './machine.js';
 export * from './net.js';
 export * from './options.js';
 export * from './serial.js';
+export * from './share.js';
 export * from './vsock.js';
 
 /** The whole machine, as Vm.create takes it. */
@@ -44,6 +46,8 @@ export interface VmConfig extends BootConfig, Partial<Omit<MachineConfig, 'irqch
   virtioConsole?: { output: SerialConfig } | undefined;
   /** A virtio-balloon device. */
   balloon?: BalloonConfig | undefined;
+  /** Host directories shared through virtio-fs, one device each (the guest mounts each by its tag). */
+  shares?: ShareConfig[] | undefined;
   /** A virtio-vsock device: guest CID and the host Unix socket path (Firecracker's hybrid vsock). */
   vsock?: VsockConfig | undefined;
   /**
@@ -73,11 +77,13 @@ export function validateVmConfig(
   if (c.virtioConsole) validateSerial(c.virtioConsole.output, 'virtio-console');
   validateDrives(c.drives ?? []);
   validateNets(c.nets ?? []);
+  validateShares(c.shares ?? []);
   if (c.vsock) validateVsock(c.vsock);
   if (c.balloon) validateBalloon(c.balloon, c.memMiB);
   const virtio =
     (c.drives?.length ?? 0) +
     (c.nets?.length ?? 0) +
+    (c.shares?.length ?? 0) +
     (c.rng ? 1 : 0) +
     (c.virtioConsole ? 1 : 0) +
     (c.vsock ? 1 : 0) +

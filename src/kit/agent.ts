@@ -73,15 +73,20 @@ exec /bin/sh "$@"
  * starts it). Written next to `base`, named by a hash of all three; combinations unused for a day
  * are removed.
  */
-export function initrdWithAgent(base: string, init: string): string {
+export function initrdWithAgent(
+  base: string,
+  init: string,
+  extra: readonly { path: string; data: Buffer }[] = [],
+): string {
   const agent = readFileSync(agentBinary());
   const kit = readFileSync(base);
   if (kit.length % 4 !== 0) throw new KitError(`${base}: a cpio archive whose length is not a multiple of 4`);
-  const overlay = new InitramfsBuilder()
+  const img = new InitramfsBuilder()
     .file(AGENT_GUEST_PATH.slice(1), agent, 0o755)
     .file('init', init, 0o755)
-    .file(KIT_BASH_PATH.slice(1), KIT_BASH_SHIM, 0o755)
-    .build();
+    .file(KIT_BASH_PATH.slice(1), KIT_BASH_SHIM, 0o755);
+  for (const f of extra) img.file(f.path, f.data, 0o644);
+  const overlay = img.build();
   const hash = createHash('sha256').update(kit).update(overlay).digest('hex').slice(0, 16);
   const dir = dirname(base);
   const name = `initramfs-agent-${hash}.cpio`;

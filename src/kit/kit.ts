@@ -46,6 +46,9 @@ export const KIT_MODULES = [
   'vsock',
   'vmw_vsock_virtio_transport',
   'virtio_balloon',
+  // virtio-fs (a host directory the guest mounts by tag: mount -t virtiofs TAG DIR) over FUSE.
+  'fuse',
+  'virtiofs',
 ] as const;
 
 /** Written to port 0x80 by the kit's /init: when it starts, and with the banner. */
@@ -397,14 +400,22 @@ export async function prepareKit(opts: KitOptions = {}): Promise<Kit> {
   const r = await prepareKernelBuild(KIT_SPEC, opts);
   const baseInitrd = join(r.dir, 'initramfs.cpio');
   const mods = new ModuleIndex(join(r.dir, 'modules')).closure(KIT_MODULES);
+  // A kit built before a module joined KIT_MODULES lacks its file: it travels in the agent's overlay
+  // (from the kept modules/ tree), so adding a module does not rebuild every cached kit.
+  const missing = mods
+    .filter((m) => !r.manifest.modules.includes(m.name))
+    .map((m) => ({
+      path: `lib/modules/${r.manifest.kernelVersion}/${m.path}`,
+      data: readFileSync(join(r.dir, 'modules', m.path)),
+    }));
   const kit: Kit = {
     kernel: join(r.dir, 'vmlinuz'),
-    initrd: initrdWithAgent(baseInitrd, kitInitScript(r.manifest.kernelVersion, mods)),
+    initrd: initrdWithAgent(baseInitrd, kitInitScript(r.manifest.kernelVersion, mods), missing),
     baseInitrd,
     kernelVersion: r.manifest.kernelVersion,
     modulesDir: join(r.dir, 'modules'),
     dir: r.dir,
-    modules: r.manifest.modules,
+    modules: mods.map((m) => m.name),
     packages: r.manifest.packages,
     cached: r.cached,
   };

@@ -8,6 +8,7 @@ import { type AnyDeviceKind, defineKind } from './device-kind.js';
 import { balloonKind } from './kinds/balloon.js';
 import { blockKind } from './kinds/block.js';
 import { consoleKind } from './kinds/console.js';
+import { fsKind } from './kinds/fs.js';
 import { netKind } from './kinds/net.js';
 import { rngKind } from './kinds/rng.js';
 import { vsockKind } from './kinds/vsock.js';
@@ -19,6 +20,7 @@ export const DEVICE_KINDS: readonly AnyDeviceKind[] = [
   defineKind(consoleKind),
   defineKind(vsockKind),
   defineKind(balloonKind),
+  defineKind(fsKind),
 ];
 
 /** The kind of a slot name ('virtio-blk:rootfs' → virtio-blk's entry). */

@@ -13,6 +13,7 @@ export const VIRTIO_ID = {
   rng: 4,
   balloon: 5,
   vsock: 19,
+  fs: 26,
 } as const;
 
 /** Feature bits every transport understands (§6). */
