@@ -65,6 +65,12 @@ export interface DeviceKind<C, S, H = never> {
   /** The device's own state record check (its *-state.ts). */
   readonly recordCheck: Check;
   readonly hostRecord?: HostRecord<H>;
+  /**
+   * build() starts threads of its own on the I/O thread (virtio-fs's servers). A thread confined by
+   * seccomp cannot start one (clone is off its list), so such a VM never gets a recycled, confined
+   * I/O thread.
+   */
+  readonly startsThreads?: boolean;
 }
 
 /** A kind with its types erased, as the registry holds it: specs travel as the plain data open() made. */
@@ -77,6 +83,7 @@ export interface AnyDeviceKind {
   build(spec: unknown, memory: readonly RegionDescriptor[]): VirtioDevice;
   readonly recordCheck: Check;
   readonly hostRecord?: HostRecord<unknown> | undefined;
+  readonly startsThreads: boolean;
   /** The typed kind, for host(): `devices.host(balloonKind)`. */
   readonly typed: unknown;
 }
@@ -99,6 +106,7 @@ export function defineKind<C, S, H>(k: DeviceKind<C, S, H>): AnyDeviceKind {
     open: (c, ctx) => k.open(c as C, ctx),
     build: (spec, memory) => k.build(spec as S, memory),
     recordCheck: k.recordCheck,
+    startsThreads: k.startsThreads === true,
     hostRecord: hr && {
       key: hr.key,
       check: hr.check,

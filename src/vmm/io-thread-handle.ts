@@ -43,6 +43,8 @@ export class IoThreadHandle {
   private exited: Promise<void> | undefined;
   /** The I/O thread reported its stop and waits for another VM. */
   private recyclable = false;
+  /** The thread confines itself for this VM (and keeps its filter for the next one). */
+  private confines = false;
   /** Device counters and errors, as reported by the I/O thread when it stopped. */
   finalCounters: Record<string, Record<string, number>> = {};
   errors: string[] = [];
@@ -55,10 +57,11 @@ export class IoThreadHandle {
   }
 
   /** Starts the thread (once); resolves when it serves. */
-  async start(init: Omit<IoThreadInit, 'control'>): Promise<void> {
+  async start(init: Omit<IoThreadInit, 'control'>, fresh = false): Promise<void> {
     if (this.worker) return;
-    const w = takeIoThread();
+    const w = takeIoThread(fresh);
     this.worker = w;
+    this.confines = init.seccomp;
     let stopped!: () => void;
     this.exited = new Promise((res) => {
       stopped = res;
@@ -124,6 +127,6 @@ export class IoThreadHandle {
     await this.exited;
     clearTimeout(t);
     this.worker = undefined;
-    if (this.recyclable) recycleIoThread(w);
+    if (this.recyclable) recycleIoThread(w, this.confines);
   }
 }

@@ -113,8 +113,19 @@ export function prewarmIoThread(): void {
   if (parkedIo.length === 0) park(parkedIo, IO_THREAD_URL);
 }
 
-/** The parked I/O thread if there is one, else a new one. The caller owns it. */
-export function takeIoThread(): Worker {
+/** I/O threads that confined themselves with seccomp for an earlier VM (they keep the filter). */
+const confinedIo = new WeakSet<Worker>();
+
+/**
+ * The parked I/O thread if there is one, else a new one; with `unconfined`, only one that has never
+ * confined itself (its VM's devices start threads). The caller owns it.
+ */
+export function takeIoThread(unconfined = false): Worker {
+  if (!unconfined) return take(parkedIo, IO_THREAD_URL);
+  const i = parkedIo.findIndex((w) => !confinedIo.has(w));
+  if (i < 0) return spawnWorker(IO_THREAD_URL);
+  const [w] = parkedIo.splice(i, 1);
+  parkedIo.unshift(w as Worker);
   return take(parkedIo, IO_THREAD_URL);
 }
 
@@ -146,7 +157,8 @@ export function recycleVcpuThread(w: Worker): void {
   giveBack(parked, w, MAX_IDLE_VCPU_THREADS);
 }
 
-export function recycleIoThread(w: Worker): void {
+export function recycleIoThread(w: Worker, confined: boolean): void {
+  if (confined) confinedIo.add(w);
   giveBack(parkedIo, w, MAX_IDLE_IO_THREADS);
 }
 

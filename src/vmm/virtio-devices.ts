@@ -236,7 +236,9 @@ export class VirtioDevices implements Disposable {
   /** Starts the I/O thread (once); resolves when it serves (confined with its seccomp filter when `seccomp`). */
   async start(memory: RegionDescriptor[], seccomp: boolean, restore?: RunnerState[]): Promise<void> {
     if (this.empty) return;
-    await this.thread.start({ memory, slots: this.slots, controlFd: this.controlFd, restore, seccomp });
+    // A device whose model starts threads needs an I/O thread that is not confined yet.
+    const fresh = this.slots.some((s) => DEVICE_KINDS.find((k) => k.name === s.device.kind)?.startsThreads);
+    await this.thread.start({ memory, slots: this.slots, controlFd: this.controlFd, restore, seccomp }, fresh);
   }
 
   /**

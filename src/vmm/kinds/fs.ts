@@ -53,4 +53,5 @@ export const fsKind: DeviceKind<ShareConfig[], { tag: string; share: ShareSpec }
       tag: spec.tag,
     }),
   recordCheck: checkFsState,
+  startsThreads: FS_THREAD,
 };
