@@ -90,6 +90,24 @@ export async function waitForPath(path: string, timeoutMs = 15_000): Promise<voi
   }
 }
 
+/** Waits until a connection to the Unix socket at `path` is accepted (it exists before it listens). */
+export async function waitForListening(path: string, timeoutMs = 15_000): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = connect(path);
+      c.once('connect', () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`nothing listened on ${path} within ${timeoutMs} ms`);
+    await sleep(20);
+  }
+}
+
 export const firecrackerBin = join(repoRoot, 'bin', 'firecracker.js');
 
 /** Whether `unshare --net` works here (root): then TAPs are created in a namespace of the test's own. */
@@ -129,7 +147,7 @@ export async function startFirecracker(
   const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
   if (opts.socket) {
     await Promise.race([
-      waitForPath(opts.socket),
+      waitForPath(opts.socket).then(() => waitForListening(opts.socket as string)),
       exited.then((code) => {
         throw new Error(`vireo-firecracker exited (${code}) before its socket appeared: ${err}`);
       }),
