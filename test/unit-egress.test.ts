@@ -8,17 +8,14 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import { EgressFilter, type EgressRules } from '../src/backends/egress.js';
+import { hostAddresses, parseCidr, parseNamePattern } from '../src/backends/egress-address.js';
 import {
   EgressChannelFilter,
-  EgressFilter,
-  type EgressRules,
   egressDrops,
-  hostAddresses,
   newEgressChannel,
-  parseCidr,
-  parseNamePattern,
   writeEgressRules,
-} from '../src/backends/egress.js';
+} from '../src/backends/egress-channel.js';
 import { ConfigError } from '../src/common/errors.js';
 import { parseNet, validateEgress } from '../src/config/net.js';
 import { arpRequest, dhcpDiscover } from './support/frames.js';

@@ -13,7 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { hostAddresses, newEgressChannel } from '../src/backends/egress.js';
+import { hostAddresses } from '../src/backends/egress-address.js';
+import { newEgressChannel } from '../src/backends/egress-channel.js';
 import { PASST_LOST, PASST_STATE, PASST_STATE_SLOTS, PasstNet, passtSocketPath } from '../src/backends/passt.js';
 import {
   ETH_HEADER_LEN,

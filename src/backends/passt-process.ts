@@ -17,14 +17,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Disposable } from '../common/lifecycle.js';
 import * as sys from '../os/sys.js';
-import {
-  type EgressDrop,
-  type EgressRules,
-  egressDrops,
-  hostAddresses,
-  newEgressChannel,
-  writeEgressRules,
-} from './egress.js';
+import type { EgressDrop, EgressRules } from './egress.js';
+import { hostAddresses } from './egress-address.js';
+import { egressDrops, newEgressChannel, writeEgressRules } from './egress-channel.js';
 import { PASST_LOST, PASST_STATE, PASST_STATE_SLOTS, type PasstSpec, passtSocketPath } from './passt.js';
 
 /** A host port passt forwards to the guest (config/net.ts's PortForward). */

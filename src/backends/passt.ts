@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { SyscallError } from '../common/errors.js';
 import { type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
 import * as sys from '../os/sys.js';
-import { EgressChannelFilter } from './egress.js';
+import { EgressChannelFilter } from './egress-channel.js';
 import { ETH_HEADER_LEN, FrameReader, OutBuffer, PASST_MAX_FRAME } from './passt-frames.js';
 
 /** How much of a frame the egress policy reads: every header it looks at is within it. */

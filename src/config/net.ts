@@ -2,7 +2,7 @@
  * virtio-net interfaces: on a host TAP (Firecracker's iface_id, host_dev_name, guest_mac), or on a
  * user-mode network that passt gives the guest without root (`--net user[,hostfwd=…]`).
  */
-import { parseCidr, parseNamePattern } from '../backends/egress.js';
+import { parseCidr, parseNamePattern } from '../backends/egress-address.js';
 import { ConfigError } from '../common/errors.js';
 import { validateId, validateUniqueIds } from './id.js';
 import { optionString, parseOptions } from './options.js';
