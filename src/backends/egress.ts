@@ -183,7 +183,9 @@ export class EgressFilter {
     // 2. Replies on flows a forward opened.
     if (pp && this.flows.has(flowKey(p.proto, p.dst, pp.dport, pp.sport))) return undefined;
     // 3. Denied destinations.
-    const named = this.names.get(addrKey(p.dst));
+    // The address's names only matter to a rule that names hosts (the key costs an allocation a frame).
+    const byName = this.deny.names.length > 0 || this.allow.names.length > 0;
+    const named = byName ? this.names.get(addrKey(p.dst)) : undefined;
     if (this.deny.nets.some((c) => matches(c, p.dst))) return 'denied';
     if (named && this.deny.names.some((pat) => named.some((n) => nameMatches(pat, n)))) return 'denied';
     // 4. The host's own addresses.
