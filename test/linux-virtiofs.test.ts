@@ -59,6 +59,13 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
     { expect: 'c=56', timeoutMs: 180_000 },
     { send: 'rm -rf /mnt/s/u /mnt/s/t.tar && echo "left=$(ls /mnt/s | grep -c "^u$") x=$((3*3))"\n' },
     { expect: 'x=9', timeoutMs: 120_000 },
+    // A real workload on the share: git (the host's own binary and libraries, run from the share through
+    // its loader) makes a repository with commits, a move, a removal, a branch, a merge, a tag and packed
+    // refs (lock files renamed into place, objects linked from temporary names, fsyncs), then checks it.
+    {
+      send: 'g() { /mnt/s/.tools/ld.so --library-path /mnt/s/.tools/lib /mnt/s/.tools/git -c user.name=vireo -c user.email=guest@vireo.test -c maintenance.auto=false -c gc.auto=0 "$@"; }; export HOME=/tmp GIT_EXEC_PATH=/nonexistent; mkdir /mnt/s/repo && cd /mnt/s/repo && g init -q -b main && i=0; while [ $i -lt 50 ]; do echo "int f$i(void) { return $i; }" > f$i.c; i=$((i+1)); done; g add . && g commit -qm first && mkdir sub && g mv f1.c sub/ && g rm -q f2.c && echo "// changed" >> f3.c && g commit -qam second && g checkout -qb topic && echo t > t.txt && g add t.txt && g commit -qm third && g checkout -q main && g merge -q --no-edit topic && g tag v1 && g pack-refs --all && g fsck --strict --no-progress; echo "git-fsck=$? log=$(g log --oneline | wc -l) st=$(g status --porcelain | wc -l) tag=$(g describe --tags) q=$((12*12))"; cd /\n',
+    },
+    { expect: 'q=144', timeoutMs: 400_000 },
     {
       send: 'echo "ro-read=$(cat /mnt/r/ro.txt)"; echo x > /mnt/r/new; touch /mnt/r/new2; rm /mnt/r/ro.txt; mkdir /mnt/r/d; mv /mnt/r/ro.txt /mnt/r/moved; echo y >> /mnt/r/ro.txt; echo "ro-ls=$(ls /mnt/r | tr "\\n" ,) d=$((8*9))"\n',
     },
@@ -89,6 +96,10 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
     'echo inner > "$d/share/sub/inner"',
     'ln -s "$d/outside/secret" "$d/share/abs-link"',
     'ln -s ../outside "$d/share/up-link"',
+    // git and what it loads, in the share (the kit's busybox has no git).
+    'mkdir -p "$d/share/.tools/lib" && cp /usr/bin/git "$d/share/.tools/"',
+    `ldd /usr/bin/git | grep -o '/[^ ]*' | while read -r l; do cp "$l" "$d/share/.tools/lib/"; done`,
+    `cp "$(ldd /usr/bin/git | grep -o '/[^ ]*ld-linux[^ ]*')" "$d/share/.tools/ld.so"`,
     // The swapper: sub ⇄ a symlink to outside/, with short pauses (the lane has one emulated CPU).
     '( while :; do mv "$d/share/sub" "$d/share/sub.x" 2>/dev/null && ln -s "$d/outside" "$d/share/sub" 2>/dev/null; sleep 0.05; rm -f "$d/share/sub"; mv "$d/share/sub.x" "$d/share/sub" 2>/dev/null; sleep 0.05; done ) & swapper=$!',
     `${q(process.execPath)} ${q(GUEST_SESSION)} ${q(JSON.stringify(steps))} -- --native --kernel ${q(kit.kernel)} --initrd ${q(kit.initrd)} --mem 256 --share "$d/share,tag=hostshare" --share "$d/ro,tag=roshare,ro"`,
@@ -99,6 +110,8 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
     'echo "host-big-md5=$(md5sum "$d/share/big" | cut -c1-32)"',
     'echo "host-tree=$(ls "$d/share/t/a/b" | wc -l)"',
     'echo "host-rootlink=$(readlink "$d/share/rootlink")"',
+    'hg() { git -c safe.directory="*" -C "$d/share/repo" "$@"; }',
+    'echo "host-git-fsck=$(hg fsck --strict --no-progress >/dev/null 2>&1; echo $?) host-git-log=$(hg log --oneline | wc -l) host-git-status=$(hg status --porcelain | wc -l) host-git-head=$(hg describe --tags)"',
     'echo "host-outside=$(ls -A "$d/outside" | tr "\\n" ,) host-secret-ok=$(grep -c ' +
       SECRET +
       ' "$d/outside/secret")"',
@@ -120,6 +133,16 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
   const same = g.match(/files=200 same=([0-9a-f]{8})-([0-9a-f]{8})/);
   assert.ok(same && same[1] === same[2], 'a tree archived and unpacked on the share comes back the same');
   assert.match(g, /left=0 x=9/, 'rm -rf of a tree on the share');
+  assert.match(
+    g,
+    /git-fsck=0 log=3 st=0 tag=v1 q=144/,
+    `git on the share: a repository made and checked:\n${g.slice(g.indexOf('g init') - 200, g.indexOf('q=144') + 10).slice(-3000)}`,
+  );
+  assert.match(
+    out,
+    /host-git-fsck=0 host-git-log=3 host-git-status=0 host-git-head=v1/,
+    'the host sees a sound repository, as the guest left it',
+  );
   // The read-only share: every write refused, the file read, nothing changed on the host.
   assert.match(g, /ro-read=read only content/);
   assert.ok(
