@@ -15,6 +15,8 @@ import { NestedError } from '../src/kit/util.js';
 import { repoRoot } from './support/cc.js';
 import { GUEST_SESSION, type GuestSession } from './support/lane.js';
 
+/** VIREO_FS_THREAD=0: the shares served inline on the I/O thread (run with --no-seccomp), to compare with the worker. */
+const INLINE = process.env.VIREO_FS_THREAD === '0';
 const SECRET = 'the-secret-outside-the-share';
 
 async function inLane(script: string): Promise<string> {
@@ -86,8 +88,9 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
   const script = [
     'set -e',
     'export VIREO_VERBOSE=1',
-    // VIREO_FS_THREAD=0 on the test's side: the shares served inline (to compare with the worker).
-    ...(process.env.VIREO_FS_THREAD === '0' ? ['export VIREO_FS_THREAD=0'] : []),
+    // VIREO_FS_THREAD=0 on the test's side: the shares served inline (to compare with the worker), which
+    // needs --no-seccomp (the I/O thread's filter has no file-system calls: src/vmm/kinds/fs.ts).
+    ...(INLINE ? ['export VIREO_FS_THREAD=0'] : []),
     'd=$(mktemp -d)',
     'mkdir "$d/share" "$d/ro" "$d/outside" "$d/share/sub"',
     `echo ${SECRET} > "$d/outside/secret"`,
@@ -102,7 +105,7 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
     `cp "$(ldd /usr/bin/git | grep -o '/[^ ]*ld-linux[^ ]*')" "$d/share/.tools/ld.so"`,
     // The swapper: sub ⇄ a symlink to outside/, with short pauses (the lane has one emulated CPU).
     '( while :; do mv "$d/share/sub" "$d/share/sub.x" 2>/dev/null && ln -s "$d/outside" "$d/share/sub" 2>/dev/null; sleep 0.05; rm -f "$d/share/sub"; mv "$d/share/sub.x" "$d/share/sub" 2>/dev/null; sleep 0.05; done ) & swapper=$!',
-    `${q(process.execPath)} ${q(GUEST_SESSION)} ${q(JSON.stringify(steps))} -- --native --kernel ${q(kit.kernel)} --initrd ${q(kit.initrd)} --mem 256 --share "$d/share,tag=hostshare" --share "$d/ro,tag=roshare,ro"`,
+    `${q(process.execPath)} ${q(GUEST_SESSION)} ${q(JSON.stringify(steps))} -- --native --kernel ${q(kit.kernel)} --initrd ${q(kit.initrd)} --mem 256 --share "$d/share,tag=hostshare" --share "$d/ro,tag=roshare,ro"${INLINE ? ' --no-seccomp' : ''}`,
     // From here on every line prints, whatever state the swapper was stopped in.
     'set +e',
     'kill $swapper; wait $swapper 2>/dev/null',
@@ -168,6 +171,6 @@ test('virtio-fs under Linux: shares both ways, a read-only share, escapes from i
   assert.equal(c['virtio-fs:hostshare']?.malformed, 0, 'Linux sent nothing the parser refused');
   assert.equal(s.status, 0, `clean power-off; stderr: ${s.stderr}`);
   process.stderr.write(
-    `linux virtio-fs (${process.env.VIREO_FS_THREAD === '0' ? 'inline' : 'worker'}): session marks ${JSON.stringify(s.marks)}\ncounters ${counters[1]}\n`,
+    `linux virtio-fs (${INLINE ? 'inline' : 'worker'}): session marks ${JSON.stringify(s.marks)}\ncounters ${counters[1]}\n`,
   );
 });

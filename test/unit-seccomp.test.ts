@@ -4,11 +4,12 @@
  * call allowed (with its argument rules), everything else trapped. Then the real thing in a child
  * process: a worker confined as a vCPU thread keeps working (Atomics, postMessage) and shows `Seccomp: 2`
  * and `NoNewPrivs: 1`, and an off-list call (socket(AF_INET), execve) ends the process with status 159
- * and the line that names the thread kind and the call.
+ * and the line that names the thread kind and the call; an fs thread's argument rules (openat without
+ * O_NOFOLLOW below a directory fd, O_CREAT through AT_FDCWD, mknodat of a FIFO) end it the same way.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -177,14 +178,77 @@ test('a disk thread may not map memory executable', () => {
   assert.match(String(r.stderr), /^vireo: seccomp: thread disk made syscall mmap \(9\) which is not allowed$/m);
 });
 
+// In a worker, process.exit ends only the worker: a setup call that fails throws instead (the worker's
+// uncaught error ends the child with status 1).
+const OPENAT = "const openat = libc.func('int openat(int, const char *, int, int)');";
+const AT_FDCWD = -100;
+const O_CREAT_WRONLY = 0o101;
+const O_DIRECTORY = 0o200000;
+const O_NOFOLLOW = 0o400000;
+const O_PATH = 0o10000000;
+
+test('a share server (fs) opens below a directory fd only with O_NOFOLLOW: without it, the process ends', () => {
+  const r = confinedChild(
+    'fs',
+    `${OPENAT} const d = openat(${AT_FDCWD}, ${JSON.stringify(dir)}, ${O_DIRECTORY}, 0); if (d < 0) throw new Error('allowed call failed 3');
+     if (openat(d, '.', ${O_PATH | O_NOFOLLOW}, 0) < 0) throw new Error('allowed call failed 4');
+     openat(d, '.', ${O_DIRECTORY}, 0); parentPort.postMessage('survived');`,
+  );
+  const report = JSON.parse(String(r.stdout).split('\n')[0] ?? '{}') as { result?: string; confined?: number };
+  assert.equal(report.result, 'installed', String(r.stderr));
+  assert.equal(report.confined, 1);
+  assert.equal(r.status, 159, `status ${r.status} signal ${r.signal}: ${r.stderr}`);
+  assert.match(String(r.stderr), /^vireo: seccomp: thread fs made syscall openat \(257\) which is not allowed$/m);
+});
+
+test('an fs thread re-opens through AT_FDCWD (its /proc/self/fd links) but creates nothing there', () => {
+  const target = join(dir, 'created-by-fs-thread');
+  const r = confinedChild(
+    'fs',
+    `${OPENAT} const d = openat(${AT_FDCWD}, ${JSON.stringify(dir)}, ${O_DIRECTORY}, 0); if (d < 0) throw new Error('allowed call failed 3');
+     if (openat(${AT_FDCWD}, '/proc/self/fd/' + d, ${O_DIRECTORY}, 0) < 0) throw new Error('allowed call failed 4');
+     openat(${AT_FDCWD}, ${JSON.stringify(target)}, ${O_CREAT_WRONLY}, 0o600); parentPort.postMessage('survived');`,
+  );
+  assert.equal(r.status, 159, `status ${r.status} signal ${r.signal}: ${r.stderr}`);
+  assert.match(String(r.stderr), /^vireo: seccomp: thread fs made syscall openat \(257\) which is not allowed$/m);
+  assert.equal(existsSync(target), false, 'the refused call made no file');
+});
+
+test('an fs thread makes regular files with mknodat, never a FIFO or a device; and no socket of any family', () => {
+  const mk = `const mknodat = libc.func('int mknodat(int, const char *, uint32_t, uint64_t)');
+    const d = libc.func('int open(const char *, int)')(${JSON.stringify(dir)}, ${O_DIRECTORY});
+    if (mknodat(d, 'fs-reg', 0o100600, 0) !== 0) throw new Error('allowed call failed 3');`;
+  const fifo = confinedChild('fs', `${mk} mknodat(d, 'fs-fifo', 0o010600, 0); parentPort.postMessage('survived');`);
+  assert.equal(fifo.status, 159, `status ${fifo.status} signal ${fifo.signal}: ${fifo.stderr}`);
+  assert.match(String(fifo.stderr), /^vireo: seccomp: thread fs made syscall mknodat \(259\) which is not allowed$/m);
+  assert.equal(existsSync(join(dir, 'fs-reg')), true);
+  assert.equal(existsSync(join(dir, 'fs-fifo')), false);
+  const sock = confinedChild(
+    'fs',
+    "libc.func('int socket(int, int, int)')(1, 1, 0); parentPort.postMessage('survived');",
+  );
+  assert.equal(sock.status, 159, `status ${sock.status} signal ${sock.signal}: ${sock.stderr}`);
+  assert.match(String(sock.stderr), /^vireo: seccomp: thread fs made syscall socket \(41\) which is not allowed$/m);
+});
+
 test('every call the traced test runs made (scripts/seccomp-observed.json) is on its kind list', () => {
   // Made by scripts/seccomp-gen.mjs trace (see its header and kvm/seccomp-policy.ts); the same check as
   // `node scripts/seccomp-gen.mjs check scripts/seccomp-observed.json`.
   const observed = JSON.parse(readFileSync(join(repoRoot, 'scripts/seccomp-observed.json'), 'utf8')) as Record<
     string,
-    { syscalls: string[]; ioctl: number[]; mmapProt: number[]; socket: number[] }
+    {
+      syscalls: string[];
+      ioctl: number[];
+      mmapProt: number[];
+      socket: number[];
+      openatCwd?: number[];
+      openatFd?: number[];
+      fcntl?: number[];
+      mknodatMode?: number[];
+    }
   >;
   assert.deepEqual(Object.keys(observed).sort(), [...KINDS].sort(), 'every kind was traced');
+  assert.ok((observed['fs']?.openatFd?.length ?? 0) > 0, 'the fs trace recorded its openat flags');
   for (const kind of KINDS) {
     const o = observed[kind];
     assert.ok(o);
@@ -215,5 +279,19 @@ test('every call the traced test runs made (scripts/seccomp-observed.json) is on
         SECCOMP_RET_ALLOW,
         `${kind}: socket ${af}`,
       );
+    // The argument rules (fs's openat and mknodat, io's fcntl) allow every shape the threads made.
+    const argsOf: [keyof typeof SYSCALLS, number[] | undefined, (n: number) => bigint[]][] = [
+      ['openat', o.openatCwd, (f) => [BigInt(AT_FDCWD >>> 0), 0n, BigInt(f)]],
+      ['openat', o.openatFd, (f) => [3n, 0n, BigInt(f)]],
+      ['fcntl', o.fcntl, (c) => [3n, BigInt(c)]],
+      ['mknodat', o.mknodatMode, (m) => [3n, 0n, BigInt(m), 0n]],
+    ];
+    for (const [name, seen, args] of argsOf)
+      for (const n of seen ?? [])
+        assert.equal(
+          runFilter(prog, { nr: SYSCALLS[name], args: args(n) }),
+          SECCOMP_RET_ALLOW,
+          `${kind}: ${name} ${n}`,
+        );
   }
 });

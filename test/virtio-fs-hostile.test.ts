@@ -165,7 +165,11 @@ function fuzz(runs: number, seed: number, worker: boolean): void {
   const c = worker
     ? new FuseClient(
         (memory) =>
-          new FsWorker({ rootFd: s.rootFd, rootPath: s.dir, readOnly: false, maxNodes: 64, maxHandles: 16 }, memory),
+          new FsWorker(
+            { rootFd: s.rootFd, rootPath: s.dir, readOnly: false, maxNodes: 64, maxHandles: 16 },
+            memory,
+            true,
+          ),
       )
     : s.client;
   const outsideBefore = readdirSync(s.outside);

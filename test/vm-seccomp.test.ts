@@ -2,7 +2,9 @@
  * A running VM's threads under their filters (issue 12's check): with seccomp on (the default) the vCPU
  * thread and the I/O thread (and KVM's kernel worker the vCPU thread starts) show `Seccomp: 2` and `NoNewPrivs: 1` in /proc/self/task/<tid>/status while
  * the guest runs, and pause/resume/stop still work; with `seccomp: false` no thread is filtered and a
- * warning line is on stderr. Each case in a child process: a filtered thread keeps its filter for good.
+ * warning line is on stderr. A VM with shares has one more filtered thread per share (its FUSE server,
+ * on the fs list); inline shares (VIREO_FS_THREAD=0) are refused unless seccomp is off. Each case in a
+ * child process: a filtered thread keeps its filter for good.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -18,7 +20,11 @@ const skip = kvmSkipReason();
 const dir = mkdtempSync(join(tmpdir(), 'vireo-vm-seccomp-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function runChild(seccomp: boolean | undefined): {
+function runChild(
+  seccomp: boolean | undefined,
+  shares: string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
+): {
   status: number | null;
   stderr: string;
   report: Record<string, unknown>;
@@ -28,23 +34,32 @@ function runChild(seccomp: boolean | undefined): {
     import { readdirSync, readFileSync } from 'node:fs';
     const { Vm } = await import(${JSON.stringify(vmUrl)});
     const vm = await Vm.create({ kernel: ${JSON.stringify(guestPath('modes64'))}, cmdline: 'c', memMiB: 16,
-      serial: { kind: 'none' }, rng: true, seccomp: ${JSON.stringify(seccomp)} });
+      serial: { kind: 'none' }, rng: true, seccomp: ${JSON.stringify(seccomp)},
+      shares: ${JSON.stringify(shares.map((path, i) => ({ path, tag: `t${i}` })))} });
     vm.start();
     const mem = vm.memory;
     const t0 = Date.now();
     while (mem.read64(0x1ff000) < 1000n && Date.now() - t0 < 10000) await new Promise((r) => setTimeout(r, 5));
     await vm.pause();
     await vm.resume();
-    const status = readdirSync('/proc/self/task').map((t) => { try { return readFileSync('/proc/self/task/' + t + '/status', 'utf8'); } catch { return ''; } });
+    const read = () => readdirSync('/proc/self/task').map((t) => { try { return readFileSync('/proc/self/task/' + t + '/status', 'utf8'); } catch { return ''; } });
+    // A share's server thread confines itself once its worker has loaded (it may take its first
+    // request later than the guest starts; requests wait in its ring): wait up to 10 s for it.
+    const want = ${seccomp === false ? 0 : 2 + shares.length};
+    let status = read();
+    for (const t1 = Date.now(); Date.now() - t1 < 10000; status = read()) {
+      if (status.filter((s) => /^Seccomp:\\s+2$/m.test(s) && /^Name:\\s+node$/m.test(s)).length >= want) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
     const confined = status.filter((s) => /^Seccomp:\\s+2$/m.test(s) && /^NoNewPrivs:\\s+1$/m.test(s)).length;
     const counted = Number(mem.read64(0x1ff000) >= 1000n);
     await vm.stop();
     const names = status.filter((s) => /^Seccomp:\\s+2$/m.test(s)).map((s) => /^Name:\\s+(.*)$/m.exec(s)?.[1]);
     console.log(JSON.stringify({ confined, counted, threads: status.length, names }));
     process.exit(0);`;
-  const file = join(dir, `vm-${String(seccomp)}.mjs`);
+  const file = join(dir, `vm-${String(seccomp)}-${shares.length}-${Math.random().toString(36).slice(2)}.mjs`);
   writeFileSync(file, script);
-  const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 60_000, cwd: repoRoot });
+  const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 60_000, cwd: repoRoot, env });
   const line = r.stdout.split('\n').find((l) => l.startsWith('{')) ?? '{}';
   return { status: r.status, stderr: r.stderr, report: JSON.parse(line) as Record<string, unknown> };
 }
@@ -62,6 +77,43 @@ test('by default the vCPU and I/O threads of a running VM are filtered; pause, r
     String(names),
   );
   assert.doesNotMatch(r.stderr, /seccomp/);
+});
+
+test("a VM with shares: each share's server thread is filtered too (vCPU, I/O, one fs thread per share)", {
+  skip,
+}, () => {
+  const a = mkdtempSync(join(dir, 'share-a-'));
+  const b = mkdtempSync(join(dir, 'share-b-'));
+  const r = runChild(undefined, [a, b]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.report['counted'], 1, 'the guest ran');
+  const names = r.report['names'] as string[];
+  // Two threads without shares (the test above); each share adds its server (worker-entry.ts), which
+  // confined itself with the fs list before its first request.
+  assert.equal(
+    names.filter((n) => n === 'node').length,
+    4,
+    `vCPU, I/O and two fs threads show Seccomp: 2 (of ${r.report['threads']} threads): ${names}`,
+  );
+  assert.equal(r.report['confined'], names.length, 'each filtered thread also shows NoNewPrivs: 1');
+  assert.doesNotMatch(r.stderr, /seccomp/);
+});
+
+test('inline shares (VIREO_FS_THREAD=0) need --no-seccomp: refused with one ConfigError line, served with seccomp off', {
+  skip,
+}, () => {
+  const share = mkdtempSync(join(dir, 'share-inline-'));
+  const env = { ...process.env, VIREO_FS_THREAD: '0' };
+  const refused = runChild(undefined, [share], env);
+  assert.notEqual(refused.status, 0);
+  assert.match(
+    refused.stderr,
+    /ConfigError: share t0: VIREO_FS_THREAD=0 serves shares inline on the I\/O thread, whose seccomp filter allows no file-system calls; run with --no-seccomp/,
+  );
+  const served = runChild(false, [share], env);
+  assert.equal(served.status, 0, served.stderr);
+  assert.equal(served.report['counted'], 1, 'the guest ran');
+  assert.equal(served.report['confined'], 0);
 });
 
 test('seccomp: false filters nothing and says so on stderr', { skip }, () => {

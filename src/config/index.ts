@@ -56,7 +56,7 @@ export interface VmConfig extends BootConfig, Partial<Omit<MachineConfig, 'irqch
    */
   trackDirtyPages?: boolean | undefined;
   /**
-   * Confine the VM's threads (vCPUs, the I/O thread, disk threads) with seccomp filters (kvm/seccomp-policy.ts).
+   * Confine the VM's threads (vCPUs, the I/O thread, disk threads, virtio-fs server threads) with seccomp filters (kvm/seccomp-policy.ts).
    * Default true; false (the CLI's --no-seccomp) prints a warning: never for a guest you do not trust.
    */
   seccomp?: boolean | undefined;

@@ -6,6 +6,11 @@
  *   vcpu  src/vmm/vcpu-thread.ts, after Vcpu.attach (kvm_run mapped) and the platform's buses are built
  *   io    src/vmm/io-thread.ts, after every virtio device is built (and restored)
  *   disk  src/backends/io-pool-worker.ts, when a pool hands it an open image
+ *   fs    src/backends/fs/worker-entry.ts (one virtio-fs share's FUSE server), once its server is built
+ *         over the share's root fd and guest memory is mapped, before its first request. The inline
+ *         server (VIREO_FS_THREAD=0, on the I/O thread) is not given the fs calls on the io list: the
+ *         I/O thread, which also holds every socket and device, stays without openat and friends, and
+ *         that mode needs --no-seccomp (src/vmm/kinds/fs.ts refuses it otherwise).
  *   main  not filtered (decision, see the end of this file)
  * Anything else a filtered thread calls ends the process with `vireo: seccomp: thread KIND made syscall
  * NAME (NR) which is not allowed` (src/native/seccomp-trap.c), exit status 159.
@@ -35,12 +40,13 @@
  * system calls.
  */
 
+import { AT_FDCWD, O_CREAT, O_NOFOLLOW, S_IFMT, S_IFREG } from '../os/fsat.js';
 import { type ConfineResult, confineThread, seccompEnvMode } from '../os/seccomp.js';
 import type { AllowEntry, ArgCheck, ArgRule } from '../os/seccomp-bpf.js';
 import { SYSCALLS, type SyscallName } from '../os/seccomp-syscalls.js';
 import { IOCTL, type IoctlName } from './abi.js';
 
-export type ThreadKind = 'vcpu' | 'io' | 'disk';
+export type ThreadKind = 'vcpu' | 'io' | 'disk' | 'fs';
 
 export interface PolicyEntry {
   readonly name: SyscallName;
@@ -57,6 +63,13 @@ const AF_UNIX = 1;
 
 /** A 32-bit argument equal to `value` (an int or an ioctl request: the kernel reads the low half only). */
 const eq32 = (arg: ArgCheck['arg'], value: number): ArgCheck => ({ arg, width: 32, value: BigInt(value >>> 0) });
+/** A 32-bit argument with the bits of `mask` set. */
+const set32 = (arg: ArgCheck['arg'], mask: number): ArgCheck => ({
+  arg,
+  width: 32,
+  mask: BigInt(mask),
+  value: BigInt(mask),
+});
 /** A 32-bit argument with the bits of `mask` clear. */
 const clear32 = (arg: ArgCheck['arg'], mask: number): ArgCheck => ({ arg, width: 32, mask: BigInt(mask), value: 0n });
 
@@ -161,6 +174,58 @@ const F_SETFL = 4;
 /** fcntl for O_NONBLOCK and FD_CLOEXEC only (no locks, no F_DUPFD, no leases or signals). */
 const FCNTL_FLAGS: readonly ArgRule[] = [F_GETFD, F_SETFD, F_GETFL, F_SETFL].map((c) => [eq32(1, c)]);
 
+/**
+ * A share's FUSE server (backends/fs/, every host call in os/fsat.ts): the *at calls on the node and
+ * handle fds it holds, reads and writes of open files, xattrs through /proc/self/fd/N, and the
+ * completion eventfd's write (NODE_WORKER's write). No socket, connect, execve, clone, ioctl, fcntl.
+ *
+ * A filter sees numbers, not paths, so what reaches where is the server's own work (O_PATH fds,
+ * checked names, O_NOFOLLOW; backends/fs/server.ts); the argument rules here fix the shape of each
+ * call to the shapes the server makes:
+ * - openat: a lookup, CREATE and a restore's walk open one name below a held directory fd, always with
+ *   O_NOFOLLOW; OPEN, OPENDIR, CREATE's O_PATH node and a restore's handles re-open a held fd through
+ *   its /proc/self/fd/N link from AT_FDCWD, where O_NOFOLLOW would refuse the magic link itself, and
+ *   never with O_CREAT. So: O_NOFOLLOW set, or AT_FDCWD without O_CREAT. Nothing is created through a
+ *   last component that is a symlink (a filter cannot see the components before it: the server opens
+ *   only one checked name below a held fd, and that is what keeps it inside the share).
+ * - mknodat: regular files only (MKNOD refuses the rest before the call): no device node, FIFO or
+ *   socket, whatever the thread is made to do.
+ */
+const FS_CALLS: readonly PolicyEntry[] = [
+  { name: 'openat', rules: [[set32(2, O_NOFOLLOW)], [eq32(0, AT_FDCWD), clear32(2, O_CREAT)]] },
+  { name: 'mknodat', rules: [[{ arg: 2, width: 32, mask: BigInt(S_IFMT), value: BigInt(S_IFREG) }]] },
+  { name: 'statx' },
+  { name: 'mkdirat' },
+  { name: 'unlinkat' },
+  // glibc's renameat2() is the renameat call when no flags are given (RENAME without NOREPLACE/EXCHANGE).
+  { name: 'renameat' },
+  { name: 'renameat2' },
+  { name: 'symlinkat' },
+  { name: 'readlinkat' },
+  { name: 'linkat' },
+  { name: 'fchmodat' },
+  { name: 'fchownat' },
+  { name: 'utimensat' },
+  { name: 'truncate' },
+  { name: 'ftruncate' },
+  { name: 'fstatfs' },
+  { name: 'getdents64' },
+  { name: 'lseek' },
+  { name: 'pread64' },
+  { name: 'pwrite64' },
+  { name: 'fsync' },
+  { name: 'fdatasync' },
+  { name: 'fallocate' },
+  { name: 'faccessat2' },
+  // RUNTIME: glibc's faccessat() is faccessat2, and falls back to faccessat where the host's kernel
+  // has no faccessat2 (before 5.8: ENOSYS); this host never took that path.
+  { name: 'faccessat' },
+  { name: 'getxattr' },
+  { name: 'setxattr' },
+  { name: 'listxattr' },
+  { name: 'removexattr' },
+];
+
 /** The lists: the observed sets (see the header), by kind. */
 export const POLICY: Record<ThreadKind, readonly PolicyEntry[]> = {
   // A stop with a memory file checks it (fstat: statx on the fd).
@@ -194,6 +259,7 @@ export const POLICY: Record<ThreadKind, readonly PolicyEntry[]> = {
     ioctls([TUNSETOFFLOAD]),
   ],
   disk: [...NODE_WORKER, ...FILES],
+  fs: [...NODE_WORKER, ...FS_CALLS],
 };
 
 /** A kind's list with the numbers of its calls (x86_64). */

@@ -122,7 +122,7 @@ class Build {
       new VirtioDevices(vm, resources ? ResourceAllocator.restore(resources) : new ResourceAllocator()),
     );
     this.devices = devices;
-    devices.addAll(cfg, resources ? snapshot?.body.devices.virtio.map((v) => v.transport) : undefined);
+    devices.addAll(cfg, resources ? snapshot?.body.devices.virtio.map((v) => v.transport) : undefined, this.seccomp);
     // (validateVmConfig refused virtio devices without the in-kernel irqchip.)
     if (!devices.empty) platformSpec.virtio = devices.platformSpec();
     if (snapshot) {

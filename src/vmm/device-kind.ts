@@ -23,6 +23,8 @@ export interface OpenContext {
   readonly store: DisposableStore;
   /** Tell the I/O thread to look at host-side device state (a host handle's timers use it). */
   wake(): void;
+  /** Whether this VM's threads confine themselves with seccomp (kvm/seccomp-policy.ts). */
+  readonly seccomp: boolean;
 }
 
 /** What a restore gives a kind to map its saved configuration back with. */

@@ -126,9 +126,10 @@ export class VirtioDevices implements Disposable {
    * Adds every device the config asks for (checked by validateVmConfig: config/), kind by kind in the
    * registry's order; throws ConfigError when a backend cannot be opened (the caller releases).
    * `transports`: restoring, each slot's transport as the snapshot recorded it, in slot order.
+   * `seccomp`: whether the VM's threads will confine themselves (the same flag start() gets).
    */
-  addAll(config: DeviceConfigs, transports?: readonly (SlotTransport | undefined)[]): void {
-    const ctx = { store: this.store, wake: () => this.wake() };
+  addAll(config: DeviceConfigs, transports?: readonly (SlotTransport | undefined)[], seccomp = true): void {
+    const ctx = { store: this.store, wake: () => this.wake(), seccomp };
     for (const kind of DEVICE_KINDS) {
       const c = kind.config(config);
       if (c === undefined) continue;

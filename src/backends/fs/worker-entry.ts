@@ -2,11 +2,13 @@
  * Worker entry: one share's FUSE server (worker.ts). Takes submitted requests from the shared ring
  * in order, serves each between guest memory and the host directory (devices/virtio/fs/serve.ts:
  * every range is checked again by this thread's own GuestMemory), stores the result and wakes the
- * I/O thread through the completion eventfd; between requests, answers the snapshot commands.
+ * I/O thread through the completion eventfd; between requests, answers the snapshot commands. Confined
+ * with the fs seccomp filter (kvm/seccomp-policy.ts) once set up, when the VM has seccomp on.
  */
 import { type MessagePort, parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { OUTCOMES, serveChain } from '../../devices/virtio/fs/serve.js';
 import type { Segment } from '../../devices/virtio/queue.js';
+import { confine } from '../../kvm/seccomp-policy.js';
 import { GuestMemory } from '../../memory/guest-memory.js';
 import * as sys from '../../os/sys.js';
 import { PassthroughFs } from './server.js';
@@ -40,6 +42,9 @@ function serve(data: FsWorkerData): void {
   const { ctl, ring, slots, args } = fsWorkerLayout(data.sab);
   const mem = new GuestMemory(data.memory);
   const server = new PassthroughFs(data.share);
+  // The share's root fd is held and guest memory mapped: from here on the thread serves the guest's
+  // requests (and the snapshot commands), under its filter.
+  confine('fs', data.seccomp);
   let head = 0;
   try {
     while (Atomics.load(ctl, CTL.stop) === 0) {

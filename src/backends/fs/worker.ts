@@ -64,6 +64,8 @@ export interface FsWorkerData {
   memory: RegionDescriptor[];
   share: ShareSpec;
   port: MessagePort;
+  /** Confine the worker with the fs seccomp filter (kvm/seccomp-policy.ts): the VM's seccomp option. */
+  seccomp: boolean;
 }
 
 export type FsControl = { op: 'save' } | { op: 'restore'; state: FsServerState };
@@ -80,7 +82,8 @@ export class FsWorker implements FuseQueue {
   private tail = 0;
   private closed = false;
 
-  constructor(share: ShareSpec, memory: readonly RegionDescriptor[]) {
+  /** `seccomp`: the VM's seccomp option; the worker confines itself before its first request when set. */
+  constructor(share: ShareSpec, memory: readonly RegionDescriptor[], seccomp: boolean) {
     for (let i = FS_SLOTS - 1; i >= 0; i--) this.free.push(i);
     this.completionFd = sys.eventfd(0, sys.EFD_NONBLOCK);
     const { port1, port2 } = new MessageChannel();
@@ -91,6 +94,7 @@ export class FsWorker implements FuseQueue {
       memory: [...memory],
       share,
       port: port2,
+      seccomp,
     };
     try {
       this.worker = new Worker(new URL('./worker-entry.js', import.meta.url));

@@ -1,12 +1,13 @@
 /**
  * virtio-fs: one device per shared host directory, served by vireo's own FUSE server on a worker
- * thread of its own (backends/fs/worker.ts). A snapshot keeps each share by path and tag (and read-only); a restore opens the directory
- * again (a directory gone since is one clear ConfigError line) and the device's record puts the
+ * thread of its own (backends/fs/worker.ts), confined with the fs seccomp filter. A snapshot keeps
+ * each share by path and tag (and read-only); a restore opens the directory again (a directory gone since is one clear ConfigError line) and the device's record puts the
  * guest's node ids and handles back (devices/virtio/fs/state.ts).
  */
 import { closeShare, openShare } from '../../backends/fs/open.js';
 import { PassthroughFs, type ShareSpec } from '../../backends/fs/server.js';
 import { FsWorker } from '../../backends/fs/worker.js';
+import { ConfigError } from '../../common/errors.js';
 import { toDisposable } from '../../common/lifecycle.js';
 import { array, bool, object, opt, str } from '../../common/schema.js';
 import type { ShareConfig } from '../../config/index.js';
@@ -22,7 +23,17 @@ import { MAX_DEVICES, PATH } from './limits.js';
  */
 const FS_THREAD = process.env.VIREO_FS_THREAD !== '0';
 
-export const fsKind: DeviceKind<ShareConfig[], { tag: string; share: ShareSpec }> = {
+/**
+ * Inline serving needs the VM's seccomp off. The fs calls (openat, unlinkat, renameat2, xattrs...)
+ * are on the fs thread's list only, not on the I/O thread's: that thread also holds every socket,
+ * TAP and disk, and giving it the file-system calls for a comparison mode would widen it for every VM.
+ * So an inline share under seccomp is refused at open, before any thread could die on its first LOOKUP.
+ */
+export const INLINE_NEEDS_NO_SECCOMP =
+  'VIREO_FS_THREAD=0 serves shares inline on the I/O thread, whose seccomp filter allows no file-system calls; ' +
+  'run with --no-seccomp (seccomp: false) to serve inline, or without VIREO_FS_THREAD=0 (a server thread per share, confined with its own filter)';
+
+export const fsKind: DeviceKind<ShareConfig[], { tag: string; share: ShareSpec; seccomp: boolean }> = {
   name: 'virtio-fs',
   configKey: 'shares',
   config: (c) => (c.shares && c.shares.length > 0 ? c.shares : undefined),
@@ -38,20 +49,23 @@ export const fsKind: DeviceKind<ShareConfig[], { tag: string; share: ShareSpec }
     },
   },
   open(shares, ctx) {
+    if (!FS_THREAD && ctx.seccomp) throw new ConfigError(`share ${shares[0]?.tag}: ${INLINE_NEEDS_NO_SECCOMP}`);
     return {
       devices: shares.map((s) => {
         const share = openShare(s);
         ctx.store.add(toDisposable(() => closeShare(share)));
-        return { name: `virtio-fs:${s.tag}`, spec: { tag: s.tag, share } };
+        return { name: `virtio-fs:${s.tag}`, spec: { tag: s.tag, share, seccomp: ctx.seccomp } };
       }),
     };
   },
-  // On the I/O thread (which has the guest's memory) the share gets a worker of its own; the main
-  // thread builds the model only for its features, inline.
+  // On the I/O thread (which has the guest's memory) the share gets a worker of its own, confined with
+  // the fs filter when the VM's seccomp is on; the main thread builds the model only for its features,
+  // inline.
   build: (spec, memory) =>
-    new VirtioFs(memory.length > 0 && FS_THREAD ? new FsWorker(spec.share, memory) : new PassthroughFs(spec.share), {
-      tag: spec.tag,
-    }),
+    new VirtioFs(
+      memory.length > 0 && FS_THREAD ? new FsWorker(spec.share, memory, spec.seccomp) : new PassthroughFs(spec.share),
+      { tag: spec.tag },
+    ),
   recordCheck: checkFsState,
   startsThreads: FS_THREAD,
 };
