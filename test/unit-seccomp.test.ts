@@ -231,6 +231,77 @@ test('an fs thread makes regular files with mknodat, never a FIFO or a device; a
   assert.match(String(sock.stderr), /^vireo: seccomp: thread fs made syscall socket \(41\) which is not allowed$/m);
 });
 
+/**
+ * A child process with a worker started first (so it exists before the filter, as Node's own threads do),
+ * then the process-wide filter installed on the main thread, then `bad` run on the main thread or in the
+ * worker ('main' | 'worker'); it reports what every thread shows.
+ */
+function processChild(where: 'main' | 'worker', bad: string): ReturnType<typeof spawnSync> {
+  const policyUrl = new URL('../src/kvm/seccomp-policy.js', import.meta.url).href;
+  const koffiUrl = import.meta.resolve('koffi');
+  const script = `
+    import { readdirSync, readFileSync } from 'node:fs';
+    import { Worker } from 'node:worker_threads';
+    import koffi from ${JSON.stringify(koffiUrl)};
+    const libc = koffi.load('libc.so.6');
+    const w = new Worker(\`
+      const { parentPort } = require('node:worker_threads');
+      import(${JSON.stringify(koffiUrl)}).then(({ default: koffi }) => {
+        const libc = koffi.load('libc.so.6');
+        parentPort.postMessage('up');
+        parentPort.once('message', () => { ${where === 'worker' ? bad : ''} });
+      });\`, { eval: true });
+    await new Promise((r) => w.once('message', r));
+    const { confineVmmProcess, confine } = await import(${JSON.stringify(policyUrl)});
+    const result = confineVmmProcess(true);
+    // A thread's own allow-list still stacks on it.
+    const inner = await new Promise((resolve) => {
+      const v = new Worker(\`
+        const { parentPort } = require('node:worker_threads');
+        import(${JSON.stringify(policyUrl)}).then(({ confine }) => parentPort.postMessage(confine('vcpu', true)));\`, { eval: true });
+      v.once('message', (m) => { resolve(m); v.terminate(); });
+    });
+    const status = readdirSync('/proc/self/task').map((t) => { try { return readFileSync('/proc/self/task/' + t + '/status', 'utf8'); } catch { return ''; } }).filter((s) => s !== '');
+    const filtered = status.filter((s) => /^Seccomp:\\s+2$/m.test(s) && /^NoNewPrivs:\\s+1$/m.test(s)).length;
+    const uring = libc.func('long syscall(long, ...)')(425, 'unsigned int', 8, 'void *', Buffer.alloc(120));
+    const errno = koffi.errno();
+    const unix = libc.func('int socket(int, int, int)')(1, 1, 0);
+    console.log(JSON.stringify({ result, inner, threads: status.length, filtered, uring, errno, unix }));
+    ${where === 'main' ? bad : "w.postMessage('go');"}
+    setTimeout(() => process.exit(0), 2000);`;
+  const file = join(dir, `process-${where}-${Math.random().toString(36).slice(2)}.mjs`);
+  writeFileSync(file, script);
+  return spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 30_000, cwd: repoRoot });
+}
+
+test('the process-wide filter reaches every thread, older ones too; ptrace and AF_PACKET end the process; io_uring is ENOSYS', () => {
+  const r = processChild('worker', "libc.func('long ptrace(long, long, void *, void *)')(0, 0, null, null);");
+  const line = String(r.stdout).split('\n')[0] ?? '';
+  assert.ok(line.startsWith('{'), `a report: status ${r.status}: ${r.stdout}\n${r.stderr}`);
+  const report = JSON.parse(line) as Record<string, number | string>;
+  assert.equal(report.result, 'installed', String(r.stderr));
+  assert.equal(report.inner, 'installed', "a worker's own list installs on top of it");
+  assert.equal(
+    report.filtered,
+    report.threads,
+    `every thread shows Seccomp: 2 and NoNewPrivs: 1: ${JSON.stringify(report)}`,
+  );
+  assert.equal(report.uring, -1);
+  assert.equal(report.errno, 38, 'io_uring_setup answers ENOSYS (libuv falls back)');
+  assert.ok(Number(report.unix) >= 0, 'a Unix socket is still allowed');
+  assert.equal(r.status, 159, `status ${r.status} signal ${r.signal}: ${r.stderr}`);
+  assert.match(String(r.stderr), /^vireo: seccomp: thread node made syscall ptrace \(101\) which is not allowed$/m);
+  const m = processChild('main', "libc.func('int socket(int, int, int)')(17, 3, 0);");
+  assert.equal(m.status, 159, `status ${m.status} signal ${m.signal}: ${m.stderr}`);
+  assert.match(String(m.stderr), /^vireo: seccomp: thread main made syscall socket \(41\) which is not allowed$/m);
+  const k = processChild(
+    'main',
+    "libc.func('long syscall(long, ...)')(321, 'int', 0, 'void *', null, 'unsigned int', 0);",
+  );
+  assert.equal(k.status, 159, `bpf: status ${k.status}: ${k.stderr}`);
+  assert.match(String(k.stderr), /made syscall bpf \(321\)/);
+});
+
 test('every call the traced test runs made (scripts/seccomp-observed.json) is on its kind list', () => {
   // Made by scripts/seccomp-gen.mjs trace (see its header and kvm/seccomp-policy.ts); the same check as
   // `node scripts/seccomp-gen.mjs check scripts/seccomp-observed.json`.

@@ -152,3 +152,64 @@ test('VMs one after another in one process under seccomp: a share after a confin
   assert.equal(r.stdout.trim().split('\n').at(-1), '[1,1,1]', 'each guest ran');
   assert.doesNotMatch(r.stderr, /seccomp: thread/);
 });
+
+test('`vireo run`: every thread of the process (main, Node its own, vCPU, I/O, a share) shows Seccomp: 2 while the guest runs', {
+  skip,
+}, async () => {
+  const { spawn } = await import('node:child_process');
+  const { readdirSync, readFileSync } = await import('node:fs');
+  const share = mkdtempSync(join(dir, 'share-cli-'));
+  const child = spawn(
+    process.execPath,
+    [
+      join(repoRoot, 'bin', 'vireo.js'),
+      'run',
+      '--kernel',
+      guestPath('modes64'),
+      '--cmdline',
+      'c',
+      '--mem',
+      '16',
+      '--serial',
+      'none',
+      '--rng',
+      '--share',
+      `${share},tag=s`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (b: Buffer) => {
+    stderr += b.toString();
+  });
+  const read = () =>
+    readdirSync(`/proc/${child.pid}/task`).flatMap((t) => {
+      try {
+        return [readFileSync(`/proc/${child.pid}/task/${t}/status`, 'utf8')];
+      } catch {
+        return [];
+      }
+    });
+  try {
+    // Until the VM's own threads are there: the fs thread confined itself (names are all "node").
+    let status: string[] = [];
+    for (const t0 = Date.now(); Date.now() - t0 < 20_000; ) {
+      status = read();
+      const own = status.filter((s) => /^Seccomp:\s+2$/m.test(s));
+      if (status.length >= 8 && own.length === status.length) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const unfiltered = status.filter((s) => !/^Seccomp:\s+2$/m.test(s) || !/^NoNewPrivs:\s+1$/m.test(s));
+    assert.ok(status.length >= 8, `the process runs its threads (${status.length}): ${stderr}`);
+    assert.equal(
+      unfiltered.length,
+      0,
+      `threads without a filter: ${unfiltered.map((s) => /^Name:\s+(.*)$/m.exec(s)?.[1]).join(',')}; ${stderr}`,
+    );
+    assert.equal(child.exitCode, null, `still running: ${stderr}`);
+  } finally {
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+  }
+  assert.doesNotMatch(stderr, /seccomp: thread/, 'nothing tripped a filter');
+});

@@ -62,6 +62,8 @@ export interface ControllerOptions {
   metricsIntervalMs?: number;
   /** Called with each new Vm before it runs (to attach a console, say). */
   onVm?: (vm: Vm) => void;
+  /** Called before a VM is built or restored (vireo-firecracker installs its process-wide seccomp filter). */
+  beforeVm?: () => void | Promise<void>;
 }
 
 export type ControllerEvents = {
@@ -254,6 +256,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     let vm: Vm;
     try {
       const { Vm } = await loadVmm();
+      await this.options.beforeVm?.();
       vm = await Vm.create(config);
     } catch (e) {
       this.logger.error('vmm', `InstanceStart failed: ${message(e)}`);
@@ -344,6 +347,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     let vm: Vm;
     try {
       const { Vm } = await loadVmm();
+      await this.options.beforeVm?.();
       vm = await Vm.restore({
         statePath: p.snapshot_path,
         memPath,

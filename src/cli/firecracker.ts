@@ -296,6 +296,11 @@ async function firecrackerCommand(argv: string[]): Promise<number> {
     metricsIntervalMs: process.env.VIREO_METRICS_INTERVAL_MS
       ? Number(process.env.VIREO_METRICS_INTERVAL_MS)
       : undefined,
+    // Every thread of this process under the process-wide seccomp deny-list before the VM exists
+    // (kvm/seccomp-policy.ts; VIREO_SECCOMP=off, set by --no-seccomp above, installs nothing).
+    beforeVm: async () => {
+      (await import('../kvm/seccomp-policy.js')).confineVmmProcess(true);
+    },
     // The serial console is this process's stdin and stdout, as Firecracker's is.
     onVm: (vm) => {
       console = attachConsole(vm, process.stdin, () => void vm.stop());

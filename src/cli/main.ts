@@ -21,6 +21,7 @@ import {
 import { prepareKit } from '../kit/kit.js';
 import { progressPrinter } from '../kit/util.js';
 import { detectFlavour } from '../kvm/kvm.js';
+import { confineVmmProcess } from '../kvm/seccomp-policy.js';
 import { isLinuxKernel } from '../vmm/boot.js';
 import { attachConsole } from '../vmm/console.js';
 import { threadsLoaded } from '../vmm/vcpu-threads.js';
@@ -131,6 +132,8 @@ async function runCommand(opts: RunOptions, argv: readonly string[]): Promise<nu
     );
     return runNestedCommand(argv);
   }
+  // vireo's own process: every thread under the process-wide deny-list before the VM exists.
+  confineVmmProcess(opts.seccomp);
   const vm = await Vm.create({
     kernel,
     initrd,

@@ -1,7 +1,9 @@
 /** `vireo serve` (a local E2B-compatible sandbox service) and `vireo sandbox …` (a client of it). */
+
 import { createReadStream, readFileSync, writeFileSync } from 'node:fs';
 import { ConfigError } from '../common/errors.js';
 import { detectFlavour } from '../kvm/kvm.js';
+import { confineVmmProcess } from '../kvm/seccomp-policy.js';
 import { ServeClient } from '../serve/client.js';
 import { checkApiKey, SERVE_DEFAULT_PORT, VireoServe } from '../serve/server.js';
 import { bootLauncher, parseTemplate, type TemplateConfig } from '../serve/templates.js';
@@ -33,6 +35,9 @@ export async function serveCommand(opts: ServeCliOptions): Promise<number> {
     const kit = await prepareKit({ onProgress: progress }).finally(() => progress.end());
     templates.push({ name: 'base', kernel: kit.kernel, initrd: kit.initrd, cpus: opts.cpus, memMiB: opts.mem });
   }
+  // Every thread of the service under the process-wide seccomp deny-list before its first sandbox
+  // (kvm/seccomp-policy.ts; VIREO_SECCOMP=off installs nothing).
+  confineVmmProcess(true);
   const serve = await VireoServe.start({
     port: opts.port,
     apiKey: apiKey || undefined,

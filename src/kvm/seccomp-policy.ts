@@ -11,7 +11,8 @@
  *         server (VIREO_FS_THREAD=0, on the I/O thread) is not given the fs calls on the io list: the
  *         I/O thread, which also holds every socket and device, stays without openat and friends, and
  *         that mode needs --no-seccomp (src/vmm/kinds/fs.ts refuses it otherwise).
- *   main  not filtered (decision, see the end of this file)
+ *   main  no allow-list (decision, see the end of this file); in vireo's own processes it and every other
+ *         thread carry the process-wide deny-list (processEntries below), installed first
  * Anything else a filtered thread calls ends the process with `vireo: seccomp: thread KIND made syscall
  * NAME (NR) which is not allowed` (src/native/seccomp-trap.c), exit status 159.
  *
@@ -41,7 +42,7 @@
  */
 
 import { AT_FDCWD, O_CREAT, O_NOFOLLOW, S_IFMT, S_IFREG } from '../os/fsat.js';
-import { type ConfineResult, confineThread, seccompEnvMode } from '../os/seccomp.js';
+import { type ConfineResult, confineProcess, confineThread, seccompEnvMode } from '../os/seccomp.js';
 import type { AllowEntry, ArgCheck, ArgRule } from '../os/seccomp-bpf.js';
 import { SYSCALLS, type SyscallName } from '../os/seccomp-syscalls.js';
 import { IOCTL, type IoctlName } from './abi.js';
@@ -275,8 +276,119 @@ export function confine(kind: ThreadKind, enabled: boolean): ConfineResult {
   return confineThread(kind, policyEntries(kind), enabled ? seccompEnvMode() : 'off');
 }
 
+/**
+ * The process-wide filter (os/seccomp.ts confineProcess): a deny-list on every thread of a vireo process
+ * (the CLI's `run`, `vireo-firecracker`, `vireo serve`: processes vireo owns; a program that embeds `Vm`
+ * keeps its own main thread), installed with TSYNC before any thread's own allow-list, so the main thread,
+ * Node's own threads (V8's platform workers, libuv's pool) and the passt processes the main thread starts
+ * (a filter survives execve) all carry it. It refuses what neither vireo, nor Node, nor passt's own
+ * sandboxing (unshare, mount, pivot_root, its own seccomp) ever needs and what attacks on a kernel reach
+ * for: other processes' memory (ptrace, process_vm_*), kernel code (modules, kexec, bpf), keyrings, perf
+ * events, userfaultfd, raw handles into file systems (open_by_handle_at), the machine's clocks, swap and
+ * reboot, port I/O, and sockets of families vireo never opens (packet, crypto, the old and rare protocols).
+ * io_uring answers ENOSYS instead (libuv falls back to its thread pool when it is refused).
+ */
+const TRAP = 0x00030000;
+const ERRNO_ENOSYS = 0x00050000 | 38;
+const DENIED: readonly SyscallName[] = [
+  'ptrace',
+  'process_vm_readv',
+  'process_vm_writev',
+  'kcmp',
+  'init_module',
+  'finit_module',
+  'delete_module',
+  'kexec_load',
+  'kexec_file_load',
+  'bpf',
+  'perf_event_open',
+  'keyctl',
+  'add_key',
+  'request_key',
+  'userfaultfd',
+  'open_by_handle_at',
+  'name_to_handle_at',
+  'lookup_dcookie',
+  'settimeofday',
+  'clock_settime',
+  'clock_adjtime',
+  'adjtimex',
+  'reboot',
+  'swapon',
+  'swapoff',
+  'acct',
+  'quotactl',
+  'quotactl_fd',
+  'iopl',
+  'ioperm',
+  'vhangup',
+  'uselib',
+  'sysfs',
+  '_sysctl',
+  'nfsservctl',
+];
+/** Socket families refused everywhere: AF_PACKET, AF_ALG, AF_KEY and the rare ones kernels keep CVEs in. */
+const DENIED_FAMILIES: Readonly<Record<string, number>> = {
+  AF_AX25: 3,
+  AF_IPX: 4,
+  AF_APPLETALK: 5,
+  AF_NETROM: 6,
+  AF_ATMPVC: 8,
+  AF_X25: 9,
+  AF_ROSE: 11,
+  AF_DECnet: 12,
+  AF_KEY: 15,
+  AF_PACKET: 17,
+  AF_ECONET: 19,
+  AF_ATMSVC: 20,
+  AF_RDS: 21,
+  AF_IRDA: 23,
+  AF_PPPOX: 24,
+  AF_LLC: 26,
+  AF_IB: 27,
+  AF_MPLS: 28,
+  AF_CAN: 29,
+  AF_TIPC: 30,
+  AF_BLUETOOTH: 31,
+  AF_RXRPC: 33,
+  AF_ISDN: 34,
+  AF_PHONET: 35,
+  AF_IEEE802154: 36,
+  AF_CAIF: 37,
+  AF_ALG: 38,
+  AF_NFC: 39,
+  AF_KCM: 41,
+  AF_QIPCRTR: 42,
+  AF_SMC: 43,
+  AF_XDP: 44,
+  AF_MCTP: 45,
+};
+
+/** The process-wide deny-list with its numbers (x86_64). */
+export function processEntries(): AllowEntry[] {
+  return [
+    ...DENIED.map((name) => ({ name, nr: SYSCALLS[name], action: TRAP })),
+    {
+      name: 'socket',
+      nr: SYSCALLS.socket,
+      rules: Object.values(DENIED_FAMILIES).map((f) => [eq32(0, f)]),
+      action: TRAP,
+    },
+    ...(['io_uring_setup', 'io_uring_enter', 'io_uring_register'] as const).map((name) => ({
+      name,
+      nr: SYSCALLS[name],
+      action: ERRNO_ENOSYS,
+    })),
+  ];
+}
+
+/** Installs the process-wide filter when `enabled` and VIREO_SECCOMP allows (see processEntries). */
+export function confineVmmProcess(enabled: boolean): ConfineResult {
+  return confineProcess(processEntries(), enabled ? seccompEnvMode() : 'off');
+}
+
 /*
- * The main thread is not filtered. It spawns processes (passt, for one), opens files and sockets of every kind for the API, the CLI and snapshots, creates VMs and
+ * The main thread has no allow-list of its own (only the process-wide deny-list above). It spawns processes (passt, for one), opens files and sockets of every kind for the API, the CLI and snapshots, creates VMs and
  * vCPUs and maps guest memory: its list would hold execve, clone, openat, socket of any family and
  * KVM_SET_USER_MEMORY_REGION, and so would not stop what a filter is there to stop. The guest reaches the
  * main thread only through the vCPU and I/O threads' messages (small, typed reports); the threads that

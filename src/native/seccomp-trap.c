@@ -23,7 +23,8 @@
 #define NAMES_BYTES 8192
 #define EXIT_STATUS 159
 
-static __thread char kind[24] = "unnamed";
+/* "node": a thread that never named itself (Node's own threads, under the process-wide filter only). */
+static __thread char kind[24] = "node";
 static char names[NAMES_BYTES];
 static unsigned short name_at[MAX_NR]; /* offset + 1 into names; 0: no name */
 static int installed;

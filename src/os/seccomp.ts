@@ -16,7 +16,14 @@ import koffi from 'koffi';
 import { SyscallError } from '../common/errors.js';
 import { errno, libc } from './libc.js';
 import { MAP_ANONYMOUS, MAP_PRIVATE, mmap, munmap, PROT_READ, PROT_WRITE, view } from './mman.js';
-import { type AllowEntry, assembleFilter, encodeFilter, SECCOMP_RET_LOG, SECCOMP_RET_TRAP } from './seccomp-bpf.js';
+import {
+  type AllowEntry,
+  assembleFilter,
+  encodeFilter,
+  SECCOMP_RET_ALLOW,
+  SECCOMP_RET_LOG,
+  SECCOMP_RET_TRAP,
+} from './seccomp-bpf.js';
 import { SYSCALLS } from './seccomp-syscalls.js';
 
 const PR_SET_NO_NEW_PRIVS = 38;
@@ -111,6 +118,60 @@ export function confineThread(kind: string, entries: readonly AllowEntry[], mode
   installedKind = kind;
   return 'installed';
 }
+
+const SECCOMP_FILTER_FLAG_TSYNC = 1;
+/** Whether confineProcess installed its filter in this process. */
+let processFiltered = false;
+
+/**
+ * Installs `entries` on every thread of the process at once (SECCOMP_FILTER_FLAG_TSYNC), and so on
+ * every thread started afterwards: a deny-list (the default action ALLOW, each entry its own action:
+ * TRAP, reported and fatal as above, or an errno). It must come before any thread installs its own
+ * filter (TSYNC refuses threads whose filters are not this thread's), and those threads' allow-lists
+ * then stack on it (the stricter answer wins). In 'log' mode the entries' trapping actions become LOG;
+ * 'trace' and 'off' install nothing. Once per process.
+ */
+export function confineProcess(entries: readonly AllowEntry[], mode: SeccompMode): ConfineResult {
+  if (processFiltered) return 'already';
+  if (mode === 'off' || mode === 'trace') return mode === 'off' ? 'off' : 'traced';
+  const t = trap();
+  const list =
+    mode === 'log'
+      ? entries.map((e) => (e.action === SECCOMP_RET_TRAP ? { ...e, action: SECCOMP_RET_LOG } : e))
+      : entries;
+  const bytes = encodeFilter(assembleFilter(list, SECCOMP_RET_ALLOW));
+  const size = Math.ceil(bytes.length / 4096) * 4096;
+  const addr = mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  try {
+    new Uint8Array(view(addr, bytes.length)).set(bytes);
+    const fprog = Buffer.alloc(16);
+    fprog.writeUInt16LE(bytes.length / 8, 0);
+    fprog.writeBigUInt64LE(BigInt(addr), 8);
+    if ((c_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as number) !== 0)
+      throw new SyscallError('prctl(PR_SET_NO_NEW_PRIVS)', errno());
+    if (installedKind === undefined) t.kind('main');
+    const r = c_syscall(
+      SYS_seccomp,
+      'long',
+      SECCOMP_SET_MODE_FILTER,
+      'unsigned int',
+      SECCOMP_FILTER_FLAG_TSYNC,
+      'void *',
+      fprog,
+    ) as number;
+    // TSYNC answers the id of a thread it could not synchronise (one with a filter of its own).
+    if (r > 0)
+      throw new SyscallError('seccomp(SECCOMP_FILTER_FLAG_TSYNC)', 16, `thread ${r} already has a filter of its own`);
+    if (r !== 0) throw new SyscallError('seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)', errno());
+  } finally {
+    munmap(addr, size);
+  }
+  processFiltered = true;
+  return 'installed';
+}
+
+/** Whether the process-wide filter is in place. */
+export const processConfined = (): boolean => processFiltered;
 
 /** The kind of this thread's filter, if it has one. */
 export const confinedAs = (): string | undefined => installedKind;
