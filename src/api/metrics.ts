@@ -12,7 +12,7 @@
  */
 import { closeSync } from 'node:fs';
 import { openOutputFile, writeOrDrop } from '../backends/output-file.js';
-import { badRequest } from './errors.js';
+import { badRequest, osErrorText } from './errors.js';
 import { type LogWriteCounters, reportOnce } from './logger.js';
 import type { MetricsConfig } from './types.js';
 
@@ -76,7 +76,7 @@ export class ApiMetrics {
     try {
       this.fd = openOutputFile(cfg.metrics_path, 'append');
     } catch (e) {
-      throw badRequest(`Metrics error: Cannot initialize the metrics system: ${(e as Error).message}`);
+      throw badRequest(`Metrics error: Cannot initialize the metrics system: ${osErrorText(e)}`);
     }
     this.config = cfg;
     this.timer = setInterval(() => this.flush(), intervalMs);
