@@ -674,7 +674,8 @@ class Reader {
         const n = t.fields.length;
         for (const [i, f] of t.fields.entries()) {
           if (!this.nextElement(first)) {
-            if (!f.required) continue;
+            // Only #[serde(default)] fields may be left off the end; an Option may not.
+            if (!f.required && !f.nullable) continue;
             throw new SerdeError(
               `invalid length ${i}, expected struct ${t.name} with ${n} element${n === 1 ? '' : 's'}`,
             );
@@ -844,6 +845,7 @@ const FIELD_ORDER: Record<string, string[]> = {
   MachineConfiguration: ['vcpu_count', 'mem_size_mib', 'smt', 'cpu_template', 'track_dirty_pages', 'huge_pages'],
   TokenBucket: ['size', 'one_time_burst', 'refill_time'],
   RateLimiter: ['bandwidth', 'ops'],
+  BootSource: ['kernel_image_path', 'initrd_path', 'boot_args'],
 };
 
 /** Enums whose names Firecracker reads in any case (the logger level). */

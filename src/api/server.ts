@@ -193,7 +193,8 @@ export class ApiServer {
       );
     if (existsSync(path))
       throw new ConfigError(`cannot bind the API socket at ${path}: the path exists; remove it or choose another`);
-    const server = createServer((req, res) => this.onRequest(req, res));
+    // micro_http needs no Host header (curl --unix-socket sends one, other clients do not).
+    const server = createServer({ requireHostHeader: false }, (req, res) => this.onRequest(req, res));
     // Firecracker keeps an idle connection open for as long as the client does.
     server.keepAliveTimeout = 0;
     // `Expect: 100-continue` (curl sends it for bodies over 1 KiB): refuse an oversized body before the
