@@ -9,10 +9,11 @@
  * response.rs) and serde_json's Display of its errors, worked out by hand for each body below.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type FirecrackerProcess, fcRequest, rawExchange, startFirecracker } from './support/fc-client.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'vireo-fc-exact-'));
@@ -336,5 +337,76 @@ describe('vireo-firecracker answers as Firecracker does', { timeout: 60_000 }, (
     } finally {
       fresh.kill();
     }
+  });
+
+  test('metrics lines: every group Firecracker writes, in its order, zero counters included', async () => {
+    const m = await startFirecracker(['--api-sock', f('m.sock')], {
+      socket: f('m.sock'),
+      env: { VIREO_METRICS_INTERVAL_MS: '200' },
+    });
+    try {
+      assert.equal((await fcRequest(m.socket, 'PUT', '/metrics', { metrics_path: f('m.json') })).status, 204);
+      await fcRequest(m.socket, 'GET', '/machine-config');
+      await fcRequest(m.socket, 'PUT', '/drives/x', '{"drive_id":"y","is_root_device":false}');
+      // Deprecated: vsock_id (Firecracker flags the answer and counts the call).
+      const dep = await fcRequest(m.socket, 'PUT', '/vsock', { vsock_id: 'v', guest_cid: 3, uds_path: f('m-v.sock') });
+      assert.equal(dep.headers.deprecation, 'true');
+      const t0 = Date.now();
+      while (!(existsSync(f('m.json')) && readFileSync(f('m.json'), 'utf8').split('\n').length > 2)) {
+        if (Date.now() - t0 > 10_000) assert.fail('no metrics lines within 10 s');
+        await sleep(50);
+      }
+    } finally {
+      m.kill();
+    }
+    const lines = readFileSync(f('m.json'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, Record<string, number>>);
+    const first = lines[0] as Record<string, Record<string, number>>;
+    assert.deepEqual(Object.keys(first).slice(0, 15), [
+      'utc_timestamp_ms',
+      'api_server',
+      'deprecated_api',
+      'get_api_requests',
+      'latencies_us',
+      'logger',
+      'mmds',
+      'patch_api_requests',
+      'put_api_requests',
+      'seccomp',
+      'vcpu',
+      'vmm',
+      'signals',
+      'interrupts',
+      'metrics',
+    ]);
+    const fields = (g: string): string[] => Object.keys(first[g] ?? {});
+    assert.deepEqual(fields('get_api_requests').slice(0, 5), [
+      'instance_info_count',
+      'machine_cfg_count',
+      'mmds_count',
+      'vmm_version_count',
+      'hotplug_memory_count',
+    ]);
+    assert.deepEqual(fields('put_api_requests').slice(0, 26).length, 26);
+    assert.deepEqual(fields('signals'), ['sigbus', 'sigsegv', 'sigxfsz', 'sigxcpu', 'sigpipe', 'sighup', 'sigill']);
+    assert.deepEqual(fields('logger').slice(0, 3), ['missed_metrics_count', 'metrics_fails', 'missed_log_count']);
+    assert.equal(fields('mmds').length, 13);
+    assert.equal(fields('latencies_us').length, 10);
+    assert.deepEqual(first.vmm, { panic_count: 0 });
+    assert.deepEqual(first.seccomp, { num_faults: 0 });
+    assert.equal(first.mmds?.rx_count, 0, 'zero counters are written');
+    // Real values: counters add up over the lines, values are as measured.
+    const sum = (g: string, k: string): number => lines.reduce((n, l) => n + (l[g]?.[k] ?? 0), 0);
+    assert.equal(sum('get_api_requests', 'machine_cfg_count'), 1);
+    assert.equal(sum('put_api_requests', 'drive_count'), 1);
+    assert.equal(sum('put_api_requests', 'drive_fails'), 1);
+    assert.equal(sum('put_api_requests', 'metrics_count'), 1);
+    assert.equal(sum('put_api_requests', 'vsock_count'), 1);
+    assert.equal(sum('deprecated_api', 'deprecated_http_api_calls'), 1);
+    const startup = first.api_server?.process_startup_time_us ?? 0;
+    assert.ok(startup > 1000 && startup < 60_000_000, `process_startup_time_us ${startup}`);
+    assert.ok((first.api_server?.process_startup_time_cpu_us ?? 0) > 0);
   });
 });

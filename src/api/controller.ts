@@ -325,31 +325,44 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     this.options.onVm?.(vm);
   }
 
+  /** Firecracker's latencies_us: the API-level and the VMM-level durations of an operation, in µs. */
+  private latency(name: string, apiStart: number, vmmStart: number, vmmEnd: number): void {
+    this.metrics.store('latencies_us', name, (performance.now() - apiStart) * 1000);
+    this.metrics.store('latencies_us', `vmm_${name}`, (vmmEnd - vmmStart) * 1000);
+  }
+
   async pause(): Promise<void> {
+    const t0 = performance.now();
     const vm = this.requireVm();
     if (this.phase === 'paused') return;
+    const t1 = performance.now();
     try {
       await vm.pause();
     } catch (e) {
       throw stateError(`Failed to pause the microVM: ${message(e)}`);
     }
+    this.latency('pause_vm', t0, t1, performance.now());
     if (vm.state === 'paused') this.phase = 'paused';
     this.logger.info('vmm', 'microVM paused');
   }
 
   async resume(): Promise<void> {
+    const t0 = performance.now();
     const vm = this.requireVm();
     if (this.phase === 'running') return;
+    const t1 = performance.now();
     try {
       await vm.resume();
     } catch (e) {
       throw stateError(`Failed to resume the microVM: ${message(e)}`);
     }
+    this.latency('resume_vm', t0, t1, performance.now());
     if (vm.state === 'running') this.phase = 'running';
     this.logger.info('vmm', 'microVM resumed');
   }
 
   async createSnapshot(p: SnapshotCreateParams): Promise<void> {
+    const t0 = performance.now();
     const vm = this.requireVm();
     if (this.phase !== 'paused')
       throw stateError(
@@ -360,21 +373,25 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       throw badRequest(
         'Create snapshot error: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.',
       );
+    const t1 = performance.now();
     try {
       await vm.snapshot({ statePath: p.snapshot_path, memPath: p.mem_file_path, type });
     } catch (e) {
       throw badRequest(`Create snapshot error: ${message(e)}`);
     }
+    this.latency(type === 'Diff' ? 'diff_create_snapshot' : 'full_create_snapshot', t0, t1, performance.now());
     this.logger.info('vmm', `snapshot created (${type})`, { snapshot_path: p.snapshot_path });
   }
 
   async loadSnapshot(p: SnapshotLoadParams, memPath: string): Promise<void> {
+    const t0 = performance.now();
     this.requirePreBoot();
     if (this.bootPath)
       throw stateError(
         'Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.',
       );
     let vm: Vm;
+    const t1 = performance.now();
     try {
       const { Vm } = await loadVmm();
       vm = await Vm.restore({
@@ -388,6 +405,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     } catch (e) {
       throw badRequest(`Load snapshot error: Failed to restore from snapshot: ${message(e)}`);
     }
+    const t2 = performance.now();
     this.restored = true;
     this.adoptRestoredDevices(vm);
     this.machine = {
@@ -397,6 +415,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       track_dirty_pages: p.track_dirty_pages ?? p.enable_diff_snapshots ?? false,
     };
     this.adopt(vm, vm.state === 'running' ? 'running' : 'paused');
+    this.latency('load_snapshot', t0, t1, t2);
     this.logger.info('vmm', 'snapshot loaded', { snapshot_path: p.snapshot_path, resumed: this.phase === 'running' });
     this.emit('started', vm);
   }

@@ -211,6 +211,10 @@ export class ApiServer {
       server.listen(path, () => resolve());
     });
     this.ctl.logger.info('api_server', `API server listening on ${path}`);
+    // Firecracker's api_server.process_startup_time_us and _cpu_us: process start to a bound socket.
+    const cpu = process.cpuUsage();
+    this.ctl.metrics.store('api_server', 'process_startup_time_us', performance.now() * 1000);
+    this.ctl.metrics.store('api_server', 'process_startup_time_cpu_us', cpu.user + cpu.system);
   }
 
   /** Stops listening (the socket file is removed) and drops open connections. */
@@ -339,6 +343,7 @@ export class ApiServer {
       if (!(e instanceof ApiError)) this.ctl.logger.error('api_server', 'request failed', { error: String(e) });
       response = faultResponse(err);
     }
+    if (response.headers.Deprecation !== undefined) this.ctl.metrics.countDeprecated();
     this.ctl.metrics.countRequest(
       countAs,
       route?.metric ?? (pathKnown ? 'bad_method' : 'bad_path'),
