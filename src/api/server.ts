@@ -1,7 +1,8 @@
 /**
  * The Firecracker-compatible API server: HTTP/1.1 on a Unix socket, one request at a time against the
- * controller (as Firecracker's single API thread does), bodies checked against the spec before any
- * handler sees them. Payloads above the limit (51200 bytes, Firecracker's default) are refused before
+ * controller (as Firecracker's single API thread does), routed as Firecracker's parser routes
+ * (resolveFirecracker), bodies read into their Rust types as serde_json reads them (serde.ts) before
+ * any handler sees them, answers written with micro_http's status line and headers. Payloads above the limit (51200 bytes, Firecracker's default) are refused before
  * they are read: by Content-Length, or by counting a body sent without one; the connection is then
  * closed, as Firecracker's server drops it.
  */
