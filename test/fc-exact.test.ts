@@ -253,6 +253,17 @@ describe('vireo-firecracker answers as Firecracker does', { timeout: 60_000 }, (
       r400.text,
       `HTTP/1.1 400 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: ${fault400.length}\r\n\r\n${fault400}`,
     );
+    // Expect: 100-continue: micro_http's interim answer, then the answer.
+    const cont = await rawExchange(
+      fc.socket,
+      ['PUT /entropy HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n', '{}'],
+      1000,
+    );
+    assert.equal(
+      cont.text,
+      'HTTP/1.1 100 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n' +
+        'HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n',
+    );
     // A method micro_http does not parse: its own error body (not a fault_message), as it sends it.
     const rDel = await rawExchange(fc.socket, ['DELETE /drives/x HTTP/1.1\r\n\r\n'], 1000);
     const err =

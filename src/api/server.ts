@@ -201,7 +201,9 @@ export class ApiServer {
     // `Expect: 100-continue` (curl sends it for bodies over 1 KiB): refuse an oversized body before the
     // client sends it, else invite it.
     server.on('checkContinue', (req, res) => {
-      if (Number(req.headers['content-length'] ?? 0) <= this.payloadLimit) res.writeContinue();
+      // micro_http's interim answer: a status line without a reason phrase, its Server and Connection.
+      if (Number(req.headers['content-length'] ?? 0) <= this.payloadLimit)
+        req.socket.write(`HTTP/1.1 100 \r\nServer: ${SERVER_HEADER}\r\nConnection: keep-alive\r\n\r\n`);
       this.onRequest(req, res);
     });
     this.server = server;
