@@ -178,7 +178,12 @@ describe('vireo-firecracker with a guest', { skip, timeout: 120_000 }, () => {
     processes.push(fc);
     const info = await fcRequest(sock, 'GET', '/');
     assert.equal(info.status, 200);
-    assert.deepEqual(info.json, { app_name: 'vireo', id: 'hello-vm', state: 'Not started', vmm_version: '1.17.0-dev' });
+    assert.deepEqual(info.json, {
+      app_name: 'Firecracker',
+      id: 'hello-vm',
+      state: 'Not started',
+      vmm_version: '1.17.0-dev',
+    });
     assert.equal((await fcRequest(sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 16 })).status, 204);
     assert.equal(
       (await fcRequest(sock, 'PUT', '/boot-source', { kernel_image_path: guestPath('hello64') })).status,

@@ -273,7 +273,7 @@ describe('vireo-jailer: jailed vireo-firecracker', { skip: kvmSkipReason(), time
 
     const info = await fcRequest(sock, 'GET', '/');
     assert.equal(info.status, 200, info.text);
-    assert.deepEqual(info.json, { app_name: 'vireo', id, state: 'Not started', vmm_version: '1.17.0-dev' });
+    assert.deepEqual(info.json, { app_name: 'Firecracker', id, state: 'Not started', vmm_version: '1.17.0-dev' });
 
     // Who the VMM is, from the host.
     const st = status(pid);

@@ -4,6 +4,7 @@
  * then InstanceStart.
  */
 import { ConfigError } from '../common/errors.js';
+import { ID_CHARS } from '../config/index.js';
 import type { ApiServer } from './server.js';
 import { specValidator } from './spec.js';
 import type { FullVmConfiguration } from './types.js';
@@ -49,6 +50,9 @@ export async function applyConfigFile(api: ApiServer, text: string, source = 'th
   } catch (e) {
     throw new ConfigError(`${source} is not valid JSON: ${printableExcerpt((e as Error).message)}`);
   }
+  // A section given as null is absent (Firecracker's Option sections; GET /vm/config writes them so).
+  if (doc !== null && typeof doc === 'object' && !Array.isArray(doc))
+    doc = Object.fromEntries(Object.entries(doc).filter(([, v]) => v !== null));
   const problem = specValidator().check('FullVmConfiguration', doc);
   if (problem) throw new ConfigError(`${source}: ${escapeControls(problem)}`);
   const cfg = doc as FullVmConfiguration;
@@ -70,17 +74,15 @@ export async function applyConfigFile(api: ApiServer, text: string, source = 'th
   steps.push(['InstanceStart', 'PUT', '/actions', { action_type: 'InstanceStart' }]);
 
   for (const [what, method, path, body] of steps) {
-    // encodeURI throws a URIError on a lone surrogate, which JSON lets an id carry ("\ud800"):
-    // refused with the message the API gives any id that is not letters, digits and underscores.
-    let url: string;
-    try {
-      url = encodeURI(path);
-    } catch {
+    // The API reads paths as Firecracker does, without percent-decoding: an id goes into the path as it
+    // is, once it is known to be letters, digits and underscores only (so it holds no '/' nor '?');
+    // any other id is refused with the message the API gives it.
+    const id = /^\/(?:drives|network-interfaces)\/(.*)$/s.exec(path)?.[1];
+    if (id !== undefined && !ID_CHARS.test(id))
       throw new ConfigError(
-        `${source}, ${what}: API Resource IDs can only contain alphanumeric characters and underscores.`,
+        `${source}, ${escapeControls(what)}: ${id === '' ? 'The ID cannot be empty.' : 'API Resource IDs can only contain alphanumeric characters and underscores.'}`,
       );
-    }
-    const r = await api.dispatch(method, url, JSON.stringify(body));
+    const r = await api.dispatch(method, path, JSON.stringify(body));
     if (r.status >= 400) {
       const fault = (JSON.parse(r.body) as { fault_message?: string }).fault_message ?? r.body;
       throw new ConfigError(`${source}, ${escapeControls(what)}: ${escapeControls(fault)}`);

@@ -25,7 +25,6 @@ import type {
   BootSource,
   Drive,
   EntropyDevice,
-  FullVmConfiguration,
   InstanceInfo,
   InstanceState,
   MachineConfiguration,
@@ -45,8 +44,11 @@ export const FIRECRACKER_DEFAULT_BOOT_ARGS =
 
 export const DEFAULT_INSTANCE_ID = 'anonymous-instance';
 
-/** `app_name` in GET /: who is answering (vireo, speaking Firecracker's API). */
-export const APP_NAME = 'vireo';
+/**
+ * `app_name` in GET /, as Firecracker answers it: clients that check who answers see Firecracker's API
+ * (vireo's own identity is in `vireo --version`).
+ */
+export const APP_NAME = 'Firecracker';
 
 export type Phase = 'configuring' | 'running' | 'paused' | 'exited';
 
@@ -158,32 +160,63 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     return { app_name: APP_NAME, id: this.id, state: this.instanceState(), vmm_version: apiVersion() };
   }
 
+  /** MachineConfig as Firecracker serializes it (field order; cpu_template only when there is one). */
   machineConfig(): MachineConfiguration {
     const m = this.machine;
-    const out: MachineConfiguration = {
+    return {
       vcpu_count: m.vcpu_count,
       mem_size_mib: m.mem_size_mib,
       smt: m.smt,
+      ...(m.cpu_template !== undefined && m.cpu_template !== 'None' ? { cpu_template: m.cpu_template } : {}),
       track_dirty_pages: m.track_dirty_pages,
       huge_pages: m.huge_pages,
     };
-    if (m.cpu_template !== undefined && m.cpu_template !== 'None') out.cpu_template = m.cpu_template;
-    return out;
   }
 
-  /** GET /vm/config: every configured resource, in the spec's shapes (absent ones left out). */
-  fullConfig(): FullVmConfiguration {
-    const out: FullVmConfiguration = {};
-    if (this.balloon) out.balloon = this.balloonConfig();
-    out.drives = [...this.drives.values()];
-    if (this.bootSource && !this.restored) out['boot-source'] = { ...this.bootSource };
-    if (this.logger.config) out.logger = { ...this.logger.config };
-    out['machine-config'] = this.machineConfig();
-    if (this.metrics.config) out.metrics = { ...this.metrics.config };
-    out['network-interfaces'] = [...this.nets.values()];
-    if (this.vsock) out.vsock = { ...this.vsock };
-    if (this.entropy) out.entropy = { ...this.entropy };
-    return out;
+  /**
+   * GET /vm/config as Firecracker writes it (its VmmConfig, serialized from the resources): every
+   * section in its order, an absent one as null (an empty list for drives, interfaces and pmem), each
+   * device with all its fields, unset ones null. As in Firecracker, logger and metrics are always
+   * null (it does not report them back), and so is everything vireo does not have (cpu-config,
+   * memory-hotplug, mmds-config); a restored VM has the empty boot source Firecracker reports.
+   */
+  fullConfig(): Record<string, unknown> {
+    const boot = !this.restored ? this.bootSource : undefined;
+    return {
+      balloon: this.balloon ? this.balloonConfig() : null,
+      drives: [...this.drives.values()].map((d) => ({
+        drive_id: d.drive_id,
+        partuuid: d.partuuid ?? null,
+        is_root_device: d.is_root_device,
+        cache_type: d.cache_type ?? 'Unsafe',
+        is_read_only: d.is_read_only ?? false,
+        path_on_host: d.path_on_host ?? null,
+        rate_limiter: null,
+        io_engine: d.io_engine ?? 'Sync',
+        socket: null,
+      })),
+      'boot-source': {
+        kernel_image_path: boot?.kernel_image_path ?? '',
+        initrd_path: boot?.initrd_path ?? null,
+        boot_args: boot?.boot_args ?? null,
+      },
+      'cpu-config': null,
+      logger: null,
+      'machine-config': this.machineConfig(),
+      metrics: null,
+      'memory-hotplug': null,
+      'mmds-config': null,
+      'network-interfaces': [...this.nets.values()].map((n) => ({
+        iface_id: n.iface_id,
+        host_dev_name: n.host_dev_name,
+        guest_mac: n.guest_mac ?? null,
+        rx_rate_limiter: null,
+        tx_rate_limiter: null,
+      })),
+      pmem: [],
+      vsock: this.vsock ? { guest_cid: this.vsock.guest_cid, uds_path: this.vsock.uds_path } : null,
+      entropy: this.entropy ? { rate_limiter: null } : null,
+    };
   }
 
   /** The balloon as configured, with the current target once the VM runs. */
@@ -295,31 +328,44 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     this.options.onVm?.(vm);
   }
 
+  /** Firecracker's latencies_us: the API-level and the VMM-level durations of an operation, in µs. */
+  private latency(name: string, apiStart: number, vmmStart: number, vmmEnd: number): void {
+    this.metrics.store('latencies_us', name, (performance.now() - apiStart) * 1000);
+    this.metrics.store('latencies_us', `vmm_${name}`, (vmmEnd - vmmStart) * 1000);
+  }
+
   async pause(): Promise<void> {
+    const t0 = performance.now();
     const vm = this.requireVm();
     if (this.phase === 'paused') return;
+    const t1 = performance.now();
     try {
       await vm.pause();
     } catch (e) {
       throw stateError(`Failed to pause the microVM: ${message(e)}`);
     }
+    this.latency('pause_vm', t0, t1, performance.now());
     if (vm.state === 'paused') this.phase = 'paused';
     this.logger.info('vmm', 'microVM paused');
   }
 
   async resume(): Promise<void> {
+    const t0 = performance.now();
     const vm = this.requireVm();
     if (this.phase === 'running') return;
+    const t1 = performance.now();
     try {
       await vm.resume();
     } catch (e) {
       throw stateError(`Failed to resume the microVM: ${message(e)}`);
     }
+    this.latency('resume_vm', t0, t1, performance.now());
     if (vm.state === 'running') this.phase = 'running';
     this.logger.info('vmm', 'microVM resumed');
   }
 
   async createSnapshot(p: SnapshotCreateParams): Promise<void> {
+    const t0 = performance.now();
     const vm = this.requireVm();
     if (this.phase !== 'paused')
       throw stateError(
@@ -330,21 +376,25 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       throw badRequest(
         'Create snapshot error: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.',
       );
+    const t1 = performance.now();
     try {
       await vm.snapshot({ statePath: p.snapshot_path, memPath: p.mem_file_path, type });
     } catch (e) {
       throw badRequest(`Create snapshot error: ${message(e)}`);
     }
+    this.latency(type === 'Diff' ? 'diff_create_snapshot' : 'full_create_snapshot', t0, t1, performance.now());
     this.logger.info('vmm', `snapshot created (${type})`, { snapshot_path: p.snapshot_path });
   }
 
   async loadSnapshot(p: SnapshotLoadParams, memPath: string): Promise<void> {
+    const t0 = performance.now();
     this.requirePreBoot();
     if (this.bootPath)
       throw stateError(
         'Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.',
       );
     let vm: Vm;
+    const t1 = performance.now();
     try {
       const { Vm } = await loadVmm();
       await this.options.beforeVm?.();
@@ -359,6 +409,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     } catch (e) {
       throw badRequest(`Load snapshot error: Failed to restore from snapshot: ${message(e)}`);
     }
+    const t2 = performance.now();
     this.restored = true;
     this.adoptRestoredDevices(vm);
     this.machine = {
@@ -368,6 +419,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       track_dirty_pages: p.track_dirty_pages ?? p.enable_diff_snapshots ?? false,
     };
     this.adopt(vm, vm.state === 'running' ? 'running' : 'paused');
+    this.latency('load_snapshot', t0, t1, t2);
     this.logger.info('vmm', 'snapshot loaded', { snapshot_path: p.snapshot_path, resumed: this.phase === 'running' });
     this.emit('started', vm);
   }

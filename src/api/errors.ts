@@ -2,6 +2,7 @@
  * API errors: each carries the HTTP status and the `fault_message` Firecracker would send. The
  * messages follow Firecracker's own wording where it has one, so tools that match on them keep working.
  */
+import { constants } from 'node:os';
 import { ConfigError, VireoError, type VireoErrorCode } from '../common/errors.js';
 import { ID_CHARS } from '../config/index.js';
 
@@ -67,4 +68,44 @@ export function validated(prefix: string, check: () => void): void {
     if (e instanceof ConfigError) throw badRequest(`${prefix}: ${e.message}`);
     throw e;
   }
+}
+
+/** glibc's strerror() texts for the errors a host path gives (what Rust's io::Error prints). */
+const STRERROR: Record<string, string> = {
+  EPERM: 'Operation not permitted',
+  ENOENT: 'No such file or directory',
+  EIO: 'Input/output error',
+  ENXIO: 'No such device or address',
+  EBADF: 'Bad file descriptor',
+  EAGAIN: 'Resource temporarily unavailable',
+  ENOMEM: 'Cannot allocate memory',
+  EACCES: 'Permission denied',
+  EBUSY: 'Device or resource busy',
+  EEXIST: 'File exists',
+  ENODEV: 'No such device',
+  ENOTDIR: 'Not a directory',
+  EISDIR: 'Is a directory',
+  EINVAL: 'Invalid argument',
+  EMFILE: 'Too many open files',
+  ETXTBSY: 'Text file busy',
+  EFBIG: 'File too large',
+  ENOSPC: 'No space left on device',
+  EROFS: 'Read-only file system',
+  ENAMETOOLONG: 'File name too long',
+  ELOOP: 'Too many levels of symbolic links',
+  EADDRINUSE: 'Address already in use',
+  ENOTSOCK: 'Socket operation on non-socket',
+  ECONNREFUSED: 'Connection refused',
+};
+
+/**
+ * A system error as Rust's io::Error displays it ("No such file or directory (os error 2)"), which is
+ * how Firecracker's messages end; anything else keeps its message.
+ */
+export function osErrorText(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  const errno = code === undefined ? undefined : (constants.errno as Record<string, number>)[code];
+  if (code === undefined || errno === undefined) return e instanceof Error ? e.message : String(e);
+  const text = STRERROR[code] ?? (e as Error).message.replace(/^[A-Z]+: /, '').replace(/,.*$/, '');
+  return `${text} (os error ${errno})`;
 }

@@ -13,7 +13,7 @@ import { basename } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { openOutputFile, writeOrDrop } from '../backends/output-file.js';
 import { guardStderr } from '../common/stdio.js';
-import { badRequest } from './errors.js';
+import { badRequest, osErrorText } from './errors.js';
 import type { LoggerConfig, LoggerLevel } from './types.js';
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
@@ -92,7 +92,7 @@ export class ApiLogger {
       try {
         fd = openOutputFile(cfg.log_path, 'append');
       } catch (e) {
-        throw badRequest(`Logger error: Failed to open target file: ${(e as Error).message}`);
+        throw badRequest(`Logger error: Failed to open target file: ${osErrorText(e)}`);
       }
     }
     this.close();

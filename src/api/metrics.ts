@@ -12,7 +12,7 @@
  */
 import { closeSync } from 'node:fs';
 import { openOutputFile, writeOrDrop } from '../backends/output-file.js';
-import { badRequest } from './errors.js';
+import { badRequest, osErrorText } from './errors.js';
 import { type LogWriteCounters, reportOnce } from './logger.js';
 import type { MetricsConfig } from './types.js';
 
@@ -32,6 +32,117 @@ export interface MetricsSource {
 
 export type MetricGroups = Record<string, Record<string, number>>;
 
+/**
+ * The groups Firecracker's metrics lines carry that are not per device (its logger/metrics.rs,
+ * FirecrackerMetrics), in its order, each with its fields in its order: every field is written, zero
+ * or not. `store` fields are values (the last one measured: startup times, latencies); the others are
+ * counters, written as what happened since the previous line. Counters vireo keeps that Firecracker
+ * has no field for follow a group's own fields.
+ *
+ * vCPU exits: Firecracker splits them by direction (exit_io_in, exit_io_out, exit_mmio_read,
+ * exit_mmio_write, with latency aggregates); vireo's vCPU loop counts I/O and MMIO exits without
+ * the direction, so those fields are not written (vireo's exits_io, exits_mmio, ... are).
+ */
+const FC_GROUPS: [group: string, fields: string[], store?: string[]][] = [
+  ['api_server', [], ['process_startup_time_us', 'process_startup_time_cpu_us']],
+  ['deprecated_api', ['deprecated_http_api_calls']],
+  [
+    'get_api_requests',
+    ['instance_info_count', 'machine_cfg_count', 'mmds_count', 'vmm_version_count', 'hotplug_memory_count'],
+  ],
+  [
+    'latencies_us',
+    [],
+    [
+      'full_create_snapshot',
+      'diff_create_snapshot',
+      'load_snapshot',
+      'pause_vm',
+      'resume_vm',
+      'vmm_full_create_snapshot',
+      'vmm_diff_create_snapshot',
+      'vmm_load_snapshot',
+      'vmm_pause_vm',
+      'vmm_resume_vm',
+    ],
+  ],
+  ['logger', ['missed_metrics_count', 'metrics_fails', 'missed_log_count']],
+  [
+    'mmds',
+    [
+      'rx_accepted',
+      'rx_accepted_err',
+      'rx_accepted_unusual',
+      'rx_bad_eth',
+      'rx_invalid_token',
+      'rx_no_token',
+      'rx_count',
+      'tx_bytes',
+      'tx_count',
+      'tx_errors',
+      'tx_frames',
+      'connections_created',
+      'connections_destroyed',
+    ],
+  ],
+  [
+    'patch_api_requests',
+    [
+      'drive_count',
+      'drive_fails',
+      'network_count',
+      'network_fails',
+      'machine_cfg_count',
+      'machine_cfg_fails',
+      'mmds_count',
+      'mmds_fails',
+      'hotplug_memory_count',
+      'hotplug_memory_fails',
+    ],
+  ],
+  [
+    'put_api_requests',
+    [
+      'actions_count',
+      'actions_fails',
+      'boot_source_count',
+      'boot_source_fails',
+      'drive_count',
+      'drive_fails',
+      'logger_count',
+      'logger_fails',
+      'machine_cfg_count',
+      'machine_cfg_fails',
+      'cpu_cfg_count',
+      'cpu_cfg_fails',
+      'metrics_count',
+      'metrics_fails',
+      'network_count',
+      'network_fails',
+      'mmds_count',
+      'mmds_fails',
+      'vsock_count',
+      'vsock_fails',
+      'pmem_count',
+      'pmem_fails',
+      'serial_count',
+      'serial_fails',
+      'hotplug_memory_count',
+      'hotplug_memory_fails',
+    ],
+  ],
+  ['seccomp', [], ['num_faults']],
+  ['vcpu', ['failures', 'kvmclock_ctrl_fails']],
+  ['vmm', [], ['panic_count']],
+  ['signals', ['sigpipe'], ['sigbus', 'sigsegv', 'sigxfsz', 'sigxcpu', 'sighup', 'sigill']],
+  ['interrupts', ['triggers', 'config_updates']],
+];
+
+/** A group's fields as Firecracker declares them (counters and values interleaved as in its structs). */
+const FC_FIELD_ORDER: Record<string, string[]> = {
+  signals: ['sigbus', 'sigsegv', 'sigxfsz', 'sigxcpu', 'sigpipe', 'sighup', 'sigill'],
+};
+
 /** `exitsIo` → `exits_io`. */
 export const snakeCase = (s: string): string => s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
@@ -40,6 +151,9 @@ export const DEFAULT_METRICS_INTERVAL_MS = 60_000;
 export class ApiMetrics {
   private readonly requests: Record<ApiMethod, Record<string, number>> = { get: {}, put: {}, patch: {} };
   private readonly api = { requests: 0, request_errors: 0, payloads_too_large: 0 };
+  /** Firecracker's store metrics ("group.field"): the last value measured. */
+  private readonly stored = new Map<string, number>();
+  private deprecatedCalls = 0;
   private readonly flushed = { lines: 0, failures: 0 };
   /** Firecracker's logger.missed_metrics_count and logger.metrics_fails. */
   private readonly writes = { missed_metrics_count: 0, metrics_fails: 0 };
@@ -64,6 +178,16 @@ export class ApiMetrics {
     if (failed) this.api.request_errors++;
   }
 
+  /** A value metric (Firecracker's SharedStoreMetric): written as it is, not as a difference. */
+  store(group: string, field: string, value: number): void {
+    this.stored.set(`${group}.${field}`, Math.max(0, Math.round(value)));
+  }
+
+  /** A request answered with the Deprecation header (Firecracker's deprecated_http_api_calls). */
+  countDeprecated(): void {
+    this.deprecatedCalls++;
+  }
+
   countPayloadTooLarge(): void {
     this.api.payloads_too_large++;
     this.api.requests++;
@@ -76,7 +200,7 @@ export class ApiMetrics {
     try {
       this.fd = openOutputFile(cfg.metrics_path, 'append');
     } catch (e) {
-      throw badRequest(`Metrics error: Cannot initialize the metrics system: ${(e as Error).message}`);
+      throw badRequest(`Metrics error: Cannot initialize the metrics system: ${osErrorText(e)}`);
     }
     this.config = cfg;
     this.timer = setInterval(() => this.flush(), intervalMs);
@@ -85,12 +209,15 @@ export class ApiMetrics {
 
   /** Running totals of every group. */
   totals(): MetricGroups {
+    const vcpu = this.source.vcpu();
     const groups: MetricGroups = {
       api_server: { ...this.api },
+      deprecated_api: { deprecated_http_api_calls: this.deprecatedCalls },
       get_api_requests: { ...this.requests.get },
       put_api_requests: { ...this.requests.put },
       patch_api_requests: { ...this.requests.patch },
-      vcpu: this.source.vcpu(),
+      // Firecracker's `failures`: runs that ended in an error (KVM_EXIT_INTERNAL_ERROR, FAIL_ENTRY).
+      vcpu: { failures: (vcpu.exits_internal_error ?? 0) + (vcpu.exits_fail_entry ?? 0), ...vcpu },
       metrics: { ...this.flushed },
       logger: { ...(this.source.log?.() ?? { missed_log_count: 0, log_fails: 0 }), ...this.writes },
     };
@@ -98,23 +225,36 @@ export class ApiMetrics {
     return groups;
   }
 
-  /** The next line: what changed since the previous one. */
-  private line(): Record<string, unknown> {
+  /**
+   * The next line: Firecracker's groups in its order with every field (counters as what changed
+   * since the previous line, values as they are), then vireo's own (per-device counters, lines).
+   */
+  line(): Record<string, unknown> {
     const totals = this.totals();
     const next: Record<string, number> = {};
+    const delta = (group: string, k: string, v: number): number => {
+      const key = `${group}.${k}`;
+      next[key] = v;
+      return v - (this.last[key] ?? 0);
+    };
     const out: Record<string, unknown> = { utc_timestamp_ms: Date.now() };
     if (this.config?.emit_id) out.id = this.instanceId;
     if (this.config?.properties) out.properties = this.config.properties;
+    for (const [group, counters, stores = []] of FC_GROUPS) {
+      const have = totals[group] ?? {};
+      const g: Record<string, number> = {};
+      for (const f of FC_FIELD_ORDER[group] ?? [...stores, ...counters])
+        g[f] = stores.includes(f) ? (this.stored.get(`${group}.${f}`) ?? 0) : delta(group, f, have[f] ?? 0);
+      for (const [k, v] of Object.entries(have)) if (!(k in g)) g[k] = delta(group, k, v);
+      out[group] = g;
+    }
     const devices: Record<string, Record<string, number>> = {};
     for (const [group, values] of Object.entries(totals)) {
-      const delta: Record<string, number> = {};
-      for (const [k, v] of Object.entries(values)) {
-        const key = `${group}.${k}`;
-        next[key] = v;
-        delta[k] = v - (this.last[key] ?? 0);
-      }
-      if (group.startsWith('device:')) devices[group.slice(7)] = delta;
-      else out[group] = delta;
+      if (FC_GROUPS.some(([g]) => g === group)) continue;
+      const d: Record<string, number> = {};
+      for (const [k, v] of Object.entries(values)) d[k] = delta(group, k, v);
+      if (group.startsWith('device:')) devices[group.slice(7)] = d;
+      else out[group] = d;
     }
     out.devices = devices;
     this.last = next;

@@ -5,7 +5,7 @@
  */
 import { accessSync, constants } from 'node:fs';
 import type { VmController } from './controller.js';
-import { badRequest, unsupported } from './errors.js';
+import { badRequest, osErrorText, unsupported } from './errors.js';
 import type { RateLimiter, TokenBucket } from './types.js';
 
 export type HttpMethod = 'GET' | 'PUT' | 'PATCH';
@@ -32,8 +32,6 @@ export interface Route {
   body?: string;
   /** Top-level fields are all optional (PATCH bodies Firecracker takes partially). */
   partial?: boolean;
-  /** Rewrites the parsed body before it is checked (e.g. case-insensitive enums). */
-  normalize?: (body: unknown) => unknown;
   /** Firecracker's metric name for the resource (put_api_requests.<metric>_count). */
   metric: string;
   /** Not in Firecracker's API (vireo's own addition). */
@@ -74,6 +72,6 @@ export function checkReadable(path: string, what: string, write = false): void {
   try {
     accessSync(path, constants.R_OK | (write ? constants.W_OK : 0));
   } catch (e) {
-    throw badRequest(`${what}: ${(e as Error).message}`);
+    throw badRequest(`${what}: ${osErrorText(e)}`);
   }
 }

@@ -1,7 +1,8 @@
 /**
  * The Firecracker-compatible API server: HTTP/1.1 on a Unix socket, one request at a time against the
- * controller (as Firecracker's single API thread does), bodies checked against the spec before any
- * handler sees them. Payloads above the limit (51200 bytes, Firecracker's default) are refused before
+ * controller (as Firecracker's single API thread does), routed as Firecracker's parser routes
+ * (resolveFirecracker), bodies read into their Rust types as serde_json reads them (serde.ts) before
+ * any handler sees them, answers written with micro_http's status line and headers. Payloads above the limit (51200 bytes, Firecracker's default) are refused before
  * they are read: by Content-Length, or by counting a body sent without one; the connection is then
  * closed, as Firecracker's server drops it.
  */
@@ -13,7 +14,7 @@ import { ApiError, badRequest, checkId, deserializeError, invalidPathMethod, pay
 import type { ApiMethod } from './metrics.js';
 import { allRoutes } from './resources/index.js';
 import type { HttpMethod, Route, RouteResult } from './routes.js';
-import { specValidator } from './spec.js';
+import { fromSlice, rustType, SerdeError } from './serde.js';
 
 /** sun_path holds 108 bytes including the terminating NUL (as os/socket.ts, not imported: the API loads no FFI). */
 export const UNIX_PATH_MAX = 107;
@@ -35,34 +36,124 @@ export interface ApiResponse {
   body: string;
 }
 
-interface CompiledRoute {
-  route: Route;
-  segments: string[];
-}
+/** Firecracker's Server header (micro_http's default). */
+export const SERVER_HEADER = 'Firecracker API';
 
-const segmentsOf = (path: string): string[] => path.replace(/^\//, '').split('/');
+/** What micro_http answers a request line it cannot parse (a method other than GET, PUT, PATCH). */
+export const UNSUPPORTED_METHOD_BODY =
+  '{ "error": "Invalid HTTP Method: Unsupported HTTP method.\nAll previous unanswered requests will be dropped." }';
 
-/** Percent-decoding that leaves a malformed escape as it is (the id check then refuses it). */
-function safeDecode(s: string): string {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    return s;
+/** Where Firecracker's router sends a request: a route template and its path parameters, or an error. */
+export type Resolved = { template: string; params: Record<string, string> } | { error: ApiError };
+
+const unrecognized = (method: string, token: string): ApiError =>
+  badRequest(`Unrecognized ${method} request path \`${token}\`.`);
+
+/**
+ * Firecracker's routing (api_server/parsed_request.rs), step by step: leading slashes trimmed, the rest
+ * split on '/' with one trailing empty piece dropped (so `/machine-config/` is `/machine-config`), the
+ * first piece names the resource and further pieces are read only where the resource has them (extra
+ * ones are ignored, as Firecracker ignores them). A body on a GET, or none on a PUT or PATCH, is refused
+ * whatever the path; an unknown resource is named without its leading slash, as Firecracker names it.
+ * The path is not percent-decoded (Firecracker does not decode it either).
+ */
+export function resolveFirecracker(method: string, path: string, hasBody: boolean): Resolved {
+  const tokens = path.replace(/^\/+/, '').split('/');
+  if (tokens[tokens.length - 1] === '') tokens.pop();
+  const resource = tokens[0] ?? '';
+  const second = tokens[1];
+  const to = (template: string, params: Record<string, string> = {}): Resolved => ({ template, params });
+  const fail = (error: ApiError): Resolved => ({ error });
+  if (method === 'GET' && !hasBody) {
+    switch (resource) {
+      case '':
+        return to('/');
+      case 'balloon':
+        if (second === undefined) return to('/balloon');
+        if (second === 'statistics') return to('/balloon/statistics');
+        if (second === 'hinting' && tokens[2] === 'status') return to('/balloon/hinting/status');
+        return fail(unrecognized('GET', second));
+      case 'version':
+        return to('/version');
+      case 'vm':
+        if (second === 'config') return to('/vm/config');
+        break;
+      case 'machine-config':
+        return to('/machine-config');
+      case 'mmds':
+        return to('/mmds');
+      case 'hotplug':
+        if (second === 'memory') return to('/hotplug/memory');
+        break;
+      case 'metrics':
+        // vireo's Prometheus text (no such GET in Firecracker, where this path is refused).
+        if (second === 'prometheus' && tokens.length === 2) return to('/metrics/prometheus');
+        break;
+    }
   }
-}
-
-/** Matches `/drives/x` against `/drives/{drive_id}`; a missing or empty last id matches as '' (then refused). */
-function match(r: CompiledRoute, segs: string[]): Record<string, string> | undefined {
-  const t = r.segments;
-  if (segs.length !== t.length && !(segs.length === t.length - 1 && /^\{.*\}$/.test(t[t.length - 1] ?? ''))) return;
-  const params: Record<string, string> = {};
-  for (let i = 0; i < t.length; i++) {
-    const want = t[i] as string;
-    const got = segs[i] ?? '';
-    if (/^\{.*\}$/.test(want)) params[want.slice(1, -1)] = safeDecode(got);
-    else if (want !== got) return;
+  if (method === 'GET' && hasBody) return fail(badRequest('GET request cannot have a body.'));
+  if (method === 'PUT' && hasBody) {
+    switch (resource) {
+      case 'actions':
+      case 'balloon':
+      case 'boot-source':
+      case 'cpu-config':
+      case 'logger':
+      case 'serial':
+      case 'machine-config':
+      case 'metrics':
+      case 'vsock':
+      case 'entropy':
+        return to(`/${resource}`);
+      case 'drives':
+        return to('/drives/{drive_id}', { drive_id: second ?? '' });
+      case 'pmem':
+        return to('/pmem/{id}', { id: second ?? '' });
+      case 'network-interfaces':
+        return to('/network-interfaces/{iface_id}', { iface_id: second ?? '' });
+      case 'mmds':
+        if (second === undefined) return to('/mmds');
+        if (second === 'config') return to('/mmds/config');
+        return fail(unrecognized('PUT', second));
+      case 'snapshot':
+        if (second === undefined) return fail(badRequest('Missing snapshot operation type.'));
+        if (second === 'create' || second === 'load') return to(`/snapshot/${second}`);
+        return fail(invalidPathMethod('PUT', `/snapshot/${second}`));
+      case 'hotplug':
+        if (second === 'memory') return to('/hotplug/memory');
+        break;
+    }
   }
-  return params;
+  if (method === 'PUT' && !hasBody) return fail(badRequest('Empty PUT request.'));
+  if (method === 'PATCH' && resource === 'balloon') {
+    if (second === 'hinting') {
+      if (tokens[2] === 'start' || tokens[2] === 'stop') return to(`/balloon/hinting/${tokens[2]}`);
+      return fail(invalidPathMethod('PATCH', '/balloon/hinting'));
+    }
+    if (!hasBody) return fail(badRequest('Empty PATCH request.'));
+    if (second === undefined) return to('/balloon');
+    if (second === 'statistics') return to('/balloon/statistics');
+    return fail(unrecognized('PATCH', second));
+  }
+  if (method === 'PATCH' && hasBody) {
+    switch (resource) {
+      case 'drives':
+        return to('/drives/{drive_id}', { drive_id: second ?? '' });
+      case 'machine-config':
+      case 'mmds':
+      case 'vm':
+        return to(`/${resource}`);
+      case 'network-interfaces':
+        return to('/network-interfaces/{iface_id}', { iface_id: second ?? '' });
+      case 'pmem':
+        return to('/pmem/{id}', { id: second ?? '' });
+      case 'hotplug':
+        if (second === 'memory') return to('/hotplug/memory');
+        break;
+    }
+  }
+  if (method === 'PATCH' && !hasBody) return fail(badRequest('Empty PATCH request.'));
+  return fail(invalidPathMethod(method, resource));
 }
 
 function jsonResponse(status: number, value: unknown, headers: Record<string, string> = {}): ApiResponse {
@@ -74,7 +165,7 @@ export const faultResponse = (e: ApiError): ApiResponse =>
 
 export class ApiServer {
   private server: Server | undefined;
-  private readonly routes: CompiledRoute[];
+  private readonly routes: Map<string, Route>;
   private chain: Promise<unknown> = Promise.resolve();
   readonly payloadLimit: number;
   private answered: (() => void) | undefined;
@@ -87,7 +178,7 @@ export class ApiServer {
     readonly ctl: VmController,
     readonly options: ApiServerOptions = {},
   ) {
-    this.routes = allRoutes().map((route) => ({ route, segments: segmentsOf(route.path) }));
+    this.routes = new Map(allRoutes().map((route) => [`${route.method} ${route.path}`, route]));
     this.payloadLimit = options.payloadLimit ?? HTTP_MAX_PAYLOAD_SIZE;
   }
 
@@ -103,11 +194,16 @@ export class ApiServer {
       );
     if (existsSync(path))
       throw new ConfigError(`cannot bind the API socket at ${path}: the path exists; remove it or choose another`);
-    const server = createServer((req, res) => this.onRequest(req, res));
+    // micro_http needs no Host header (curl --unix-socket sends one, other clients do not).
+    const server = createServer({ requireHostHeader: false }, (req, res) => this.onRequest(req, res));
+    // Firecracker keeps an idle connection open for as long as the client does.
+    server.keepAliveTimeout = 0;
     // `Expect: 100-continue` (curl sends it for bodies over 1 KiB): refuse an oversized body before the
     // client sends it, else invite it.
     server.on('checkContinue', (req, res) => {
-      if (Number(req.headers['content-length'] ?? 0) <= this.payloadLimit) res.writeContinue();
+      // micro_http's interim answer: a status line without a reason phrase, its Server and Connection.
+      if (Number(req.headers['content-length'] ?? 0) <= this.payloadLimit)
+        req.socket.write(`HTTP/1.1 100 \r\nServer: ${SERVER_HEADER}\r\nConnection: keep-alive\r\n\r\n`);
       this.onRequest(req, res);
     });
     this.server = server;
@@ -118,6 +214,10 @@ export class ApiServer {
       server.listen(path, () => resolve());
     });
     this.ctl.logger.info('api_server', `API server listening on ${path}`);
+    // Firecracker's api_server.process_startup_time_us and _cpu_us: process start to a bound socket.
+    const cpu = process.cpuUsage();
+    this.ctl.metrics.store('api_server', 'process_startup_time_us', performance.now() * 1000);
+    this.ctl.metrics.store('api_server', 'process_startup_time_cpu_us', cpu.user + cpu.system);
   }
 
   /** Stops listening (the socket file is removed) and drops open connections. */
@@ -132,6 +232,14 @@ export class ApiServer {
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
+    res.sendDate = false;
+    const method = req.method ?? 'GET';
+    if (method !== 'GET' && method !== 'PUT' && method !== 'PATCH') {
+      // micro_http refuses the request line itself: its own body, not a fault_message.
+      req.resume();
+      this.send(res, { status: 400, headers: { 'Content-Type': 'application/json' }, body: UNSUPPORTED_METHOD_BODY });
+      return;
+    }
     const limit = this.payloadLimit;
     const declared = req.headers['content-length'];
     if (declared !== undefined && Number(declared) > limit) {
@@ -169,9 +277,19 @@ export class ApiServer {
 
   private send(res: ServerResponse, r: ApiResponse): void {
     if (res.headersSent) return;
-    const headers: Record<string, string | number> = { Server: 'vireo (Firecracker API)', ...r.headers };
-    if (r.status !== 204) headers['Content-Length'] = Buffer.byteLength(r.body);
-    res.writeHead(r.status, headers);
+    // As micro_http writes them: a status line without a reason phrase, then Server, Connection,
+    // Deprecation, Content-Type and Content-Length, in that order (none of the last two on a 204).
+    const { 'Content-Type': type, Connection: connection, ...rest } = r.headers;
+    const headers: Record<string, string | number> = {
+      Server: SERVER_HEADER,
+      Connection: connection ?? 'keep-alive',
+      ...rest,
+    };
+    if (r.status !== 204) {
+      headers['Content-Type'] = type ?? 'application/json';
+      headers['Content-Length'] = Buffer.byteLength(r.body);
+    }
+    res.writeHead(r.status, '', headers);
     res.end(r.status === 204 ? undefined : r.body, this.answered);
     this.answered = undefined;
   }
@@ -182,14 +300,10 @@ export class ApiServer {
    * arriving meanwhile is served between them.
    */
   async prewarm(): Promise<void> {
-    const seen = new Set<string>();
-    for (const { route } of this.routes) {
+    for (const route of this.routes.values()) {
       if (route.body === undefined) continue;
-      const key = `${route.body}${route.partial ? '?partial' : ''}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
       await new Promise<void>((r) => setImmediate(r));
-      specValidator().prepare(route.body, { partial: route.partial ?? false });
+      rustType(route.body, route.partial ?? false);
     }
   }
 
@@ -207,25 +321,16 @@ export class ApiServer {
 
   private async serve(method: string, url: string, raw: Buffer): Promise<ApiResponse> {
     const path = url.split('?')[0] ?? '/';
-    const segs = segmentsOf(path);
-    let route: Route | undefined;
-    let params: Record<string, string> = {};
-    let pathKnown = false;
-    for (const r of this.routes) {
-      const p = match(r, segs);
-      if (!p) continue;
-      pathKnown = true;
-      if (r.route.method === method) {
-        route = r.route;
-        params = p;
-        break;
-      }
-    }
+    const resolved = resolveFirecracker(method, path, raw.length > 0);
+    const route = 'template' in resolved ? this.routes.get(`${method} ${resolved.template}`) : undefined;
+    const params = 'template' in resolved ? resolved.params : {};
+    const pathKnown = route !== undefined || 'template' in resolved;
     const m = method.toLowerCase();
     const countAs: ApiMethod = m === 'put' || m === 'patch' ? m : 'get';
     let response: ApiResponse;
     try {
-      if (!route) throw invalidPathMethod(method, path);
+      if ('error' in resolved) throw resolved.error;
+      if (!route) throw invalidPathMethod(method, path.replace(/^\/+/, '').split('/')[0] ?? '');
       const result = await this.run(route, method as HttpMethod, params, raw);
       response =
         result.contentType !== undefined
@@ -241,6 +346,7 @@ export class ApiServer {
       if (!(e instanceof ApiError)) this.ctl.logger.error('api_server', 'request failed', { error: String(e) });
       response = faultResponse(err);
     }
+    if (response.headers.Deprecation !== undefined) this.ctl.metrics.countDeprecated();
     this.ctl.metrics.countRequest(
       countAs,
       route?.metric ?? (pathKnown ? 'bad_method' : 'bad_path'),
@@ -265,13 +371,11 @@ export class ApiServer {
     if (route.body !== undefined) {
       if (raw.length === 0) throw badRequest(`Empty ${method} request.`);
       try {
-        body = JSON.parse(raw.toString('utf8'));
+        body = fromSlice(rustType(route.body, route.partial ?? false), raw);
       } catch (e) {
-        throw deserializeError((e as Error).message);
+        if (e instanceof SerdeError) throw deserializeError(e.toString());
+        throw e;
       }
-      if (route.normalize) body = route.normalize(body);
-      const problem = specValidator().check(route.body, body, { partial: route.partial ?? false });
-      if (problem) throw deserializeError(problem);
     }
     return route.handle({ ctl: this.ctl, params, body });
   }

@@ -2,6 +2,9 @@
  * Firecracker's API description (spec/firecracker-api.yaml, vendored from Firecracker) and request
  * validation against its definitions.
  *
+ * Request bodies are read by serde.ts (serde_json's behaviour and messages); this validator checks
+ * --config-file documents and, in tests, response bodies.
+ *
  * Firecracker deserializes every request body with serde and `deny_unknown_fields`, so an unknown
  * field is an error although the Swagger file never says `additionalProperties: false`. The
  * definitions are therefore compiled stricter than written: every object schema that does not say

@@ -1,5 +1,4 @@
 /** PUT /logger, PUT /metrics, and vireo's Prometheus endpoint (not part of Firecracker's API). */
-import { parseLevel } from '../logger.js';
 import { noContent, type Route, route } from '../routes.js';
 import type { LoggerConfig, MetricsConfig } from '../types.js';
 
@@ -12,15 +11,7 @@ export const observabilityRoutes: Route[] = [
     path: '/logger',
     body: 'Logger',
     metric: 'logger',
-    // Firecracker takes the level in any case ("info", "WARNING").
-    normalize(body) {
-      const b = body as { level?: unknown } | null;
-      if (b && typeof b === 'object' && typeof b.level === 'string') {
-        const level = parseLevel(b.level);
-        if (level) return { ...b, level };
-      }
-      return body;
-    },
+    // Firecracker takes the level in any case ("info", "WARNING"): the body reader accepts it so (serde.ts).
     async handle({ ctl, body }) {
       ctl.requirePreBoot();
       await ctl.logger.configure(body);
