@@ -46,8 +46,10 @@ interface Rig {
 const F = VIRTIO_NET_F;
 const without = (f: bigint, ...bits: bigint[]): bigint => bits.reduce((a, b) => a & ~bit(b), f);
 
-function rig(opts: { offloads?: number; features?: (offered: bigint) => bigint; trackDirty?: boolean } = {}): Rig {
-  const tap = new FakeTap(opts.offloads);
+function rig(
+  opts: { offloads?: number; features?: (offered: bigint) => bigint; trackDirty?: boolean; tap?: FakeTap } = {},
+): Rig {
+  const tap = opts.tap ?? new FakeTap(opts.offloads);
   const poller = new FakePoller();
   const dev = new VirtioNet(tap, { mac: MAC });
   dev.attach(poller);
@@ -455,6 +457,87 @@ test('dirty tracking: an rx buffer held across a snapshot is marked again when a
     const dirty = r.drv.mem.takeDirty((reg) => new Uint8Array(Math.ceil(reg.size / PAGE / 8)))[0] as Uint8Array;
     assert.equal(dirty[page], 1, 'the page the frame was written to is dirty for the next diff snapshot');
     assert.equal(dirty[page + 1], 0, 'the other held buffers were not written');
+  } finally {
+    r.drv.release();
+  }
+});
+
+/**
+ * A backend that gathers frames as passt's does: it takes `room` more frames, then answers 0 (no room)
+ * until given more; it reports room through its fd, and whether the device wants frames.
+ */
+class FakeGatherer extends FakeTap {
+  room = Number.POSITIVE_INFINITY;
+  flushes = 0;
+  services = 0;
+  wanted: boolean[] = [];
+  override write(all: readonly Uint8Array[], count: number): number {
+    if (this.room <= 0) return 0;
+    this.room--;
+    return super.write(all, count);
+  }
+  flush(): void {
+    this.flushes++;
+  }
+  sending(): boolean {
+    return this.room <= 0;
+  }
+  wantFrames(on: boolean): void {
+    this.wanted.push(on);
+  }
+  service(): void {
+    this.services++;
+  }
+}
+
+test('TX back-pressure: a backend with no room holds the frame in the ring (none lost, order kept) until its fd wakes the device', () => {
+  const gather = new FakeGatherer();
+  const r = rig({ tap: gather });
+  try {
+    gather.room = 2;
+    const frames = [1, 2, 3, 4, 5].map((i) => frame(200, i));
+    for (const f of frames) {
+      const a = r.drv.alloc(f.length);
+      r.drv.mem.write(a, f);
+      assert.notEqual(r.tx.addChain([{ addr: a, len: f.length, write: false }]), undefined);
+    }
+    r.drv.notify(1);
+    assert.equal(gather.sent.length, 2, 'two frames taken');
+    assert.equal(r.tx.takeUsed().length, 2, 'and only those completed: the third waits in the ring');
+    assert.equal(r.dev.counters.txDropped, 0, 'nothing dropped');
+    assert.equal(r.dev.counters.txBackpressure, 1);
+    assert.deepEqual(r.dev.heldChains(), [0, 1], 'the held chain is the latest tx pop: a snapshot gives it back');
+    assert.ok(r.poller.watching(gather.fd), "the backend's fd is watched for room");
+    // A kick meanwhile changes nothing: still no room.
+    r.drv.notify(1);
+    assert.equal(gather.sent.length, 2);
+    // Room: the fd wakes the device, the held frame goes first, then the rest of the ring, in order.
+    gather.room = 10;
+    r.poller.fire(gather.fd);
+    assert.ok(gather.services > 0, "the backend's own work ran on the wake-up");
+    assert.equal(gather.sent.length, 5);
+    frames.forEach((f, i) => assert.ok(gather.sent[i]?.equals(f), `frame ${i + 1} in order`));
+    assert.equal(r.tx.takeUsed().length, 3, 'the other three completed');
+    assert.deepEqual(r.dev.heldChains(), [0, 0]);
+    assert.equal(r.dev.counters.txPackets, 5);
+    // Receiving with no guest buffers parks input (wantFrames(false)) but keeps the fd watched for room.
+    gather.inbox.push(frame(100, 9));
+    r.poller.fire(gather.fd);
+    assert.equal(gather.wanted.at(-1), false, 'input not wanted while the guest has no buffers');
+    assert.ok(r.poller.watching(gather.fd), 'the fd still watched (room to send)');
+    postRx(r, 64, 1536);
+    assert.equal(gather.wanted.at(-1), true, 'wanted again once the guest posts buffers');
+    assert.deepEqual(
+      r.rx.takeUsed().map((u) => u.len),
+      [HDR + 100],
+    );
+    // A reset forgets a held frame.
+    gather.room = 0;
+    sendTx(r, [frame(60, 7)]);
+    assert.equal(r.dev.heldChains()[1], 1);
+    r.dev.reset();
+    assert.deepEqual(r.dev.heldChains(), [0, 0]);
+    assert.equal(needsReset(r), false);
   } finally {
     r.drv.release();
   }

@@ -18,6 +18,10 @@ import * as sys from '../os/sys.js';
 import { EgressChannelFilter } from './egress-channel.js';
 import { ETH_HEADER_LEN, FrameReader, OutBuffer, PASST_MAX_FRAME } from './passt-frames.js';
 
+/** Tokens in the epoll set: pendingFd's (the supervisor added it) and the connection's. */
+const PENDING_TOKEN = 0;
+const SOCK_TOKEN = 1;
+
 /** How much of a frame the egress policy reads: every header it looks at is within it. */
 const EGRESS_HEAD_BYTES = 512;
 
@@ -99,6 +103,8 @@ export class PasstNet implements NetBackend {
   private out: OutBuffer | undefined;
   /** The socket is watched for room too (frames wait in `out` that it did not take). */
   private wantOut = false;
+  /** The device wants frames (it has the guest's buffers): the socket and pendingFd are watched for input. */
+  private rxOn = true;
   private pendingSet = false;
   private readonly header = new Uint8Array(VIRTIO_NET_HDR_LEN);
   /** The guest's buffers of the frame being sent, less the virtio header (reused). */
@@ -135,8 +141,8 @@ export class PasstNet implements NetBackend {
       this.report(PASST_LOST.CONNECT);
       return;
     }
-    this.ep ??= new sys.Epoll(1, this.spec.epollFd);
-    this.ep.add(fd, sys.EPOLLIN, 1);
+    this.ep ??= new sys.Epoll(2, this.spec.epollFd);
+    this.ep.add(fd, this.rxOn ? sys.EPOLLIN : 0, SOCK_TOKEN);
     this.sock = fd;
     this.reader ??= new FrameReader();
     this.out ??= new OutBuffer();
@@ -181,8 +187,12 @@ export class PasstNet implements NetBackend {
   }
 
   /**
-   * Takes one frame into the send buffer (the virtio header left behind); flush() sends. A frame the
-   * buffer has no room for, with the socket full, is dropped (EAGAIN), as a full TAP drops it.
+   * Takes one frame into the send buffer (the virtio header left behind); flush() sends. With no room
+   * for it (the socket full and the buffer too) it takes nothing and answers 0: the device keeps the
+   * frame in the guest's ring and offers it again when the socket has room (the fd wakes it), so a
+   * fast sender is held back rather than losing frames, as QEMU's stream netdev holds its queue.
+   * Dropping instead (a full TAP's way) starves TCP at passt's 65520-byte MTU: a window is a few
+   * frames, one lost is a retransmission timeout.
    */
   write(bufs: readonly Uint8Array[], count: number): number {
     const out = this.out;
@@ -195,7 +205,7 @@ export class PasstNet implements NetBackend {
     if (!out.fits(len)) {
       this.send();
       if (this.sock < 0) throw new SyscallError('send(passt)', sys.ENOTCONN);
-      if (!out.fits(len)) throw new SyscallError('send(passt)', sys.EAGAIN);
+      if (!out.fits(len)) return 0;
     }
     const parts = this.parts;
     parts.length = 0;
@@ -252,7 +262,45 @@ export class PasstNet implements NetBackend {
     }
     if (done === !this.wantOut) return;
     this.wantOut = !done;
-    this.ep?.modify(sock, done ? sys.EPOLLIN : sys.EPOLLIN | sys.EPOLLOUT, 1);
+    this.watchSock();
+  }
+
+  /** The socket's interest: input while the device wants frames, room while frames wait to go out. */
+  private watchSock(): void {
+    if (this.sock >= 0)
+      this.ep?.modify(this.sock, (this.rxOn ? sys.EPOLLIN : 0) | (this.wantOut ? sys.EPOLLOUT : 0), SOCK_TOKEN);
+  }
+
+  /** Frames wait for room in the socket (the fd wakes the device when it has some). */
+  sending(): boolean {
+    return this.wantOut;
+  }
+
+  /**
+   * Whether the device wants frames. While it does not (the guest gave no buffers), neither the
+   * socket's input nor pendingFd wakes it, so the fd wakes only for room to send or the socket's end.
+   */
+  wantFrames(on: boolean): void {
+    if (on === this.rxOn) return;
+    this.rxOn = on;
+    this.ep ??= new sys.Epoll(2, this.spec.epollFd);
+    this.ep.modify(this.spec.pendingFd, on ? sys.EPOLLIN : 0, PENDING_TOKEN);
+    this.watchSock();
+  }
+
+  /**
+   * The device's fd woke it: sends what waited for room, and notices the end of a socket that nobody
+   * reads while input is not wanted (a read finds it otherwise).
+   */
+  service(): void {
+    if (this.sock < 0) return;
+    if (this.wantOut) this.send();
+    if (this.rxOn || this.sock < 0 || this.ep === undefined) return;
+    let hup = false;
+    this.ep.wait(0, (token, events) => {
+      if (token === SOCK_TOKEN && events & (sys.EPOLLHUP | sys.EPOLLERR)) hup = true;
+    });
+    if (hup) this.drop(PASST_LOST.CLOSED);
   }
 
   setOffloads(): void {

@@ -22,13 +22,23 @@ import type { DescriptorChain, Queue } from './queue.js';
  */
 export const KEPT: unique symbol = Symbol('virtqueue chain kept by the device');
 
-/** Serves one chain: the bytes written into its writable buffers (the used length), or KEPT. */
-export type ServeChain = (chain: DescriptorChain) => number | typeof KEPT;
+/**
+ * What a serve callback returns when it cannot serve the chain now (a backend with no room): the device
+ * keeps it, offers it again itself later, and the drain stops there with driver notifications still
+ * suppressed (the device comes back on its own wake-up, not on a kick). Only the latest pop is ever
+ * held, so a snapshot can give it back to the ring (heldChains).
+ */
+export const BLOCKED: unique symbol = Symbol('virtqueue drain blocked by the device');
+
+/** Serves one chain: the bytes written into its writable buffers (the used length), KEPT or BLOCKED. */
+export type ServeChain = (chain: DescriptorChain) => number | typeof KEPT | typeof BLOCKED;
 
 /**
  * Serves every chain the driver has made available on queue `q`, then interrupts the driver once if
  * the used ring grew (ctx.signalUsed, which applies the driver's own suppression: used_event or
  * NO_INTERRUPT). Returns the used elements written meanwhile, by `serve` or by this loop.
+ *
+ * A chain served BLOCKED ends the drain at once (notifications left suppressed); `idle` still runs.
  *
  * `idle` runs after the ring was found empty with notifications re-armed, before the signal: a device
  * that holds one chain back (virtio-blk serves the last of a batch on this thread) returns it there so
@@ -46,13 +56,18 @@ export function drainQueue(ctx: VirtioContext, q: number, serve: ServeChain, idl
   if (queue === undefined) return 0;
   const mem = ctx.mem;
   const before = queue.usedTotal;
+  let blocked = false;
   do {
     queue.disableNotification(mem);
     for (let chain = queue.pop(mem); chain !== undefined; chain = queue.pop(mem)) {
       const len = serve(chain);
+      if (len === BLOCKED) {
+        blocked = true;
+        break;
+      }
       if (len !== KEPT) queue.pushUsed(mem, chain.head, len);
     }
-  } while (queue.enableNotification(mem));
+  } while (!blocked && queue.enableNotification(mem));
   idle?.();
   const used = queue.usedTotal - before;
   if (used > 0) ctx.signalUsed(q);

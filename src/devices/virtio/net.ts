@@ -25,7 +25,7 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
-import { drainQueue } from './drain.js';
+import { BLOCKED, drainQueue } from './drain.js';
 import { restoreNetState, saveNetState } from './net-state.js';
 import { type DescriptorChain, type Queue, type Segment, writeToChain } from './queue.js';
 
@@ -78,7 +78,12 @@ export interface NetBackend {
    * when no frame is waiting. Throws on failure.
    */
   read(bufs: readonly Uint8Array[], count: number): number | undefined;
-  /** Writes one frame, header first, from the first `count` of `bufs`; returns the bytes taken. Throws on failure. */
+  /**
+   * Writes one frame, header first, from the first `count` of `bufs`; returns the bytes taken. Throws
+   * on failure. A backend that gathers frames (with flush) may answer 0 when it has no room now: the
+   * device keeps the frame in the guest's ring and offers it again once the backend's fd woke it
+   * (back-pressure on the guest instead of a lost frame).
+   */
   write(bufs: readonly Uint8Array[], count: number): number;
   /** Which NET_OFFLOAD bits the host may use in frames towards the guest. Throws on failure. */
   setOffloads(flags: number): void;
@@ -98,6 +103,16 @@ export interface NetBackend {
    * written; send them now. Throws on failure.
    */
   flush?(): void;
+  /** For a backend that gathers frames: whether some wait for room (its fd wakes the device when there is). */
+  sending?(): boolean;
+  /**
+   * For a backend whose fd also reports room to send: whether the device wants frames now. While it
+   * does not (the guest gave no buffers) the fd must not wake for input, and the device keeps watching
+   * it for room. Absent: the device stops watching the fd instead.
+   */
+  wantFrames?(on: boolean): void;
+  /** The backend's fd woke the device: the backend's own work first (sending what waited for room). */
+  service?(): void;
 }
 
 export interface NetConfig {
@@ -137,6 +152,8 @@ export class VirtioNet implements VirtioDevice {
     malformed: 0,
     /** Times receiving stopped because the guest had posted too few buffers. */
     rxNoBuffers: 0,
+    /** Times sending stopped because the backend had no room (the frame kept, not dropped). */
+    txBackpressure: 0,
   };
   private ctx: VirtioContext | undefined;
   private poller: Poller | undefined;
@@ -160,6 +177,10 @@ export class VirtioNet implements VirtioDevice {
   private linkUp: boolean;
   /** Receiving is stopped for want of buffers. */
   private starved = false;
+  /** Receiving waits for the guest (no buffers, or a run of errors): the backend's input is not watched. */
+  private rxParked = false;
+  /** A tx chain the backend had no room for: offered again when its fd wakes the device (the latest pop). */
+  private txHeld: DescriptorChain | undefined;
   private readonly onReadable = (events: number): void => this.backendReady(events);
 
   constructor(
@@ -214,6 +235,10 @@ export class VirtioNet implements VirtioDevice {
     this.failed = false;
     this.errorRun = 0;
     this.starved = false;
+    if (this.rxParked) {
+      this.rxParked = false;
+      this.backend.wantFrames?.(true);
+    }
     const f = ctx.features;
     this.mrg = hasFeature(f, VIRTIO_NET_F.MRG_RXBUF);
     const gso = [VIRTIO_NET_F.GUEST_TSO4, VIRTIO_NET_F.GUEST_TSO6, VIRTIO_NET_F.GUEST_UFO].some((b) =>
@@ -237,7 +262,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** Rx chains taken and not yet used (the most recent pops): a snapshot gives them back to the ring. */
   heldChains(): number[] {
-    return [this.held.length, 0];
+    return [this.held.length, this.txHeld === undefined ? 0 : 1];
   }
 
   reset(): void {
@@ -326,10 +351,34 @@ export class VirtioNet implements VirtioDevice {
       this.unwatch();
       return;
     }
-    this.guarded(() => this.rx());
+    this.guarded(() => {
+      this.backend.service?.();
+      if (this.txHeld !== undefined) this.tx();
+      if (!this.rxParked) this.rx();
+      else this.syncLink();
+    });
+  }
+
+  /** Receiving goes on: the backend's input wakes the device. */
+  private armRx(): void {
+    if (this.rxParked) {
+      this.rxParked = false;
+      this.backend.wantFrames?.(true);
+    }
+    this.watch();
+  }
+
+  /** Receiving waits for the guest; a backend that reports room to send stays watched for that. */
+  private parkRx(): void {
+    this.rxParked = true;
+    if (this.backend.wantFrames) {
+      this.backend.wantFrames(false);
+      this.watch();
+    } else this.unwatch();
   }
 
   private dropHeld(): void {
+    this.txHeld = undefined;
     this.held = [];
     this.heldViews = [];
     this.heldBytes = 0;
@@ -338,12 +387,23 @@ export class VirtioNet implements VirtioDevice {
 
   private tx(): void {
     const ctx = this.ctx;
-    if (ctx === undefined || ctx.queues[NET_TX] === undefined) return;
+    const queue = ctx?.queues[NET_TX];
+    if (ctx === undefined || queue === undefined) return;
     const mem = ctx.mem;
-    drainQueue(ctx, NET_TX, (chain) => {
-      this.send(mem, chain);
-      return 0;
-    });
+    // A frame held for room goes first; while it still finds none, the rest of the ring waits too, its
+    // notifications off (the backend's fd brings the device back).
+    const held = this.txHeld;
+    let heldSent = false;
+    if (held !== undefined) {
+      this.txHeld = undefined;
+      if (this.send(mem, held)) {
+        queue.pushUsed(mem, held.head, 0);
+        heldSent = true;
+      } else this.txHeld = held;
+    }
+    // The drain's interrupt covers the held chain's completion too; without one, it gets its own.
+    if (this.txHeld === undefined && drainQueue(ctx, NET_TX, (chain) => this.sendOrHold(mem, chain)) === 0 && heldSent)
+      ctx.signalUsed(NET_TX);
     if (this.backend.flush) {
       try {
         this.backend.flush();
@@ -352,6 +412,7 @@ export class VirtioNet implements VirtioDevice {
       }
       this.syncLink();
     }
+    if (this.txHeld !== undefined) this.watch(); // the backend's fd reports room
     // The guest is alive: a receive path paused on errors gets another chance.
     if (this.errorRun >= RX_ERROR_RUN) {
       this.errorRun = 0;
@@ -359,8 +420,19 @@ export class VirtioNet implements VirtioDevice {
     }
   }
 
-  /** Writes one TX chain to the backend; failures are counted, never thrown. */
-  private send(mem: GuestMemory, c: DescriptorChain): void {
+  /** A drain's serve: the chain sent (or dropped), or held for room. */
+  private sendOrHold(mem: GuestMemory, chain: DescriptorChain): number | typeof BLOCKED {
+    if (this.send(mem, chain)) return 0;
+    this.txHeld = chain;
+    this.counters.txBackpressure++;
+    return BLOCKED;
+  }
+
+  /**
+   * Writes one TX chain to the backend; failures are counted (the frame dropped), never thrown. False
+   * when the backend had no room for it: the chain is the caller's to keep and offer again.
+   */
+  private send(mem: GuestMemory, c: DescriptorChain): boolean {
     if (
       c.error !== undefined ||
       c.writable.length > 0 ||
@@ -368,11 +440,11 @@ export class VirtioNet implements VirtioDevice {
       c.readable.length > NET_IOV_MAX
     ) {
       this.counters.malformed++;
-      return;
+      return true;
     }
     if (c.readLen > NET_MAX_FRAME) {
       this.counters.txDropped++;
-      return;
+      return true;
     }
     try {
       // The queue checked every segment to lie in guest memory: one view each, no copy (read-only:
@@ -384,15 +456,17 @@ export class VirtioNet implements VirtioDevice {
         views[i] = mem.readView(g.addr, g.len);
       }
       const n = this.backend.write(views, segs.length);
+      if (n === 0 && this.backend.flush !== undefined) return false;
       if (n !== c.readLen) throw new Error(`short write: ${n} of ${c.readLen} bytes`);
     } catch {
       this.counters.txDropped++;
       this.counters.tapErrors++;
       this.syncLink();
-      return;
+      return true;
     }
     this.counters.txPackets++;
     this.counters.txBytes += c.readLen - VIRTIO_NET_HDR_LEN;
+    return true;
   }
 
   private rx(): void {
@@ -408,18 +482,18 @@ export class VirtioNet implements VirtioDevice {
         if (queue.enableNotification(mem)) continue; // buffers arrived meanwhile
         if (!this.starved) this.counters.rxNoBuffers++;
         this.starved = true;
-        this.unwatch(); // the guest's next rx notification brings us back
+        this.parkRx(); // the guest's next rx notification brings us back
         break;
       }
       this.starved = false;
       if (frames >= RX_BUDGET || this.errorRun >= RX_ERROR_RUN) {
-        if (this.errorRun >= RX_ERROR_RUN) this.unwatch();
-        else this.watch();
+        if (this.errorRun >= RX_ERROR_RUN) this.parkRx();
+        else this.armRx();
         break;
       }
       const r = this.receive(mem, queue);
       if (r < 0) {
-        this.watch(); // nothing waiting: the backend's fd wakes us
+        this.armRx(); // nothing waiting: the backend's fd wakes us
         this.syncLink(); // or the backend lost its host side
         break;
       }
