@@ -24,6 +24,7 @@ import {
   PASST_RX_BUFFER,
   putLength,
 } from '../src/backends/passt-frames.js';
+import { ForwardHandshake, HANDSHAKE_MAX_PENDING } from '../src/backends/passt-handshake.js';
 import { forwardArg } from '../src/backends/passt-process.js';
 import { PasstError } from '../src/common/errors.js';
 import { parseHostForward, parseNet, validateNets } from '../src/config/net.js';
@@ -517,4 +518,192 @@ test('PasstNet: while the device wants no frames, input does not wake it; room a
   } finally {
     r.close();
   }
+});
+
+// --- the handshake of forwarded connections (passt-handshake.ts) ---------------------------------
+
+/** The ones' complement checksum check: summing a header with its checksum in gives 0xffff. */
+function sumsToFfff(...parts: Uint8Array[]): boolean {
+  let s = 0;
+  for (const b of parts) for (let i = 0; i < b.length; i += 2) s += ((b[i] as number) << 8) | (b[i + 1] ?? 0);
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s === 0xffff;
+}
+
+/** A TCP SYN or SYN+ACK with a window scale option, IPv4 or IPv6. */
+function synFrame(o: {
+  v6: boolean;
+  srcMac: number;
+  dstMac?: number;
+  src: Uint8Array;
+  dst: Uint8Array;
+  sport: number;
+  dport: number;
+  seq: number;
+  ack: number;
+  flags: number;
+  window: number;
+  wscale?: number;
+}): Uint8Array {
+  const ipLen = o.v6 ? 40 : 20;
+  const tcpLen = o.wscale === undefined ? 20 : 24;
+  const f = new Uint8Array(14 + ipLen + tcpLen);
+  const v = new DataView(f.buffer);
+  f.fill(o.srcMac, 6, 12);
+  f.fill(o.dstMac ?? 0xee, 0, 6);
+  v.setUint16(12, o.v6 ? 0x86dd : 0x0800);
+  if (o.v6) {
+    f[14] = 0x60;
+    v.setUint16(18, tcpLen);
+    f[20] = 6;
+    f[21] = 64;
+    f.set(o.src, 22);
+    f.set(o.dst, 38);
+  } else {
+    f[14] = 0x45;
+    v.setUint16(16, 20 + tcpLen);
+    f[23] = 6;
+    f.set(o.src, 26);
+    f.set(o.dst, 30);
+  }
+  const t = 14 + ipLen;
+  v.setUint16(t, o.sport);
+  v.setUint16(t + 2, o.dport);
+  v.setUint32(t + 4, o.seq);
+  v.setUint32(t + 8, o.ack);
+  f[t + 12] = (tcpLen / 4) << 4;
+  f[t + 13] = o.flags;
+  v.setUint16(t + 14, o.window);
+  if (o.wscale !== undefined) f.set([1, 3, 3, o.wscale], t + 20);
+  return f;
+}
+
+test('forwarded handshakes: the SYN+ACK answering passt’s SYN gets the ACK passt would send, once, IPv4 and IPv6', () => {
+  for (const v6 of [false, true]) {
+    const passtAddr = v6
+      ? Uint8Array.from({ length: 16 }, (_, i) => (i === 15 ? 1 : i === 0 ? 0xfe : 0))
+      : Uint8Array.of(10, 0, 2, 2);
+    const guestAddr = v6
+      ? Uint8Array.from({ length: 16 }, (_, i) => (i === 15 ? 0x15 : i === 0 ? 0xfe : 0))
+      : Uint8Array.of(10, 0, 2, 15);
+    const hs = new ForwardHandshake();
+    const syn = synFrame({
+      v6,
+      srcMac: 0xaa,
+      src: passtAddr,
+      dst: guestAddr,
+      sport: 40000,
+      dport: 80,
+      seq: 0xfffffff0,
+      ack: 0,
+      flags: 0x02,
+      window: 65535,
+      wscale: 8,
+    });
+    const synAck = (ack: number, sport = 80) =>
+      synFrame({
+        v6,
+        srcMac: 0xbb,
+        dstMac: 0xaa,
+        src: guestAddr,
+        dst: passtAddr,
+        sport,
+        dport: 40000,
+        seq: 0x1000,
+        ack,
+        flags: 0x12,
+        window: 65480,
+        wscale: 10,
+      });
+    assert.equal(hs.fromGuest(synAck(0xfffffff1)), undefined, 'no SYN seen: nothing');
+    hs.fromPasst(syn);
+    assert.equal(hs.fromGuest(synAck(0x1234)), undefined, 'a SYN+ACK that does not acknowledge the SYN');
+    assert.equal(hs.fromGuest(synAck(0xfffffff1, 81)), undefined, 'another connection');
+    const ack = hs.fromGuest(synAck(0xfffffff1));
+    assert.ok(ack, 'the ACK');
+    const v = new DataView(ack.buffer);
+    const t = v6 ? 54 : 34;
+    assert.equal(ack.length, t + 20);
+    assert.deepEqual([...ack.subarray(0, 6)], Array(6).fill(0xbb), "to the guest's MAC");
+    assert.deepEqual([...ack.subarray(6, 12)], Array(6).fill(0xaa), "from passt's");
+    assert.deepEqual([v.getUint16(t), v.getUint16(t + 2)], [40000, 80]);
+    assert.equal(v.getUint32(t + 4), 0xfffffff1, "passt's ISN + 1 (wrapping)");
+    assert.equal(v.getUint32(t + 8), 0x1001, "acknowledging the guest's ISN + 1");
+    assert.equal(ack[t + 13], 0x10, 'ACK alone');
+    assert.equal(v.getUint16(t + 14), 255, "passt's window in its scale (65535 >> 8)");
+    const src = ack.subarray(v6 ? 22 : 26, v6 ? 38 : 30);
+    const dst = ack.subarray(v6 ? 38 : 30, v6 ? 54 : 34);
+    assert.deepEqual([...src], [...passtAddr]);
+    assert.deepEqual([...dst], [...guestAddr]);
+    if (!v6) assert.ok(sumsToFfff(ack.subarray(14, 34)), 'the IPv4 header checksum');
+    assert.ok(sumsToFfff(src, dst, Uint8Array.of(0, 6, 0, 20), ack.subarray(t)), 'the TCP checksum');
+    assert.equal(hs.fromGuest(synAck(0xfffffff1)), undefined, 'a retransmitted SYN+ACK gets no second one');
+    assert.equal(hs.acks, 1);
+  }
+});
+
+test('forwarded handshakes: garbage and truncated frames are left alone; the table of SYNs is bounded', () => {
+  const hs = new ForwardHandshake();
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 120 }), (f) => {
+      hs.fromPasst(f);
+      hs.fromGuest(f);
+    }),
+    { numRuns: 2000 },
+  );
+  const a = Uint8Array.of(10, 0, 2, 2);
+  const g = Uint8Array.of(10, 0, 2, 15);
+  for (let i = 0; i < HANDSHAKE_MAX_PENDING + 10; i++)
+    hs.fromPasst(
+      synFrame({
+        v6: false,
+        srcMac: 1,
+        src: a,
+        dst: g,
+        sport: 1000 + i,
+        dport: 80,
+        seq: i,
+        ack: 0,
+        flags: 0x02,
+        window: 100,
+      }),
+    );
+  const answer = (sport: number, seq: number) =>
+    hs.fromGuest(
+      synFrame({
+        v6: false,
+        srcMac: 2,
+        src: g,
+        dst: a,
+        sport: 80,
+        dport: sport,
+        seq: 5,
+        ack: seq + 1,
+        flags: 0x12,
+        window: 100,
+      }),
+    );
+  assert.equal(answer(1000, 0), undefined, 'the oldest was forgotten');
+  const last = answer(1000 + HANDSHAKE_MAX_PENDING + 9, HANDSHAKE_MAX_PENDING + 9);
+  assert.ok(last, 'the newest is there');
+  assert.equal(new DataView(last.buffer).getUint16(34 + 14), 100, 'no scaling unless both offered it');
+  // A truncated SYN+ACK (its options cut) is not answered.
+  hs.fromPasst(
+    synFrame({ v6: false, srcMac: 1, src: a, dst: g, sport: 7, dport: 80, seq: 9, ack: 0, flags: 0x02, window: 100 }),
+  );
+  const cut = synFrame({
+    v6: false,
+    srcMac: 2,
+    src: g,
+    dst: a,
+    sport: 80,
+    dport: 7,
+    seq: 5,
+    ack: 10,
+    flags: 0x12,
+    window: 100,
+    wscale: 7,
+  });
+  assert.equal(hs.fromGuest(cut.subarray(0, cut.length - 2)), undefined);
+  assert.ok(hs.fromGuest(cut));
 });

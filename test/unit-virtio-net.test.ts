@@ -516,7 +516,7 @@ test('TX back-pressure: a backend with no room holds the frame in the ring (none
     r.poller.fire(gather.fd);
     assert.ok(gather.services > 0, "the backend's own work ran on the wake-up");
     assert.equal(gather.sent.length, 5);
-    frames.forEach((f, i) => assert.ok(gather.sent[i]?.equals(f), `frame ${i + 1} in order`));
+    for (const [i, f] of frames.entries()) assert.ok(gather.sent[i]?.equals(f), `frame ${i + 1} in order`);
     assert.equal(r.tx.takeUsed().length, 3, 'the other three completed');
     assert.deepEqual(r.dev.heldChains(), [0, 0]);
     assert.equal(r.dev.counters.txPackets, 5);

@@ -17,6 +17,10 @@ import { type NetBackend, VIRTIO_NET_HDR_LEN } from '../devices/virtio/net.js';
 import * as sys from '../os/sys.js';
 import { EgressChannelFilter } from './egress-channel.js';
 import { ETH_HEADER_LEN, FrameReader, OutBuffer, PASST_MAX_FRAME } from './passt-frames.js';
+import { ForwardHandshake } from './passt-handshake.js';
+
+/** Frames of vireo's own waiting for the guest at most (ACKs of forwarded handshakes). */
+const MAX_OWN_FRAMES = 64;
 
 /** Tokens in the epoll set: pendingFd's (the supervisor added it) and the connection's. */
 const PENDING_TOKEN = 0;
@@ -111,6 +115,10 @@ export class PasstNet implements NetBackend {
   private readonly parts: Uint8Array[] = [];
   private closed = false;
   private readonly egress: EgressChannelFilter;
+  /** Completes the handshakes of forwarded connections that passt leaves half done (passt-handshake.ts). */
+  private readonly handshake = new ForwardHandshake();
+  /** Frames vireo itself gives the guest (those ACKs), served before the socket's. */
+  private readonly toGuest: Uint8Array[] = [];
   /** A frame's first bytes, gathered when the guest split its headers across buffers. */
   private readonly head = new Uint8Array(EGRESS_HEAD_BYTES);
 
@@ -160,11 +168,18 @@ export class PasstNet implements NetBackend {
       // The socket may have woken the device for room rather than for frames.
       if (this.wantOut) this.send();
       if (this.sock < 0) return undefined;
+      const own = this.toGuest.shift();
+      if (own !== undefined) {
+        scatter(bufs, count, this.header, own);
+        this.setPending(this.toGuest.length > 0 || reader.hasFrame());
+        return VIRTIO_NET_HDR_LEN + own.length;
+      }
       for (;;) {
         const f = reader.next();
         if (f !== undefined) {
           const n = VIRTIO_NET_HDR_LEN + f.length;
           this.egress.observeIn(f);
+          this.handshake.fromPasst(f);
           scatter(bufs, count, this.header, f);
           this.setPending(reader.hasFrame());
           return n;
@@ -220,8 +235,14 @@ export class PasstNet implements NetBackend {
       skip = 0;
     }
     // The egress policy sees the headers before passt does; a refused frame is dropped here.
-    if (!this.egress.allowOut(this.headers(parts, len))) return total;
+    const head = this.headers(parts, len);
+    if (!this.egress.allowOut(head)) return total;
+    const ack = this.handshake.fromGuest(head);
     out.append(parts, len);
+    if (ack !== undefined && this.toGuest.length < MAX_OWN_FRAMES) {
+      this.toGuest.push(ack);
+      this.setPending(true);
+    }
     return total;
   }
 
@@ -330,6 +351,7 @@ export class PasstNet implements NetBackend {
     }
     this.reader?.reset();
     this.out?.clear();
+    this.toGuest.length = 0;
     this.wantOut = false;
     if (this.pendingSet) this.setPending(false);
     if (reason !== 0) this.report(reason);

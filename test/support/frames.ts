@@ -157,3 +157,83 @@ export function parseTcp(f: Uint8Array): { src: string; sport: number; dport: nu
   const v = new DataView(f.buffer, f.byteOffset);
   return { src: dotted(f, 26), sport: v.getUint16(t), dport: v.getUint16(t + 2), flags: f[t + 13] as number };
 }
+
+/** A TCP segment with its own sequence and acknowledgment numbers and a payload, checksums right. */
+export function tcpPacket(p: {
+  mac: Uint8Array;
+  dstMac: Uint8Array;
+  src: number[];
+  dst: number[];
+  sport: number;
+  dport: number;
+  seq: number;
+  ack: number;
+  flags: number;
+  payload?: Uint8Array;
+}): Uint8Array {
+  const data = p.payload ?? new Uint8Array(0);
+  const tcpLen = 20 + data.length;
+  const f = new Uint8Array(14 + 20 + tcpLen);
+  const v = new DataView(f.buffer);
+  f.set(p.dstMac, 0);
+  f.set(p.mac, 6);
+  v.setUint16(12, 0x0800);
+  f[14] = 0x45;
+  v.setUint16(16, 20 + tcpLen);
+  v.setUint16(18, p.sport);
+  f[22] = 64;
+  f[23] = 6;
+  f.set(p.src, 26);
+  f.set(p.dst, 30);
+  v.setUint16(24, ipChecksum(f, 14, 20));
+  v.setUint16(34, p.sport);
+  v.setUint16(36, p.dport);
+  v.setUint32(38, p.seq >>> 0);
+  v.setUint32(42, p.ack >>> 0);
+  f[46] = 0x50;
+  f[47] = p.flags;
+  v.setUint16(48, 64240);
+  f.set(data, 54);
+  // The checksum over the pseudo header and the segment, padded to an even length with a zero.
+  const pseudo = new Uint8Array(12 + tcpLen + (tcpLen & 1));
+  pseudo.set(p.src, 0);
+  pseudo.set(p.dst, 4);
+  pseudo[9] = 6;
+  pseudo[10] = tcpLen >> 8;
+  pseudo[11] = tcpLen & 0xff;
+  pseudo.set(f.subarray(34, 34 + tcpLen), 12);
+  v.setUint16(50, ipChecksum(pseudo, 0, pseudo.length));
+  return f;
+}
+
+/** A TCP segment's fields, payload included; undefined for anything else. */
+export function parseTcpFull(f: Uint8Array):
+  | {
+      src: string;
+      dst: string;
+      sport: number;
+      dport: number;
+      seq: number;
+      ack: number;
+      flags: number;
+      payload: Uint8Array;
+    }
+  | undefined {
+  if (f.length < 54 || f[12] !== 0x08 || f[13] !== 0x00 || f[23] !== 6) return undefined;
+  const v = new DataView(f.buffer, f.byteOffset, f.byteLength);
+  const ihl = ((f[14] as number) & 15) * 4;
+  const t = 14 + ihl;
+  const total = v.getUint16(16);
+  if (f.length < t + 20 || total < ihl + 20 || 14 + total > f.length) return undefined;
+  const doff = ((f[t + 12] as number) >> 4) * 4;
+  return {
+    src: dotted(f, 26),
+    dst: dotted(f, 30),
+    sport: v.getUint16(t),
+    dport: v.getUint16(t + 2),
+    seq: v.getUint32(t + 4),
+    ack: v.getUint32(t + 8),
+    flags: f[t + 13] as number,
+    payload: f.slice(t + doff, 14 + total),
+  };
+}
