@@ -126,7 +126,7 @@ const PRE_BOOT: [method: string, template: string, path: string, extra: JsonObje
           'PUT',
           '/network-interfaces/{iface_id}',
           '/network-interfaces/eth0',
-          { iface_id: 'eth0', host_dev_name: 'vfctap0', guest_mac: '06:00:ac:10:00:02' },
+          { iface_id: 'eth0', host_dev_name: 'vfctap0', guest_mac: '06:00:ac:10:00:02', mtu: 1400 },
         ] as [string, string, string, JsonObject],
       ]
     : []),
@@ -388,6 +388,7 @@ describe('Firecracker API over a real vireo-firecracker process', { skip, timeou
     assert.equal(cfg.metrics, null);
     assert.deepEqual(cfg.entropy, { rate_limiter: null });
     assert.equal(cfg['network-interfaces'].length, netns ? 1 : 0);
+    if (netns) assert.equal(cfg['network-interfaces'][0]?.mtu, 1400, 'the MTU offered to the guest (VIRTIO_NET_F_MTU)');
     const mc = (await expectOk(fc, 'GET', '/machine-config', '/machine-config')).json as JsonObject;
     assert.equal(mc.mem_size_mib, 64);
     // Each line has what happened since the previous one: the sums are the totals.

@@ -185,7 +185,10 @@ describe('net', () => {
     refused(() => parseNet('mac=52:54:00:12:34:56', 0), /needs tap=NAME/);
     refused(() => parseNet('tap=t,mac=01:00:5e:00:00:01', 0), /is not a unicast MAC address/);
     refused(() => parseNet('tap=t,tap=u', 0), /tap is given more than once/);
-    refused(() => parseNet('tap=t,mtu=9000', 0), /^unknown net option "mtu=9000"/);
+    assert.deepEqual(parseNet('tap=t,mtu=9000', 0), { id: 'net0', tap: 't', mtu: 9000 });
+    refused(() => parseNet('tap=t,mtu=20', 0), /MTU 20 is out of range: give 68 to 65535/);
+    refused(() => parseNet('tap=t,mtu=big', 0), /mtu is a number of bytes/);
+    refused(() => parseNet('user,mtu=9000', 0), /unknown net option "mtu=9000"/);
     assert.equal(parseMac('52:54:00:ab:cd'), undefined);
   });
 

@@ -210,6 +210,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         iface_id: n.iface_id,
         host_dev_name: n.host_dev_name,
         guest_mac: n.guest_mac ?? null,
+        ...(n.mtu !== undefined ? { mtu: n.mtu } : {}),
         rx_rate_limiter: null,
         tx_rate_limiter: null,
       })),
@@ -252,7 +253,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     }));
     const nets: NetConfig[] = [...this.nets.values()].map((n) => {
       const mac = n.guest_mac === undefined ? undefined : parseMac(n.guest_mac);
-      return { id: n.iface_id, tap: n.host_dev_name, mac: mac ? [...mac] : undefined };
+      return { id: n.iface_id, tap: n.host_dev_name, mac: mac ? [...mac] : undefined, mtu: n.mtu };
     });
     const balloon: BalloonConfig | undefined = this.balloon && {
       amountMiB: this.balloon.amount_mib,
@@ -442,6 +443,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
           iface_id: n.id,
           host_dev_name: n.tap,
           ...(n.mac ? { guest_mac: formatMac(Uint8Array.from(n.mac)) } : {}),
+          ...(n.mtu !== undefined ? { mtu: n.mtu } : {}),
         });
     if (c.vsock) this.vsock = { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath };
     if (c.balloon)

@@ -18,6 +18,8 @@ export interface TapNetConfig extends NetCommon {
   kind?: 'tap' | undefined;
   /** The host TAP's name (backends/tap.ts checks it against the kernel's interface-name rules). */
   tap: string;
+  /** Offered to the guest with VIRTIO_NET_F_MTU (68-65535); absent: not offered, the guest's default. */
+  mtu?: number | undefined;
 }
 
 /** A host port forwarded to the guest (QEMU's hostfwd): connections to hostAddr:hostPort reach guestPort. */
@@ -88,7 +90,11 @@ export function parseMac(s: string): Uint8Array | undefined {
   return (mac[0] as number) & 1 ? undefined : mac;
 }
 
-const NET_OPTIONS = { what: 'net', keys: ['tap', 'mac', 'id'], usage: 'tap=NAME, mac=MAC, id=ID' } as const;
+const NET_OPTIONS = {
+  what: 'net',
+  keys: ['tap', 'mac', 'id', 'mtu'],
+  usage: 'tap=NAME, mac=MAC, id=ID, mtu=N',
+} as const;
 const USER_OPTIONS = {
   what: 'net',
   keys: ['user', 'mac', 'id', 'host'],
@@ -162,6 +168,11 @@ export function parseNet(text: string, index: number): NetConfig {
   if (tap === undefined) throw new ConfigError('a network interface needs tap=NAME or user');
   const n: TapNetConfig = { id: netId(o, index), tap: optionString('net', 'tap', tap) };
   setMac(n, o.get('mac'));
+  const mtu = o.get('mtu');
+  if (mtu !== undefined) {
+    if (!/^\d{1,5}$/.test(mtu)) throw new ConfigError(`net option mtu is a number of bytes (68-65535), not "${mtu}"`);
+    n.mtu = Number(mtu);
+  }
   validateNet(n);
   return n;
 }
@@ -211,6 +222,8 @@ export function validateNet(n: NetConfig): void {
     throw new ConfigError(`network interface ${n.id}: kind "${String(n.kind)}" is not tap or user`);
   else if (typeof n.tap !== 'string' || n.tap === '')
     throw new ConfigError(`network interface ${n.id} needs a TAP name`);
+  else if (n.mtu !== undefined && (!Number.isInteger(n.mtu) || n.mtu < 68 || n.mtu > 65535))
+    throw new ConfigError(`network interface ${n.id}: MTU ${String(n.mtu)} is out of range: give 68 to 65535`);
   const m = n.mac;
   if (
     m !== undefined &&

@@ -77,12 +77,11 @@ export const deviceRoutes: Route[] = [
         throw deserializeError(
           `invalid value for \`guest_mac\`: string ${JSON.stringify(body.guest_mac)}, expected a unicast MAC address like 06:00:AC:10:00:02`,
         );
-      if (body.mtu !== undefined) throw unsupported('vireo does not support setting the MTU (`mtu`): leave it out');
       checkNoRateLimit(body.rx_rate_limiter, 'rx_rate_limiter');
       checkNoRateLimit(body.tx_rate_limiter, 'tx_rate_limiter');
       const mac = body.guest_mac === undefined ? undefined : parseMac(body.guest_mac);
       validated('Network interface error', () =>
-        validateNet({ id, tap: body.host_dev_name, mac: mac ? [...mac] : undefined }),
+        validateNet({ id, tap: body.host_dev_name, mac: mac ? [...mac] : undefined, mtu: body.mtu }),
       );
       for (const other of ctl.nets.values()) {
         if (other.iface_id === id) continue;

@@ -18,11 +18,11 @@ import { MAX_DEVICES, NAME } from './limits.js';
 const PASST_MTU = 65520;
 
 type NetSpec =
-  | { id: string; mac: number[]; backend: 'tap'; tap: TapSpec }
+  | { id: string; mac: number[]; backend: 'tap'; tap: TapSpec; mtu?: number | undefined }
   | { id: string; mac: number[]; backend: 'user'; passt: PasstSpec };
 
 const mac = opt(array(int(0, 255), 6, 6));
-const tapNet = object({ id: str(NAME), kind: opt(oneOf('tap')), tap: str(NAME), mac });
+const tapNet = object({ id: str(NAME), kind: opt(oneOf('tap')), tap: str(NAME), mac, mtu: opt(int(68, 65535)) });
 const forward = object({
   proto: oneOf('tcp', 'udp'),
   hostAddr: opt(str(64)),
@@ -79,7 +79,7 @@ export const netKind: DeviceKind<NetConfig[], NetSpec, Map<string, PasstSupervis
       }
       const tap = openTap(n.tap);
       ctx.store.add(toDisposable(() => closeTap(tap)));
-      return { name, spec: { id: n.id, mac: m, backend: 'tap' as const, tap } };
+      return { name, spec: { id: n.id, mac: m, backend: 'tap' as const, tap, mtu: n.mtu } };
     });
     return { devices, host: passts };
   },
@@ -87,6 +87,6 @@ export const netKind: DeviceKind<NetConfig[], NetSpec, Map<string, PasstSupervis
     spec.backend === 'user'
       ? // passt's MTU (what its DHCP announces), offered to the guest as virtio-net's own.
         new VirtioNet(new PasstNet(spec.passt), { mac: Uint8Array.from(spec.mac), mtu: PASST_MTU })
-      : new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac) }),
+      : new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac), mtu: spec.mtu }),
   recordCheck: checkNetState,
 };
