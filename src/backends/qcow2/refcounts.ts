@@ -155,6 +155,9 @@ export class Refcounts {
     if (at >= endRange) throw this.err(`no room for the refcount block of clusters ${bi * this.perBlock}+`);
     const block = Buffer.alloc(this.cs);
     writeEntry(block, at % this.perBlock, this.order, 1);
+    // Written now (nothing points at it yet): its space in the file is taken while the write that
+    // needs it can still fail, so the next flush needs no new space. A failure here changes nothing.
+    if (this.io.writev([block], at * this.cs) !== this.cs) throw this.err('short write of a refcount block');
     this.setTableEntry(bi, at * this.cs);
     this.blocks.put(at * this.cs, block, true);
   }
