@@ -303,3 +303,35 @@ describe('qcow2 image over a file that fails on command', () => {
     });
   }
 });
+
+test('2^9 clusters: the refcount table cannot grow (ENOSPC): the image stops taking writes and its file stays consistent', () => {
+  const io = new FaultIo(new MemIo(qcow2Image({ size: 32 << 20, clusterBits: 9 })));
+  // Found once, fixed since: with this budget and seed the space runs out as the table grows (8 MiB).
+  io.budget = 8168 * 1024;
+  const h = parseHeader(readHead(io), io.size(), 'grow.qcow2');
+  const d = new Qcow2Disk({ io, header: h, name: 'grow.qcow2', readOnly: false, cacheBytes: 16 << 9 });
+  const r = prng(5);
+  const messages: string[] = [];
+  for (let i = 0; i < 600; i++) {
+    const s = 1 + Math.floor(r() * 600);
+    const st = Math.floor(r() * (65536 - s));
+    try {
+      d.writev([Buffer.alloc(s * 512, 1)], st * 512);
+    } catch (e) {
+      messages.push((e as Error).message);
+    }
+    if (i % 50 === 49 && !messages.some((m) => /could not grow/.test(m))) d.flush();
+  }
+  assert.ok(
+    messages.some((m) => /the refcount table could not grow: ENOSPC/.test(m)),
+    messages.slice(0, 5).join('\n'),
+  );
+  assert.match(messages.at(-1) ?? '', /no more writes after an earlier error/);
+  io.budget = Number.POSITIVE_INFINITY;
+  assert.throws(() => d.flush(), /could not grow|no more/, 'a flush refuses too (it could write past the old table)');
+  d.close();
+  const file = join(dir, 'grow.qcow2');
+  writeFileSync(file, io.mem.data);
+  const c = qemuCheck(file);
+  assert.doesNotMatch(c.out, /ERROR|corrupt/i, c.out);
+});
