@@ -12,6 +12,7 @@ import { closeSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { DISK_FAULTS_ENV, FaultDisk, parseFaultRules, withTestFaults } from '../src/backends/fault-disk.js';
 import { FileDisk, openFileDisk } from '../src/backends/file-disk.js';
 import { qcow2Image } from '../src/backends/qcow2/create.js';
 import { parseHeader } from '../src/backends/qcow2/format.js';
@@ -334,4 +335,44 @@ test('2^9 clusters: the refcount table cannot grow (ENOSPC): the image stops tak
   writeFileSync(file, io.mem.data);
   const c = qemuCheck(file);
   assert.doesNotMatch(c.out, /ERROR|corrupt/i, c.out);
+});
+
+describe('the tests fault hook (VIREO_TEST_DISK_FAULTS)', () => {
+  test('rules: ranges, counts, errnos; a rule it cannot read is an error; unset, the backend is as it was', () => {
+    assert.throws(() => parseFaultRules('write:EBADF'), /cannot read rule "write:EBADF"/);
+    assert.throws(() => parseFaultRules('write:EIO@5'), /cannot read rule/);
+    const path = join(dir, 'hook.img');
+    writeFileSync(path, Buffer.alloc(1 << 20));
+    const spec = openFileDisk(path, false);
+    try {
+      const d = new FaultDisk(new FileDisk(spec), parseFaultRules('write:ENOSPC@4096-8192; flush:EIO#1'));
+      assert.equal(d.writev([Buffer.alloc(4096, 1)], 0), 4096, 'outside the range');
+      assert.throws(() => d.writev([Buffer.alloc(512, 2)], 4096 + 512), { code: 'ENOSPC' });
+      assert.throws(() => d.writev([Buffer.alloc(8192, 2)], 0), { code: 'ENOSPC' }, 'overlapping the range');
+      assert.equal(d.readv([Buffer.alloc(8192)], 0), 8192, 'reads have no rule');
+      assert.throws(() => d.flush(), { code: 'EIO', errno: 5 });
+      d.flush(); // #1: once
+      assert.equal(d.injected, 3);
+      assert.equal(readFileSync(path)[4096], 0, 'a failed write wrote nothing');
+      const saved = process.env[DISK_FAULTS_ENV];
+      delete process.env[DISK_FAULTS_ENV];
+      try {
+        assert.ok(withTestFaults(() => new FileDisk(spec)) instanceof FileDisk);
+        process.env[DISK_FAULTS_ENV] = 'read:EIO';
+        let pool: boolean | undefined;
+        const w = withTestFaults((p) => {
+          pool = p;
+          return new FileDisk(spec);
+        });
+        assert.ok(w instanceof FaultDisk);
+        assert.equal(pool, false, 'no pool threads under rules: every request meets them');
+        assert.throws(() => w.readv([Buffer.alloc(512)], 0), { code: 'EIO' });
+      } finally {
+        if (saved === undefined) delete process.env[DISK_FAULTS_ENV];
+        else process.env[DISK_FAULTS_ENV] = saved;
+      }
+    } finally {
+      closeSync(spec.fd);
+    }
+  });
 });
