@@ -164,7 +164,10 @@ describe('PUT /snapshot/create onto a file system that fills up', { skip }, () =
     // Room for part of the memory file (it fails mid-write), then, page by page more, until there is
     // room for the memory file but not for the state file after it.
     const stateBytes = statSync(s('full.state')).size;
-    assert.ok(used(s('full.mem')) > 8 * 4096 && stateBytes > 3 * 4096, `${used(s('full.mem'))} bytes of memory, ${stateBytes} of state`);
+    assert.ok(
+      used(s('full.mem')) > 8 * 4096 && stateBytes > 3 * 4096,
+      `${used(s('full.mem'))} bytes of memory, ${stateBytes} of state`,
+    );
     const attempt = async (type: 'Full' | 'Diff', spare: number): Promise<string> => {
       rmSync(s('filler'), { force: true });
       fillLeaving(small, spare);
