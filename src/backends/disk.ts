@@ -10,6 +10,7 @@
 import { closeSync } from 'node:fs';
 import type { BlockBackend } from '../devices/virtio/block.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
+import { withTestFaults } from './fault-disk.js';
 import { FileDisk, type FileDiskSpec, openFileDisk } from './file-disk.js';
 import { FdImageIo } from './qcow2/image-io.js';
 import { buildQcow2, closeLayer, hasQcow2Magic, openQcow2, type Qcow2Spec } from './qcow2/open.js';
@@ -35,10 +36,15 @@ export function closeDisk(spec: DiskSpec): void {
   else closeSync(spec.fd);
 }
 
-/** The backend for a spec; `pool` gives a raw image threads of its own (a qcow2 image serves inline). */
+/**
+ * The backend for a spec; `pool` gives a raw image threads of its own (a qcow2 image serves inline).
+ * Under the tests' VIREO_TEST_DISK_FAULTS, its requests fail as told (fault-disk.ts).
+ */
 export function createBlockBackend(
   spec: DiskSpec,
   pool?: { memory: readonly RegionDescriptor[]; threads: number },
 ): BlockBackend {
-  return spec.format === 'qcow2' ? buildQcow2(spec) : new FileDisk(spec, pool);
+  return withTestFaults((threads) =>
+    spec.format === 'qcow2' ? buildQcow2(spec) : new FileDisk(spec, threads ? pool : undefined),
+  );
 }

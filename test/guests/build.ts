@@ -17,7 +17,8 @@ export type GuestName =
   | 'multiboot'
   | 'aout-kludge'
   | 'modes64'
-  | 'pvh';
+  | 'pvh'
+  | 'blkfault';
 
 interface Recipe {
   sources: string[];
@@ -35,6 +36,7 @@ const RECIPES: Record<GuestName, Recipe> = {
   'aout-kludge': { sources: ['aout-kludge.S'], kind: 'raw32' },
   pvh: { sources: ['pvh.S'], kind: 'pvh32' },
   flood64: { sources: ['flood64.S'], kind: 'elf64' },
+  blkfault: { sources: ['multiboot-entry.S', 'blkfault.c'], kind: 'mb32' },
 };
 
 function sourceHash(recipe: Recipe): string {

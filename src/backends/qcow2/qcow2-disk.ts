@@ -268,6 +268,9 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
     if (off !== 0 && copied) return { off, table: cache.get(off) };
     const table = off === 0 ? Buffer.alloc(this.cs) : Buffer.from(cache.get(off));
     const at = this.refcounts().alloc(1);
+    // Written now, not only at the next flush: the file's space for it is taken while the guest's
+    // write can still fail (ENOSPC answers that write), so a flush never needs space it cannot get.
+    this.filling(at, 1, () => this.writeHost([table], at));
     cache.put(at, table, true);
     putEntry(this.table1(), l1i, at, COPIED_HI);
     this.l1Dirty.add(Math.floor((l1i * 8) / this.cs));
@@ -328,9 +331,11 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
       // Part of a cluster: the rest comes from what it held (a preallocated zero cluster is reused).
       const reuse = m.kind === Kind.Zero && m.host !== 0 && m.copied && !this.isReserved(m.host);
       const host = reuse ? m.host : this.refcounts().alloc(1);
-      const buf = this.content(m, gc);
-      copyFrom(sliceViews(bufs, from, first), buf, inC);
-      this.writeHost([buf], host);
+      this.filling(host, reuse ? 0 : 1, () => {
+        const buf = this.content(m, gc);
+        copyFrom(sliceViews(bufs, from, first), buf, inC);
+        this.writeHost([buf], host);
+      });
       putEntry(table, idx, host, COPIED_HI);
       this.l2().markDirty(off, table);
       if (!reuse) this.dropOld(m);
@@ -346,13 +351,27 @@ export class Qcow2Disk implements BlockBackend, DiskLayer {
       n += this.cs;
     }
     const host = this.refcounts().alloc(olds.length);
-    this.writeHost(sliceViews(bufs, from, n), host);
+    this.filling(host, olds.length, () => this.writeHost(sliceViews(bufs, from, n), host));
     olds.forEach((old, k) => {
       putEntry(table, idx + k, host + k * this.cs, COPIED_HI);
       this.dropOld(old);
     });
     this.l2().markDirty(off, table);
     return n;
+  }
+
+  /**
+   * Runs fn, which fills `n` clusters just allocated at `host`. When it fails (ENOSPC, EIO), they are
+   * given back: nothing refers to them yet, so a failed write leaves no leaked cluster behind.
+   */
+  private filling(host: number, n: number, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      const r = this.refcounts();
+      for (let k = 0; k < n; k++) r.release(host / this.cs + k);
+      throw e;
+    }
   }
 
   private writeHost(views: Uint8Array[], at: number): void {

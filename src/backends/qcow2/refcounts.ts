@@ -27,6 +27,8 @@ export class Refcounts {
   readonly blocks: TableCache;
   /** The lowest cluster that may be free. */
   private hint = 0;
+  /** Why no refcount may change any more (the table could not grow), once that happened. */
+  private failed: string | undefined;
   constructor(
     private readonly io: ImageIo,
     h: Qcow2Header,
@@ -99,6 +101,7 @@ export class Refcounts {
   alloc(n: number): number {
     const max = Math.max(1, Math.floor(this.perBlock / 2));
     if (n < 1 || n > max) throw new Error(`qcow2: alloc(${n}) outside 1..${max}`);
+    this.checkUsable();
     const limit = Math.floor(2 ** 52 / this.cs);
     let c = this.hint;
     // The first free cluster the scan passes (a gap too short for this run): the next scan starts there.
@@ -155,6 +158,9 @@ export class Refcounts {
     if (at >= endRange) throw this.err(`no room for the refcount block of clusters ${bi * this.perBlock}+`);
     const block = Buffer.alloc(this.cs);
     writeEntry(block, at % this.perBlock, this.order, 1);
+    // Written now (nothing points at it yet): its space in the file is taken while the write that
+    // needs it can still fail, so the next flush needs no new space. A failure here changes nothing.
+    if (this.io.writev([block], at * this.cs) !== this.cs) throw this.err('short write of a refcount block');
     this.setTableEntry(bi, at * this.cs);
     this.blocks.put(at * this.cs, block, true);
   }
@@ -178,19 +184,28 @@ export class Refcounts {
     const grown = Buffer.alloc(clusters * this.cs);
     this.table.copy(grown);
     this.table = grown;
-    const at = this.alloc(clusters);
-    // Every refcount block (the new ones among them) on disk before the table that points at them,
-    // the table before the header.
-    this.writeBlocks();
-    this.io.sync();
-    if (this.io.writev([this.table], at) !== this.table.length) throw this.err('short write of the refcount table');
-    this.io.sync();
-    const hdr = Buffer.alloc(12);
-    hdr.writeUInt32BE(Math.floor(at / 2 ** 32), 0);
-    hdr.writeUInt32BE(at % 2 ** 32, 4);
-    hdr.writeUInt32BE(clusters, 8);
-    if (this.io.writev([hdr], 48) !== 12) throw this.err('short write of the header');
-    this.io.sync();
+    let at: number;
+    try {
+      at = this.alloc(clusters);
+      // Every refcount block (the new ones among them) on disk before the table that points at them,
+      // the table before the header.
+      this.writeBlocks();
+      this.io.sync();
+      if (this.io.writev([this.table], at) !== this.table.length) throw this.err('short write of the refcount table');
+      this.io.sync();
+      const hdr = Buffer.alloc(12);
+      hdr.writeUInt32BE(Math.floor(at / 2 ** 32), 0);
+      hdr.writeUInt32BE(at % 2 ** 32, 4);
+      hdr.writeUInt32BE(clusters, 8);
+      if (this.io.writev([hdr], 48) !== 12) throw this.err('short write of the header');
+      this.io.sync();
+    } catch (e) {
+      // In memory the table is the grown one, on disk still the old one (or, after a failed header
+      // write, either): writing refcounts now could put the grown table's entries past the old one's
+      // end. Nothing more is written; the file keeps what its last flush described.
+      this.failed ??= `the refcount table could not grow: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+      throw this.err(this.failed);
+    }
     this.tableDirty.clear();
     this.tableOffset = at;
     this.tableClusters = clusters;
@@ -202,8 +217,14 @@ export class Refcounts {
     for (let k = 0; k < old.clusters; k++) this.release(old.offset / this.cs + k);
   }
 
+  /** Refuses every change once the table could not grow (see growTable). */
+  private checkUsable(): void {
+    if (this.failed !== undefined) throw this.err(`no more refcount changes after an earlier error: ${this.failed}`);
+  }
+
   /** Writes every dirty refcount block (no sync). */
   writeBlocks(): boolean {
+    this.checkUsable();
     const dirty = this.blocks.dirty();
     for (const [off, b] of dirty)
       if (this.io.writev([b], off) !== b.length) throw this.err('short write of a refcount block');
@@ -213,6 +234,7 @@ export class Refcounts {
 
   /** Writes the refcount table's dirty clusters (no sync); the blocks they point at must be on disk. */
   writeTable(): boolean {
+    this.checkUsable();
     if (this.tableDirty.size === 0) return false;
     for (const ci of this.tableDirty) {
       const part = this.table.subarray(ci * this.cs, (ci + 1) * this.cs);
