@@ -27,6 +27,13 @@ export interface OpenContext {
   readonly seccomp: boolean;
 }
 
+/** What command() may use, on the I/O thread. */
+export interface CommandContext {
+  readonly memory: readonly RegionDescriptor[];
+  /** The I/O thread is confined by seccomp: it cannot start threads. */
+  readonly seccomp: boolean;
+}
+
 /** What a restore gives a kind to map its saved configuration back with. */
 export interface RestoreContext {
   /** Where the restored VM's consoles go. */
@@ -68,6 +75,11 @@ export interface DeviceKind<C, S, H = never> {
   readonly recordCheck: Check;
   readonly hostRecord?: HostRecord<H>;
   /**
+   * A change the VMM asks of a running device (a drive's new backing file), run on the I/O thread
+   * with the plain data the VMM posted; a throw is the VMM's error (the device goes on as it was).
+   */
+  command?(device: VirtioDevice, command: unknown, ctx: CommandContext): void;
+  /**
    * build() starts threads of its own on the I/O thread (virtio-fs's servers). A thread confined by
    * seccomp cannot start one (clone is off its list), so such a VM never gets a recycled, confined
    * I/O thread.
@@ -86,6 +98,7 @@ export interface AnyDeviceKind {
   readonly recordCheck: Check;
   readonly hostRecord?: HostRecord<unknown> | undefined;
   readonly startsThreads: boolean;
+  command?(device: VirtioDevice, command: unknown, ctx: CommandContext): void;
   /** The typed kind, for host(): `devices.host(balloonKind)`. */
   readonly typed: unknown;
 }
@@ -109,6 +122,7 @@ export function defineKind<C, S, H>(k: DeviceKind<C, S, H>): AnyDeviceKind {
     build: (spec, memory) => k.build(spec as S, memory),
     recordCheck: k.recordCheck,
     startsThreads: k.startsThreads === true,
+    ...(k.command ? { command: k.command.bind(k) } : {}),
     hostRecord: hr && {
       key: hr.key,
       check: hr.check,

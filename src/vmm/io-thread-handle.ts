@@ -30,7 +30,16 @@ export type IoThreadMessage =
   | { type: 'saved'; states: RunnerState[] }
   | { type: 'save-failed'; message: string }
   | { type: 'stopped'; counters: Record<string, Record<string, number>>; errors: string[] }
-  | { type: 'error'; message: string };
+  | { type: 'error'; message: string }
+  | { type: 'command-done'; seq: number; error?: string | undefined };
+
+/** Asked of the running I/O thread (after its init): a device kind's command() on one slot's device. */
+export interface IoThreadCommand {
+  type: 'command';
+  seq: number;
+  slot: number;
+  command: unknown;
+}
 
 /** How long stop() waits for the thread's 'stopped' before it terminates the thread. */
 const STOP_DEADLINE_MS = 5000;
@@ -39,6 +48,8 @@ export class IoThreadHandle {
   /** [0]: set to 1 to stop; [1]: 1 while a snapshot holds the thread still. */
   private readonly control = new Int32Array(new SharedArrayBuffer(8));
   private onSaved: ((m: IoThreadMessage) => void) | undefined;
+  private readonly commands = new Map<number, (error: string | undefined) => void>();
+  private seq = 0;
   private worker: Worker | undefined;
   private exited: Promise<void> | undefined;
   /** The I/O thread reported its stop and waits for another VM. */
@@ -71,7 +82,10 @@ export class IoThreadHandle {
       w.on('message', (m: IoThreadMessage) => {
         if (m.type === 'ready') resolve();
         else if (m.type === 'saved' || m.type === 'save-failed') this.onSaved?.(m);
-        else if (m.type === 'stopped') {
+        else if (m.type === 'command-done') {
+          this.commands.get(m.seq)?.(m.error);
+          this.commands.delete(m.seq);
+        } else if (m.type === 'stopped') {
           this.finalCounters = m.counters;
           this.errors = m.errors;
           // Done with this VM: the thread waits for the next one (given back in stop()).
@@ -85,6 +99,22 @@ export class IoThreadHandle {
       w.once('exit', () => reject(new Error('virtio I/O thread exited before it was ready')));
       const message: IoThreadInit = { ...init, control: this.control.buffer as SharedArrayBuffer };
       w.postMessage(message);
+    });
+  }
+
+  /**
+   * Runs a device kind's command() on slot `slot`'s device on the thread (which takes it when the
+   * control eventfd wakes it); resolves when done, rejects with the thread's one-line error.
+   */
+  command(slot: number, command: unknown): Promise<void> {
+    const w = this.worker;
+    if (!w) return Promise.reject(new Error('the virtio I/O thread is not running'));
+    const seq = ++this.seq;
+    return new Promise<void>((resolve, reject) => {
+      this.commands.set(seq, (error) => (error === undefined ? resolve() : reject(new Error(error))));
+      const m: IoThreadCommand = { type: 'command', seq, slot, command };
+      w.postMessage(m);
+      sys.eventfdWrite(this.controlFd);
     });
   }
 
@@ -127,6 +157,8 @@ export class IoThreadHandle {
     await this.exited;
     clearTimeout(t);
     this.worker = undefined;
+    for (const done of this.commands.values()) done('the VM stopped before the device took the change');
+    this.commands.clear();
     if (this.recyclable) recycleIoThread(w, this.confines);
   }
 }

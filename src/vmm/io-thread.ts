@@ -3,7 +3,7 @@
  * arrive on ioeventfds straight from KVM, status changes on the control eventfd; interrupts leave
  * through irqfds. No vCPU thread ever waits on this thread (except for a bounded wait on reset).
  */
-import { type MessagePort, parentPort } from 'node:worker_threads';
+import { type MessagePort, parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { setPoolSeccomp } from '../backends/io-pool.js';
 import type { Poller } from '../devices/virtio/device.js';
 import { TransportRunner } from '../devices/virtio/transport/runner.js';
@@ -12,8 +12,8 @@ import { confine } from '../kvm/seccomp-policy.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
-import type { IoThreadInit, IoThreadMessage } from './io-thread-handle.js';
-import { buildDevice } from './virtio-devices.js';
+import type { IoThreadCommand, IoThreadInit, IoThreadMessage } from './io-thread-handle.js';
+import { buildDevice, commandDevice } from './virtio-devices.js';
 
 if (!parentPort) throw new Error('io-thread must run as a worker');
 const port: MessagePort = parentPort;
@@ -104,6 +104,21 @@ function run(init: IoThreadInit): void {
             }
             while (Atomics.load(control, 1) === 1) Atomics.wait(control, 1, 1, 1000);
           }
+          // Changes the VMM asked for (posted before the wake-up that brought us here).
+          for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+            const c = m.message as IoThreadCommand;
+            if (c?.type !== 'command') continue;
+            let error: string | undefined;
+            try {
+              const slot = init.slots[c.slot];
+              const side = sides[c.slot];
+              if (slot === undefined || side === undefined) throw new Error(`no device on slot ${c.slot}`);
+              commandDevice(slot.device, side.device, c.command, { memory: init.memory, seccomp: init.seccomp });
+            } catch (e) {
+              error = e instanceof Error ? e.message : String(e);
+            }
+            post({ type: 'command-done', seq: c.seq, error });
+          }
           for (const s of sides) {
             s.poll();
             s.hostWake();
@@ -125,6 +140,12 @@ function run(init: IoThreadInit): void {
   } finally {
     for (const s of sides) s.device.close?.();
     ep.close();
+    // A change asked for as the VM stopped is not taken (the VMM fails it): it must not be read as
+    // the next VM's init.
+    for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+      const c = m.message as IoThreadCommand;
+      if (c?.type === 'command') post({ type: 'command-done', seq: c.seq, error: 'the VM stopped' });
+    }
   }
   const counters: Record<string, Record<string, number>> = {};
   const errors: string[] = [];

@@ -5,6 +5,7 @@
  * Ctrl+Alt+Del, the balloon, counters) are here too; Vm (vm.ts) is the public face of this class.
  */
 import { writeSync } from 'node:fs';
+import { closeDisk, openDisk } from '../backends/disk.js';
 import type { PasstSupervisor } from '../backends/passt-process.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { ConfigError, VireoError } from '../common/errors.js';
@@ -30,6 +31,7 @@ import type { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js'
 import type { ExitReport, VmExit } from '../vcpu/exit.js';
 import { stopVcpus, type VcpuHandle } from '../vcpu/handle.js';
 import type { BootResult } from './boot.js';
+import { blockKind, type SwapDisk } from './kinds/block.js';
 import { consoleKind } from './kinds/console.js';
 import { netKind } from './kinds/net.js';
 import { type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
@@ -275,6 +277,39 @@ export class Machine extends TypedEmitter<VmEvents> {
       );
     this.devices.setStatsInterval(seconds);
     this.config.balloon = { ...b, statsPollingIntervalS: seconds };
+  }
+
+  /**
+   * Gives running drive `id` a new backing file (Vm.updateDrive): opened and checked here (the
+   * drive's format or probed, locked, as read-only as the drive), taken by the device on the I/O thread once the
+   * requests in flight on the old file are answered; the old file is closed after. A snapshot from
+   * then on names the new path.
+   */
+  async updateDrive(id: string, path: string): Promise<void> {
+    if (this._state !== 'running' && this._state !== 'paused')
+      throw new VireoError('VIREO_ERR_STATE', `cannot change a drive of a VM that is ${this._state}`);
+    const i = this.config.drives.findIndex((d) => d.id === id);
+    const drive = this.config.drives[i];
+    const entry = this.released ? undefined : this.devices.host(blockKind)?.get(id);
+    if (drive === undefined || entry === undefined) throw new ConfigError(`this VM has no drive "${id}"`);
+    if (typeof path !== 'string' || path === '') throw new ConfigError(`drive ${id}: give the new file's path`);
+    if (path === drive.path)
+      throw new ConfigError(
+        `drive ${id} already uses ${path}: vireo does not reopen a drive's own file (give the new file's path)`,
+      );
+    // As the drive was opened: its format if one was given, else probed.
+    const next = openDisk(path, drive.readOnly ?? false, drive.format);
+    try {
+      const swap: SwapDisk = { swap: next };
+      await this.devices.command(`virtio-blk:${id}`, swap);
+    } catch (e) {
+      closeDisk(next);
+      throw new ConfigError(`drive ${id}: cannot use ${path}: ${(e as Error).message}`);
+    }
+    const old = entry.disk;
+    entry.disk = next;
+    closeDisk(old);
+    this.config.drives[i] = { ...drive, path };
   }
 
   /** Replaces a user-mode interface's host port forwards (Vm.setPortForwards says what it costs). */

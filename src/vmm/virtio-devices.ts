@@ -23,7 +23,7 @@ import type { Vm as KvmVm } from '../kvm/kvm.js';
 import type { RegionDescriptor } from '../memory/guest-memory.js';
 import * as sys from '../os/sys.js';
 import { SharedCounters } from './device-counters.js';
-import type { AnyDeviceKind, DeviceConfigs, DeviceKind } from './device-kind.js';
+import type { AnyDeviceKind, CommandContext, DeviceConfigs, DeviceKind } from './device-kind.js';
 import { DEVICE_KINDS, kindOfSlot } from './device-registry.js';
 import { IoThreadHandle } from './io-thread-handle.js';
 import { balloonKind } from './kinds/balloon.js';
@@ -45,6 +45,13 @@ export function buildDevice(spec: DeviceSpec, memory: readonly RegionDescriptor[
   const kind = DEVICE_KINDS.find((k) => k.name === spec.kind);
   if (!kind) throw new Error(`no virtio device kind ${spec.kind}`);
   return kind.build(spec.spec, memory);
+}
+
+/** Runs `spec`'s kind's command() on its device model (on the I/O thread). */
+export function commandDevice(spec: DeviceSpec, device: VirtioDevice, command: unknown, ctx: CommandContext): void {
+  const kind = DEVICE_KINDS.find((k) => k.name === spec.kind);
+  if (!kind?.command) throw new Error(`a ${spec.kind} device takes no changes while it runs`);
+  kind.command(device, command, ctx);
 }
 
 /** One device on the bus: what the vCPU threads and the I/O thread both need. */
@@ -151,6 +158,13 @@ export class VirtioDevices implements Disposable {
   host<C, S, H>(kind: DeviceKind<C, S, H>): H | undefined {
     // The handle under a kind's name is the one that kind's own open() returned.
     return this.hosts.get(kind.name) as H | undefined;
+  }
+
+  /** Asks the running I/O thread to apply `command` to the device on slot `name` (its kind's command()). */
+  command(name: string, command: unknown): Promise<void> {
+    const i = this.slots.findIndex((s) => s.name === name);
+    if (i < 0) return Promise.reject(new Error(`no device ${name}`));
+    return this.thread.command(i, command);
   }
 
   /** The balloon's host control, when there is one. */

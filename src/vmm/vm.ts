@@ -184,6 +184,17 @@ export class Vm extends TypedEmitter<VmEvents> {
   }
 
   /**
+   * Gives the running drive `id` a new backing file (Firecracker's PATCH /drives/{id} with
+   * `path_on_host`): requests in flight finish against the old file, then the guest sees the new one
+   * and its capacity (a configuration interrupt). The file is opened as the drive was (its format, or
+   * probed), locked, and attached as read-only as the drive. Throws a one-line ConfigError when it cannot be used (the drive
+   * keeps its old file).
+   */
+  updateDrive(id: string, path: string): Promise<void> {
+    return this.m.updateDrive(id, path);
+  }
+
+  /**
    * Replaces the host port forwards of the user-mode interface `id` (`--net user`). passt (2023) takes
    * its forwards only on its command line and has no control socket, so vireo starts a new passt with
    * them: the guest's link goes down and up, and connections through the old passt are reset. Resolves

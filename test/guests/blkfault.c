@@ -8,6 +8,12 @@
      3. reads every chunk back and checks those whose write was answered OK;
      4. writes chunk 0 again (in place).
 
+   With `swap=1` it does none of that: it prints `blkswap before cap=SECTORS word=W gen=G` (W: the
+   first 32-bit word of sector 0), polls InterruptStatus for a configuration change (`wait=POLLS`),
+   acknowledges it and prints `blkswap after cap=… word=… gen=…` from the drive's new file (the host
+   replaced it: PATCH /drives/{id} path_on_host), then a read of the last sector's status as `last=S`,
+   and halts for good (the host ends the VM).
+
    Parameters from the command line: `chunks=N kib=K batch=B`. Prints one line
      blkfault cap=SECTORS ok=N ioerr=N other=N flush=S,S readerr=N bad=N rewrite=S map=OOE...
    (S: 0 OK, 1 IOERR, 2 UNSUPP; map: O or E per chunk's write) and exits through isa-debug-exit
@@ -137,6 +143,48 @@ static u32 param(const char *cmdline, const char *key, u32 dflt) {
   return dflt;
 }
 
+/* The first word of sector `sector` (a one-sector read into slot 0); its status in *st. */
+static u32 read_word(u64 sector, u8 *st) {
+  post(0, 0 /* IN */, sector, 512, 1);
+  kick(1);
+  *st = statuses[0];
+  return data[0][0];
+}
+
+static void report(const char *when, u32 cap, u32 word) {
+  puts("blkswap ");
+  puts(when);
+  puts(" cap=");
+  putu(cap);
+  puts(" word=");
+  putu(word);
+  puts(" gen=");
+  putu(MMIO(0xfc));
+  putc('\n');
+}
+
+static void swap_mode(u32 cap, u32 polls) {
+  u8 st;
+  u32 w = read_word(0, &st);
+  if (st != 0) fail("read before the change");
+  report("before", cap, w);
+  u32 i = 0;
+  for (; i < polls; i++)
+    if (MMIO(0x60) & 2) break;
+  if (i == polls) fail("no configuration change");
+  MMIO(0x64) = 2;
+  u32 cap2 = MMIO(0x100);
+  w = read_word(0, &st);
+  if (st != 0) fail("read after the change");
+  report("after", cap2, w);
+  read_word((u64)cap2 - 1, &st);
+  puts("blkswap last=");
+  putu(st);
+  putc('\n');
+  /* Stays (halted) for the host to look at the VM; it ends the VM. */
+  for (;;) __asm__ volatile("cli; hlt");
+}
+
 struct mb_info {
   u32 flags, mem_lower, mem_upper, boot_device, cmdline;
 };
@@ -176,6 +224,7 @@ void mb_main(u32 magic, struct mb_info *info) {
   MMIO(0x44) = 1;
   MMIO(0x70) = 1 | 2 | 8 | 4; /* DRIVER_OK */
   u32 cap = MMIO(0x100);
+  if (param(cmdline, "swap", 0)) swap_mode(cap, param(cmdline, "wait", 3000000));
   u32 words = kib * 256;
   if ((u64)chunks * kib * 2 > cap) fail("the disk is smaller than the chunks");
 

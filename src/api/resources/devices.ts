@@ -50,17 +50,23 @@ export const deviceRoutes: Route[] = [
     path: '/drives/{drive_id}',
     body: 'PartialDrive',
     metric: 'drive',
-    handle({ ctl, params, body }) {
+    async handle({ ctl, params, body }) {
       const id = checkId(params.drive_id);
       if (id !== body.drive_id) throw idMismatch();
-      ctl.requireVm();
+      const vm = ctl.requireVm();
       const drive = ctl.drives.get(id);
       if (!drive) throw badRequest(`Drive config error: Unable to patch the block device: no drive with id ${id}.`);
-      if (body.path_on_host !== undefined && body.path_on_host !== drive.path_on_host)
-        throw unsupported(
-          'vireo cannot change the backing file of a running drive (`path_on_host`); only a rate limiter of size 0 can be patched',
-        );
       checkNoRateLimit(body.rate_limiter, 'rate_limiter');
+      // A new backing file (firecracker-containerd attaches each container's rootfs this way): the
+      // guest sees its contents and capacity; requests in flight finish against the old one.
+      if (body.path_on_host !== undefined && body.path_on_host !== drive.path_on_host) {
+        try {
+          await vm.updateDrive(id, body.path_on_host);
+        } catch (e) {
+          throw badRequest(`Drive config error: Unable to patch the block device: ${(e as Error).message}`);
+        }
+        drive.path_on_host = body.path_on_host;
+      }
       return noContent();
     },
   }),

@@ -116,11 +116,12 @@ export class VirtioBlock implements VirtioDevice {
     offloaded: 0,
   };
   private ctx: VirtioContext | undefined;
-  private readonly sectors: number;
+  private sectors: number;
   private readonly id: Uint8Array;
+  private poller: Poller | undefined;
 
   constructor(
-    private readonly backend: BlockBackend,
+    private backend: BlockBackend,
     config: BlockConfig,
   ) {
     this.sectors = Math.floor(backend.size / SECTOR);
@@ -150,8 +151,35 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   attach(poller: Poller): void {
+    this.poller = poller;
     const io = this.backend.io;
     if (io) poller.add(io.completionFd, POLL_IN, () => io.complete());
+  }
+
+  /**
+   * A new backing file for a running drive (Firecracker's PATCH /drives/{id} path_on_host): requests
+   * on the old backend's threads finish against the old file and are answered first, then the new
+   * one serves, and the driver is told the capacity (a configuration interrupt; Linux re-reads it).
+   * The features stay as negotiated: the new backend must be as read-only as the old one.
+   */
+  replaceBackend(next: BlockBackend): void {
+    if (next.readOnly !== this.backend.readOnly)
+      throw new RangeError(`the new backing file is ${next.readOnly ? '' : 'not '}read-only, as the drive is not`);
+    const ctx = this.ctx;
+    if (ctx === undefined)
+      throw new RangeError("the guest's driver has not started this drive: try again once it runs");
+    const old = this.backend;
+    old.io?.drain();
+    if (old.io) this.poller?.remove(old.io.completionFd);
+    old.close?.();
+    this.backend = next;
+    const io = next.io;
+    if (io) this.poller?.add(io.completionFd, POLL_IN, () => io.complete());
+    this.sectors = Math.floor(next.size / SECTOR);
+    ctx.config.setBigUint64(0, BigInt(this.sectors), true);
+    ctx.signalConfig();
+    // Requests that waited meanwhile go to the new file.
+    this.process(0);
   }
 
   activate(ctx: VirtioContext): void {

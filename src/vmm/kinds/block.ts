@@ -20,7 +20,18 @@ function diskThreads(v: string | undefined): number {
   return Number.isInteger(n) && n >= 0 && n <= 16 ? n : 2;
 }
 
-export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }> = {
+/**
+ * The host side of each drive by id: the disk open now (a running drive's file can be replaced:
+ * Machine.updateDrive), closed with the VM whatever it is by then.
+ */
+export type DriveDisks = Map<string, { disk: DiskSpec }>;
+
+/** What the VMM posts to the I/O thread to give a running drive a new file (DRIVE_COMMAND). */
+export interface SwapDisk {
+  swap: DiskSpec;
+}
+
+export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }, DriveDisks> = {
   name: 'virtio-blk',
   configKey: 'drives',
   config: (c) => (c.drives && c.drives.length > 0 ? c.drives : undefined),
@@ -34,13 +45,28 @@ export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }
     restore: (saved) => saved as DriveConfig[],
   },
   open(drives, ctx) {
-    return {
-      devices: drives.map((d) => {
-        const disk = openDisk(d.path, d.readOnly ?? false, d.format);
-        ctx.store.add(toDisposable(() => closeDisk(disk)));
-        return { name: `virtio-blk:${d.id}`, spec: { id: d.id, disk } };
-      }),
-    };
+    const host: DriveDisks = new Map();
+    const devices = drives.map((d) => {
+      const disk = openDisk(d.path, d.readOnly ?? false, d.format);
+      const entry = { disk };
+      host.set(d.id, entry);
+      ctx.store.add(toDisposable(() => closeDisk(entry.disk)));
+      return { name: `virtio-blk:${d.id}`, spec: { id: d.id, disk } };
+    });
+    return { devices, host };
+  },
+  command(device, command, ctx) {
+    const swap = (command as Partial<SwapDisk>)?.swap;
+    if (!(device instanceof VirtioBlock) || swap === undefined) throw new Error('not a drive change');
+    // A confined I/O thread cannot start the disk's threads: the new file is served on it.
+    const pool = !ctx.seccomp && ctx.memory.length > 0 ? { memory: ctx.memory, threads: DISK_IO_THREADS } : undefined;
+    const next = createBlockBackend(swap, pool);
+    try {
+      device.replaceBackend(next);
+    } catch (e) {
+      next.close?.();
+      throw e;
+    }
   },
   build: (spec, memory) =>
     new VirtioBlock(
