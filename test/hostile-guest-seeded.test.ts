@@ -11,7 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { deviceCounters, type HostileRig, hostileRig, runVireoAsync, verdicts } from './support/hostile-guest.js';
+import { deviceCounters, type HostileRig, hostileRig, verdicts } from './support/hostile-guest.js';
 import { kvmSkipReason } from './support/vireo.js';
 
 const SEED = Number(process.env.HOSTILE_SEED ?? 0x5eed12);
@@ -26,7 +26,7 @@ describe('seeded hostile guest', { skip: kvmSkipReason() }, () => {
   after(() => rig?.close());
 
   test(`seed ${SEED}, ${ROUNDS} rounds: the VMM survives, every device serves a well-behaved driver afterwards`, async () => {
-    const r = await runVireoAsync(rig.args(SEED, ROUNDS), { VIREO_VERBOSE: '1' }, 120_000);
+    const r = await rig.run(SEED, ROUNDS, 120_000);
     const problems = rig.judge(r);
     assert.deepEqual(problems, [], `${r.stdout}\n${r.stderr}`);
 

@@ -7,7 +7,7 @@
  * fixed-seed run is test/hostile-guest-seeded.test.ts.
  */
 import fc from 'fast-check';
-import { hostileRig, runVireoAsync } from '../support/hostile-guest.js';
+import { hostileRig } from '../support/hostile-guest.js';
 import { crash, OK, target, type Verdict } from './harness.js';
 
 const ROUNDS = 40;
@@ -23,10 +23,13 @@ export const hostileGuestTarget = target(
       arbitrary: fc.noShrink(fc.integer({ min: 0, max: 2 ** 31 - 1 })),
       async run(seed: number): Promise<Verdict> {
         const r = await rig;
-        const res = await runVireoAsync(r.args(seed, ROUNDS), { VIREO_VERBOSE: '1' }, 60_000);
+        const res = await r.run(seed, ROUNDS, 60_000);
         const bad = r.judge(res);
         if (bad.length === 0) return OK;
         const tail = `${res.stdout.slice(-2000)}\n${res.stderr.slice(-4000)}`;
+        // Printed as it happens: a finding that depends on timing may not show again when the
+        // harness re-runs the counterexample for its report.
+        process.stderr.write(`hostile-guest: seed ${seed}: ${bad.join('; ')}\n${tail}\n`);
         return crash(new Error(`seed ${seed}: ${bad.join('; ')}\n${tail}`));
       },
       close() {

@@ -30,7 +30,12 @@ export interface HostileRig {
   net: boolean;
   /** The devices the guest should find, in slot order (its "devices=" line). */
   devices: string[];
-  args(seed: number, rounds: number): string[];
+  /**
+   * One `vireo run` of the guest (VIREO_VERBOSE=1); stdout is what the guest wrote to COM1 and the
+   * virtio-console, which go to a file: a pipe whose reader falls 50 ms behind loses serial output by
+   * design (console-io.ts), and a lost verdict line would look like a failed device.
+   */
+  run(seed: number, rounds: number, timeoutMs: number): Promise<RunResult>;
   /** What is wrong with one run (empty: nothing). */
   judge(r: RunResult): string[];
   close(): void;
@@ -84,32 +89,47 @@ export async function hostileRig(opts: { net?: boolean } = {}): Promise<HostileR
   const net = opts.net ?? passtInstalled();
   const devices = ['blk', ...(net ? ['net'] : []), 'rng', 'console', 'vsock', 'balloon', 'fs'];
   const kernel = guestPath('hostile-guest');
+  let runs = 0;
+  const args = (seed: number, rounds: number, serial: string): string[] => [
+    'run',
+    '--kernel',
+    kernel,
+    '--mem',
+    '128',
+    '--serial',
+    `file:${serial}`,
+    '--drive',
+    `path=${image},ro`,
+    ...(net ? ['--net', 'user'] : []),
+    '--rng',
+    '--virtio-console',
+    '--vsock',
+    `cid=3,uds=${uds}`,
+    '--balloon',
+    'amount=0,stats=1',
+    '--share',
+    `${share},tag=hg,ro`,
+    '--cmdline',
+    `seed=${seed} rounds=${rounds}`,
+  ];
   return {
     dir,
     image,
     share,
     net,
     devices,
-    args: (seed, rounds) => [
-      'run',
-      '--kernel',
-      kernel,
-      '--mem',
-      '128',
-      '--drive',
-      `path=${image},ro`,
-      ...(net ? ['--net', 'user'] : []),
-      '--rng',
-      '--virtio-console',
-      '--vsock',
-      `cid=3,uds=${uds}`,
-      '--balloon',
-      'amount=0,stats=1',
-      '--share',
-      `${share},tag=hg,ro`,
-      '--cmdline',
-      `seed=${seed} rounds=${rounds}`,
-    ],
+    async run(seed, rounds, timeoutMs) {
+      const serial = join(dir, `serial-${runs++}.txt`);
+      const r = await runVireoAsync(args(seed, rounds, serial), { VIREO_VERBOSE: '1' }, timeoutMs);
+      let out = '';
+      try {
+        out = readFileSync(serial, 'latin1');
+        rmSync(serial);
+      } catch {
+        // no output file: vireo did not get as far as the VM
+      }
+      return { ...r, stdout: out + r.stdout };
+    },
     judge(r) {
       const bad: string[] = [];
       const vcpu = /^vireo: vCPU \d+:.*$/m.exec(r.stderr);
