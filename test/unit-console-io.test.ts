@@ -71,6 +71,23 @@ describe('openOutputFile', () => {
     assert.equal(readFileSync(path, 'utf8'), '');
   });
 
+  test('two outputs truncating one file (--serial file:P with --virtio-console) interleave, not overwrite', () => {
+    // `vireo run` gives the virtio-console the serial's path, and each opens it: with an offset of its
+    // own, the console's first line overwrote the start of the serial output (the hostile guest's
+    // first line lost its first 33 bytes).
+    const path = join(tmp, 'console');
+    const old = openOutputFile(path, 'append');
+    writeOrDrop(old, Buffer.from('last run\n'));
+    closeSync(old);
+    const serial = openOutputFile(path, 'truncate');
+    const hvc = openOutputFile(path, 'truncate');
+    fds.push(serial, hvc);
+    assert.equal(writeOrDrop(serial, Buffer.from('serial one\n')).kind, 'written');
+    assert.equal(writeOrDrop(hvc, Buffer.from('hvc\n')).kind, 'written');
+    assert.equal(writeOrDrop(serial, Buffer.from('serial two\n')).kind, 'written');
+    assert.equal(readFileSync(path, 'utf8'), 'serial one\nhvc\nserial two\n');
+  });
+
   test('/dev/full: the write fails with ENOSPC, returned, not thrown', () => {
     const fd = openOutputFile('/dev/full', 'append');
     fds.push(fd);

@@ -10,12 +10,15 @@ import { constants, openSync, writeSync } from 'node:fs';
 
 /**
  * Opens `path` for output without blocking: appended to (logs, metrics) or truncated (a console),
- * created when missing. A FIFO nobody reads yet is opened O_RDWR (Firecracker's open_file_nonblock):
+ * created when missing. Truncated outputs are written in append mode too: the serial port and the
+ * virtio-console may name the same file (`vireo run` gives the console the serial's path), each with
+ * its own fd, and with an offset each they would overwrite each other's output. A FIFO nobody reads yet is opened O_RDWR (Firecracker's open_file_nonblock):
  * write-only would fail with ENXIO, and a blocking open would wait for a reader forever. Throws the
  * open's error (its `code` says why).
  */
 export function openOutputFile(path: string, how: 'append' | 'truncate'): number {
-  const base = constants.O_CREAT | constants.O_NONBLOCK | (how === 'append' ? constants.O_APPEND : constants.O_TRUNC);
+  const base =
+    constants.O_CREAT | constants.O_NONBLOCK | constants.O_APPEND | (how === 'truncate' ? constants.O_TRUNC : 0);
   try {
     return openSync(path, base | constants.O_WRONLY, 0o644);
   } catch (e) {

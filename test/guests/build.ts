@@ -18,12 +18,15 @@ export type GuestName =
   | 'aout-kludge'
   | 'modes64'
   | 'pvh'
-  | 'blkfault';
+  | 'blkfault'
+  | 'hostile-guest';
 
 interface Recipe {
   sources: string[];
   /** 'elf64': linked for long-mode entry; 'mb32': 32-bit Multiboot ELF; 'raw32': flat binary. */
   kind: 'elf64' | 'mb32' | 'raw32' | 'pvh32';
+  /** Compiler flags of this guest's own (C guests: optimisation, no SSE for MMIO). */
+  cflags?: string[];
 }
 
 const RECIPES: Record<GuestName, Recipe> = {
@@ -37,6 +40,11 @@ const RECIPES: Record<GuestName, Recipe> = {
   pvh: { sources: ['pvh.S'], kind: 'pvh32' },
   flood64: { sources: ['flood64.S'], kind: 'elf64' },
   blkfault: { sources: ['multiboot-entry.S', 'blkfault.c'], kind: 'mb32' },
+  'hostile-guest': {
+    sources: ['hostile-entry.S', 'hostile-guest.c'],
+    kind: 'elf64',
+    cflags: ['-O2', '-mgeneral-regs-only', '-Wall', '-Wextra'],
+  },
 };
 
 function sourceHash(recipe: Recipe): string {
@@ -78,7 +86,7 @@ export function guestPath(name: GuestName): string {
     pvh32: ['-m32', ...elf, `-T${join(guestSrcDir, 'pvh.ld')}`],
     raw32: ['-m32', '-static', '-no-pie', '-Wl,--build-id=none', '-Wl,--oformat=binary', '-Wl,-Ttext=0x100000'],
   };
-  execFileSync('gcc', [...common, ...perKind[recipe.kind], '-o', tmp, ...srcs], {
+  execFileSync('gcc', [...common, ...perKind[recipe.kind], ...(recipe.cflags ?? []), '-o', tmp, ...srcs], {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   renameSync(tmp, out);
