@@ -312,8 +312,11 @@ describe('Firecracker API over a real vireo-firecracker process', { skip, timeou
   test('runtime operations on the running guest', async () => {
     const [dm, dt, dp, db] = RUNTIME.drive as [string, string, string, JsonObject];
     await expectOk(fc, dm, dt, dp, db);
-    await expectFault(fc, dm, dt, dp, { ...db, rate_limiter: { ops: { size: 10, refill_time: 100 } } }, 'rate_limiter');
-    await expectFault(fc, dm, dt, dp, { ...db, path_on_host: f('other.img') }, 'path_on_host');
+    // A drive's rate limiter is changed at run time, and lifted again.
+    await expectOk(fc, dm, dt, dp, { ...db, rate_limiter: { ops: { size: 10_000, refill_time: 100 } } });
+    await expectOk(fc, dm, dt, dp, { ...db, rate_limiter: { ops: { size: 0, refill_time: 0 } } });
+    // A new backing file that is not there: refused, naming it (api-drive-swap swaps a real one).
+    await expectFault(fc, dm, dt, dp, { ...db, path_on_host: f('other.img') }, 'other.img');
     if (netns) await expectOk(fc, ...(RUNTIME.net as [string, string, string, JsonObject]));
     await expectFault(
       fc,

@@ -19,6 +19,7 @@ import type { Vm, VmExit } from '../vmm/vm.js';
 import { badRequest, notSupportedPostBoot, notSupportedPreBoot, stateError } from './errors.js';
 import { ApiLogger } from './logger.js';
 import { ApiMetrics, DEFAULT_METRICS_INTERVAL_MS, snakeCase } from './metrics.js';
+import { apiRateLimiter, rateLimiterConfig } from './routes.js';
 import { apiVersion } from './spec.js';
 import type {
   Balloon,
@@ -191,7 +192,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         cache_type: d.cache_type ?? 'Unsafe',
         is_read_only: d.is_read_only ?? false,
         path_on_host: d.path_on_host ?? null,
-        rate_limiter: null,
+        rate_limiter: d.rate_limiter ?? null,
         io_engine: d.io_engine ?? 'Sync',
         socket: null,
       })),
@@ -250,6 +251,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       id: d.drive_id,
       path: d.path_on_host ?? '',
       readOnly: d.is_read_only ?? false,
+      rateLimiter: rateLimiterConfig(d.rate_limiter),
     }));
     const nets: NetConfig[] = [...this.nets.values()].map((n) => {
       const mac = n.guest_mac === undefined ? undefined : parseMac(n.guest_mac);
@@ -435,6 +437,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         is_root_device: false,
         path_on_host: d.path,
         is_read_only: d.readOnly ?? false,
+        ...(d.rateLimiter ? { rate_limiter: apiRateLimiter(d.rateLimiter) } : {}),
       });
     // A user-mode network (passt) has no Firecracker shape: the API speaks of TAPs only.
     for (const n of c.nets)

@@ -4,6 +4,7 @@
  * of the controller's state. The server does the HTTP, the body checks and the bookkeeping.
  */
 import { accessSync, constants } from 'node:fs';
+import type { RateLimiterConfig, TokenBucketConfig } from '../devices/virtio/rate-limiter.js';
 import type { VmController } from './controller.js';
 import { badRequest, osErrorText, unsupported } from './errors.js';
 import type { RateLimiter, TokenBucket } from './types.js';
@@ -55,6 +56,35 @@ export function route<B = undefined>(
 }
 
 const bucketLimits = (b: TokenBucket | undefined): boolean => b !== undefined && b.size > 0;
+
+/** vireo's rate limiter in Firecracker's shape (GET /vm/config of a restored VM). */
+export function apiRateLimiter(c: RateLimiterConfig): RateLimiter {
+  const bucket = (b: TokenBucketConfig | undefined): TokenBucket | undefined =>
+    b === undefined
+      ? undefined
+      : { size: b.size, refill_time: b.refillTimeMs, ...(b.oneTimeBurst ? { one_time_burst: b.oneTimeBurst } : {}) };
+  const out: RateLimiter = {};
+  const bw = bucket(c.bandwidth);
+  const ops = bucket(c.ops);
+  if (bw) out.bandwidth = bw;
+  if (ops) out.ops = ops;
+  return out;
+}
+
+/** Firecracker's rate limiter in vireo's shape (undefined when it limits nothing: absent or size-0 buckets). */
+export function rateLimiterConfig(rl: RateLimiter | undefined): RateLimiterConfig | undefined {
+  if (!rl || !(bucketLimits(rl.bandwidth) || bucketLimits(rl.ops))) return undefined;
+  const bucket = (b: TokenBucket | undefined): TokenBucketConfig | undefined =>
+    b === undefined || b.size === 0
+      ? undefined
+      : { size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst ? { oneTimeBurst: b.one_time_burst } : {}) };
+  const out: RateLimiterConfig = {};
+  const bw = bucket(rl.bandwidth);
+  const ops = bucket(rl.ops);
+  if (bw) out.bandwidth = bw;
+  if (ops) out.ops = ops;
+  return out;
+}
 
 /**
  * vireo has no rate limiters: a limiter that limits nothing (absent buckets, or size 0, which Firecracker

@@ -1,5 +1,6 @@
 /** virtio-blk drives. */
 import { ConfigError } from '../common/errors.js';
+import { bucketProblem, type RateLimiterConfig } from '../devices/virtio/rate-limiter.js';
 import { validateId, validateUniqueIds } from './id.js';
 import { optionBool, optionString, parseOptions } from './options.js';
 
@@ -10,6 +11,8 @@ export interface DriveConfig {
   readOnly?: boolean | undefined;
   /** The image's format; without it, qcow2 when the image starts with qcow2's magic, else raw. */
   format?: 'raw' | 'qcow2' | undefined;
+  /** Firecracker's rate limiter: bandwidth (bytes) and ops token buckets; requests beyond them wait. */
+  rateLimiter?: RateLimiterConfig | undefined;
 }
 
 const DRIVE_OPTIONS = {
@@ -47,6 +50,23 @@ export function validateDrive(d: DriveConfig): void {
   if (typeof d.path !== 'string' || d.path === '') throw new ConfigError(`drive ${d.id} needs a path`);
   if (d.format !== undefined && d.format !== 'raw' && d.format !== 'qcow2')
     throw new ConfigError(`drive ${d.id}: format ${String(d.format)} is not raw or qcow2`);
+  if (d.rateLimiter !== undefined) validateRateLimiter(`drive ${d.id}: rate_limiter`, d.rateLimiter);
+}
+
+/** One line saying what is wrong with a rate limiter (`what` names it). */
+export function validateRateLimiter(what: string, r: RateLimiterConfig): void {
+  if (typeof r !== 'object' || r === null) throw new ConfigError(`${what} must be an object { bandwidth, ops }`);
+  for (const key of Object.keys(r))
+    if (key !== 'bandwidth' && key !== 'ops') throw new ConfigError(`${what} has no setting "${key}" (bandwidth, ops)`);
+  for (const key of ['bandwidth', 'ops'] as const) {
+    const b = r[key];
+    if (b === undefined) continue;
+    const why =
+      typeof b === 'object' && b !== null
+        ? bucketProblem(b, `${what}.${key}`)
+        : `${what}.${key} must be a token bucket`;
+    if (why !== undefined) throw new ConfigError(why);
+  }
 }
 
 /** Each drive, and no id twice. */

@@ -5,7 +5,7 @@
  */
 import { type MessagePort, parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { setPoolSeccomp } from '../backends/io-pool.js';
-import type { Poller } from '../devices/virtio/device.js';
+import type { DeviceTimer, Poller } from '../devices/virtio/device.js';
 import { TransportRunner } from '../devices/virtio/transport/runner.js';
 import type { RunnerState } from '../devices/virtio/transport/runner-state.js';
 import { confine } from '../kvm/seccomp-policy.js';
@@ -48,6 +48,20 @@ class FdPoller implements Poller {
   remove(fd: number): void {
     if (!this.handlers.delete(fd)) return;
     this.ep.remove(fd);
+  }
+  timer(handler: () => void): DeviceTimer {
+    const fd = sys.timerfd();
+    this.add(fd, sys.EPOLLIN, () => {
+      sys.eventfdRead(fd);
+      handler();
+    });
+    return {
+      set: (ms) => sys.timerfdSet(fd, ms),
+      close: () => {
+        this.remove(fd);
+        sys.close(fd);
+      },
+    };
   }
 }
 

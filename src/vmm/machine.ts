@@ -22,16 +22,18 @@ import {
   validateEgress,
   validateForwards,
   validatePortForward,
+  validateRateLimiter,
   validateStatsInterval,
 } from '../config/index.js';
 import { PostCode } from '../devices/legacy/post-code.js';
+import type { RateLimiterConfig } from '../devices/virtio/rate-limiter.js';
 import type { Kvm, Vm as KvmVm } from '../kvm/kvm.js';
 import type { CpuidEntry } from '../kvm/structs.js';
 import type { GuestMemory, GuestMemoryMapping } from '../memory/guest-memory.js';
 import type { ExitReport, VmExit } from '../vcpu/exit.js';
 import { stopVcpus, type VcpuHandle } from '../vcpu/handle.js';
 import type { BootResult } from './boot.js';
-import { blockKind, type SwapDisk } from './kinds/block.js';
+import { blockKind, type LimitDisk, type SwapDisk } from './kinds/block.js';
 import { consoleKind } from './kinds/console.js';
 import { netKind } from './kinds/net.js';
 import { type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
@@ -310,6 +312,19 @@ export class Machine extends TypedEmitter<VmEvents> {
     entry.disk = next;
     closeDisk(old);
     this.config.drives[i] = { ...drive, path };
+  }
+
+  /** Gives running drive `id` another rate limiter, its buckets full (undefined: none). */
+  async setDriveRateLimiter(id: string, limiter: RateLimiterConfig | undefined): Promise<void> {
+    if (this._state !== 'running' && this._state !== 'paused')
+      throw new VireoError('VIREO_ERR_STATE', `cannot change a drive of a VM that is ${this._state}`);
+    const i = this.config.drives.findIndex((d) => d.id === id);
+    const drive = this.config.drives[i];
+    if (drive === undefined || this.released) throw new ConfigError(`this VM has no drive "${id}"`);
+    if (limiter !== undefined) validateRateLimiter(`drive ${id}: rate_limiter`, limiter);
+    const limit: LimitDisk = { limit: limiter ?? null };
+    await this.devices.command(`virtio-blk:${id}`, limit);
+    this.config.drives[i] = { ...drive, rateLimiter: limiter };
   }
 
   /** Replaces a user-mode interface's host port forwards (Vm.setPortForwards says what it costs). */

@@ -13,6 +13,7 @@ import { AgentClient } from '../agent/client.js';
 import { TypedEmitter } from '../common/emitter.js';
 import { VireoError } from '../common/errors.js';
 import type { EgressPolicy, PortForward, VmConfig } from '../config/index.js';
+import type { RateLimiterConfig } from '../devices/virtio/rate-limiter.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { VmExit } from '../vcpu/exit.js';
 import type { BootResult } from './boot.js';
@@ -192,6 +193,14 @@ export class Vm extends TypedEmitter<VmEvents> {
    */
   updateDrive(id: string, path: string): Promise<void> {
     return this.m.updateDrive(id, path);
+  }
+
+  /**
+   * Gives the running drive `id` another rate limiter (Firecracker's PATCH /drives/{id} rate_limiter),
+   * its buckets full; undefined removes it. Requests the old one held wait for the new one.
+   */
+  setDriveRateLimiter(id: string, limiter: RateLimiterConfig | undefined): Promise<void> {
+    return this.m.setDriveRateLimiter(id, limiter);
   }
 
   /**

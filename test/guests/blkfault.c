@@ -14,6 +14,8 @@
    replaced it: PATCH /drives/{id} path_on_host), then a read of the last sector's status as `last=S`,
    and halts for good (the host ends the VM).
 
+   With `reads=N` it does N reads of K KiB (B at a time) and prints `blkread n=N ok=N` (read_mode).
+
    Parameters from the command line: `chunks=N kib=K batch=B`. Prints one line
      blkfault cap=SECTORS ok=N ioerr=N other=N flush=S,S readerr=N bad=N rewrite=S map=OOE...
    (S: 0 OK, 1 IOERR, 2 UNSUPP; map: O or E per chunk's write) and exits through isa-debug-exit
@@ -185,6 +187,28 @@ static void swap_mode(u32 cap, u32 polls) {
   for (;;) __asm__ volatile("cli; hlt");
 }
 
+/* `reads=N`: N reads of `kib` KiB, `batch` at a time, cycling over the disk, nothing computed or
+   checked (what a rate limiter's measurement wants: the guest's own work is negligible); prints
+   `blkread n=N ok=N` and exits as the main mode does. */
+static void read_mode(u32 cap, u32 n, u32 kib, u32 batch) {
+  u32 ok = 0, span = cap / (kib * 2);
+  if (span == 0) fail("the disk is smaller than one read");
+  for (u32 i = 0; i < n; i += batch) {
+    u32 k = n - i < batch ? n - i : batch;
+    for (u32 s = 0; s < k; s++) post(s, 0 /* IN */, (u64)((i + s) % span) * kib * 2, kib * 1024, 1);
+    kick(k);
+    for (u32 s = 0; s < k; s++) ok += statuses[s] == 0;
+  }
+  puts("blkread n=");
+  putu(n);
+  puts(" ok=");
+  putu(ok);
+  putc('\n');
+  outb(0xf4, 0x2a);
+  for (;;) {
+  }
+}
+
 struct mb_info {
   u32 flags, mem_lower, mem_upper, boot_device, cmdline;
 };
@@ -225,6 +249,7 @@ void mb_main(u32 magic, struct mb_info *info) {
   MMIO(0x70) = 1 | 2 | 8 | 4; /* DRIVER_OK */
   u32 cap = MMIO(0x100);
   if (param(cmdline, "swap", 0)) swap_mode(cap, param(cmdline, "wait", 3000000));
+  if (param(cmdline, "reads", 0)) read_mode(cap, param(cmdline, "reads", 0), kib, batch);
   u32 words = kib * 256;
   if ((u64)chunks * kib * 2 > cap) fail("the disk is smaller than the chunks");
 

@@ -1,8 +1,23 @@
 /** Devices: drives, network interfaces, vsock, entropy and the serial console. */
 
-import { parseMac, validateDrive, validateNet, validateSerial, validateVsock } from '../../config/index.js';
+import {
+  parseMac,
+  validateDrive,
+  validateNet,
+  validateRateLimiter,
+  validateSerial,
+  validateVsock,
+} from '../../config/index.js';
 import { badRequest, checkId, deserializeError, idMismatch, unsupported, validated } from '../errors.js';
-import { checkNoRateLimit, checkReadable, DEPRECATION, noContent, type Route, route } from '../routes.js';
+import {
+  checkNoRateLimit,
+  checkReadable,
+  DEPRECATION,
+  noContent,
+  type Route,
+  rateLimiterConfig,
+  route,
+} from '../routes.js';
 import type {
   Drive,
   EntropyDevice,
@@ -26,11 +41,15 @@ export const deviceRoutes: Route[] = [
       if (body.socket !== undefined)
         throw unsupported('vireo does not support vhost-user block devices (`socket`): give `path_on_host`');
       if (body.path_on_host === undefined) throw deserializeError('missing field `path_on_host`');
-      const drive = { id, path: body.path_on_host, readOnly: body.is_read_only ?? false };
+      const drive = {
+        id,
+        path: body.path_on_host,
+        readOnly: body.is_read_only ?? false,
+        rateLimiter: rateLimiterConfig(body.rate_limiter),
+      };
       validated('Drive config error', () => validateDrive(drive));
       if (body.io_engine === 'Async')
         throw unsupported('vireo does not support the Async io_engine (`io_engine`): use Sync or leave it out');
-      checkNoRateLimit(body.rate_limiter, 'rate_limiter');
       if (body.is_root_device) {
         const other = [...ctl.drives.values()].find((d) => d.is_root_device && d.drive_id !== id);
         if (other) throw badRequest('Drive config error: A root block device already exists!');
@@ -56,7 +75,13 @@ export const deviceRoutes: Route[] = [
       const vm = ctl.requireVm();
       const drive = ctl.drives.get(id);
       if (!drive) throw badRequest(`Drive config error: Unable to patch the block device: no drive with id ${id}.`);
-      checkNoRateLimit(body.rate_limiter, 'rate_limiter');
+      // A new rate limiter (its buckets full), as Firecracker's PATCH gives.
+      if (body.rate_limiter !== undefined) {
+        const limit = rateLimiterConfig(body.rate_limiter);
+        validated('Drive config error', () => validateRateLimiter(`drive ${id}: rate_limiter`, limit ?? {}));
+        await vm.setDriveRateLimiter(id, limit);
+        drive.rate_limiter = body.rate_limiter;
+      }
       // A new backing file (firecracker-containerd attaches each container's rootfs this way): the
       // guest sees its contents and capacity; requests in flight finish against the old one.
       if (body.path_on_host !== undefined && body.path_on_host !== drive.path_on_host) {

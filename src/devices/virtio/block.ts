@@ -8,6 +8,7 @@ import { restoreBlockState, saveBlockState } from './block-state.js';
 import {
   bit,
   type DeviceStateRecord,
+  type DeviceTimer,
   hasFeature,
   POLL_IN,
   type Poller,
@@ -17,8 +18,9 @@ import {
   type VirtioContext,
   type VirtioDevice,
 } from './device.js';
-import { drainQueue, KEPT } from './drain.js';
+import { BLOCKED, drainQueue, KEPT } from './drain.js';
 import { chainRanges, chainViews, type DescriptorChain, readFromChain, type Segment } from './queue.js';
+import { monotonicMs, RateLimiter, type RateLimiterConfig, type RateLimiterState } from './rate-limiter.js';
 
 export const SECTOR = 512;
 
@@ -93,6 +95,8 @@ interface Header {
 export interface BlockConfig {
   /** Up to 20 bytes returned by GET_ID (the drive's serial). */
   id: string;
+  /** Firecracker's rate limiter for the drive: requests beyond it wait in the ring, none is dropped. */
+  rateLimiter?: RateLimiterConfig | undefined;
 }
 
 export class VirtioBlock implements VirtioDevice {
@@ -114,11 +118,17 @@ export class VirtioBlock implements VirtioDevice {
     malformed: 0,
     /** Requests served on the backend's threads rather than the device's own. */
     offloaded: 0,
+    /** Times the rate limiter held a request back (it waited, it was not dropped). */
+    rateLimited: 0,
   };
   private ctx: VirtioContext | undefined;
   private sectors: number;
   private readonly id: Uint8Array;
   private poller: Poller | undefined;
+  private limiter: RateLimiter | undefined;
+  /** A request the rate limiter holds back (the latest pop): served when the timer says it may be. */
+  private limited: DescriptorChain | undefined;
+  private timer: DeviceTimer | undefined;
 
   constructor(
     private backend: BlockBackend,
@@ -148,10 +158,41 @@ export class VirtioBlock implements VirtioDevice {
     this.configSpace = new Uint8Array(cfg.buffer);
     this.id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
     this.id.set(Buffer.from(config.id, 'utf8').subarray(0, VIRTIO_BLK_ID_BYTES));
+    this.setRateLimiter(config.rateLimiter);
+  }
+
+  /**
+   * Replaces the rate limiter (Firecracker's PATCH /drives rate_limiter; undefined or all sizes 0:
+   * none), its buckets full, or as `state` left them (a restore). A request it held is looked at again.
+   */
+  setRateLimiter(config: RateLimiterConfig | undefined, state?: RateLimiterState): void {
+    const l = config === undefined ? undefined : new RateLimiter(config, monotonicMs(), state);
+    this.limiter = l?.limits ? l : undefined;
+    if (this.limited !== undefined) {
+      this.timer?.set(0);
+      this.process(0);
+    }
+  }
+
+  /** The rate limiter's buckets, for a snapshot (null: none). */
+  rateLimiterState(): RateLimiterState | null {
+    return this.limiter?.state() ?? null;
+  }
+
+  /** Whether the rate limiter lets `chain` go now; when not, the timer is set for when it may. */
+  private admit(chain: DescriptorChain): boolean {
+    const l = this.limiter;
+    if (l === undefined) return true;
+    const bytes = Math.max(0, chain.writeLen - 1) + Math.max(0, chain.readLen - 16);
+    const now = monotonicMs();
+    if (l.take(bytes, now)) return true;
+    this.timer?.set(Math.max(1, l.waitMs(bytes, now)));
+    return false;
   }
 
   attach(poller: Poller): void {
     this.poller = poller;
+    this.timer = poller.timer?.(() => this.process(0));
     const io = this.backend.io;
     if (io) poller.add(io.completionFd, POLL_IN, () => io.complete());
   }
@@ -187,10 +228,17 @@ export class VirtioBlock implements VirtioDevice {
     this.process(0);
   }
 
+  /** A request the rate limiter holds is the latest pop: a snapshot gives it back to the ring. */
+  heldChains(): number[] {
+    return [this.limited === undefined ? 0 : 1];
+  }
+
   reset(): void {
     // Requests still on the backend's threads finish first (they write guest memory); their answers
     // are dropped, as the driver reset the queue they came from.
     this.ctx = undefined;
+    this.limited = undefined;
+    this.timer?.set(0);
     this.backend.io?.drain();
   }
 
@@ -202,14 +250,17 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   saveState(): DeviceStateRecord {
-    return saveBlockState();
+    return saveBlockState(this.rateLimiterState());
   }
 
   restoreState(state: unknown): void {
-    restoreBlockState(state);
+    const buckets = restoreBlockState(state);
+    if (buckets !== null && this.limiter !== undefined) this.setRateLimiter(this.limiter.config, buckets);
   }
 
   close(): void {
+    this.timer?.close();
+    this.timer = undefined;
     this.backend.close?.();
   }
 
@@ -227,10 +278,22 @@ export class VirtioBlock implements VirtioDevice {
     // Each chain is held until the next one shows there is a batch; the last is served once the ring
     // is empty, inside the same interrupt.
     let held: DescriptorChain | undefined;
+    // A request the rate limiter held goes first, or nothing does (its timer brings the device back).
+    const limited = this.limited;
+    if (limited !== undefined) {
+      if (!this.admit(limited)) return;
+      this.limited = undefined;
+      held = limited;
+    }
     drainQueue(
       ctx,
       q,
       (chain) => {
+        if (!this.admit(chain)) {
+          this.limited = chain;
+          this.counters.rateLimited++;
+          return BLOCKED;
+        }
         if (held !== undefined && !this.offload(ctx, q, held))
           queue.pushUsed(mem, held.head, this.serve(mem, held, ctx.features));
         held = chain;

@@ -67,6 +67,14 @@ export interface Poller {
   add(fd: number, events: number, handler: (events: number) => void): void;
   modify(fd: number, events: number): void;
   remove(fd: number): void;
+  /** A one-shot timer whose handler runs on this thread (a rate limiter's wait). */
+  timer?(handler: () => void): DeviceTimer;
+}
+
+export interface DeviceTimer {
+  /** Fires the handler once after `ms` milliseconds (at least 1); `ms` <= 0 disarms it. */
+  set(ms: number): void;
+  close(): void;
 }
 
 /**

@@ -1,10 +1,11 @@
 /** virtio-blk: one device per drive, each over a raw or qcow2 disk (its request threads beside the I/O thread). */
 import { closeDisk, createBlockBackend, type DiskSpec, openDisk } from '../../backends/disk.js';
 import { toDisposable } from '../../common/lifecycle.js';
-import { array, bool, object, oneOf, opt, str } from '../../common/schema.js';
+import { array, bool, int, object, oneOf, opt, str } from '../../common/schema.js';
 import type { DriveConfig } from '../../config/index.js';
 import { VirtioBlock } from '../../devices/virtio/block.js';
 import { checkBlockState } from '../../devices/virtio/block-state.js';
+import type { RateLimiterConfig } from '../../devices/virtio/rate-limiter.js';
 import type { DeviceKind } from '../device-kind.js';
 import { MAX_DEVICES, NAME, PATH } from './limits.js';
 
@@ -31,14 +32,37 @@ export interface SwapDisk {
   swap: DiskSpec;
 }
 
-export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }, DriveDisks> = {
+/** What the VMM posts to give a running drive another rate limiter (undefined: none). */
+export interface LimitDisk {
+  limit: RateLimiterConfig | null;
+}
+
+const bucket = opt(
+  object({
+    size: int(0, Number.MAX_SAFE_INTEGER),
+    oneTimeBurst: opt(int(0, Number.MAX_SAFE_INTEGER)),
+    refillTimeMs: int(0, 86_400_000_000),
+  }),
+);
+
+export const blockKind: DeviceKind<
+  DriveConfig[],
+  { id: string; disk: DiskSpec; rateLimiter?: RateLimiterConfig | undefined },
+  DriveDisks
+> = {
   name: 'virtio-blk',
   configKey: 'drives',
   config: (c) => (c.drives && c.drives.length > 0 ? c.drives : undefined),
   snapshot: {
     save: (c) => c ?? [],
     check: array(
-      object({ id: str(NAME), path: str(PATH), readOnly: opt(bool), format: opt(oneOf('raw', 'qcow2')) }),
+      object({
+        id: str(NAME),
+        path: str(PATH),
+        readOnly: opt(bool),
+        format: opt(oneOf('raw', 'qcow2')),
+        rateLimiter: opt(object({ bandwidth: bucket, ops: bucket })),
+      }),
       0,
       MAX_DEVICES,
     ),
@@ -51,13 +75,19 @@ export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }
       const entry = { disk };
       host.set(d.id, entry);
       ctx.store.add(toDisposable(() => closeDisk(entry.disk)));
-      return { name: `virtio-blk:${d.id}`, spec: { id: d.id, disk } };
+      return { name: `virtio-blk:${d.id}`, spec: { id: d.id, disk, rateLimiter: d.rateLimiter } };
     });
     return { devices, host };
   },
   command(device, command, ctx) {
+    if (!(device instanceof VirtioBlock)) throw new Error('not a drive');
+    const limit = (command as Partial<LimitDisk>)?.limit;
+    if (limit !== undefined) {
+      device.setRateLimiter(limit ?? undefined);
+      return;
+    }
     const swap = (command as Partial<SwapDisk>)?.swap;
-    if (!(device instanceof VirtioBlock) || swap === undefined) throw new Error('not a drive change');
+    if (swap === undefined) throw new Error('not a drive change');
     // A confined I/O thread cannot start the disk's threads: the new file is served on it.
     const pool = !ctx.seccomp && ctx.memory.length > 0 ? { memory: ctx.memory, threads: DISK_IO_THREADS } : undefined;
     const next = createBlockBackend(swap, pool);
@@ -71,9 +101,7 @@ export const blockKind: DeviceKind<DriveConfig[], { id: string; disk: DiskSpec }
   build: (spec, memory) =>
     new VirtioBlock(
       createBlockBackend(spec.disk, memory.length > 0 ? { memory, threads: DISK_IO_THREADS } : undefined),
-      {
-        id: spec.id,
-      },
+      { id: spec.id, rateLimiter: spec.rateLimiter },
     ),
   recordCheck: checkBlockState,
 };
