@@ -317,7 +317,21 @@ describe('Firecracker API over a real vireo-firecracker process', { skip, timeou
     await expectOk(fc, dm, dt, dp, { ...db, rate_limiter: { ops: { size: 0, refill_time: 0 } } });
     // A new backing file that is not there: refused, naming it (api-drive-swap swaps a real one).
     await expectFault(fc, dm, dt, dp, { ...db, path_on_host: f('other.img') }, 'other.img');
-    if (netns) await expectOk(fc, ...(RUNTIME.net as [string, string, string, JsonObject]));
+    if (netns) {
+      await expectOk(fc, ...(RUNTIME.net as [string, string, string, JsonObject]));
+      // Rate limiters on the interface at run time: shown by GET /vm/config.
+      const rl = { bandwidth: { size: 1 << 20, refill_time: 100 } };
+      await expectOk(fc, 'PATCH', '/network-interfaces/{iface_id}', '/network-interfaces/eth0', {
+        iface_id: 'eth0',
+        tx_rate_limiter: rl,
+      });
+      const cfg = (await expectOk(fc, 'GET', '/vm/config', '/vm/config')).json as Record<string, JsonObject[]>;
+      assert.deepEqual(cfg['network-interfaces']?.[0]?.tx_rate_limiter, rl);
+      await expectOk(fc, 'PATCH', '/network-interfaces/{iface_id}', '/network-interfaces/eth0', {
+        iface_id: 'eth0',
+        tx_rate_limiter: { bandwidth: { size: 0, refill_time: 0 } },
+      });
+    }
     await expectFault(
       fc,
       'PATCH',

@@ -11,6 +11,7 @@ import { VireoError } from '../src/common/errors.js';
 import { parseMac } from '../src/config/index.js';
 import {
   bit,
+  type DeviceTimer,
   POLL_ERR,
   STATUS,
   VIRTIO_F_RING_EVENT_IDX,
@@ -540,5 +541,65 @@ test('TX back-pressure: a backend with no room holds the frame in the ring (none
     assert.equal(needsReset(r), false);
   } finally {
     r.drv.release();
+  }
+});
+
+/** A poller with one timer the test fires by hand (rate limiters' waits). */
+class TimedPoller extends FakePoller {
+  armed = 0;
+  fireTimer: (() => void) | undefined;
+  timer(handler: () => void): DeviceTimer {
+    this.fireTimer = handler;
+    return {
+      set: (ms) => {
+        this.armed = ms;
+      },
+      close: () => {},
+    };
+  }
+}
+
+test('rate limiters: tx frames beyond the limit wait in the ring, rx frames wait in the backend; the timer and a new limiter let them go, none is dropped', () => {
+  const tap = new FakeTap();
+  const poller = new TimedPoller();
+  // Two 1000-byte frames per minute each way.
+  const limit = { bandwidth: { size: 2000, refillTimeMs: 60_000 } };
+  const dev = new VirtioNet(tap, { mac: MAC, txRateLimiter: limit, rxRateLimiter: limit });
+  dev.attach(poller);
+  const drv = new MockMmioDriver(dev, 16 << 20);
+  try {
+    const [rx, tx] = drv.probe(256, drv.deviceFeatures()) as [MockSplitQueue, MockSplitQueue];
+    const r: Rig = { tap, poller, dev, drv, rx, tx, rxBufs: new Map() };
+    for (let i = 0; i < 3; i++) {
+      const f = frame(1000, i);
+      const a = drv.alloc(f.length);
+      drv.mem.write(a, f);
+      tx.addChain([{ addr: a, len: f.length, write: false }]);
+    }
+    drv.notify(1);
+    assert.equal(tap.sent.length, 2, 'two frames fit the tx bucket');
+    assert.equal(tx.takeUsed().length, 2);
+    assert.equal(dev.counters.txRateLimited, 1);
+    assert.equal(dev.counters.txDropped, 0);
+    assert.deepEqual(dev.heldChains(), [0, 1], 'the held frame is the latest tx pop');
+    assert.ok(poller.armed > 0, 'the timer is set');
+    poller.fireTimer?.();
+    assert.equal(tap.sent.length, 2, 'too early: still held');
+    // rx: three frames waiting on the TAP; the bucket lets two through, then receiving waits (no reads).
+    for (let i = 0; i < 3; i++) tap.inbox.push(frame(1000, 10 + i));
+    postRx(r, 64, 1536);
+    assert.equal(rx.takeUsed().length, 2, 'two frames received');
+    assert.equal(tap.inbox.length, 1, 'the third waits in the backend, not dropped');
+    assert.equal(dev.counters.rxRateLimited > 0, true);
+    assert.equal(poller.watching(tap.fd), false, 'the TAP is not watched meanwhile (no busy loop)');
+    // Lifted at run time: both directions go on.
+    dev.setRateLimiters(undefined, undefined);
+    assert.equal(tap.sent.length, 3, 'the held frame went');
+    assert.equal(tx.takeUsed().length, 1);
+    assert.equal(rx.takeUsed().length, 1, 'the waiting frame was received');
+    assert.equal(tap.inbox.length, 0);
+    assert.equal(dev.counters.rxDropped + dev.counters.txDropped, 0);
+  } finally {
+    drv.release();
   }
 });

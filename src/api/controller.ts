@@ -212,8 +212,8 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         host_dev_name: n.host_dev_name,
         guest_mac: n.guest_mac ?? null,
         ...(n.mtu !== undefined ? { mtu: n.mtu } : {}),
-        rx_rate_limiter: null,
-        tx_rate_limiter: null,
+        rx_rate_limiter: n.rx_rate_limiter ?? null,
+        tx_rate_limiter: n.tx_rate_limiter ?? null,
       })),
       pmem: [],
       vsock: this.vsock ? { guest_cid: this.vsock.guest_cid, uds_path: this.vsock.uds_path } : null,
@@ -255,7 +255,14 @@ export class VmController extends TypedEmitter<ControllerEvents> {
     }));
     const nets: NetConfig[] = [...this.nets.values()].map((n) => {
       const mac = n.guest_mac === undefined ? undefined : parseMac(n.guest_mac);
-      return { id: n.iface_id, tap: n.host_dev_name, mac: mac ? [...mac] : undefined, mtu: n.mtu };
+      return {
+        id: n.iface_id,
+        tap: n.host_dev_name,
+        mac: mac ? [...mac] : undefined,
+        mtu: n.mtu,
+        rxRateLimiter: rateLimiterConfig(n.rx_rate_limiter),
+        txRateLimiter: rateLimiterConfig(n.tx_rate_limiter),
+      };
     });
     const balloon: BalloonConfig | undefined = this.balloon && {
       amountMiB: this.balloon.amount_mib,
@@ -447,6 +454,8 @@ export class VmController extends TypedEmitter<ControllerEvents> {
           host_dev_name: n.tap,
           ...(n.mac ? { guest_mac: formatMac(Uint8Array.from(n.mac)) } : {}),
           ...(n.mtu !== undefined ? { mtu: n.mtu } : {}),
+          ...(n.rxRateLimiter ? { rx_rate_limiter: apiRateLimiter(n.rxRateLimiter) } : {}),
+          ...(n.txRateLimiter ? { tx_rate_limiter: apiRateLimiter(n.txRateLimiter) } : {}),
         });
     if (c.vsock) this.vsock = { guest_cid: c.vsock.cid, uds_path: c.vsock.udsPath };
     if (c.balloon)

@@ -4,6 +4,8 @@
  */
 import { parseCidr, parseNamePattern } from '../backends/egress-address.js';
 import { ConfigError } from '../common/errors.js';
+import type { RateLimiterConfig } from '../devices/virtio/rate-limiter.js';
+import { validateRateLimiter } from './drive.js';
 import { validateId, validateUniqueIds } from './id.js';
 import { optionString, parseOptions } from './options.js';
 
@@ -11,6 +13,9 @@ interface NetCommon {
   id: string;
   /** 6 bytes; default 52:54:00:12:34:56, the last byte counting up per interface. */
   mac?: number[] | undefined;
+  /** Firecracker's rate limiters (bandwidth and ops token buckets) for frames to and from the guest. */
+  rxRateLimiter?: RateLimiterConfig | undefined;
+  txRateLimiter?: RateLimiterConfig | undefined;
 }
 
 /** An interface on a host TAP. */
@@ -230,6 +235,8 @@ export function validateNet(n: NetConfig): void {
     (!Array.isArray(m) || m.length !== 6 || !m.every((b) => Number.isInteger(b) && b >= 0 && b <= 255) || m[0]! & 1)
   )
     throw new ConfigError(`network interface ${n.id}: its MAC address is not a unicast address of 6 bytes`);
+  if (n.rxRateLimiter !== undefined) validateRateLimiter(`network interface ${n.id}: rx_rate_limiter`, n.rxRateLimiter);
+  if (n.txRateLimiter !== undefined) validateRateLimiter(`network interface ${n.id}: tx_rate_limiter`, n.txRateLimiter);
 }
 
 /** No host port (per protocol and address) forwarded twice. */

@@ -35,7 +35,7 @@ import { stopVcpus, type VcpuHandle } from '../vcpu/handle.js';
 import type { BootResult } from './boot.js';
 import { blockKind, type LimitDisk, type SwapDisk } from './kinds/block.js';
 import { consoleKind } from './kinds/console.js';
-import { netKind } from './kinds/net.js';
+import { type LimitNet, netKind } from './kinds/net.js';
 import { type Platform, type PlatformSpec, STAT_FIELDS, type StatField } from './platform.js';
 import type { VirtioDevices } from './virtio-devices.js';
 
@@ -325,6 +325,24 @@ export class Machine extends TypedEmitter<VmEvents> {
     const limit: LimitDisk = { limit: limiter ?? null };
     await this.devices.command(`virtio-blk:${id}`, limit);
     this.config.drives[i] = { ...drive, rateLimiter: limiter };
+  }
+
+  /** Gives running interface `id` other rate limiters, their buckets full (undefined: none that way). */
+  async setNetRateLimiters(
+    id: string,
+    rx: RateLimiterConfig | undefined,
+    tx: RateLimiterConfig | undefined,
+  ): Promise<void> {
+    if (this._state !== 'running' && this._state !== 'paused')
+      throw new VireoError('VIREO_ERR_STATE', `cannot change a network interface of a VM that is ${this._state}`);
+    const i = this.config.nets.findIndex((n) => n.id === id);
+    const net = this.config.nets[i];
+    if (net === undefined || this.released) throw new ConfigError(`this VM has no network interface "${id}"`);
+    if (rx !== undefined) validateRateLimiter(`network interface ${id}: rx_rate_limiter`, rx);
+    if (tx !== undefined) validateRateLimiter(`network interface ${id}: tx_rate_limiter`, tx);
+    const limits: LimitNet = { limits: { rx: rx ?? null, tx: tx ?? null } };
+    await this.devices.command(`virtio-net:${id}`, limits);
+    this.config.nets[i] = { ...net, rxRateLimiter: rx, txRateLimiter: tx };
   }
 
   /** Replaces a user-mode interface's host port forwards (Vm.setPortForwards says what it costs). */

@@ -204,6 +204,15 @@ export class Vm extends TypedEmitter<VmEvents> {
   }
 
   /**
+   * Gives the running interface `id` other rate limiters (Firecracker's PATCH /network-interfaces
+   * rx_rate_limiter, tx_rate_limiter), their buckets full; undefined: none that way. Frames beyond a
+   * limit wait (tx in the guest's ring, rx in the backend), none is dropped.
+   */
+  setNetRateLimiters(id: string, rx: RateLimiterConfig | undefined, tx: RateLimiterConfig | undefined): Promise<void> {
+    return this.m.setNetRateLimiters(id, rx, tx);
+  }
+
+  /**
    * Replaces the host port forwards of the user-mode interface `id` (`--net user`). passt (2023) takes
    * its forwards only on its command line and has no control socket, so vireo starts a new passt with
    * them: the guest's link goes down and up, and connections through the old passt are reset. Resolves

@@ -108,11 +108,16 @@ export const deviceRoutes: Route[] = [
         throw deserializeError(
           `invalid value for \`guest_mac\`: string ${JSON.stringify(body.guest_mac)}, expected a unicast MAC address like 06:00:AC:10:00:02`,
         );
-      checkNoRateLimit(body.rx_rate_limiter, 'rx_rate_limiter');
-      checkNoRateLimit(body.tx_rate_limiter, 'tx_rate_limiter');
       const mac = body.guest_mac === undefined ? undefined : parseMac(body.guest_mac);
       validated('Network interface error', () =>
-        validateNet({ id, tap: body.host_dev_name, mac: mac ? [...mac] : undefined, mtu: body.mtu }),
+        validateNet({
+          id,
+          tap: body.host_dev_name,
+          mac: mac ? [...mac] : undefined,
+          mtu: body.mtu,
+          rxRateLimiter: rateLimiterConfig(body.rx_rate_limiter),
+          txRateLimiter: rateLimiterConfig(body.tx_rate_limiter),
+        }),
       );
       for (const other of ctl.nets.values()) {
         if (other.iface_id === id) continue;
@@ -131,14 +136,24 @@ export const deviceRoutes: Route[] = [
     path: '/network-interfaces/{iface_id}',
     body: 'PartialNetworkInterface',
     metric: 'network',
-    handle({ ctl, params, body }) {
+    async handle({ ctl, params, body }) {
       const id = checkId(params.iface_id);
       if (id !== body.iface_id) throw idMismatch();
-      ctl.requireVm();
-      if (!ctl.nets.has(id))
+      const vm = ctl.requireVm();
+      const net = ctl.nets.get(id);
+      if (!net)
         throw badRequest(`Network interface error: Unable to update the net device: no interface with id ${id}.`);
-      checkNoRateLimit(body.rx_rate_limiter, 'rx_rate_limiter');
-      checkNoRateLimit(body.tx_rate_limiter, 'tx_rate_limiter');
+      // Each limiter given replaces that direction's (its buckets full); one left out stays as it is.
+      if (body.rx_rate_limiter === undefined && body.tx_rate_limiter === undefined) return noContent();
+      const rx = body.rx_rate_limiter ?? net.rx_rate_limiter;
+      const tx = body.tx_rate_limiter ?? net.tx_rate_limiter;
+      validated('Network interface error', () => {
+        validateRateLimiter(`network interface ${id}: rx_rate_limiter`, rateLimiterConfig(rx) ?? {});
+        validateRateLimiter(`network interface ${id}: tx_rate_limiter`, rateLimiterConfig(tx) ?? {});
+      });
+      await vm.setNetRateLimiters(id, rateLimiterConfig(rx), rateLimiterConfig(tx));
+      if (rx !== undefined) net.rx_rate_limiter = rx;
+      if (tx !== undefined) net.tx_rate_limiter = tx;
       return noContent();
     },
   }),

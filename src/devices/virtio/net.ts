@@ -16,6 +16,7 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import {
   bit,
   type DeviceStateRecord,
+  type DeviceTimer,
   hasFeature,
   POLL_IN,
   type Poller,
@@ -28,6 +29,7 @@ import {
 import { BLOCKED, drainQueue } from './drain.js';
 import { restoreNetState, saveNetState } from './net-state.js';
 import { type DescriptorChain, type Queue, type Segment, writeToChain } from './queue.js';
+import { monotonicMs, RateLimiter, type RateLimiterConfig } from './rate-limiter.js';
 
 export const VIRTIO_NET_F = {
   CSUM: 0n,
@@ -119,6 +121,9 @@ export interface NetConfig {
   mac: Uint8Array;
   /** Offered to the guest (VIRTIO_NET_F_MTU) when given. */
   mtu?: number | undefined;
+  /** Firecracker's rate limiters: frames beyond them wait (in the guest's ring, or in the backend), none is dropped. */
+  rxRateLimiter?: RateLimiterConfig | undefined;
+  txRateLimiter?: RateLimiterConfig | undefined;
 }
 
 /** 6 bytes → "aa:bb:cc:dd:ee:ff" (config/net.ts parses the text form). */
@@ -154,6 +159,9 @@ export class VirtioNet implements VirtioDevice {
     rxNoBuffers: 0,
     /** Times sending stopped because the backend had no room (the frame kept, not dropped). */
     txBackpressure: 0,
+    /** Times the rate limiters held a frame back (it waited, it was not dropped). */
+    txRateLimited: 0,
+    rxRateLimited: 0,
   };
   private ctx: VirtioContext | undefined;
   private poller: Poller | undefined;
@@ -181,6 +189,14 @@ export class VirtioNet implements VirtioDevice {
   private rxParked = false;
   /** A tx chain the backend had no room for: offered again when its fd wakes the device (the latest pop). */
   private txHeld: DescriptorChain | undefined;
+  private rxLimiter: RateLimiter | undefined;
+  private txLimiter: RateLimiter | undefined;
+  /** Fires when a rate limiter's tokens are there again: tx and rx are looked at again. */
+  private limitTimer: DeviceTimer | undefined;
+  /** Receiving waits for the rx limiter (parked until limitTimer fires). */
+  private rxLimited = false;
+  /** The last frame send() held back was held by the tx limiter (not by a full backend). */
+  private heldByLimiter = false;
   private readonly onReadable = (events: number): void => this.backendReady(events);
 
   constructor(
@@ -213,6 +229,7 @@ export class VirtioNet implements VirtioDevice {
     }
     if (config.mtu !== undefined) f |= bit(F.MTU);
     this.features = f;
+    this.setRateLimiters(config.rxRateLimiter, config.txRateLimiter);
     const cfg = new DataView(new ArrayBuffer(12));
     config.mac.forEach((b, i) => {
       cfg.setUint8(i, b);
@@ -226,7 +243,32 @@ export class VirtioNet implements VirtioDevice {
 
   attach(poller: Poller): void {
     this.poller = poller;
+    this.limitTimer = poller.timer?.(() => this.limitsElapsed());
     this.backend.refresh?.();
+  }
+
+  /**
+   * Replaces the rate limiters (Firecracker's PATCH /network-interfaces rx_rate_limiter and
+   * tx_rate_limiter; undefined or size 0: none), their buckets full; frames they held go again.
+   */
+  setRateLimiters(rx: RateLimiterConfig | undefined, tx: RateLimiterConfig | undefined): void {
+    const make = (c: RateLimiterConfig | undefined): RateLimiter | undefined => {
+      const l = c === undefined ? undefined : new RateLimiter(c, monotonicMs());
+      return l?.limits ? l : undefined;
+    };
+    this.rxLimiter = make(rx);
+    this.txLimiter = make(tx);
+    this.limitsElapsed();
+  }
+
+  private limitsElapsed(): void {
+    this.guarded(() => {
+      if (this.txHeld !== undefined) this.tx();
+      if (this.rxLimited) {
+        this.rxLimited = false;
+        this.rx();
+      }
+    });
   }
 
   activate(ctx: VirtioContext): void {
@@ -235,6 +277,7 @@ export class VirtioNet implements VirtioDevice {
     this.failed = false;
     this.errorRun = 0;
     this.starved = false;
+    this.rxLimited = false;
     if (this.rxParked) {
       this.rxParked = false;
       this.backend.wantFrames?.(true);
@@ -268,6 +311,8 @@ export class VirtioNet implements VirtioDevice {
   reset(): void {
     this.unwatch();
     this.ctx = undefined;
+    this.rxLimited = false;
+    this.limitTimer?.set(0);
     this.dropHeld();
     this.setOffloads(0);
   }
@@ -282,6 +327,8 @@ export class VirtioNet implements VirtioDevice {
 
   close(): void {
     this.unwatch();
+    this.limitTimer?.close();
+    this.limitTimer = undefined;
     this.backend.close?.();
   }
 
@@ -289,6 +336,9 @@ export class VirtioNet implements VirtioDevice {
   hostWake(): void {
     this.backend.refresh?.();
     this.syncLink();
+    // A frame held for room on a connection that went (or came back): offered again, since the
+    // guest, its notifications off, will not kick for it.
+    if (this.txHeld !== undefined) this.guarded(() => this.tx());
   }
 
   /**
@@ -424,7 +474,7 @@ export class VirtioNet implements VirtioDevice {
   private sendOrHold(mem: GuestMemory, chain: DescriptorChain): number | typeof BLOCKED {
     if (this.send(mem, chain)) return 0;
     this.txHeld = chain;
-    this.counters.txBackpressure++;
+    if (!this.heldByLimiter) this.counters.txBackpressure++;
     return BLOCKED;
   }
 
@@ -445,6 +495,19 @@ export class VirtioNet implements VirtioDevice {
     if (c.readLen > NET_MAX_FRAME) {
       this.counters.txDropped++;
       return true;
+    }
+    // The tx limiter: a frame beyond it is held in the ring until its tokens are there.
+    const tl = this.txLimiter;
+    if (tl !== undefined) {
+      const now = monotonicMs();
+      const bytes = c.readLen - VIRTIO_NET_HDR_LEN;
+      this.heldByLimiter = false;
+      if (!tl.take(bytes, now)) {
+        this.heldByLimiter = true;
+        this.counters.txRateLimited++;
+        this.limitTimer?.set(Math.max(1, tl.waitMs(bytes, now)));
+        return false;
+      }
     }
     try {
       // The queue checked every segment to lie in guest memory: one view each, no copy (read-only:
@@ -490,6 +553,18 @@ export class VirtioNet implements VirtioDevice {
         if (this.errorRun >= RX_ERROR_RUN) this.parkRx();
         else this.armRx();
         break;
+      }
+      // The rx limiter: frames wait in the backend while its buckets are empty (or in debt).
+      const rl = this.rxLimiter;
+      if (rl !== undefined) {
+        const wait = rl.waitMs(1, monotonicMs());
+        if (wait > 0) {
+          this.counters.rxRateLimited++;
+          this.rxLimited = true;
+          this.parkRx();
+          this.limitTimer?.set(wait);
+          break;
+        }
       }
       const r = this.receive(mem, queue);
       if (r < 0) {
@@ -602,6 +677,7 @@ export class VirtioNet implements VirtioDevice {
     this.heldViews.splice(0, views);
     this.counters.rxPackets++;
     this.counters.rxBytes += n - VIRTIO_NET_HDR_LEN;
+    this.rxLimiter?.charge(n - VIRTIO_NET_HDR_LEN, monotonicMs());
     return k;
   }
 }

@@ -89,6 +89,14 @@ export class TokenBucket {
     return true;
   }
 
+  /** Takes `tokens` whatever is there (the burst first; the budget may go into debt). */
+  force(tokens: number, now: number): void {
+    this.refill(now);
+    const fromBurst = Math.min(this.burst, tokens);
+    this.burst -= fromBurst;
+    this.budget -= tokens - fromBurst;
+  }
+
   /** Gives back tokens take() took (the other bucket refused the request). */
   giveBack(tokens: number): void {
     this.budget = Math.min(this.config.size, this.budget + tokens);
@@ -139,6 +147,15 @@ export class RateLimiter {
       return false;
     }
     return true;
+  }
+
+  /**
+   * Charges one operation of `bytes` bytes that already happened (a frame read before its size was
+   * known): the buckets may go into debt, which later waits pay.
+   */
+  charge(bytes: number, now: number): void {
+    this.bandwidth?.force(bytes, now);
+    this.ops?.force(1, now);
   }
 
   /** Milliseconds until take(bytes) can succeed. */

@@ -11,18 +11,46 @@ import { array, bool, type Check, int, isObject, object, oneOf, opt, SchemaError
 import { EGRESS_MAX_ENTRIES, type NetConfig, validateNets } from '../../config/index.js';
 import { VirtioNet } from '../../devices/virtio/net.js';
 import { checkNetState } from '../../devices/virtio/net-state.js';
+import type { RateLimiterConfig } from '../../devices/virtio/rate-limiter.js';
 import type { DeviceKind } from '../device-kind.js';
 import { MAX_DEVICES, NAME } from './limits.js';
 
 /** The MTU passt gives its guests (65520: the largest 802.3 frame less its header, in IPv4 words). */
 const PASST_MTU = 65520;
 
+interface Limits {
+  rxRateLimiter?: RateLimiterConfig | undefined;
+  txRateLimiter?: RateLimiterConfig | undefined;
+}
+
 type NetSpec =
-  | { id: string; mac: number[]; backend: 'tap'; tap: TapSpec; mtu?: number | undefined }
-  | { id: string; mac: number[]; backend: 'user'; passt: PasstSpec };
+  | ({ id: string; mac: number[]; backend: 'tap'; tap: TapSpec; mtu?: number | undefined } & Limits)
+  | ({ id: string; mac: number[]; backend: 'user'; passt: PasstSpec } & Limits);
+
+/** What the VMM posts to give a running interface other rate limiters (null: none). */
+export interface LimitNet {
+  limits: { rx: RateLimiterConfig | null; tx: RateLimiterConfig | null };
+}
+
+const bucket = opt(
+  object({
+    size: int(0, Number.MAX_SAFE_INTEGER),
+    oneTimeBurst: opt(int(0, Number.MAX_SAFE_INTEGER)),
+    refillTimeMs: int(0, 86_400_000_000),
+  }),
+);
+const limiter = opt(object({ bandwidth: bucket, ops: bucket }));
 
 const mac = opt(array(int(0, 255), 6, 6));
-const tapNet = object({ id: str(NAME), kind: opt(oneOf('tap')), tap: str(NAME), mac, mtu: opt(int(68, 65535)) });
+const tapNet = object({
+  id: str(NAME),
+  kind: opt(oneOf('tap')),
+  tap: str(NAME),
+  mac,
+  mtu: opt(int(68, 65535)),
+  rxRateLimiter: limiter,
+  txRateLimiter: limiter,
+});
 const forward = object({
   proto: oneOf('tcp', 'udp'),
   hostAddr: opt(str(64)),
@@ -37,11 +65,15 @@ const userNet = object({
   hostfwd: opt(array(forward, 0, 256)),
   egress: opt(egress),
   mac,
+  rxRateLimiter: limiter,
+  txRateLimiter: limiter,
 });
 const anyNet: Check = (v, at) => {
   if (!isObject(v)) throw new SchemaError(at, 'expected an object');
   (v.kind === 'user' ? userNet : tapNet)(v, at);
 };
+
+const limitsOf = (n: Limits): Limits => ({ rxRateLimiter: n.rxRateLimiter, txRateLimiter: n.txRateLimiter });
 
 export const netKind: DeviceKind<NetConfig[], NetSpec, Map<string, PasstSupervisor>> = {
   name: 'virtio-net',
@@ -75,18 +107,26 @@ export const netKind: DeviceKind<NetConfig[], NetSpec, Map<string, PasstSupervis
           }),
         );
         passts.set(n.id, passt);
-        return { name, spec: { id: n.id, mac: m, backend: 'user' as const, passt: passt.spec } };
+        return {
+          name,
+          spec: { id: n.id, mac: m, backend: 'user' as const, passt: passt.spec, ...limitsOf(n) },
+        };
       }
       const tap = openTap(n.tap);
       ctx.store.add(toDisposable(() => closeTap(tap)));
-      return { name, spec: { id: n.id, mac: m, backend: 'tap' as const, tap, mtu: n.mtu } };
+      return { name, spec: { id: n.id, mac: m, backend: 'tap' as const, tap, mtu: n.mtu, ...limitsOf(n) } };
     });
     return { devices, host: passts };
   },
   build: (spec) =>
     spec.backend === 'user'
       ? // passt's MTU (what its DHCP announces), offered to the guest as virtio-net's own.
-        new VirtioNet(new PasstNet(spec.passt), { mac: Uint8Array.from(spec.mac), mtu: PASST_MTU })
-      : new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac), mtu: spec.mtu }),
+        new VirtioNet(new PasstNet(spec.passt), { mac: Uint8Array.from(spec.mac), mtu: PASST_MTU, ...limitsOf(spec) })
+      : new VirtioNet(new Tap(spec.tap), { mac: Uint8Array.from(spec.mac), mtu: spec.mtu, ...limitsOf(spec) }),
+  command(device, command) {
+    const limits = (command as Partial<LimitNet>)?.limits;
+    if (!(device instanceof VirtioNet) || limits === undefined) throw new Error('not a network interface change');
+    device.setRateLimiters(limits.rx ?? undefined, limits.tx ?? undefined);
+  },
   recordCheck: checkNetState,
 };
