@@ -132,7 +132,7 @@ const PRE_BOOT: [method: string, template: string, path: string, extra: JsonObje
     : []),
   ['PUT', '/vsock', '/vsock', { guest_cid: 3, uds_path: f('vsock.sock') }],
   ['PUT', '/balloon', '/balloon', { amount_mib: 0, deflate_on_oom: false, stats_polling_interval_s: 1 }],
-  ['PUT', '/entropy', '/entropy', {}],
+  ['PUT', '/entropy', '/entropy', { rate_limiter: { bandwidth: { size: 1 << 20, refill_time: 100 } } }],
   ['PUT', '/serial', '/serial', { serial_out_path: f('serial.log') }],
 ];
 
@@ -403,7 +403,7 @@ describe('Firecracker API over a real vireo-firecracker process', { skip, timeou
     // As Firecracker: the logger and metrics are configured but not reported back.
     assert.equal(cfg.logger, null);
     assert.equal(cfg.metrics, null);
-    assert.deepEqual(cfg.entropy, { rate_limiter: null });
+    assert.deepEqual(cfg.entropy, { rate_limiter: { bandwidth: { size: 1 << 20, refill_time: 100 } } });
     assert.equal(cfg['network-interfaces'].length, netns ? 1 : 0);
     if (netns) assert.equal(cfg['network-interfaces'][0]?.mtu, 1400, 'the MTU offered to the guest (VIRTIO_NET_F_MTU)');
     const mc = (await expectOk(fc, 'GET', '/machine-config', '/machine-config')).json as JsonObject;

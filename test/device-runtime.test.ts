@@ -70,7 +70,7 @@ describe('live device counters from the I/O thread', () => {
       devices.addAll({ rng: true });
       const slot = devices.slots[0];
       assert.ok(slot);
-      assert.deepEqual(slot.counterNames, ['requests', 'bytes', 'malformed', 'protocolErrors']);
+      assert.deepEqual(slot.counterNames, ['requests', 'bytes', 'malformed', 'rateLimited', 'protocolErrors']);
       await devices.start(mapping.descriptors, true);
       const mem = new GuestMemory(mapping.descriptors);
       const t = new VirtioMmioTransport(slot.mmio, mem, {

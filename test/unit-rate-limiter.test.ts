@@ -11,6 +11,7 @@ import { type BlockBackend, VIRTIO_BLK_S, VIRTIO_BLK_T, VirtioBlock } from '../s
 import { restoreBlockState } from '../src/devices/virtio/block-state.js';
 import type { DeviceTimer, Poller } from '../src/devices/virtio/device.js';
 import { bucketProblem, RateLimiter, TokenBucket } from '../src/devices/virtio/rate-limiter.js';
+import { VirtioRng } from '../src/devices/virtio/rng.js';
 import type { MockSplitQueue } from './support/mock-virtq.js';
 import { MockMmioDriver } from './support/virtio-driver.js';
 
@@ -160,4 +161,47 @@ test('virtio-blk behind a limiter: requests beyond it wait in the ring, the time
   } finally {
     drv.release();
   }
+});
+
+test('virtio-rng behind a limiter: requests beyond it wait (held, counted), the timer serves them', () => {
+  let filled = 0;
+  const dev = new VirtioRng(
+    (b) => {
+      b.fill(7);
+      filled += b.length;
+    },
+    { bandwidth: { size: 64, refillTimeMs: 60_000 } },
+  );
+  const poller = new TimerPoller();
+  dev.attach(poller);
+  const drv = new MockMmioDriver(dev);
+  try {
+    const q = drv.probe(16)[0] as MockSplitQueue;
+    for (let i = 0; i < 3; i++) q.addChain([{ addr: drv.alloc(32), len: 32, write: true }]);
+    drv.notify(0);
+    assert.equal(q.takeUsed().length, 2, 'two requests of 32 bytes fit a bucket of 64');
+    assert.equal(filled, 64);
+    assert.equal(dev.counters.rateLimited, 1);
+    assert.deepEqual(dev.heldChains(), [1]);
+    assert.ok(poller.armedMs > 0, 'the timer is set');
+    poller.fire?.();
+    assert.equal(q.takeUsed().length, 0, 'too early');
+  } finally {
+    drv.release();
+  }
+});
+
+test('the entropy device in a snapshot: true without a limiter, its settings with one; both read back', async () => {
+  const { rngKind } = await import('../src/vmm/kinds/rng.js');
+  assert.equal(rngKind.snapshot.save({}), true);
+  assert.equal(rngKind.snapshot.save(undefined), false);
+  const withLimit = { rateLimiter: { ops: { size: 10, refillTimeMs: 1000 } } };
+  assert.deepEqual(rngKind.snapshot.save(withLimit), withLimit);
+  const check = rngKind.snapshot.check as (v: unknown, at: string) => void;
+  check(true, '$');
+  check(withLimit, '$');
+  assert.throws(() => check({ rateLimiter: { ops: { size: -1, refillTimeMs: 1 } } }, '$'), /size/);
+  assert.throws(() => check(7, '$'), /expected true, false or the device settings/);
+  assert.deepEqual(rngKind.snapshot.restore(true, { serial: undefined }), {});
+  assert.deepEqual(rngKind.snapshot.restore(withLimit, { serial: undefined }), withLimit);
 });

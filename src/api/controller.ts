@@ -15,6 +15,7 @@ import {
   type VmConfig,
 } from '../config/index.js';
 import { formatMac } from '../devices/virtio/net.js';
+import type { RateLimiterConfig } from '../devices/virtio/rate-limiter.js';
 import type { Vm, VmExit } from '../vmm/vm.js';
 import { badRequest, notSupportedPostBoot, notSupportedPreBoot, stateError } from './errors.js';
 import { ApiLogger } from './logger.js';
@@ -98,6 +99,12 @@ export function loadVmm(): Promise<VmmModule> {
 }
 
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+/** The entropy device's settings: true without a limiter (the shape VmConfig.rng had before one). */
+function entropyConfig(e: EntropyDevice): true | { rateLimiter: RateLimiterConfig } {
+  const rateLimiter = rateLimiterConfig(e.rate_limiter);
+  return rateLimiter === undefined ? true : { rateLimiter };
+}
 
 export class VmController extends TypedEmitter<ControllerEvents> {
   readonly id: string;
@@ -217,7 +224,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       })),
       pmem: [],
       vsock: this.vsock ? { guest_cid: this.vsock.guest_cid, uds_path: this.vsock.uds_path } : null,
-      entropy: this.entropy ? { rate_limiter: null } : null,
+      entropy: this.entropy ? { rate_limiter: this.entropy.rate_limiter ?? null } : null,
     };
   }
 
@@ -279,7 +286,7 @@ export class VmController extends TypedEmitter<ControllerEvents> {
       kvmPath: this.options.kvmPath,
       drives,
       nets,
-      rng: this.entropy !== undefined,
+      rng: this.entropy === undefined ? false : entropyConfig(this.entropy),
       balloon,
       vsock: this.vsock && { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path },
       trackDirtyPages: this.machine.track_dirty_pages ?? false,
@@ -464,7 +471,9 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         deflate_on_oom: c.balloon.deflateOnOom,
         stats_polling_interval_s: c.balloon.statsPollingIntervalS,
       };
-    if (c.rng) this.entropy = {};
+    if (c.rng)
+      this.entropy =
+        typeof c.rng === 'object' && c.rng.rateLimiter ? { rate_limiter: apiRateLimiter(c.rng.rateLimiter) } : {};
   }
 
   /** Stops the VM (if any) and closes the log and metrics files after a last metrics line. */

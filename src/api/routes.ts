@@ -6,7 +6,7 @@
 import { accessSync, constants } from 'node:fs';
 import type { RateLimiterConfig, TokenBucketConfig } from '../devices/virtio/rate-limiter.js';
 import type { VmController } from './controller.js';
-import { badRequest, osErrorText, unsupported } from './errors.js';
+import { badRequest, osErrorText } from './errors.js';
 import type { RateLimiter, TokenBucket } from './types.js';
 
 export type HttpMethod = 'GET' | 'PUT' | 'PATCH';
@@ -84,17 +84,6 @@ export function rateLimiterConfig(rl: RateLimiter | undefined): RateLimiterConfi
   if (bw) out.bandwidth = bw;
   if (ops) out.ops = ops;
   return out;
-}
-
-/**
- * vireo has no rate limiters: a limiter that limits nothing (absent buckets, or size 0, which Firecracker
- * takes as unlimited) is accepted, any other is refused, naming the field.
- */
-export function checkNoRateLimit(rl: RateLimiter | undefined, field: string): void {
-  if (rl && (bucketLimits(rl.bandwidth) || bucketLimits(rl.ops)))
-    throw unsupported(
-      `vireo does not support rate limiters (\`${field}\`): leave it out or give token buckets of size 0`,
-    );
 }
 
 /** Fails with Firecracker's kind of message when a host file cannot be opened as asked. */

@@ -6,9 +6,10 @@
  * input is accepted or refused the same way everywhere. Imports only common/.
  */
 import { ConfigError } from '../common/errors.js';
+import type { RateLimiterConfig } from '../devices/virtio/rate-limiter.js';
 import { type BalloonConfig, validateBalloon } from './balloon.js';
 import { type BootConfig, validateBoot } from './boot.js';
-import { type DriveConfig, validateDrives } from './drive.js';
+import { type DriveConfig, validateDrives, validateRateLimiter } from './drive.js';
 import { type MachineConfig, validateMachine } from './machine.js';
 import { type NetConfig, validateNets } from './net.js';
 import { type SerialConfig, validateSerial } from './serial.js';
@@ -27,6 +28,11 @@ export * from './share.js';
 export * from './vsock.js';
 
 /** The whole machine, as Vm.create takes it. */
+/** virtio-rng's settings. */
+export interface RngConfig {
+  rateLimiter?: RateLimiterConfig | undefined;
+}
+
 export interface VmConfig extends BootConfig, Partial<Omit<MachineConfig, 'irqchip' | 'trackDirtyPages'>> {
   memMiB?: number | undefined;
   cpus?: number | undefined;
@@ -37,8 +43,11 @@ export interface VmConfig extends BootConfig, Partial<Omit<MachineConfig, 'irqch
   /** virtio-blk drives, in order (the first is /dev/vda in a Linux guest). */
   drives?: DriveConfig[] | undefined;
   nets?: NetConfig[] | undefined;
-  /** A virtio-rng device (host randomness). It has nothing to configure. */
-  rng?: boolean | undefined;
+  /**
+   * A virtio-rng device (host randomness): true, or its settings (Firecracker's entropy rate limiter:
+   * requests beyond it wait).
+   */
+  rng?: boolean | RngConfig | undefined;
   /**
    * A virtio-console (the guest's hvc0): output where this says; input from sendConsoleInput(), which
    * then feeds hvc0 instead of the serial port.
@@ -76,6 +85,8 @@ export function validateVmConfig(
   if (c.serial) validateSerial(c.serial);
   if (c.virtioConsole) validateSerial(c.virtioConsole.output, 'virtio-console');
   validateDrives(c.drives ?? []);
+  if (typeof c.rng === 'object' && c.rng !== null && c.rng.rateLimiter !== undefined)
+    validateRateLimiter('entropy: rate_limiter', c.rng.rateLimiter);
   validateNets(c.nets ?? []);
   validateShares(c.shares ?? []);
   if (c.vsock) validateVsock(c.vsock);

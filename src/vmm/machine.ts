@@ -15,6 +15,7 @@ import {
   type EgressPolicy,
   type NetConfig,
   type PortForward,
+  type RngConfig,
   type SerialConfig,
   type UserNetConfig,
   type VmConfig,
@@ -57,7 +58,7 @@ export type ResolvedVmConfig = VmConfig &
   Required<Pick<VmConfig, 'cmdline' | 'memMiB' | 'cpus' | 'serial' | 'irqchip' | 'kvmPath' | 'trackDirtyPages'>> & {
     drives: DriveConfig[];
     nets: NetConfig[];
-    rng: boolean;
+    rng: boolean | RngConfig;
   };
 
 /** The defaults, in one place: what Vm.create and a restore both build from. */

@@ -9,15 +9,7 @@ import {
   validateVsock,
 } from '../../config/index.js';
 import { badRequest, checkId, deserializeError, idMismatch, unsupported, validated } from '../errors.js';
-import {
-  checkNoRateLimit,
-  checkReadable,
-  DEPRECATION,
-  noContent,
-  type Route,
-  rateLimiterConfig,
-  route,
-} from '../routes.js';
+import { checkReadable, DEPRECATION, noContent, type Route, rateLimiterConfig, route } from '../routes.js';
 import type {
   Drive,
   EntropyDevice,
@@ -178,7 +170,8 @@ export const deviceRoutes: Route[] = [
     metric: 'entropy',
     handle({ ctl, body }) {
       ctl.requirePreBoot();
-      checkNoRateLimit(body.rate_limiter, 'rate_limiter');
+      const rl = rateLimiterConfig(body.rate_limiter);
+      if (rl !== undefined) validated('Entropy device error', () => validateRateLimiter('entropy: rate_limiter', rl));
       ctl.entropy = { ...body };
       ctl.bootPath = true;
       return noContent();

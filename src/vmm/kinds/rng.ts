@@ -1,20 +1,37 @@
-/** virtio-rng: the host's CSPRNG; nothing to open, nothing to configure. */
+/** virtio-rng: the host's CSPRNG; nothing to open; a rate limiter (Firecracker's entropy device) if given. */
 import { randomFillSync } from 'node:crypto';
-import { bool } from '../../common/schema.js';
+import { type Check, int, isObject, object, opt, SchemaError } from '../../common/schema.js';
+import type { RngConfig } from '../../config/index.js';
+import type { RateLimiterConfig } from '../../devices/virtio/rate-limiter.js';
 import { VirtioRng } from '../../devices/virtio/rng.js';
 import { checkRngState } from '../../devices/virtio/rng-state.js';
 import type { DeviceKind } from '../device-kind.js';
 
-export const rngKind: DeviceKind<true, null> = {
+const bucket = opt(
+  object({
+    size: int(0, Number.MAX_SAFE_INTEGER),
+    oneTimeBurst: opt(int(0, Number.MAX_SAFE_INTEGER)),
+    refillTimeMs: int(0, 86_400_000_000),
+  }),
+);
+const settings = object({ rateLimiter: opt(object({ bandwidth: bucket, ops: bucket })) });
+/** A snapshot's `rng`: a boolean (no settings: as before there were any), or the settings. */
+const saved: Check = (v, at) => {
+  if (typeof v === 'boolean') return;
+  if (!isObject(v)) throw new SchemaError(at, 'expected true, false or the device settings');
+  settings(v, at);
+};
+
+export const rngKind: DeviceKind<RngConfig, { rateLimiter?: RateLimiterConfig | undefined }> = {
   name: 'virtio-rng',
   configKey: 'rng',
-  config: (c) => (c.rng ? true : undefined),
+  config: (c) => (c.rng ? (c.rng === true ? {} : c.rng) : undefined),
   snapshot: {
-    save: (c) => c === true,
-    check: bool,
-    restore: (saved) => (saved === true ? true : undefined),
+    save: (c) => (c === undefined ? false : c.rateLimiter ? { rateLimiter: c.rateLimiter } : true),
+    check: saved,
+    restore: (s) => (s === true ? {} : isObject(s) ? (s as RngConfig) : undefined),
   },
-  open: () => ({ devices: [{ name: 'virtio-rng', spec: null }] }),
-  build: () => new VirtioRng((b) => randomFillSync(b)),
+  open: (c) => ({ devices: [{ name: 'virtio-rng', spec: { rateLimiter: c.rateLimiter } }] }),
+  build: (spec) => new VirtioRng((b) => randomFillSync(b), spec.rateLimiter),
   recordCheck: checkRngState,
 };
