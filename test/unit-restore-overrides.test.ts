@@ -48,3 +48,23 @@ test('overrides naming what the snapshot lacks, or bad paths, are refused with o
     /format must be raw or qcow2/,
   );
 });
+
+test("network overrides (Firecracker's network_overrides) give a TAP interface another TAP; a user network or a missing id is refused", () => {
+  const withNets: VmConfig = {
+    ...saved,
+    nets: [
+      { id: 'eth0', tap: 'tap-tmpl', mac: [2, 0, 0, 0, 0, 1] },
+      { id: 'u0', kind: 'user' },
+    ],
+  };
+  const c = applyRestoreOverrides(withNets, { nets: { eth0: { tap: 'tap-clone7' } } });
+  assert.deepEqual(c.nets, [
+    { id: 'eth0', tap: 'tap-clone7', mac: [2, 0, 0, 0, 0, 1] },
+    { id: 'u0', kind: 'user' },
+  ]);
+  assert.throws(
+    () => applyRestoreOverrides(withNets, { nets: { u0: { tap: 't' } } }),
+    /network interface "u0": the snapshot has no such TAP interface \(it has "eth0"\)/,
+  );
+  assert.throws(() => applyRestoreOverrides(withNets, { nets: { eth0: { tap: '' } } }), /give a TAP name/);
+});

@@ -422,6 +422,13 @@ export class VmController extends TypedEmitter<ControllerEvents> {
         trackDirtyPages: p.track_dirty_pages ?? p.enable_diff_snapshots ?? false,
         kvmPath: this.options.kvmPath,
         serial: this.serialConfig(),
+        clockRealtime: p.clock_realtime ?? false,
+        overrides: {
+          ...(p.vsock_override ? { vsockUdsPath: p.vsock_override.uds_path } : {}),
+          ...(p.network_overrides?.length
+            ? { nets: Object.fromEntries(p.network_overrides.map((n) => [n.iface_id, { tap: n.host_dev_name }])) }
+            : {}),
+        },
       });
     } catch (e) {
       throw badRequest(`Load snapshot error: Failed to restore from snapshot: ${message(e)}`);

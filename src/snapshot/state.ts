@@ -92,13 +92,27 @@ export function captureVm(vm: KvmVm): VmStateRecord {
   };
 }
 
-export function applyVm(vm: KvmVm, s: VmStateRecord): void {
+/** kvm_clock_data.flags: its `realtime` field is valid (KVM_GET_CLOCK) / to be used (KVM_SET_CLOCK). */
+export const KVM_CLOCK_REALTIME = 1 << 2;
+
+/**
+ * Puts the VM-wide state back. The guest's clock goes on from where it stopped; with `realtime`
+ * (Firecracker's clock_realtime) it is advanced by the wall-clock time since the snapshot, which
+ * KVM does from the record's `realtime` field when KVM_CLOCK_REALTIME is passed; that needs a record
+ * whose host gave one (a host on the TSC clocksource), else a one-line error.
+ */
+export function applyVm(vm: KvmVm, s: VmStateRecord, realtime = false): void {
   for (const chip of s.irqchip) vm.setIrqchip(unb64(chip));
   vm.setRaw('pit2', unb64(s.pit2));
   const clock = unb64(s.clock);
-  // The guest's clock goes on from where it stopped; the flags (which clock fields are valid) are
-  // not for KVM_SET_CLOCK to judge on another host.
-  clock.writeUInt32LE(0, 8);
+  const had = clock.readUInt32LE(8);
+  if (realtime && !(had & KVM_CLOCK_REALTIME))
+    throw new SnapshotError(
+      'VIREO_ERR_SNAPSHOT',
+      "clock_realtime: the snapshot's clock has no wall-clock time (its host's KVM gave none: it needs the TSC clocksource); restore without clock_realtime",
+    );
+  // The other flags (which fields KVM_GET_CLOCK filled) are not for KVM_SET_CLOCK to judge on another host.
+  clock.writeUInt32LE(realtime ? KVM_CLOCK_REALTIME : 0, 8);
   vm.setRaw('clock', clock);
 }
 

@@ -42,6 +42,8 @@ export interface SnapshotSource {
   memPath: string;
   /** Let the vCPUs run as soon as their threads are built. */
   resume: boolean;
+  /** Advance the guest's kvmclock by the wall-clock time since the snapshot (KVM_CLOCK_REALTIME). */
+  clockRealtime?: boolean | undefined;
 }
 
 /** The parts the shared steps made, before the path-specific steps. */
@@ -265,7 +267,7 @@ export function buildFromSnapshot(config: VmConfig, source: SnapshotSource): Pro
     const vcpus = b.spawnVcpus(a);
     const platform = buildPlatform(a.platformSpec, a.memory);
     // The VM-wide state first (the LAPICs' timers need the irqchip), then each vCPU.
-    if (body.vm && cfg.irqchip) applyVm(a.vm, body.vm);
+    if (body.vm && cfg.irqchip) applyVm(a.vm, body.vm, source.clockRealtime === true);
     const cpuids = vcpus.map((v, i) => {
       const st = body.vcpus[i] as VcpuState;
       applyVcpu(v.vcpu, st);

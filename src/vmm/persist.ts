@@ -56,6 +56,8 @@ export interface RestoreOptions {
   kvmPath?: string | undefined;
   /** What the restored VM uses in place of the snapshot's host paths (a clone's own socket and disk). */
   overrides?: RestoreOverrides | undefined;
+  /** Advance the guest's clock by the wall-clock time since the snapshot (Firecracker's clock_realtime). */
+  clockRealtime?: boolean | undefined;
 }
 
 /**
@@ -67,6 +69,8 @@ export interface RestoreOverrides {
   vsockUdsPath?: string | undefined;
   /** A drive's backing file by drive id (each id must be one of the snapshot's drives); same guest size. */
   drives?: Readonly<Record<string, { path: string; format?: 'raw' | 'qcow2' | undefined }>> | undefined;
+  /** A TAP interface's host TAP by interface id (Firecracker's network_overrides: a clone's own TAP). */
+  nets?: Readonly<Record<string, { tap: string }>> | undefined;
 }
 
 const MAX_OVERRIDE_PATH = 4096;
@@ -105,6 +109,33 @@ export function applyRestoreOverrides(cfg: VmConfig, o: RestoreOverrides | undef
             `restore override for drive ${d.id}: format must be raw or qcow2`,
           );
         return { ...d, path: overridePath(`drive ${d.id}`, r.path), format: r.format };
+      }),
+    };
+  }
+  if (o.nets !== undefined) {
+    const nets = cfg.nets ?? [];
+    for (const id of Object.keys(o.nets))
+      if (!nets.some((n) => n.id === id && n.kind !== 'user'))
+        throw new SnapshotError(
+          'VIREO_ERR_SNAPSHOT',
+          `restore override for network interface ${JSON.stringify(id)}: the snapshot has no such TAP interface (it has ${
+            nets
+              .filter((n) => n.kind !== 'user')
+              .map((n) => JSON.stringify(n.id))
+              .join(', ') || 'none'
+          })`,
+        );
+    out = {
+      ...out,
+      nets: nets.map((n) => {
+        const r = o.nets?.[n.id];
+        if (!r || n.kind === 'user') return n;
+        if (typeof r.tap !== 'string' || r.tap === '' || r.tap.length > 15)
+          throw new SnapshotError(
+            'VIREO_ERR_SNAPSHOT',
+            `restore override for network interface ${n.id}: give a TAP name`,
+          );
+        return { ...n, tap: r.tap };
       }),
     };
   }
@@ -247,6 +278,7 @@ export async function restoreMachine(opts: RestoreOptions): Promise<Machine> {
       memFd,
       memPath: opts.memPath,
       resume: opts.resume === true,
+      clockRealtime: opts.clockRealtime,
     });
   } finally {
     closeSync(memFd);

@@ -30,11 +30,6 @@ export const snapshotRoutes: Route[] = [
         throw unsupported(
           'vireo does not support userfaultfd memory backends (`mem_backend.backend_type`: Uffd): use File',
         );
-      if (body.network_overrides?.length)
-        throw unsupported('vireo does not support network overrides on snapshot load (`network_overrides`)');
-      if (body.vsock_override)
-        throw unsupported('vireo does not support a vsock override on snapshot load (`vsock_override`)');
-      if (body.clock_realtime) throw unsupported('vireo does not support `clock_realtime` on snapshot load');
       if (body.huge_pages === '2M' || body.huge_pages === 'Transparent')
         throw unsupported(`vireo does not support huge pages (\`huge_pages\`: ${body.huge_pages})`);
       const memPath = body.mem_backend?.backend_path ?? (body.mem_file_path as string);
