@@ -23,7 +23,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, release } from 'node:os';
+import { cpus, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -932,6 +932,110 @@ function netRows(output: string, where: string, nestedBootMs: number, secs: numb
   });
 }
 
+/**
+ * runNested for a suite; when the lane itself fails (a hang, a timeout), what the command had written
+ * and the outer console go to a log file (not kept in the repository), named in the error.
+ */
+async function laneOrLog(
+  suite: string,
+  opts: import('../src/kit/nested.js').NestedOptions,
+): Promise<import('../src/kit/nested.js').NestedResult> {
+  const { runNested } = await import('../src/kit/nested.js');
+  const { NestedError } = await import('../src/kit/util.js');
+  try {
+    return await runNested(opts);
+  } catch (e) {
+    if (!(e instanceof NestedError)) throw e;
+    const file = join(tmpdir(), `vireo-bench-${suite}-lane-${Date.now()}.log`);
+    writeFileSync(file, `${e.message}\n--- output ---\n${e.output}\n--- console ---\n${e.console}\n`);
+    throw new Error(`${e.message.split('\n')[0]} (output and console: ${file})`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. TCP throughput on a user-mode network, in the nested lane (bench/usernet-inner.ts): iperf3 in
+//     the same guest through vireo's --net user (passt), QEMU -M microvm with the same passt (stream
+//     netdev) and QEMU's own -netdev user (slirp), against a server on the lane's loopback
+
+const USERNET_LANE_CPUS = Number(process.env.VIREO_BENCH_USERNET_LANE_CPUS ?? 2);
+
+/** What the last usernet run reported in full, for usernet.json. */
+let usernetRaw: unknown;
+
+async function usernetBenchRows(): Promise<Row[]> {
+  const { usernetParams, prepareUsernetGuest } = await import('./usernet-inner.js');
+  const { prepareKit } = await import('../src/kit/kit.js');
+  const params = usernetParams();
+  const guest = prepareUsernetGuest(await prepareKit());
+  const env: Record<string, string> = { VIREO_BENCH_USERNET_INITRD: guest.initrd };
+  for (const [k, v] of Object.entries(process.env))
+    if (k.startsWith('VIREO_BENCH_USERNET_') && k !== 'VIREO_BENCH_USERNET_LANE_CPUS' && v !== undefined) env[k] = v;
+  if (process.env.VIREO_PASST !== undefined) env.VIREO_PASST = process.env.VIREO_PASST;
+  const inner = join(here, 'usernet-inner.js');
+  const { detectFlavour } = await import('../src/kvm/kvm.js');
+  if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
+    const direct = runTimed(NODE, [inner], { timeoutMs: 60 * 60_000, env: { ...process.env, ...env } });
+    return usernetRows(direct.stdout, 'direct on this host', 0, params.secs);
+  }
+  log(
+    `usernet: ${params.runs} runs per side in the nested lane (${USERNET_LANE_CPUS} vCPUs), ${params.secs} s each way`,
+  );
+  const r = await laneOrLog('usernet', {
+    command: [NODE, inner],
+    cwd: checkoutRoot(),
+    timeoutMs: 25 * 60_000,
+    cpus: USERNET_LANE_CPUS,
+    memMiB: 3072,
+    env,
+  });
+  if (r.status !== 0)
+    throw new Error(`usernet-inner.js failed in the nested lane (status ${r.status}): ${tail(r.output)}`);
+  return usernetRows(r.output, `nested lane, ${USERNET_LANE_CPUS} vCPUs`, r.timings.bootMs, params.secs);
+}
+
+function usernetRows(output: string, where: string, nestedBootMs: number, secs: number): Row[] {
+  type Summary = import('./usernet-inner.js').UsernetSummary;
+  const ev = benchEvents(output)[0] as { summary: Summary; passt?: string; commands?: unknown } | undefined;
+  if (!ev?.summary) throw new Error(`the user-mode network run (${where}) printed no result: ${tail(output)}`);
+  usernetRaw = ev;
+  const s = ev.summary.sides;
+  const rows: Row[] = [];
+  for (const dir of ['up', 'down'] as const) {
+    for (const peer of ['qemu-passt', 'qemu-slirp'] as const) {
+      const key = dir === 'up' ? 'upMbits' : 'downMbits';
+      const vireo = s.vireo[key];
+      const other = s[peer][key];
+      const ratio = ev.summary.ratios[`${dir}${peer === 'qemu-passt' ? 'Passt' : 'Slirp'}`];
+      const peerName =
+        peer === 'qemu-passt'
+          ? `QEMU -M microvm + passt ${ev.passt ?? ''} (-netdev stream, unix socket)`.replace('  ', ' ')
+          : 'QEMU -M microvm -netdev user (slirp)';
+      const row: Row = {
+        id: `usernet-tcp-${dir}-${peer === 'qemu-passt' ? 'passt' : 'slirp'}`,
+        benchmark: `user-mode network TCP ${dir === 'up' ? 'guest → host' : 'host → guest (iperf3 -R)'} (Debian cloud kernel, iperf3 -t ${secs} to a server on the host's loopback through the gateway), ${where}, median Mbit/s, higher is better — vireo --net user (passt) vs ${peerName}`,
+        unit: 'Mbit/s',
+        vireo,
+        peer: other,
+        peerName,
+        ratio,
+        goal: peer === 'qemu-passt' ? 'ratio ≥ 1' : '—',
+        details: {
+          vireo: s.vireo[dir],
+          peer: s[peer][dir],
+          where,
+          nestedBootMs,
+          commands: ev.commands,
+        },
+      };
+      if (peer === 'qemu-passt' && ratio !== null) row.goalMet = ratio >= 1;
+      if (vireo === null) row.vireoNote = s.vireo.error ?? 'no result';
+      if (other === null) row.peerNote = s[peer].error ?? 'no result';
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. Sandboxes (bench/sandbox-inner.ts, in the nested lane on PVM hosts): create → first output of a
 //    clone restored from a template against a cold boot of the same kit (the peer is vireo's own
@@ -1097,6 +1201,13 @@ async function main(): Promise<void> {
     run: () => apiRows(qemu),
   });
   suites.push({
+    id: 'usernet',
+    title: 'TCP throughput on a user-mode network, nested lane (vireo --net user vs QEMU microvm + passt, and slirp)',
+    name: 'user-mode network throughput',
+    file: 'usernet.json',
+    run: () => usernetBenchRows(),
+  });
+  suites.push({
     id: 'sandbox',
     title: 'sandboxes: clone create vs cold boot, memory per clone, agent round trips (nested lane)',
     name: 'sandboxes',
@@ -1150,7 +1261,8 @@ async function main(): Promise<void> {
   process.stdout.write(`results: ${out}\n`);
   for (const r of ran) {
     if (!r.file) continue;
-    const raw = r.id === 'blk' ? blkRaw : r.id === 'net' ? netRaw : undefined;
+    const raws: Record<string, unknown> = { blk: blkRaw, net: netRaw, usernet: usernetRaw };
+    const raw = raws[r.id];
     const extra = raw !== undefined ? { runs: raw } : {};
     const f = join(resultsDir, r.file);
     writeFileSync(f, `${JSON.stringify({ date, host, rows: r.rows, ...extra }, roundNumbers, 2)}\n`);
