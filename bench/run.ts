@@ -1037,6 +1037,104 @@ function usernetRows(output: string, where: string, nestedBootMs: number, secs: 
 }
 
 // ---------------------------------------------------------------------------------------------
+// 11. File systems, in the nested lane (bench/fs-inner.ts): the same untar, find+stat and sequential
+//     write/read in one vireo guest on a virtio-fs share and on ext4 on a virtio-blk disk (the peer is
+//     vireo's own block device: the ratio says what the share costs); QEMU's 9p where the kit has 9p
+
+const FS_LANE_CPUS = Number(process.env.VIREO_BENCH_FS_LANE_CPUS ?? 2);
+
+/** What the last fs run reported in full, for fs.json. */
+let fsRaw: unknown;
+
+async function fsBenchRows(): Promise<Row[]> {
+  const { fsParams, prepareFsGuest } = await import('./fs-inner.js');
+  const { prepareKit } = await import('../src/kit/kit.js');
+  const params = fsParams();
+  const guest = prepareFsGuest(await prepareKit(), params.tree);
+  const env: Record<string, string> = {
+    VIREO_BENCH_FS_INITRD: guest.initrd,
+    VIREO_BENCH_FS_ENTRIES: String(guest.tree.entries),
+    VIREO_BENCH_FS_TREE_BYTES: String(guest.tree.bytes),
+  };
+  for (const [k, v] of Object.entries(process.env))
+    if (k.startsWith('VIREO_BENCH_FS_') && k !== 'VIREO_BENCH_FS_LANE_CPUS' && v !== undefined) env[k] ??= v;
+  const inner = join(here, 'fs-inner.js');
+  const { detectFlavour } = await import('../src/kvm/kvm.js');
+  if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
+    const direct = runTimed(NODE, [inner], { timeoutMs: 60 * 60_000, env: { ...process.env, ...env } });
+    return fsRows(direct.stdout, 'direct on this host', 0);
+  }
+  log(
+    `fs: ${params.runs} rounds in the nested lane (${FS_LANE_CPUS} vCPUs), ${params.mib} MiB sequential, tree ${params.tree}`,
+  );
+  const r = await laneOrLog('fs', {
+    command: [NODE, inner],
+    cwd: checkoutRoot(),
+    timeoutMs: 20 * 60_000,
+    cpus: FS_LANE_CPUS,
+    memMiB: 3072,
+    env,
+  });
+  if (r.status !== 0) throw new Error(`fs-inner.js failed in the nested lane (status ${r.status}): ${tail(r.output)}`);
+  return fsRows(r.output, `nested lane, ${FS_LANE_CPUS} vCPUs`, r.timings.bootMs);
+}
+
+function fsRows(output: string, where: string, nestedBootMs: number): Row[] {
+  type Summary = Record<'untar' | 'findstat' | 'write' | 'read', import('./fs-inner.js').FsOpSummary>;
+  const ev = benchEvents(output)[0] as
+    | {
+        summary?: Summary;
+        error?: string;
+        mib: number;
+        runs: number;
+        tree: { dir: string; entries: number; bytes: number };
+        ninep: { ok: boolean; why: string };
+        vireo: string;
+      }
+    | undefined;
+  if (!ev) throw new Error(`the file-system run (${where}) printed no result: ${tail(output)}`);
+  fsRaw = ev;
+  const treeWhat = `${ev.tree.dir} (${ev.tree.entries} entries, ${(ev.tree.bytes / 1048576).toFixed(1)} MiB tar)`;
+  const what = {
+    untar: `untar of ${treeWhat} + sync, median ms, lower is better`,
+    findstat: `find + stat of every entry of that tree after drop_caches, median ms, lower is better`,
+    write: `sequential write of ${ev.mib} MiB (dd bs=1M conv=fsync), median MiB/s, higher is better`,
+    read: `sequential read of that file after drop_caches (dd bs=1M), median MiB/s, higher is better`,
+  } as const;
+  const rows: Row[] = (['untar', 'findstat', 'write', 'read'] as const).map((op) => {
+    const m = ev.summary?.[op];
+    const row: Row = {
+      id: `fs-${op === 'findstat' ? 'find-stat' : op === 'untar' ? 'untar' : `seq-${op}`}`,
+      benchmark: `virtio-fs share vs ext4 on virtio-blk in the same vireo guest (Debian cloud kernel, ${ev.runs} rounds), ${what[op]}, ${where}`,
+      unit: m?.unit ?? (op === 'write' || op === 'read' ? 'MiB/s' : 'ms'),
+      vireo: m?.virtiofs ?? null,
+      peer: m?.ext4 ?? null,
+      peerName: 'ext4 on virtio-blk (vireo, same guest)',
+      ratio: m?.ratio ?? null,
+      goal: '—',
+      details: { byRound: m?.byRound, where, nestedBootMs, vireo: ev.vireo },
+    };
+    if (row.vireo === null) row.vireoNote = ev.error ?? 'no result';
+    if (row.peer === null) row.peerNote = ev.error ?? 'no result';
+    return row;
+  });
+  rows.push({
+    id: 'fs-9p',
+    benchmark: `QEMU 9p (-virtfs, virtio-9p) in the same operations, ${where}`,
+    unit: '',
+    vireo: null,
+    vireoNote: 'virtio-fs: the rows above',
+    peer: null,
+    peerName: 'QEMU -M microvm -virtfs',
+    peerNote: ev.ninep.why,
+    ratio: null,
+    goal: '—',
+    details: { ninep: ev.ninep },
+  });
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
 // 9. Sandboxes (bench/sandbox-inner.ts, in the nested lane on PVM hosts): create → first output of a
 //    clone restored from a template against a cold boot of the same kit (the peer is vireo's own
 //    cold boot: the ratio is the point), with clones alive, memory per clone, agent round trips.
@@ -1208,6 +1306,13 @@ async function main(): Promise<void> {
     run: () => usernetBenchRows(),
   });
   suites.push({
+    id: 'fs',
+    title: 'file systems: virtio-fs share vs ext4 on virtio-blk in one guest, nested lane',
+    name: 'file systems',
+    file: 'fs.json',
+    run: () => fsBenchRows(),
+  });
+  suites.push({
     id: 'sandbox',
     title: 'sandboxes: clone create vs cold boot, memory per clone, agent round trips (nested lane)',
     name: 'sandboxes',
@@ -1261,7 +1366,7 @@ async function main(): Promise<void> {
   process.stdout.write(`results: ${out}\n`);
   for (const r of ran) {
     if (!r.file) continue;
-    const raws: Record<string, unknown> = { blk: blkRaw, net: netRaw, usernet: usernetRaw };
+    const raws: Record<string, unknown> = { blk: blkRaw, net: netRaw, usernet: usernetRaw, fs: fsRaw };
     const raw = raws[r.id];
     const extra = raw !== undefined ? { runs: raw } : {};
     const f = join(resultsDir, r.file);
