@@ -237,7 +237,8 @@ export function parseIperfJson(text: string, what: string): IperfSummary {
   try {
     j = JSON.parse(text);
   } catch {
-    throw new Error(`${what}: iperf3 printed no JSON: ${text.slice(0, 300)}`);
+    const shown = text.length > 400 ? `${text.slice(0, 150)} … ${text.slice(-250)} (${text.length} chars)` : text;
+    throw new Error(`${what}: iperf3 printed no JSON: ${shown}`);
   }
   if (typeof j !== 'object' || j === null) throw new Error(`${what}: iperf3's JSON is not an object`);
   const o = j as Record<string, unknown>;
