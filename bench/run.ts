@@ -15,10 +15,15 @@
  * 6. Snapshot create and restore (suite `snapshot`, bench/snapshot-inner.ts), against Firecracker's
  *    quoted figures. 7. The API (suite `api`, bench/api-inner.ts): socket ready after process start
  *    and request latency, vireo-firecracker against QEMU's QMP.
+ * 10. TCP throughput on a user-mode network (suite `usernet`, bench/usernet-inner.ts, in the lane):
+ *    vireo --net user against QEMU -M microvm with the same passt and with slirp. 11. File systems
+ *    (suite `fs`, bench/fs-inner.ts, in the lane): a virtio-fs share against ext4 on virtio-blk in the
+ *    same vireo guest.
  *
  * Prints a markdown table and writes bench/results/latest.json (VIREO_BENCH_RESULTS_DIR: elsewhere).
  * A run of some suites (VIREO_BENCH_ONLY) replaces their rows in latest.json and keeps the others'.
- * The `linux`, `blk` and `net` suites also write their own file there (linux-boot.json, blk.json, net.json). A
+ * The `linux`, `blk`, `net`, `usernet` and `fs` suites also write their own file there (linux-boot.json,
+ * blk.json, net.json, usernet.json, fs.json). A
  * benchmark or peer that cannot run gives a row that says why; the suite itself does not fail for that.
  */
 import { execFileSync } from 'node:child_process';
