@@ -20,7 +20,8 @@
  *
  * Prints one "@bench {json}" line with every run's parsed result. Environment:
  * VIREO_BENCH_USERNET_RUNS (default 3), VIREO_BENCH_USERNET_SECS (each direction, default 5),
- * VIREO_BENCH_USERNET_INITRD (an initramfs prepared by prepareUsernetGuest outside the lane).
+ * VIREO_BENCH_USERNET_INITRD (an initramfs prepared by prepareUsernetGuest outside the lane),
+ * VIREO_BENCH_USERNET_SIDES (a comma list of the sides to run; default all three).
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -496,6 +497,14 @@ async function run(): Promise<void> {
       notRun['qemu-slirp'] =
         `this QEMU has no user netdev (built without libslirp; it has: ${netdevs.have.join(', ')})`;
   }
+  // VIREO_BENCH_USERNET_SIDES=vireo,qemu-passt: only those (a shorter lane run); the others say why.
+  const only = process.env.VIREO_BENCH_USERNET_SIDES?.split(',').map((x) => x.trim());
+  if (only !== undefined)
+    for (const side of USERNET_SIDES)
+      if (!only.includes(side) && peers[side] !== undefined) {
+        delete peers[side];
+        notRun[side] = `not run (VIREO_BENCH_USERNET_SIDES=${only.join(',')})`;
+      }
   let boot = 0;
   let results: Record<string, UsernetRun[]>;
   try {
