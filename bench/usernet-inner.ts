@@ -118,7 +118,8 @@ udhcpc -i eth0 -n -q -t 20 -T 3 -s /usernet-dhcp >/tmp/dhcp.log 2>&1 || fail "no
 [ -s /tmp/gw ] || fail "udhcpc gave no router"
 gw=$(cat /tmp/gw)
 echo "${LEASE_MARK}$(cat /tmp/lease) mtu=$(cat /sys/class/net/eth0/mtu)"
-iperf() { /iperf3/lib/ld.so --library-path /iperf3/lib /iperf3/iperf3 -c "$gw" -p "$port" -t "$secs" -O 1 -J "$@"; }
+# A stalled transfer (it happens with passt 2023.03, under QEMU too) ends after a minute more, not never.
+iperf() { timeout $((secs + 60)) /iperf3/lib/ld.so --library-path /iperf3/lib /iperf3/iperf3 -c "$gw" -p "$port" -t "$secs" -O 1 -J "$@"; }
 echo ${USERNET_MARKS.start}
 sleep 1
 for dir in up down; do
@@ -277,12 +278,15 @@ export function parseUsernetOutput(output: string): UsernetGuestResult {
   const iperf = (dir: 'up' | 'down'): IperfSummary => {
     const line = lines.find((l) => l.startsWith(`${IPERF_MARK}${dir} `));
     if (line === undefined) throw new Error(`no @usernet-iperf ${dir} line`);
-    const m = /^rc=(\d+) (.*)$/.exec(line.slice(IPERF_MARK.length + dir.length + 1));
+    const m = /^rc=(\d+) ?(.*)$/.exec(line.slice(IPERF_MARK.length + dir.length + 1));
     if (!m) throw new Error(`malformed @usernet-iperf ${dir} line: ${line.slice(0, 200)}`);
     const what = dir === 'up' ? 'guest → host' : 'host → guest (-R)';
     const err = lines
       .find((l) => l.startsWith(`${IPERF_ERR_MARK}${dir} `))
       ?.slice(IPERF_ERR_MARK.length + dir.length + 1);
+    // busybox timeout ends a stalled iperf3 with SIGTERM (143), before it printed any JSON.
+    if (m[1] === '143' && (m[2] as string).trim() === '')
+      throw new Error(`${what}: iperf3 stalled: no result a minute after its end (timeout stopped it)`);
     let s: IperfSummary;
     try {
       s = parseIperfJson(m[2] as string, what);

@@ -134,6 +134,7 @@ test('usernet: the guest scripts are valid sh, and the archive carries iperf3, t
   shSyntax(USERNET_DHCP_SCRIPT);
   assert.match(USERNETBENCH_SCRIPT, /udhcpc -i eth0 .* -s \/usernet-dhcp/, 'DHCP through the bundled script');
   assert.match(USERNETBENCH_SCRIPT, /-c "\$gw" -p "\$port" .* -J/, 'iperf3 to the gateway, JSON out');
+  assert.match(USERNETBENCH_SCRIPT, /iperf\(\) \{ timeout \$\(\(secs \+ 60\)\) /, 'a stalled iperf3 is stopped');
   assert.match(USERNETBENCH_SCRIPT, /iperf -R /, 'and the reverse direction');
   if (!existsSync('/usr/bin/iperf3') && !existsSync('/bin/iperf3')) {
     t.skip('iperf3 is not installed here (bash scripts/setup.sh installs it)');
@@ -185,6 +186,11 @@ test('usernet: malformed or failed guest lines give errors that say what went wr
   assert.throws(
     () => parseUsernetOutput(good.replace(up, failed)),
     /guest → host: iperf3: unable to connect to server: Connection refused \(stderr: iperf3: warning\)/,
+  );
+  // A stalled transfer that busybox timeout stopped.
+  assert.throws(
+    () => parseUsernetOutput(good.replace(up, '@usernet-iperf up rc=143 ')),
+    /guest → host: iperf3 stalled/,
   );
   // Valid JSON but an exit status: still refused.
   assert.throws(() => parseUsernetOutput(good.replace(up, up.replace('rc=0', 'rc=2'))), /iperf3 exited with 2/);
