@@ -319,8 +319,16 @@ export function qemuMicrovmArgs(memMiB: number): string[] {
   ];
 }
 
-/** One boot of a guest benchmark: RunResult with the guest's result line as `result`. */
-export type GuestRun = Omit<RunResult, 'imageWritten' | 'blkbench'> & { result: Record<string, unknown> | null };
+/**
+ * One boot of a guest benchmark: RunResult with the guest's result line as `result`, and with
+ * keepOutput the guest's whole console output (for suites that print more than one line).
+ */
+export type GuestRun = Omit<RunResult, 'imageWritten' | 'blkbench'> & {
+  result: Record<string, unknown> | null;
+  output?: string;
+  /** With keepOutput: the VMM's last 4 KiB of stderr. */
+  stderrTail?: string;
+};
 
 export function runGuest(
   cmd: string,
@@ -328,6 +336,7 @@ export function runGuest(
   env: NodeJS.ProcessEnv,
   withKvmStats: boolean,
   marks: GuestMarks = BLK_MARKS,
+  keepOutput = false,
 ): Promise<GuestRun> {
   return new Promise((resolve) => {
     const t0 = performance.now();
@@ -405,6 +414,7 @@ export function runGuest(
         ...(pio !== undefined ? { pio } : {}),
         ...(counters !== undefined ? { counters } : {}),
         ...(error !== undefined ? { error } : {}),
+        ...(keepOutput ? { output: out.replace(/\r/g, ''), stderrTail: err.slice(-4096) } : {}),
       });
     });
   });

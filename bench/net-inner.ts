@@ -96,7 +96,7 @@ echo "${NET_MARKS.result}{\\"upMbits\\":$up,\\"downMbits\\":$down}"
 `;
 
 /** This host's iperf3 and every library it loads (ldd), the loader as ld.so. */
-function iperf3Files(): { name: string; path: string }[] {
+export function iperf3Files(): { name: string; path: string }[] {
   const bin = ['/usr/bin/iperf3', '/bin/iperf3'].find((p) => existsSync(p));
   if (bin === undefined) throw new Error('iperf3 is not installed: apt-get install iperf3 (or bash scripts/setup.sh)');
   const out = execFileSync('ldd', [bin], { encoding: 'utf8' });

@@ -15,15 +15,20 @@
  * 6. Snapshot create and restore (suite `snapshot`, bench/snapshot-inner.ts), against Firecracker's
  *    quoted figures. 7. The API (suite `api`, bench/api-inner.ts): socket ready after process start
  *    and request latency, vireo-firecracker against QEMU's QMP.
+ * 10. TCP throughput on a user-mode network (suite `usernet`, bench/usernet-inner.ts, in the lane):
+ *    vireo --net user against QEMU -M microvm with the same passt and with slirp. 11. File systems
+ *    (suite `fs`, bench/fs-inner.ts, in the lane): a virtio-fs share against ext4 on virtio-blk in the
+ *    same vireo guest.
  *
  * Prints a markdown table and writes bench/results/latest.json (VIREO_BENCH_RESULTS_DIR: elsewhere).
  * A run of some suites (VIREO_BENCH_ONLY) replaces their rows in latest.json and keeps the others'.
- * The `linux`, `blk` and `net` suites also write their own file there (linux-boot.json, blk.json, net.json). A
+ * The `linux`, `blk`, `net`, `usernet` and `fs` suites also write their own file there (linux-boot.json,
+ * blk.json, net.json, usernet.json, fs.json). A
  * benchmark or peer that cannot run gives a row that says why; the suite itself does not fail for that.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, release } from 'node:os';
+import { cpus, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -932,6 +937,208 @@ function netRows(output: string, where: string, nestedBootMs: number, secs: numb
   });
 }
 
+/**
+ * runNested for a suite; when the lane itself fails (a hang, a timeout), what the command had written
+ * and the outer console go to a log file (not kept in the repository), named in the error.
+ */
+async function laneOrLog(
+  suite: string,
+  opts: import('../src/kit/nested.js').NestedOptions,
+): Promise<import('../src/kit/nested.js').NestedResult> {
+  const { runNested } = await import('../src/kit/nested.js');
+  const { NestedError } = await import('../src/kit/util.js');
+  try {
+    return await runNested(opts);
+  } catch (e) {
+    if (!(e instanceof NestedError)) throw e;
+    const file = join(tmpdir(), `vireo-bench-${suite}-lane-${Date.now()}.log`);
+    writeFileSync(file, `${e.message}\n--- output ---\n${e.output}\n--- console ---\n${e.console}\n`);
+    throw new Error(`${e.message.split('\n')[0]} (output and console: ${file})`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. TCP throughput on a user-mode network, in the nested lane (bench/usernet-inner.ts): iperf3 in
+//     the same guest through vireo's --net user (passt), QEMU -M microvm with the same passt (stream
+//     netdev) and QEMU's own -netdev user (slirp), against a server on the lane's loopback
+
+const USERNET_LANE_CPUS = Number(process.env.VIREO_BENCH_USERNET_LANE_CPUS ?? 2);
+
+/** What the last usernet run reported in full, for usernet.json. */
+let usernetRaw: unknown;
+
+async function usernetBenchRows(): Promise<Row[]> {
+  const { usernetParams, prepareUsernetGuest } = await import('./usernet-inner.js');
+  const { prepareKit } = await import('../src/kit/kit.js');
+  const params = usernetParams();
+  const guest = prepareUsernetGuest(await prepareKit());
+  const env: Record<string, string> = { VIREO_BENCH_USERNET_INITRD: guest.initrd };
+  for (const [k, v] of Object.entries(process.env))
+    if (k.startsWith('VIREO_BENCH_USERNET_') && k !== 'VIREO_BENCH_USERNET_LANE_CPUS' && v !== undefined) env[k] = v;
+  if (process.env.VIREO_PASST !== undefined) env.VIREO_PASST = process.env.VIREO_PASST;
+  const inner = join(here, 'usernet-inner.js');
+  const { detectFlavour } = await import('../src/kvm/kvm.js');
+  if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
+    const direct = runTimed(NODE, [inner], { timeoutMs: 60 * 60_000, env: { ...process.env, ...env } });
+    return usernetRows(direct.stdout, 'direct on this host', 0, params.secs);
+  }
+  log(
+    `usernet: ${params.runs} runs per side in the nested lane (${USERNET_LANE_CPUS} vCPUs), ${params.secs} s each way`,
+  );
+  const r = await laneOrLog('usernet', {
+    command: [NODE, inner],
+    cwd: checkoutRoot(),
+    timeoutMs: 25 * 60_000,
+    cpus: USERNET_LANE_CPUS,
+    memMiB: 3072,
+    env,
+  });
+  if (r.status !== 0)
+    throw new Error(`usernet-inner.js failed in the nested lane (status ${r.status}): ${tail(r.output)}`);
+  return usernetRows(r.output, `nested lane, ${USERNET_LANE_CPUS} vCPUs`, r.timings.bootMs, params.secs);
+}
+
+function usernetRows(output: string, where: string, nestedBootMs: number, secs: number): Row[] {
+  type Summary = import('./usernet-inner.js').UsernetSummary;
+  const ev = benchEvents(output)[0] as { summary: Summary; passt?: string; commands?: unknown } | undefined;
+  if (!ev?.summary) throw new Error(`the user-mode network run (${where}) printed no result: ${tail(output)}`);
+  usernetRaw = ev;
+  const s = ev.summary.sides;
+  const rows: Row[] = [];
+  for (const dir of ['up', 'down'] as const) {
+    for (const peer of ['qemu-passt', 'qemu-slirp'] as const) {
+      const key = dir === 'up' ? 'upMbits' : 'downMbits';
+      const vireo = s.vireo[key];
+      const other = s[peer][key];
+      const ratio = ev.summary.ratios[`${dir}${peer === 'qemu-passt' ? 'Passt' : 'Slirp'}`];
+      const peerName =
+        peer === 'qemu-passt'
+          ? `QEMU -M microvm + passt ${ev.passt ?? ''} (-netdev stream, unix socket)`.replace('  ', ' ')
+          : 'QEMU -M microvm -netdev user (slirp)';
+      const row: Row = {
+        id: `usernet-tcp-${dir}-${peer === 'qemu-passt' ? 'passt' : 'slirp'}`,
+        benchmark: `user-mode network TCP ${dir === 'up' ? 'guest → host' : 'host → guest (iperf3 -R)'} (Debian cloud kernel, iperf3 -t ${secs} to a server on the host's loopback through the gateway), ${where}, median Mbit/s, higher is better — vireo --net user (passt) vs ${peerName}`,
+        unit: 'Mbit/s',
+        vireo,
+        peer: other,
+        peerName,
+        ratio,
+        goal: peer === 'qemu-passt' ? 'ratio ≥ 1' : '—',
+        details: {
+          vireo: s.vireo[dir],
+          peer: s[peer][dir],
+          where,
+          nestedBootMs,
+          commands: ev.commands,
+        },
+      };
+      if (peer === 'qemu-passt' && ratio !== null) row.goalMet = ratio >= 1;
+      if (vireo === null) row.vireoNote = s.vireo.error ?? 'no result';
+      if (other === null) row.peerNote = s[peer].error ?? 'no result';
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. File systems, in the nested lane (bench/fs-inner.ts): the same untar, find+stat and sequential
+//     write/read in one vireo guest on a virtio-fs share and on ext4 on a virtio-blk disk (the peer is
+//     vireo's own block device: the ratio says what the share costs); QEMU's 9p where the kit has 9p
+
+const FS_LANE_CPUS = Number(process.env.VIREO_BENCH_FS_LANE_CPUS ?? 2);
+
+/** What the last fs run reported in full, for fs.json. */
+let fsRaw: unknown;
+
+async function fsBenchRows(): Promise<Row[]> {
+  const { fsParams, prepareFsGuest } = await import('./fs-inner.js');
+  const { prepareKit } = await import('../src/kit/kit.js');
+  const params = fsParams();
+  const guest = prepareFsGuest(await prepareKit(), params.tree);
+  const env: Record<string, string> = {
+    VIREO_BENCH_FS_INITRD: guest.initrd,
+    VIREO_BENCH_FS_ENTRIES: String(guest.tree.entries),
+    VIREO_BENCH_FS_TREE_BYTES: String(guest.tree.bytes),
+  };
+  for (const [k, v] of Object.entries(process.env))
+    if (k.startsWith('VIREO_BENCH_FS_') && k !== 'VIREO_BENCH_FS_LANE_CPUS' && v !== undefined) env[k] ??= v;
+  const inner = join(here, 'fs-inner.js');
+  const { detectFlavour } = await import('../src/kvm/kvm.js');
+  if (detectFlavour() === 'vmx' || detectFlavour() === 'svm') {
+    const direct = runTimed(NODE, [inner], { timeoutMs: 60 * 60_000, env: { ...process.env, ...env } });
+    return fsRows(direct.stdout, 'direct on this host', 0);
+  }
+  log(
+    `fs: ${params.runs} rounds in the nested lane (${FS_LANE_CPUS} vCPUs), ${params.mib} MiB sequential, tree ${params.tree}`,
+  );
+  const r = await laneOrLog('fs', {
+    command: [NODE, inner],
+    cwd: checkoutRoot(),
+    timeoutMs: 20 * 60_000,
+    cpus: FS_LANE_CPUS,
+    memMiB: 3072,
+    env,
+  });
+  if (r.status !== 0) throw new Error(`fs-inner.js failed in the nested lane (status ${r.status}): ${tail(r.output)}`);
+  return fsRows(r.output, `nested lane, ${FS_LANE_CPUS} vCPUs`, r.timings.bootMs);
+}
+
+function fsRows(output: string, where: string, nestedBootMs: number): Row[] {
+  type Summary = Record<'untar' | 'findstat' | 'write' | 'read', import('./fs-inner.js').FsOpSummary>;
+  const ev = benchEvents(output)[0] as
+    | {
+        summary?: Summary;
+        error?: string;
+        mib: number;
+        runs: number;
+        tree: { dir: string; entries: number; bytes: number };
+        ninep: { ok: boolean; why: string };
+        vireo: string;
+      }
+    | undefined;
+  if (!ev) throw new Error(`the file-system run (${where}) printed no result: ${tail(output)}`);
+  fsRaw = ev;
+  const treeWhat = `${ev.tree.dir} (${ev.tree.entries} entries, ${(ev.tree.bytes / 1048576).toFixed(1)} MiB tar)`;
+  const what = {
+    untar: `untar of ${treeWhat} + sync, median ms, lower is better`,
+    findstat: `find + stat of every entry of that tree after drop_caches, median ms, lower is better`,
+    write: `sequential write of ${ev.mib} MiB (dd bs=1M conv=fsync), median MiB/s, higher is better`,
+    read: `sequential read of that file after drop_caches (dd bs=1M), median MiB/s, higher is better`,
+  } as const;
+  const rows: Row[] = (['untar', 'findstat', 'write', 'read'] as const).map((op) => {
+    const m = ev.summary?.[op];
+    const row: Row = {
+      id: `fs-${op === 'findstat' ? 'find-stat' : op === 'untar' ? 'untar' : `seq-${op}`}`,
+      benchmark: `virtio-fs share vs ext4 on virtio-blk in the same vireo guest (Debian cloud kernel, ${ev.runs} rounds), ${what[op]}, ${where}`,
+      unit: m?.unit ?? (op === 'write' || op === 'read' ? 'MiB/s' : 'ms'),
+      vireo: m?.virtiofs ?? null,
+      peer: m?.ext4 ?? null,
+      peerName: 'ext4 on virtio-blk (vireo, same guest)',
+      ratio: m?.ratio ?? null,
+      goal: '—',
+      details: { byRound: m?.byRound, where, nestedBootMs, vireo: ev.vireo },
+    };
+    if (row.vireo === null) row.vireoNote = ev.error ?? 'no result';
+    if (row.peer === null) row.peerNote = ev.error ?? 'no result';
+    return row;
+  });
+  rows.push({
+    id: 'fs-9p',
+    benchmark: `QEMU 9p (-virtfs, virtio-9p) in the same operations, ${where}`,
+    unit: '',
+    vireo: null,
+    vireoNote: 'virtio-fs: the rows above',
+    peer: null,
+    peerName: 'QEMU -M microvm -virtfs',
+    peerNote: ev.ninep.why,
+    ratio: null,
+    goal: '—',
+    details: { ninep: ev.ninep },
+  });
+  return rows;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. Sandboxes (bench/sandbox-inner.ts, in the nested lane on PVM hosts): create → first output of a
 //    clone restored from a template against a cold boot of the same kit (the peer is vireo's own
@@ -1097,6 +1304,20 @@ async function main(): Promise<void> {
     run: () => apiRows(qemu),
   });
   suites.push({
+    id: 'usernet',
+    title: 'TCP throughput on a user-mode network, nested lane (vireo --net user vs QEMU microvm + passt, and slirp)',
+    name: 'user-mode network throughput',
+    file: 'usernet.json',
+    run: () => usernetBenchRows(),
+  });
+  suites.push({
+    id: 'fs',
+    title: 'file systems: virtio-fs share vs ext4 on virtio-blk in one guest, nested lane',
+    name: 'file systems',
+    file: 'fs.json',
+    run: () => fsBenchRows(),
+  });
+  suites.push({
     id: 'sandbox',
     title: 'sandboxes: clone create vs cold boot, memory per clone, agent round trips (nested lane)',
     name: 'sandboxes',
@@ -1150,7 +1371,8 @@ async function main(): Promise<void> {
   process.stdout.write(`results: ${out}\n`);
   for (const r of ran) {
     if (!r.file) continue;
-    const raw = r.id === 'blk' ? blkRaw : r.id === 'net' ? netRaw : undefined;
+    const raws: Record<string, unknown> = { blk: blkRaw, net: netRaw, usernet: usernetRaw, fs: fsRaw };
+    const raw = raws[r.id];
     const extra = raw !== undefined ? { runs: raw } : {};
     const f = join(resultsDir, r.file);
     writeFileSync(f, `${JSON.stringify({ date, host, rows: r.rows, ...extra }, roundNumbers, 2)}\n`);

@@ -520,6 +520,8 @@ test('TX back-pressure: a backend with no room holds the frame in the ring (none
     for (const [i, f] of frames.entries()) assert.ok(gather.sent[i]?.equals(f), `frame ${i + 1} in order`);
     assert.equal(r.tx.takeUsed().length, 3, 'the other three completed');
     assert.deepEqual(r.dev.heldChains(), [0, 0]);
+    assert.equal(r.dev.counters.txHeldWakes, 1, 'one wake-up while held: the one that found room');
+    assert.ok(r.dev.counters.txHeldMaxMs >= 0 && r.dev.counters.txHeldMs === r.dev.counters.txHeldMaxMs);
     assert.equal(r.dev.counters.txPackets, 5);
     // Receiving with no guest buffers parks input (wantFrames(false)) but keeps the fd watched for room.
     gather.inbox.push(frame(100, 9));

@@ -4,8 +4,8 @@
  * backend takes the guest's off on the way out and puts a plain one on the way in.
  *
  * FrameReader receives into one buffer of fixed size and cuts frames out of it, so one recv can bring
- * many frames; OutBuffer gathers frames the other way and sends them together (batching both ways
- * pays: bench/passt-batch.ts). A length below an Ethernet header or
+ * many frames; OutBuffer gathers frames the other way and sends small ones together (batching both
+ * ways pays: bench/passt-batch.ts), each send frame-aligned (see OutBuffer). A length below an Ethernet header or
  * above the largest frame is a broken or hostile peer: PasstError VIREO_ERR_PASST_FRAME, and the caller
  * drops the connection. Nothing here allocates per frame, whatever the peer sends.
  */
@@ -117,15 +117,33 @@ export function putLength(b: Uint8Array, o: number, len: number): void {
 }
 
 /**
+ * At most this many bytes of whole small frames go out in one send (frames above it go one per send).
+ * A send this small is one skb of a Unix stream socket (Linux makes skbs of up to ~36 KiB there), which
+ * the socket takes whole or not at all.
+ */
+export const PASST_SEND_BATCH = 16 * 1024;
+
+/**
  * Frames on their way to passt: each appended whole (its length, then its bytes, copied from the guest's
- * buffers), sent in as few system calls as the socket allows (one per notification, or when the buffer
- * is full). What a full socket did not take stays, in order, for the next flush, so the stream keeps its
+ * buffers). What a full socket did not take stays, in order, for the next flush, so the stream keeps its
  * framing. Fixed size: a frame that does not fit is the caller's to drop.
+ *
+ * Each send starts at a frame's start and holds either one frame or small whole frames up to
+ * PASST_SEND_BATCH, and the rest of a frame the socket cut goes out alone, before the next frame — as
+ * QEMU's stream netdev writes (one frame per writev, its rest alone when the socket was full). passt
+ * 2023.03 (Debian 12's) depends on it: it reads what the socket holds, completes a frame cut at the end
+ * with one blocking recv, and when that recv brings less than the frame's rest it drops every frame of
+ * that read and loses the stream's framing; a length prefix cut at the end is dropped likewise. One
+ * send of many frames is cut by the socket anywhere (its skbs are ~36 KiB, whatever the frames), so
+ * passt saw cut prefixes and frame rests split over two skbs: the guest's TCP then lost whole windows
+ * to retransmission timeouts (guest → host at a few Mbit/s where QEMU with the same passt ran at tens).
  */
 export class OutBuffer {
   private readonly buf: Uint8Array;
   private start = 0;
   private end = 0;
+  /** Where the first frame not yet begun starts (> start while a frame the socket cut waits). */
+  private next = 0;
 
   constructor(capacity = PASST_TX_BUFFER) {
     if (capacity < FRAME_LEN_BYTES + PASST_MAX_FRAME) throw new RangeError(`an output buffer of ${capacity} bytes`);
@@ -147,6 +165,7 @@ export class OutBuffer {
     if (this.start > 0) {
       this.buf.copyWithin(0, this.start, this.end);
       this.end -= this.start;
+      this.next -= this.start;
       this.start = 0;
     }
     return this.buf.length - this.end >= FRAME_LEN_BYTES + len;
@@ -165,18 +184,34 @@ export class OutBuffer {
     this.end = o;
   }
 
-  /** Sends what waits with `send` (bytes taken, -1 when full); true when nothing is left. */
+  /**
+   * Sends what waits with `send` (bytes taken, -1 when full), frame-aligned as the class says; true
+   * when nothing is left.
+   */
   flush(send: (b: Uint8Array) => number): boolean {
+    const b = this.buf;
     while (this.start < this.end) {
-      const n = send(this.buf.subarray(this.start, this.end));
+      let stop: number;
+      if (this.start < this.next)
+        stop = this.next; // the rest of a frame the socket cut, alone
+      else {
+        stop = this.start + FRAME_LEN_BYTES + lengthAt(b, this.start);
+        while (stop < this.end) {
+          const after = stop + FRAME_LEN_BYTES + lengthAt(b, stop);
+          if (after - this.start > PASST_SEND_BATCH) break;
+          stop = after;
+        }
+      }
+      const n = send(b.subarray(this.start, stop));
       if (n <= 0) return false;
       this.start += n;
+      while (this.next < this.start) this.next += FRAME_LEN_BYTES + lengthAt(b, this.next);
     }
-    this.start = this.end = 0;
+    this.clear();
     return true;
   }
 
   clear(): void {
-    this.start = this.end = 0;
+    this.start = this.end = this.next = 0;
   }
 }

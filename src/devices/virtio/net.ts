@@ -162,7 +162,14 @@ export class VirtioNet implements VirtioDevice {
     /** Times the rate limiters held a frame back (it waited, it was not dropped). */
     txRateLimited: 0,
     rxRateLimited: 0,
+    /** Milliseconds a held frame waited for room, in all and the longest wait (whole ms). */
+    txHeldMs: 0,
+    txHeldMaxMs: 0,
+    /** Times the backend's fd woke the device while a frame was held (room to look for). */
+    txHeldWakes: 0,
   };
+  /** When the frame now held was held (performance.now()). */
+  private txHeldSince = 0;
   private ctx: VirtioContext | undefined;
   private poller: Poller | undefined;
   private watching = false;
@@ -403,7 +410,10 @@ export class VirtioNet implements VirtioDevice {
     }
     this.guarded(() => {
       this.backend.service?.();
-      if (this.txHeld !== undefined) this.tx();
+      if (this.txHeld !== undefined) {
+        this.counters.txHeldWakes++;
+        this.tx();
+      }
       if (!this.rxParked) this.rx();
       else this.syncLink();
     });
@@ -449,6 +459,9 @@ export class VirtioNet implements VirtioDevice {
       if (this.send(mem, held)) {
         queue.pushUsed(mem, held.head, 0);
         heldSent = true;
+        const waited = Math.round(performance.now() - this.txHeldSince);
+        this.counters.txHeldMs += waited;
+        if (waited > this.counters.txHeldMaxMs) this.counters.txHeldMaxMs = waited;
       } else this.txHeld = held;
     }
     // The drain's interrupt covers the held chain's completion too; without one, it gets its own.
@@ -474,6 +487,7 @@ export class VirtioNet implements VirtioDevice {
   private sendOrHold(mem: GuestMemory, chain: DescriptorChain): number | typeof BLOCKED {
     if (this.send(mem, chain)) return 0;
     this.txHeld = chain;
+    this.txHeldSince = performance.now();
     if (!this.heldByLimiter) this.counters.txBackpressure++;
     return BLOCKED;
   }
