@@ -49,6 +49,8 @@ export class IoThreadHandle {
   private readonly control = new Int32Array(new SharedArrayBuffer(8));
   private onSaved: ((m: IoThreadMessage) => void) | undefined;
   private readonly commands = new Map<number, (error: string | undefined) => void>();
+  /** stop() has begun: no more commands are posted. */
+  private stopping = false;
   private seq = 0;
   private worker: Worker | undefined;
   private exited: Promise<void> | undefined;
@@ -72,6 +74,7 @@ export class IoThreadHandle {
     if (this.worker) return;
     const w = takeIoThread(fresh);
     this.worker = w;
+    this.stopping = false;
     this.confines = init.seccomp;
     let stopped!: () => void;
     this.exited = new Promise((res) => {
@@ -108,7 +111,7 @@ export class IoThreadHandle {
    */
   command(slot: number, command: unknown): Promise<void> {
     const w = this.worker;
-    if (!w) return Promise.reject(new Error('the virtio I/O thread is not running'));
+    if (!w || this.stopping) return Promise.reject(new Error('the virtio I/O thread is not running'));
     const seq = ++this.seq;
     return new Promise<void>((resolve, reject) => {
       this.commands.set(seq, (error) => (error === undefined ? resolve() : reject(new Error(error))));
@@ -147,6 +150,7 @@ export class IoThreadHandle {
    */
   async stop(): Promise<void> {
     if (!this.worker) return;
+    this.stopping = true;
     this.release();
     Atomics.store(this.control, 0, 1);
     sys.eventfdWrite(this.controlFd);

@@ -173,8 +173,11 @@ function run(init: IoThreadInit): void {
 }
 
 /** One VM after another, as the vCPU threads do (vcpu-thread.ts): an ended thread leaks native memory. */
-function serve(init: IoThreadInit): void {
-  run(init);
+function serve(init: IoThreadInit | IoThreadCommand): void {
+  // A change the VMM asked for as the last VM stopped is no VM's init: failed, and the next message awaited.
+  if ((init as IoThreadCommand).type === 'command')
+    post({ type: 'command-done', seq: (init as IoThreadCommand).seq, error: 'the VM stopped' });
+  else run(init as IoThreadInit);
   port.once('message', serve);
 }
 
