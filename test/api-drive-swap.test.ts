@@ -65,7 +65,8 @@ describe('PATCH /drives/{id} path_on_host on a running VM', { skip: kvmSkipReaso
     const early = await req('PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: b });
     assert.equal(early.status, 400, early.text);
     await ok('PUT', '/actions', { action_type: 'InstanceStart' });
-    await until('the guest to read its drive', () => p.stdout().includes('blkswap before'), p);
+    // Whole lines only: the serial port brings the guest's output a byte at a time.
+    await until('the guest to read its drive', () => /blkswap before .*gen=\d+\n/.test(p.stdout()), p);
     assert.match(p.stdout(), new RegExp(`blkswap before cap=2048 word=${0x11111111} gen=(\\d+)`));
     const gen0 = Number(p.stdout().match(/blkswap before .* gen=(\d+)/)?.[1]);
 
@@ -83,7 +84,7 @@ describe('PATCH /drives/{id} path_on_host on a running VM', { skip: kvmSkipReaso
     assert.doesNotMatch(p.stdout(), /blkswap after/, 'no change reached the guest');
 
     await ok('PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: b });
-    await until('the guest to see the new file', () => p.stdout().includes('blkswap last='), p);
+    await until('the guest to see the new file', () => /blkswap last=\d+\n/.test(p.stdout()), p);
     const after = p.stdout().match(/blkswap after cap=(\d+) word=(\d+) gen=(\d+)/);
     assert.ok(after, p.stdout());
     assert.equal(Number(after[1]), 4096, 'the new capacity');

@@ -28,8 +28,10 @@ const READS = 512;
 const GUEST_BYTES = READS * 64 * 1024;
 /** In its main mode: 32 chunks of 64 KiB written and read back, one rewritten. */
 const CHUNKS = 32;
-const READ_REPORT = /blkread n=(\d+) ok=(\d+)/;
-const REPORT = /blkfault cap=\d+ ok=(\d+) ioerr=(\d+) other=(\d+) flush=(\d,\d) readerr=(\d+) bad=(\d+) rewrite=(\d+)/;
+// Whole lines only: the serial port brings the guest's output a byte at a time.
+const READ_REPORT = /blkread n=(\d+) ok=(\d+)\n/;
+const REPORT =
+  /blkfault cap=\d+ ok=(\d+) ioerr=(\d+) other=(\d+) flush=(\d,\d) readerr=(\d+) bad=(\d+) rewrite=(\d+) map=/;
 
 async function boot(
   name: string,
