@@ -1,13 +1,13 @@
 /** virtio-blk: one device per drive, each over a raw or qcow2 disk (its request threads beside the I/O thread). */
 import { closeDisk, createBlockBackend, type DiskSpec, openDisk } from '../../backends/disk.js';
 import { toDisposable } from '../../common/lifecycle.js';
-import { array, bool, int, object, oneOf, opt, str } from '../../common/schema.js';
+import { array, bool, object, oneOf, opt, str } from '../../common/schema.js';
 import type { DriveConfig } from '../../config/index.js';
 import { VirtioBlock } from '../../devices/virtio/block.js';
 import { checkBlockState } from '../../devices/virtio/block-state.js';
 import type { RateLimiterConfig } from '../../devices/virtio/rate-limiter.js';
 import type { DeviceKind } from '../device-kind.js';
-import { MAX_DEVICES, NAME, PATH } from './limits.js';
+import { MAX_DEVICES, NAME, PATH, RATE_LIMITER } from './limits.js';
 
 /**
  * Threads per disk beside the I/O thread: requests that arrive together run in parallel (Linux splits
@@ -37,14 +37,6 @@ export interface LimitDisk {
   limit: RateLimiterConfig | null;
 }
 
-const bucket = opt(
-  object({
-    size: int(0, Number.MAX_SAFE_INTEGER),
-    oneTimeBurst: opt(int(0, Number.MAX_SAFE_INTEGER)),
-    refillTimeMs: int(0, 86_400_000_000),
-  }),
-);
-
 export const blockKind: DeviceKind<
   DriveConfig[],
   { id: string; disk: DiskSpec; rateLimiter?: RateLimiterConfig | undefined },
@@ -61,7 +53,7 @@ export const blockKind: DeviceKind<
         path: str(PATH),
         readOnly: opt(bool),
         format: opt(oneOf('raw', 'qcow2')),
-        rateLimiter: opt(object({ bandwidth: bucket, ops: bucket })),
+        rateLimiter: RATE_LIMITER,
       }),
       0,
       MAX_DEVICES,

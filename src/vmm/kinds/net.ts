@@ -13,7 +13,7 @@ import { VirtioNet } from '../../devices/virtio/net.js';
 import { checkNetState } from '../../devices/virtio/net-state.js';
 import type { RateLimiterConfig } from '../../devices/virtio/rate-limiter.js';
 import type { DeviceKind } from '../device-kind.js';
-import { MAX_DEVICES, NAME } from './limits.js';
+import { MAX_DEVICES, NAME, RATE_LIMITER } from './limits.js';
 
 /** The MTU passt gives its guests (65520: the largest 802.3 frame less its header, in IPv4 words). */
 const PASST_MTU = 65520;
@@ -32,15 +32,6 @@ export interface LimitNet {
   limits: { rx: RateLimiterConfig | null; tx: RateLimiterConfig | null };
 }
 
-const bucket = opt(
-  object({
-    size: int(0, Number.MAX_SAFE_INTEGER),
-    oneTimeBurst: opt(int(0, Number.MAX_SAFE_INTEGER)),
-    refillTimeMs: int(0, 86_400_000_000),
-  }),
-);
-const limiter = opt(object({ bandwidth: bucket, ops: bucket }));
-
 const mac = opt(array(int(0, 255), 6, 6));
 const tapNet = object({
   id: str(NAME),
@@ -48,8 +39,8 @@ const tapNet = object({
   tap: str(NAME),
   mac,
   mtu: opt(int(68, 65535)),
-  rxRateLimiter: limiter,
-  txRateLimiter: limiter,
+  rxRateLimiter: RATE_LIMITER,
+  txRateLimiter: RATE_LIMITER,
 });
 const forward = object({
   proto: oneOf('tcp', 'udp'),
@@ -65,8 +56,8 @@ const userNet = object({
   hostfwd: opt(array(forward, 0, 256)),
   egress: opt(egress),
   mac,
-  rxRateLimiter: limiter,
-  txRateLimiter: limiter,
+  rxRateLimiter: RATE_LIMITER,
+  txRateLimiter: RATE_LIMITER,
 });
 const anyNet: Check = (v, at) => {
   if (!isObject(v)) throw new SchemaError(at, 'expected an object');

@@ -1,20 +1,14 @@
 /** virtio-rng: the host's CSPRNG; nothing to open; a rate limiter (Firecracker's entropy device) if given. */
 import { randomFillSync } from 'node:crypto';
-import { type Check, int, isObject, object, opt, SchemaError } from '../../common/schema.js';
+import { type Check, isObject, object, SchemaError } from '../../common/schema.js';
 import type { RngConfig } from '../../config/index.js';
 import type { RateLimiterConfig } from '../../devices/virtio/rate-limiter.js';
 import { VirtioRng } from '../../devices/virtio/rng.js';
 import { checkRngState } from '../../devices/virtio/rng-state.js';
 import type { DeviceKind } from '../device-kind.js';
+import { RATE_LIMITER } from './limits.js';
 
-const bucket = opt(
-  object({
-    size: int(0, Number.MAX_SAFE_INTEGER),
-    oneTimeBurst: opt(int(0, Number.MAX_SAFE_INTEGER)),
-    refillTimeMs: int(0, 86_400_000_000),
-  }),
-);
-const settings = object({ rateLimiter: opt(object({ bandwidth: bucket, ops: bucket })) });
+const settings = object({ rateLimiter: RATE_LIMITER });
 /** A snapshot's `rng`: a boolean (no settings: as before there were any), or the settings. */
 const saved: Check = (v, at) => {
   if (typeof v === 'boolean') return;
